@@ -1,0 +1,15 @@
+"""mechinfer: fast inference of mechanistic bioprocess model parameters on Ray.
+
+The public API (SPEC section 8)::
+
+    m = mechinfer.get_model("ecoli")      # mechinfer.list_models()
+    theta = m.sample_prior(n, seed=0)
+    z = m.to_z(theta); theta = m.from_z(z)
+    y = m.simulate(theta, t)              # (B, N, C), NaN rows where the solver failed
+"""
+from .models import get_model, list_models
+
+SPEC_VERSION = 1
+__version__ = "0.1.0"
+
+__all__ = ["get_model", "list_models", "SPEC_VERSION", "__version__"]

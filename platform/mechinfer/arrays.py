@@ -1,0 +1,18 @@
+"""Conversions between the numpy face of the API and the torch code behind it."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def as_tensor(x, dtype=torch.float64, device=None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype=dtype, device=device)
+    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+
+
+def like_input(result: torch.Tensor, original):
+    """Hand a result back as the type the caller passed in (numpy in, numpy out)."""
+    if isinstance(original, torch.Tensor):
+        return result
+    return result.detach().cpu().numpy()

@@ -1,0 +1,151 @@
+"""The dataset format of SPEC 5: a directory of Parquet files plus ``manifest.json``.
+
+Locations are any pyarrow filesystem URI (``s3://bucket/ds``) or a local path. Each
+chunk of samples is one file named by its sample range, written under a temporary name
+and renamed when complete, so a retried task rewrites the same file and a sample can
+never be written twice. The manifest is written last: a directory without one is not a
+dataset.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import SPEC_VERSION, __version__
+from .models.base import Model
+
+MANIFEST = "manifest.json"
+INTENT = "_simulation.json"  # parameters of an unfinished simulation, for resumption
+PART_PREFIX = "part-"
+
+STATUS_SOLVED = 0
+
+
+def schema(model: Model) -> pa.Schema:
+    p = model.n_parameters
+    return pa.schema([
+        ("sample_id", pa.int64()),
+        ("theta", pa.list_(pa.float64(), p)),
+        ("z", pa.list_(pa.float32(), p)),
+        ("t", pa.list_(pa.float32())),
+        ("channel", pa.list_(pa.int8())),
+        ("value", pa.list_(pa.float32())),
+        ("clean", pa.list_(pa.float32())),
+        ("status", pa.int8()),
+    ])
+
+
+def to_table(model: Model, columns: dict[str, np.ndarray]) -> pa.Table:
+    """Arrow table from numpy columns: sample_id (n,), theta/z (n, P), t/channel/value/
+    clean (n, N), status (n,)."""
+    def fixed(a, typ):
+        return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), typ), a.shape[1])
+
+    def ragged(a, typ):
+        n, m = a.shape
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, n * m + 1, m, dtype=np.int32)), pa.array(a.reshape(-1), typ))
+
+    arrays = [
+        pa.array(columns["sample_id"], pa.int64()),
+        fixed(columns["theta"].astype(np.float64), pa.float64()),
+        fixed(columns["z"].astype(np.float32), pa.float32()),
+        ragged(columns["t"].astype(np.float32), pa.float32()),
+        ragged(columns["channel"].astype(np.int8), pa.int8()),
+        ragged(columns["value"].astype(np.float32), pa.float32()),
+        ragged(columns["clean"].astype(np.float32), pa.float32()),
+        pa.array(columns["status"], pa.int8()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema(model))
+
+
+# ------------------------------------------------------------------- locations
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a URI or a local path (made absolute, so Ray workers with
+    another working directory write to the same place)."""
+    if "://" not in location:
+        location = os.path.abspath(os.path.expanduser(location))
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise ValueError(f"cannot use {location!r} as a dataset location: {exc}") from None
+
+
+def part_name(first_id: int) -> str:
+    return f"{PART_PREFIX}{first_id:012d}.parquet"
+
+
+def write_part(fs: pafs.FileSystem, root: str, first_id: int, table: pa.Table) -> str:
+    """Write one chunk atomically: a temporary name first, renamed when complete."""
+    final = f"{root}/{part_name(first_id)}"
+    tmp = f"{root}/_tmp-{uuid.uuid4().hex}-{part_name(first_id)}"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, final)
+    return final
+
+
+def list_parts(fs: pafs.FileSystem, root: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(i.path for i in infos if i.base_name.startswith(PART_PREFIX) and i.base_name.endswith(".parquet"))
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def write_json(fs: pafs.FileSystem, path: str, data: dict) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open_output_stream(tmp) as f:
+        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    fs.move(tmp, path)
+
+
+def make_manifest(model: Model, n: int, seed: int, extra: dict) -> dict:
+    return {
+        "spec_version": SPEC_VERSION,
+        "model": model.name,
+        "n_samples": int(n),
+        "seed": int(seed),
+        "sigma": dict(zip(model.channels, model.sigma.tolist())),
+        "channels": list(model.channels),
+        "parameter_names": list(model.parameter_names),
+        "T": model.T,
+        "n_obs": model.n_obs,
+        "code_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+# ------------------------------------------------------------------- reading
+def read_manifest(location: str) -> dict:
+    fs, root = resolve(location)
+    manifest = read_json(fs, f"{root}/{MANIFEST}")
+    if manifest is None:
+        raise ValueError(f"{location} is not a complete dataset: it has no {MANIFEST}")
+    if manifest.get("spec_version") != SPEC_VERSION:
+        raise ValueError(
+            f"{location} was written for spec version {manifest.get('spec_version')}, this code reads {SPEC_VERSION}"
+        )
+    return manifest
+
+
+def read_table(location: str, columns: list[str] | None = None) -> pa.Table:
+    """The whole dataset as one Arrow table, sorted by sample_id (small datasets and
+    tests; training streams it through Ray Data instead)."""
+    read_manifest(location)
+    fs, root = resolve(location)
+    table = pads.dataset(list_parts(fs, root), filesystem=fs, format="parquet").to_table(columns=columns)
+    if "sample_id" in table.column_names:
+        table = table.sort_by("sample_id")
+    return table

@@ -1,0 +1,181 @@
+"""Simulated datasets at scale: Ray Data fans chunks of samples out over CPU workers.
+
+Each chunk is a fixed range of sample ids, simulated as one batch and written as one
+Parquet file named by its range (see :mod:`mechinfer.dataset`). Chunk boundaries depend
+only on ``chunk_size``, never on the number of blocks or workers, and every sample's
+randomness comes from ``(seed, sample_id)``, so rows are identical however the work is
+spread. Ray Data's own ``write_parquet`` is not used: its file names come from a write
+UUID and a task index, so a retried or resumed task could not be tied to the samples it
+holds; here a retry rewrites the same file and a rerun skips the files already complete.
+Ray Data retries a task whose worker died (its default for tasks is unlimited retries on
+system errors), so a killed worker costs time, not samples.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import torch
+
+from . import dataset as ds_format
+from .design import draw_experiments
+from .models import get_model
+from .models.base import Model
+from .simulate import simulate_observed
+
+
+def simulate_chunk(model: Model, seed: int, first: int, last: int, **solver_options) -> dict[str, np.ndarray]:
+    """Columns of the dataset rows for sample ids first..last-1 (SPEC 5)."""
+    ids = np.arange(first, last, dtype=np.int64)
+    d = draw_experiments(model, seed, ids)
+    with torch.no_grad():
+        y, status = simulate_observed(model, torch.from_numpy(d["theta"]), torch.from_numpy(d["t"]), **solver_options)
+    clean = np.take_along_axis(y.numpy(), d["channel"][..., None].astype(np.int64), axis=2)[..., 0]
+    failed = status.numpy() != ds_format.STATUS_SOLVED
+    clean[failed] = np.nan  # a failed solve is flagged and carries no numbers
+    return {
+        "sample_id": ids, "theta": d["theta"], "z": d["z"], "t": d["t"], "channel": d["channel"],
+        "value": clean + d["noise"], "clean": clean, "status": status.numpy().astype(np.int8),
+    }
+
+
+@dataclass
+class SimulationSummary:
+    model: str
+    location: str
+    samples: int
+    failures: int
+    chunks: int
+    chunks_resumed: int
+    wall_s: float
+    samples_per_s: float  # samples simulated in this run (resumed chunks excluded) per second
+
+    def __str__(self) -> str:
+        return (
+            f"simulated {self.samples} {self.model} samples into {self.location}: "
+            f"{self.failures} failed solves, {self.chunks} chunks ({self.chunks_resumed} resumed), "
+            f"{self.wall_s:.1f} s wall, {self.samples_per_s:.0f} samples/s"
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _write_chunks(batch: dict[str, np.ndarray], model: str, seed: int, root_uri: str,
+                  solver_options: dict) -> dict[str, np.ndarray]:
+    """Ray Data UDF: simulate and write the chunks of one batch, return their counts."""
+    torch.set_num_threads(1)
+    m = get_model(model)
+    fs, root = ds_format.resolve(root_uri)
+    firsts, failures, seconds = [], [], []
+    for first, last in zip(batch["first"].tolist(), batch["last"].tolist()):
+        start = time.perf_counter()
+        cols = simulate_chunk(m, seed, first, last, **solver_options)
+        ds_format.write_part(fs, root, first, ds_format.to_table(m, cols))
+        firsts.append(first)
+        failures.append(int((cols["status"] != ds_format.STATUS_SOLVED).sum()))
+        seconds.append(time.perf_counter() - start)
+    return {"first": np.array(firsts), "failures": np.array(failures), "seconds": np.array(seconds)}
+
+
+def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int = 1024,
+                     num_blocks: int | None = None, overwrite: bool = False,
+                     solver_options: dict | None = None) -> SimulationSummary:
+    """Simulate ``n`` samples of ``model`` into the dataset location ``out`` with Ray Data
+    (starts an embedded Ray when none is connected). Resumes an unfinished run with the
+    same settings; refuses a complete dataset unless ``overwrite``."""
+    import ray
+
+    m = get_model(model)
+    n = _positive_int("n", n)
+    chunk_size = _positive_int("chunk_size", chunk_size)
+    if num_blocks is not None:
+        num_blocks = _positive_int("num_blocks", num_blocks)
+    solver_options = dict(solver_options or {})
+    fs, root = ds_format.resolve(out)
+    params = {"model": m.name, "n_samples": n, "seed": int(seed), "chunk_size": chunk_size,
+              "solver_options": solver_options}
+    done = _prepare_location(fs, root, out, params, overwrite)
+
+    all_chunks = [(f, min(f + chunk_size, n)) for f in range(0, n, chunk_size)]
+    todo = [c for c in all_chunks if ds_format.part_name(c[0]) not in done]
+    start = time.perf_counter()
+    if todo:
+        if not ray.is_initialized():
+            ray.init()
+        items = [{"first": f, "last": last} for f, last in todo]
+        root_uri = out if "://" in out else root
+        results = (
+            ray.data.from_items(items, override_num_blocks=min(num_blocks or len(items), len(items)))
+            .map_batches(_write_chunks, batch_size=1, num_cpus=1,
+                         fn_args=(m.name, int(seed), root_uri, solver_options))
+            .take_all()
+        )
+        assert len(results) == len(todo), "every chunk reports once"
+    failures = _verify(fs, root, out, n)
+    for leftover in fs.get_file_info(pafs.FileSelector(root)):
+        if leftover.base_name.startswith("_tmp-"):  # a write cut short by a killed worker
+            fs.delete_file(leftover.path)
+    wall = time.perf_counter() - start
+    summary = SimulationSummary(
+        model=m.name, location=out, samples=n, failures=failures, chunks=len(all_chunks),
+        chunks_resumed=len(all_chunks) - len(todo), wall_s=wall, samples_per_s=sum(b - a for a, b in todo) / max(wall, 1e-9),
+    )
+    manifest = ds_format.make_manifest(m, n, seed, {
+        "chunk_size": chunk_size, "failures": failures, "solver_options": solver_options,
+        "wall_s": round(wall, 3),
+    })
+    ds_format.write_json(fs, f"{root}/{ds_format.MANIFEST}", manifest)
+    fs.delete_file(f"{root}/{ds_format.INTENT}")
+    return summary
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _prepare_location(fs: pafs.FileSystem, root: str, out: str, params: dict, overwrite: bool) -> set[str]:
+    """Make ``root`` ready for writing; return the names of chunk files to keep."""
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise ValueError(f"output location {out} is a file, not a directory")
+    manifest = ds_format.read_json(fs, f"{root}/{ds_format.MANIFEST}") if info.type == pafs.FileType.Directory else None
+    if manifest is not None:
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already holds a complete dataset ({manifest.get('model')}, "
+                f"{manifest.get('n_samples')} samples); pass overwrite (--overwrite) to replace it"
+            )
+        fs.delete_file(f"{root}/{ds_format.MANIFEST}")  # first, so it never looks complete again
+    intent = ds_format.read_json(fs, f"{root}/{ds_format.INTENT}") if info.type == pafs.FileType.Directory else None
+    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    ours = {ds_format.INTENT}
+    foreign = [e.base_name for e in entries
+               if e.base_name not in ours and not e.base_name.startswith((ds_format.PART_PREFIX, "_tmp-"))]
+    if foreign:
+        raise ValueError(f"output location {out} holds files that are not part of a dataset: {', '.join(sorted(foreign)[:5])}")
+    keep = intent == params and not overwrite
+    for e in entries:
+        if e.base_name.startswith("_tmp-") or (not keep and e.base_name.startswith(ds_format.PART_PREFIX)):
+            fs.delete_file(e.path)
+    try:
+        fs.create_dir(root, recursive=True)
+        ds_format.write_json(fs, f"{root}/{ds_format.INTENT}", params)
+    except OSError as exc:
+        raise ValueError(f"cannot write to output location {out}: {exc}") from None
+    return {e.base_name for e in entries if e.base_name.startswith(ds_format.PART_PREFIX)} if keep else set()
+
+
+def _verify(fs: pafs.FileSystem, root: str, out: str, n: int) -> int:
+    """Check every sample id is present exactly once; return the number of failed solves."""
+    table = pads.dataset(ds_format.list_parts(fs, root), filesystem=fs, format="parquet").to_table(
+        columns=["sample_id", "status"])
+    ids = np.sort(table["sample_id"].to_numpy())
+    if len(ids) != n or not np.array_equal(ids, np.arange(n)):
+        raise RuntimeError(f"{out}: expected sample ids 0..{n - 1} once each, found {len(ids)} rows; dataset left incomplete")
+    return int((table["status"].to_numpy() != ds_format.STATUS_SOLVED).sum())

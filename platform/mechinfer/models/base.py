@@ -1,0 +1,184 @@
+"""What a mechanistic model declares, and the behaviour every model shares.
+
+A model is data plus one rate-law function (sbi/BayesFlow style): states, observed
+channels, inferred quantities with their priors, constants, noise, horizon and design
+size. Everything else (prior sampling, the z map, simulation, likelihood) is written once
+here and in :mod:`mechinfer.solver`, so a new model is one module and a registration.
+
+The rate laws are written with arithmetic operators and :func:`pos` only, so the one
+function runs on torch tensors in the solver (and under autograd for its Jacobian), and on numpy arrays in the scipy reference used by the tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import priors as _priors
+from ..arrays import as_tensor, like_input
+
+# Relative slack on the prior bounds when checking user parameters: values produced by
+# from_z at |z| ~ 8 sit on a bound up to float round-off.
+_BOUND_SLACK = 1e-9
+
+
+def pos(x):
+    """max(x, 0): rate laws read states through it (SPEC 2) so round-off below zero
+    cannot blow up a Monod term. Works on torch tensors, numpy arrays and floats."""
+    return x.clip(min=0) if hasattr(x, "clip") else max(x, 0.0)
+
+
+@dataclass(frozen=True)
+class Quantity:
+    name: str
+    prior: _priors.Prior
+    unit: str
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    description: str
+    states: tuple[str, ...]
+    state_units: tuple[str, ...]
+    channels: tuple[str, ...]
+    quantities: tuple[Quantity, ...]
+    constants: dict[str, float]
+    noise_sigma: dict[str, float]
+    T: float
+    n_obs: int
+    # rates(s, p, c) -> dict of d(state)/dt; s, p, c: namespaces of states,
+    # inferred quantities and constants.
+    rates: Callable
+    # initial(p) -> dict of initial states; default: state X starts at quantity X_0.
+    initial: Callable | None = None
+    # Default integration method (see mechinfer.solver.get_solver).
+    solver: str = "rodas4"
+    solver_options: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- declared facts
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(q.name for q in self.quantities)
+
+    @property
+    def parameter_units(self) -> tuple[str, ...]:
+        return tuple(q.unit for q in self.quantities)
+
+    @property
+    def priors(self) -> tuple[_priors.Prior, ...]:
+        return tuple(q.prior for q in self.quantities)
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """Noise sigma per observed channel, in channel order."""
+        return np.array([self.noise_sigma[c] for c in self.channels], dtype=np.float64)
+
+    @property
+    def n_parameters(self) -> int:
+        return len(self.quantities)
+
+    @property
+    def channel_states(self) -> tuple[int, ...]:
+        return tuple(self.states.index(c) for c in self.channels)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": [
+                {"name": q.name, "unit": q.unit, "prior": q.prior.describe()} for q in self.quantities
+            ],
+            "channels": [
+                {"name": c, "unit": self.state_units[self.states.index(c)], "sigma": self.noise_sigma[c]}
+                for c in self.channels
+            ],
+            "T": self.T,
+            "n_obs": self.n_obs,
+        }
+
+    # ---------------------------------------------------------------- equations
+    def initial_state(self, theta: torch.Tensor) -> torch.Tensor:
+        p = self._namespace(self.parameter_names, theta)
+        init = self.initial(p) if self.initial else {s: getattr(p, f"{s}_0") for s in self.states}
+        return torch.stack([init[s] for s in self.states], dim=-1)
+
+    def rhs(self, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """dy/dt for states y (..., S) and quantities theta (..., P)."""
+        s = self._namespace(self.states, y)
+        p = self._namespace(self.parameter_names, theta)
+        d = self.rates(s, p, SimpleNamespace(**self.constants))
+        return torch.stack([d[name] for name in self.states], dim=-1)
+
+    @staticmethod
+    def _namespace(names, values) -> SimpleNamespace:
+        return SimpleNamespace(**{n: values[..., i] for i, n in enumerate(names)})
+
+    # ---------------------------------------------------------------- priors, z map
+    def sample_prior(self, n: int, seed: int = 0) -> np.ndarray:
+        """(n, P) float64 draws in physical units. Row i is the theta of sample_id i of
+        a dataset simulated with the same seed (see mechinfer.design)."""
+        from ..design import sample_uniforms
+
+        u = sample_uniforms(self, seed, np.arange(_count(n), dtype=np.int64))["theta"]
+        return _priors.from_u(self.priors, torch.from_numpy(u)).numpy()
+
+    def to_z(self, theta):
+        t = as_tensor(theta)
+        self.check_theta(t, what="to_z")
+        return like_input(_priors.to_z(self.priors, t), theta)
+
+    def from_z(self, z):
+        t = as_tensor(z)
+        if t.shape[-1:] != (self.n_parameters,):
+            raise ValueError(
+                f"{self.name}: z must have {self.n_parameters} columns "
+                f"({', '.join(self.parameter_names)}), got shape {tuple(t.shape)}"
+            )
+        return like_input(_priors.from_z(self.priors, t), z)
+
+    def check_theta(self, theta: torch.Tensor, what: str = "simulate") -> None:
+        """Raise ValueError naming the problem if theta is not (..., P) inside the prior."""
+        if theta.ndim == 0 or theta.shape[-1] != self.n_parameters:
+            raise ValueError(
+                f"{self.name}.{what}: theta must have {self.n_parameters} columns "
+                f"({', '.join(self.parameter_names)}), got shape {tuple(theta.shape)}"
+            )
+        values = theta.detach().reshape(-1, self.n_parameters)
+        if not torch.isfinite(values).all():
+            raise ValueError(f"{self.name}.{what}: theta holds NaN or infinite values")
+        for i, q in enumerate(self.quantities):
+            lo, hi = q.prior.low, q.prior.high
+            slack = _BOUND_SLACK * max(abs(lo), abs(hi))
+            col = values[:, i]
+            bad = (col < lo - slack) | (col > hi + slack)
+            if bad.any():
+                v = col[bad][0].item()
+                raise ValueError(
+                    f"{self.name}.{what}: {q.name} = {v:g} is outside its prior "
+                    f"{q.prior.describe()} ({int(bad.sum())} value(s) out of range)"
+                )
+
+    # ---------------------------------------------------------------- simulation
+    def simulate(self, theta, t, *, solver: str | None = None, **options) -> np.ndarray:
+        """Noise-free observed channels at times t: theta (B, P), t (B, N) or (N,) ->
+        (B, N, C) float64, with NaN rows where the solver failed."""
+        from ..simulate import simulate_observed
+
+        theta_t = as_tensor(theta)
+        if theta_t.ndim != 2:
+            raise ValueError(
+                f"{self.name}.simulate: theta must be 2-D (B, {self.n_parameters}), "
+                f"got shape {tuple(theta_t.shape)}"
+            )
+        y, _ = simulate_observed(self, theta_t, as_tensor(t), solver=solver, **options)
+        return y.detach().cpu().numpy()
+
+
+def _count(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return int(n)

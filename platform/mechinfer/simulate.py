@@ -1,0 +1,48 @@
+"""From parameters and observation times to the model's noise-free observed channels."""
+from __future__ import annotations
+
+import torch
+
+from . import solver as _solver
+from .models.base import Model
+
+
+def check_times(model: Model, t: torch.Tensor, n_batch: int) -> torch.Tensor:
+    """Validate observation times and broadcast (N,) to (B, N)."""
+    if t.ndim == 1:
+        t = t.expand(n_batch, -1)
+    if t.ndim != 2 or t.shape[0] != n_batch:
+        raise ValueError(
+            f"{model.name}.simulate: t must be (N,) or (B, N) with B = {n_batch}, got shape {tuple(t.shape)}"
+        )
+    if t.shape[1] == 0:
+        raise ValueError(f"{model.name}.simulate: t holds no observation times")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{model.name}.simulate: t holds NaN or infinite times")
+    if (t < 0).any() or (t > model.T).any():
+        bad = t[(t < 0) | (t > model.T)][0].item()
+        raise ValueError(f"{model.name}.simulate: time {bad:g} h is outside the horizon [0, {model.T:g}] h")
+    return t
+
+
+def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solver: str | None = None,
+                    **options):
+    """All states at times t (any order): theta (B, P), t (B, N) -> (B, N, S), status (B,).
+    Differentiable in theta."""
+    model.check_theta(theta)
+    t = check_times(model, t.to(theta.dtype), theta.shape[0])
+    order = torch.argsort(t, dim=1)
+    t_sorted = torch.gather(t, 1, order)
+    settings = {**model.solver_options, **options}
+    term = _solver.ODETerm(model.rhs)
+    states, status = _solver.solve(term, model.initial_state(theta), theta, t_sorted,
+                                   method=solver or model.solver, **settings)
+    unsort = torch.argsort(order, dim=1)
+    states = torch.gather(states, 1, unsort[:, :, None].expand_as(states))
+    return states, status
+
+
+def simulate_observed(model: Model, theta: torch.Tensor, t: torch.Tensor, **kwargs):
+    """Observed channels at times t: (B, N, C) and status (B,)."""
+    states, status = simulate_states(model, theta, t, **kwargs)
+    return states[..., list(model.channel_states)], status

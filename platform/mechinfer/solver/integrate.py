@@ -1,0 +1,113 @@
+"""The batched integration loop: every sample has its own time, step size and
+observation times, and leaves the batch as soon as its last observation is reached.
+
+Steps are clipped to land exactly on each sample's next observation time, so outputs are
+the method's own solution points (no interpolation error). Step sizes are decisions, not
+functions of the parameters: they are detached, and gradients are those of the discrete
+solution along the chosen steps.
+"""
+from __future__ import annotations
+
+import torch
+
+from .controller import IController
+
+OK, MAX_STEPS, STEP_UNDERFLOW = 0, 1, 2
+
+
+def integrate(
+    term,
+    method,
+    controller: IController,
+    y0: torch.Tensor,
+    args: torch.Tensor,
+    t_obs: torch.Tensor,
+    *,
+    max_steps: int = 20_000,
+    min_step: float = 1e-12,
+):
+    """Solve y' = term(y, args) from t = 0 for each sample and return its states at its
+    own sorted observation times.
+
+    y0 (B, S), args (B, P), t_obs (B, N) sorted ascending, non-negative.
+    Returns states (B, N, S) (NaN rows for failed samples) and status (B,) int8:
+    0 solved, 1 too many steps, 2 step size underflow.
+    """
+    n_batch, n_obs = t_obs.shape
+    n_states = y0.shape[-1]
+    device, dtype = y0.device, y0.dtype
+    t_obs = t_obs.detach().to(dtype)
+    status = torch.zeros(n_batch, dtype=torch.int8, device=device)
+    positions: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+
+    idx = torch.arange(n_batch, device=device)
+    y, a, times = y0, args, t_obs
+    t = torch.zeros(n_batch, dtype=dtype, device=device)
+    k = torch.zeros(n_batch, dtype=torch.long, device=device)
+    steps = torch.zeros(n_batch, dtype=torch.long, device=device)
+    with torch.no_grad():
+        h = controller.initial_step(y0.detach(), term(y0.detach(), args.detach()), method.order)
+    h = torch.minimum(h, t_obs[:, -1].clamp(min=min_step))
+
+    def record(idx, y, t, k, times):
+        while True:
+            next_time = times.gather(1, k.clamp(max=n_obs - 1)[:, None])[:, 0]
+            hit = (k < n_obs) & (next_time <= t)
+            if not hit.any():
+                return k
+            rows = hit.nonzero()[:, 0]
+            positions.append(idx[rows] * n_obs + k[rows])
+            values.append(y[rows])
+            k = k + hit.long()
+
+    k = record(idx, y, t, k, times)
+    while idx.numel():
+        keep = k < n_obs
+        keep &= steps < max_steps
+        keep &= h >= min_step
+        status[idx[(k < n_obs) & (steps >= max_steps)]] = MAX_STEPS
+        status[idx[(k < n_obs) & (steps < max_steps) & (h < min_step)]] = STEP_UNDERFLOW
+        if not keep.all():
+            idx, y, a, times, t, k, h, steps = (v[keep] for v in (idx, y, a, times, t, k, h, steps))
+            if not idx.numel():
+                break
+
+        target = times.gather(1, k[:, None])[:, 0]
+        gap = target - t
+        landed = h >= gap
+        h_step = torch.minimum(h, gap)
+        y_new, err = _step(term, method, y, a, h_step)
+        with torch.no_grad():
+            norm = controller.error_norm(y.detach(), y_new.detach(), err.detach())
+            accepted = norm <= 1.0
+            h_next = h_step * controller.factor(norm, method.order)
+            h = torch.where(accepted & landed, torch.maximum(h, h_next), h_next)
+            t = torch.where(accepted, torch.where(landed, target, t + h_step), t)
+        y = torch.where(accepted[:, None], y_new, y)
+        steps += 1
+        k = record(idx, y, t, k, times)
+
+    out = torch.zeros(n_batch * n_obs, n_states, dtype=dtype, device=device)
+    if positions:
+        out = out.index_put((torch.cat(positions),), torch.cat(values))
+    out = out.reshape(n_batch, n_obs, n_states)
+    failed = (status != OK)[:, None, None]
+    return torch.where(failed, torch.full_like(out, torch.nan), out), status
+
+
+def _step(term, method, y, a, h):
+    """One step for every row. When gradients are being recorded and a row's trial step
+    overflows, that row is re-taken without a graph: a rejected non-finite step would
+    otherwise turn the row's whole gradient into NaN (0 * inf in the backward pass)."""
+    y_new, err = method.step(term, y, a, h)
+    if not torch.is_grad_enabled() or not (y.requires_grad or a.requires_grad):
+        return y_new, err
+    finite = torch.isfinite(y_new).all(dim=-1) & torch.isfinite(err).all(dim=-1)
+    if finite.all():
+        return y_new, err
+    rows = finite.nonzero()[:, 0]
+    y_good, err_good = method.step(term, y[rows], a[rows], h[rows])
+    y_new = torch.full_like(y, torch.nan).index_put((rows,), y_good)
+    err = torch.full_like(y, torch.nan).index_put((rows,), err_good)
+    return y_new, err
