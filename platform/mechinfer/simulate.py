@@ -34,7 +34,7 @@ def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solve
     order = torch.argsort(t, dim=1)
     t_sorted = torch.gather(t, 1, order)
     settings = {**model.solver_options, **options}
-    term = _solver.ODETerm(model.rhs)
+    term = _solver.ODETerm(model.rhs, model.rhs_and_jacobian)
     states, status = _solver.solve(term, model.initial_state(theta), theta, t_sorted,
                                    method=solver or model.solver, **settings)
     unsort = torch.argsort(order, dim=1)

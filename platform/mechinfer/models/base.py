@@ -19,6 +19,8 @@ import torch
 
 from .. import priors as _priors
 from ..arrays import as_tensor, like_input
+from ..solver.dual import Dual
+from ..solver.dual import value_and_jacobian as dual_value_and_jacobian
 
 # Relative slack on the prior bounds when checking user parameters: values produced by
 # from_z at |z| ~ 8 sit on a bound up to float round-off.
@@ -108,10 +110,16 @@ class Model:
 
     def rhs(self, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """dy/dt for states y (..., S) and quantities theta (..., P)."""
-        s = self._namespace(self.states, y)
-        p = self._namespace(self.parameter_names, theta)
-        d = self.rates(s, p, SimpleNamespace(**self.constants))
+        d = self._rates(self._namespace(self.states, y), theta)
         return torch.stack([d[name] for name in self.states], dim=-1)
+
+    def rhs_and_jacobian(self, y: torch.Tensor, theta: torch.Tensor):
+        """dy/dt (B, S) and its Jacobian in y (B, S, S), by forward-mode dual numbers."""
+        d = self._rates(SimpleNamespace(**dict(zip(self.states, Dual.seed(y)))), theta)
+        return dual_value_and_jacobian([d[name] for name in self.states])
+
+    def _rates(self, s, theta):
+        return self.rates(s, self._namespace(self.parameter_names, theta), SimpleNamespace(**self.constants))
 
     @staticmethod
     def _namespace(names, values) -> SimpleNamespace:

@@ -35,6 +35,17 @@ C = (
 )
 
 
+def _padded(rows) -> torch.Tensor:
+    """Lower-triangular coefficient rows as a dense (6, 6) float64 matrix."""
+    out = torch.zeros(6, 6, dtype=torch.float64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    return out
+
+
+A_MATRIX, C_MATRIX = _padded(A), _padded(C)
+
+
 class Rodas4:
     order = 4
     needs_jacobian = True
@@ -42,16 +53,21 @@ class Rodas4:
     def step(self, term, y: torch.Tensor, args: torch.Tensor, h: torch.Tensor):
         """One step of size h (B,) from y (B, S): returns (y_new, local error estimate)."""
         f0, jac = term.value_and_jacobian(y, args)
-        n = y.shape[-1]
+        n_batch, n = y.shape
         eye = torch.eye(n, dtype=y.dtype, device=y.device)
         w_inv = torch.linalg.inv(eye / (GAMMA * h)[:, None, None] - jac)
+        a_mat = A_MATRIX.to(y.device, y.dtype)
+        c_mat = C_MATRIX.to(y.device, y.dtype)
         inv_h = (1.0 / h)[:, None]
 
+        # Stage increments as columns of K (B, S, 6); each stage's combinations of the
+        # earlier ones are one matrix product instead of a sum of scaled tensors.
         ks: list[torch.Tensor] = []
         u, rhs = y, f0
         for i in range(6):
             if i > 0:
-                u = y + sum(a * k for a, k in zip(A[i], ks))
-                rhs = term(u, args) + inv_h * sum(c * k for c, k in zip(C[i], ks))
-            ks.append(torch.einsum("bij,bj->bi", w_inv, rhs))
+                k_mat = torch.stack(ks, dim=-1)
+                u = y + k_mat @ a_mat[i, :i]
+                rhs = term(u, args) + inv_h * (k_mat @ c_mat[i, :i])
+            ks.append((w_inv @ rhs.unsqueeze(-1)).squeeze(-1))
         return u + ks[5], ks[5]

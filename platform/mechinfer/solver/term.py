@@ -19,14 +19,18 @@ class ODETerm:
     method itself (what BFGS and fine-tuning need).
     """
 
-    def __init__(self, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    def __init__(self, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 jacobian: Callable | None = None):
         self.f = f
+        self.jacobian = jacobian  # optional (y, args) -> (f, J), e.g. by dual numbers
 
     def __call__(self, y: torch.Tensor, args: torch.Tensor) -> torch.Tensor:
         return self.f(y, args)
 
     def value_and_jacobian(self, y: torch.Tensor, args: torch.Tensor):
         """f(y) (B, S) and J[b, i, j] = d f_i / d y_j (B, S, S)."""
+        if self.jacobian is not None:
+            return self.jacobian(y, args)
         differentiable = torch.is_grad_enabled() and (y.requires_grad or args.requires_grad)
         n_batch, n_states = y.shape
         if not differentiable:
