@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, required=True, help="number of samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="local directory or pyarrow filesystem URI (s3://...)")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="samples per task and per Parquet file")
+    parser.add_argument("--chunk-size", type=int, default=8192, help="samples per task and per Parquet file")
     parser.add_argument("--num-blocks", type=int, default=None, help="Ray Data blocks (default: one per chunk)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete dataset at --out")
     parser.add_argument("--rtol", type=float, default=None, help="solver relative tolerance")

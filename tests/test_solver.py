@@ -15,10 +15,12 @@ N_DRAWS = 300
 
 @pytest.mark.parametrize("name", ["mmk", "ecoli"])
 def test_accuracy_against_reference(name):
-    """Within 1% of the channel's noise sigma at every point, no failed solve."""
+    """Within 1% of the channel's noise sigma at every point, no failed solve; both the
+    eager step and the compiled one that large batches (the dataset job) use."""
     m = mechinfer.get_model(name)
     d = draw_experiments(m, 2024, np.arange(N_DRAWS))
-    y = m.simulate(d["theta"], d["t"])
+    y = m.simulate(d["theta"], d["t"], compile=False)
+    np.testing.assert_allclose(m.simulate(d["theta"], d["t"], compile=True), y, rtol=1e-6, atol=1e-6)
     assert not np.isnan(y).any(), "no failed solve"
     worst = 0.0
     for i in range(N_DRAWS):

@@ -81,7 +81,7 @@ def _write_chunks(batch: dict[str, np.ndarray], model: str, seed: int, root_uri:
     return {"first": np.array(firsts), "failures": np.array(failures), "seconds": np.array(seconds)}
 
 
-def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int = 1024,
+def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int = 8192,
                      num_blocks: int | None = None, overwrite: bool = False,
                      solver_options: dict | None = None) -> SimulationSummary:
     """Simulate ``n`` samples of ``model`` into the dataset location ``out`` with Ray Data

@@ -10,8 +10,8 @@ function runs on torch tensors in the solver (and under autograd for its Jacobia
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -115,15 +115,20 @@ class Model:
 
     def rhs_and_jacobian(self, y: torch.Tensor, theta: torch.Tensor):
         """dy/dt (B, S) and its Jacobian in y (B, S, S), by forward-mode dual numbers."""
-        d = self._rates(SimpleNamespace(**dict(zip(self.states, Dual.seed(y)))), theta)
+        s = _record_type(self.states)(*Dual.seed(y))
+        p = _record_type(self.parameter_names)(*(Dual.constant(theta[..., i]) for i in range(self.n_parameters)))
+        d = self.rates(s, p, self._constants())
         return dual_value_and_jacobian([d[name] for name in self.states])
 
     def _rates(self, s, theta):
-        return self.rates(s, self._namespace(self.parameter_names, theta), SimpleNamespace(**self.constants))
+        return self.rates(s, self._namespace(self.parameter_names, theta), self._constants())
+
+    def _constants(self):
+        return _record_type(tuple(self.constants))(*self.constants.values())
 
     @staticmethod
-    def _namespace(names, values) -> SimpleNamespace:
-        return SimpleNamespace(**{n: values[..., i] for i, n in enumerate(names)})
+    def _namespace(names, values):
+        return _record_type(names)(*(values[..., i] for i in range(len(names))))
 
     # ---------------------------------------------------------------- priors, z map
     def sample_prior(self, n: int, seed: int = 0) -> np.ndarray:
@@ -184,6 +189,17 @@ class Model:
             )
         y, _ = simulate_observed(self, theta_t, as_tensor(t), solver=solver, **options)
         return y.detach().cpu().numpy()
+
+
+_RECORD_TYPES: dict[tuple[str, ...], type] = {}
+
+
+def _record_type(names: tuple[str, ...]):
+    """A namedtuple type for attribute access by name (s.X, p.Vmax, c.Kla): cheap to
+    build per call, and traceable by torch.compile, unlike SimpleNamespace."""
+    if names not in _RECORD_TYPES:
+        _RECORD_TYPES[names] = collections.namedtuple("Record", names)
+    return _RECORD_TYPES[names]
 
 
 def _count(n) -> int:

@@ -26,9 +26,10 @@ _STEPPERS = {"rodas4": Rodas4}
 
 def solve(term: ODETerm, y0: torch.Tensor, args: torch.Tensor, t_obs: torch.Tensor, *,
           method: str = "rodas4", rtol: float = 1e-6, atol: float = 1e-6,
-          adjoint: bool = False, max_steps: int = 20_000):
+          adjoint: bool = False, max_steps: int = 20_000, compile: bool | None = None):
     """States at each sample's sorted observation times: (B, N, S) and status (B,)."""
     controller = IController(rtol=rtol, atol=atol)
     if method in _STEPPERS:
-        return integrate(term, _STEPPERS[method](), controller, y0, args, t_obs, max_steps=max_steps)
+        return integrate(term, _STEPPERS[method](), controller, y0, args, t_obs, max_steps=max_steps,
+                         compile=compile)
     return TorchdiffeqRescaled(method, adjoint=adjoint).solve(term, controller, y0, args, t_obs)

@@ -14,11 +14,14 @@ import torch
 
 
 class Dual:
-    """A value (B,) with its derivatives (S, B) with respect to S seed variables."""
+    """A value (B,) with its derivatives (S, B) with respect to S seed variables, or
+    ``d = None`` for a quantity that does not depend on them (a parameter). Wrapping
+    parameters too keeps every tensor operation inside Dual's own methods, which
+    torch.compile can trace (a tensor operator handed a foreign object cannot be)."""
 
     __slots__ = ("v", "d")
 
-    def __init__(self, v: torch.Tensor, d: torch.Tensor):
+    def __init__(self, v: torch.Tensor, d: torch.Tensor | None = None):
         self.v = v
         self.d = d
 
@@ -29,56 +32,79 @@ class Dual:
         eye = torch.eye(n, dtype=y.dtype, device=y.device)[:, :, None].expand(n, n, y.shape[0])
         return [Dual(y[:, i], eye[:, i]) for i in range(n)]
 
+    @staticmethod
+    def constant(x: torch.Tensor) -> "Dual":
+        return Dual(x, None)
+
     def __add__(self, o):
         if isinstance(o, Dual):
-            return Dual(self.v + o.v, self.d + o.d)
+            return Dual(self.v + o.v, _add(self.d, o.d))
         return Dual(self.v + o, self.d)
 
     __radd__ = __add__
 
     def __sub__(self, o):
         if isinstance(o, Dual):
-            return Dual(self.v - o.v, self.d - o.d)
+            return Dual(self.v - o.v, _add(self.d, _neg(o.d)))
         return Dual(self.v - o, self.d)
 
     def __rsub__(self, o):
-        return Dual(o - self.v, -self.d)
+        return Dual(o - self.v, _neg(self.d))
 
     def __neg__(self):
-        return Dual(-self.v, -self.d)
+        return Dual(-self.v, _neg(self.d))
 
     def __mul__(self, o):
         if isinstance(o, Dual):
-            return Dual(self.v * o.v, self.d * o.v + o.d * self.v)
-        return Dual(self.v * o, self.d * o)
+            return Dual(self.v * o.v, _add(_scale(self.d, o.v), _scale(o.d, self.v)))
+        return Dual(self.v * o, _scale(self.d, o))
 
     __rmul__ = __mul__
 
     def __truediv__(self, o):
         if isinstance(o, Dual):
             q = self.v / o.v
-            return Dual(q, (self.d - o.d * q) / o.v)
-        return Dual(self.v / o, self.d / o)
+            if o.d is None:
+                return Dual(q, _scale(self.d, 1.0 / o.v))
+            return Dual(q, _add(self.d, _scale(o.d, -q)) / o.v)
+        return Dual(self.v / o, _scale(self.d, 1.0 / o))
 
     def __rtruediv__(self, o):
         q = o / self.v
-        return Dual(q, self.d * (-q / self.v))
+        return Dual(q, _scale(self.d, -q / self.v))
 
     def clip(self, min):  # noqa: A002 - mirrors torch.Tensor.clip
-        return Dual(self.v.clip(min=min), self.d * (self.v > min))
+        return Dual(self.v.clip(min=min), None if self.d is None else self.d * (self.v > min))
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _neg(a):
+    return None if a is None else -a
+
+
+def _scale(a, x):
+    return None if a is None else a * x
 
 
 def value_and_jacobian(duals_out: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack rate outputs (Duals, or plain values that do not depend on the state) into
     f (B, S) and J (B, S, S) with J[b, i, j] = d f_i / d y_j."""
-    ref = next(o for o in duals_out if isinstance(o, Dual))
+    ref = next(o for o in duals_out if isinstance(o, Dual) and o.d is not None)
     n_seed = ref.d.shape[0]
     values, rows = [], []
     for o in duals_out:
-        if isinstance(o, Dual):
+        if isinstance(o, Dual) and o.d is not None:
             values.append(o.v.expand_as(ref.v))
             rows.append(o.d.expand_as(ref.d))
         else:
+            o = o.v if isinstance(o, Dual) else o
             values.append(torch.as_tensor(o, dtype=ref.v.dtype, device=ref.v.device).expand_as(ref.v))
             rows.append(torch.zeros(n_seed, *ref.v.shape, dtype=ref.v.dtype, device=ref.v.device))
     return torch.stack(values, dim=-1), torch.stack(rows, dim=0).permute(2, 0, 1)

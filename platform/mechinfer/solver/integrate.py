@@ -8,6 +8,9 @@ solution along the chosen steps.
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 from .controller import IController
@@ -25,6 +28,7 @@ def integrate(
     *,
     max_steps: int = 20_000,
     min_step: float = 1e-12,
+    compile: bool | None = None,
 ):
     """Solve y' = term(y, args) from t = 0 for each sample and return its states at its
     own sorted observation times.
@@ -32,9 +36,17 @@ def integrate(
     y0 (B, S), args (B, P), t_obs (B, N) sorted ascending, non-negative.
     Returns states (B, N, S) (NaN rows for failed samples) and status (B,) int8:
     0 solved, 1 too many steps, 2 step size underflow.
+
+    ``compile``: run each step as one torch.compile'd graph (3-4x faster per step; the
+    first use in a process costs a compilation, cached on disk after). ``None`` compiles
+    for batches of at least ``COMPILE_MIN_BATCH`` samples, where it pays back, unless the
+    environment sets ``MECHINFER_COMPILE=0``.
     """
     n_batch, n_obs = t_obs.shape
     n_states = y0.shape[-1]
+    if compile is None:
+        compile = n_batch >= COMPILE_MIN_BATCH and os.environ.get("MECHINFER_COMPILE", "1") != "0"
+    step = _Stepper(method, term, compile)
     device, dtype = y0.device, y0.dtype
     t_obs = t_obs.detach().to(dtype)
     status = torch.zeros(n_batch, dtype=torch.int8, device=device)
@@ -77,7 +89,7 @@ def integrate(
         gap = target - t
         landed = h >= gap
         h_step = torch.minimum(h, gap)
-        y_new, err = _step(term, method, y, a, h_step)
+        y_new, err = _safe_step(step, y, a, h_step)
         with torch.no_grad():
             norm = controller.error_norm(y.detach(), y_new.detach(), err.detach())
             accepted = norm <= 1.0
@@ -96,18 +108,52 @@ def integrate(
     return torch.where(failed, torch.full_like(out, torch.nan), out), status
 
 
-def _step(term, method, y, a, h):
+COMPILE_MIN_BATCH = 1024
+_COMPILED: dict = {}
+
+
+class _Stepper:
+    """Takes a step with ``method.step(term, ...)``, compiled or not. Compiled steps are
+    cached per (method, equations) so each process compiles once; a batch of one runs
+    eagerly (torch.compile specialises size 1 and would compile again); a compiler
+    failure (no C++ toolchain, say) falls back to eager with a warning."""
+
+    def __init__(self, method, term, compile: bool):
+        self.method, self.term = method, term
+        self.compiled = _compiled_step(method, term) if compile else None
+
+    def __call__(self, y, a, h):
+        if self.compiled is not None and y.shape[0] > 1:
+            try:
+                return self.compiled(y, a, h)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+                warnings.warn(f"torch.compile failed, solving eagerly: {exc}", RuntimeWarning, stacklevel=2)
+                self.compiled = None
+        return self.method.step(self.term, y, a, h)
+
+
+def _compiled_step(method, term):
+    key = (type(method), term.f, term.jacobian)
+    if key not in _COMPILED:
+        def step(y, a, h, _method=method, _term=term):
+            return _method.step(_term, y, a, h)
+
+        _COMPILED[key] = torch.compile(step, dynamic=True)
+    return _COMPILED[key]
+
+
+def _safe_step(step, y, a, h):
     """One step for every row. When gradients are being recorded and a row's trial step
     overflows, that row is re-taken without a graph: a rejected non-finite step would
     otherwise turn the row's whole gradient into NaN (0 * inf in the backward pass)."""
-    y_new, err = method.step(term, y, a, h)
+    y_new, err = step(y, a, h)
     if not torch.is_grad_enabled() or not (y.requires_grad or a.requires_grad):
         return y_new, err
     finite = torch.isfinite(y_new).all(dim=-1) & torch.isfinite(err).all(dim=-1)
     if finite.all():
         return y_new, err
     rows = finite.nonzero()[:, 0]
-    y_good, err_good = method.step(term, y[rows], a[rows], h[rows])
+    y_good, err_good = step(y[rows], a[rows], h[rows])
     y_new = torch.full_like(y, torch.nan).index_put((rows,), y_good)
     err = torch.full_like(y, torch.nan).index_put((rows,), err_good)
     return y_new, err
