@@ -16,31 +16,21 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 import mechinfer
 from mechinfer.design import draw_experiments
 from mechinfer.simulate import simulate_observed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference import radau  # noqa: E402
+from reference import radau, scipy_solve  # noqa: E402
 
 
 def lsoda(model, theta, t):
-    p = SimpleNamespace(**dict(zip(model.parameter_names, theta.tolist())))
-    c = SimpleNamespace(**model.constants)
-
-    def f(_, y):
-        d = model.rates(SimpleNamespace(**dict(zip(model.states, y.tolist()))), p, c)
-        return [d[name] for name in model.states]
-
-    y0 = model.initial_state(torch.from_numpy(theta)).numpy()
-    sol = solve_ivp(f, (0.0, float(t[-1])), y0, method="LSODA", t_eval=t, rtol=1e-6)
-    return sol.y.T[:, list(model.channel_states)] if sol.success else np.full((len(t), len(model.channels)), np.nan)
+    out = scipy_solve(model, theta, t, "LSODA", rtol=1e-6)
+    return out if out is not None else np.full((len(t), len(model.channels)), np.nan)
 
 
 def timed(fn):

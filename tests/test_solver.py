@@ -131,3 +131,19 @@ def test_failed_solve_is_reported_not_hidden():
     y, status = simulate_observed(m, theta, torch.linspace(0, m.T, 30, dtype=torch.float64), max_steps=3)
     assert (status != 0).all()
     assert torch.isnan(y).all()
+
+
+def test_torchdiffeq_backend_for_non_stiff_models():
+    """mmk through torchdiffeq (dopri5 in rescaled time), plain and adjoint gradients."""
+    m = mechinfer.get_model("mmk")
+    d = draw_experiments(m, 9, np.arange(20))
+    y = m.simulate(d["theta"], d["t"], solver="dopri5")
+    for i in range(20):
+        np.testing.assert_allclose(y[i], mmk_closed_form(d["theta"][i], d["t"][i]), atol=1e-3 * m.sigma[0])
+    grads = []
+    for adjoint in (False, True):
+        theta = torch.from_numpy(d["theta"][:3]).clone().requires_grad_()
+        out, _ = simulate_observed(m, theta, torch.from_numpy(d["t"][:3]), solver="dopri5", adjoint=adjoint,
+                                   rtol=1e-9, atol=1e-9)
+        grads.append(torch.autograd.grad(out.sum(), theta)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
