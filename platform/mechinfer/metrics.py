@@ -1,0 +1,94 @@
+"""Likelihood and the paper's Table 1 metric (SPEC 4).
+
+Observation sets may be padded to a common length with NaN times and values (sets of
+different sizes in one batch); padded entries carry no weight anywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .models.base import Model
+from .simulate import simulate_observed
+
+TEST_SEED = 20231205
+TEST_SIZE = 1024
+
+
+def observed_mask(t: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(t) & torch.isfinite(value)
+
+
+def predict(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, **solver_options):
+    """Noise-free model output mu (B, N) at each observation's (t, channel), and the
+    solver status (B,). Padded entries (NaN t) are simulated at t = 0 and must be masked."""
+    t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+    y, status = simulate_observed(model, theta, t_filled, **solver_options)
+    return y.gather(2, channel.long().unsqueeze(-1)).squeeze(-1), status
+
+
+def nll_from_mu(model: Model, mu: torch.Tensor, channel: torch.Tensor, value: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+    """1/2 sum_i ((x_i - mu_i) / sigma_{c_i})^2 over the observed entries: (B,)."""
+    sigma = torch.as_tensor(model.sigma, dtype=mu.dtype, device=mu.device)[channel.long()]
+    r = torch.where(mask, (value.to(mu.dtype) - mu) / sigma, torch.zeros_like(mu))
+    return 0.5 * r.square().sum(dim=-1)
+
+
+def nll(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, value: torch.Tensor,
+        **solver_options) -> torch.Tensor:
+    """Negative log-likelihood (constant dropped) of theta (B, P) for each set: (B,).
+    Differentiable in theta through the solver; NaN where the solver failed."""
+    mu, status = predict(model, theta, t, channel, **solver_options)
+    out = nll_from_mu(model, mu, channel, value, observed_mask(t, value))
+    return torch.where(status == 0, out, torch.full_like(out, torch.nan))
+
+
+@dataclass
+class R2:
+    value: float
+    stderr: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.4f} ± {self.stderr:.4f}"
+
+
+def r2(model: Model, mu: np.ndarray, channel: np.ndarray, x: np.ndarray, *, n_boot: int = 1000,
+       seed: int = 0) -> R2:
+    """R^2 of SPEC 4 for predictions mu against observations x (both (B, N), NaN-padded),
+    with a bootstrap standard error over samples. Pass the noise-free values as x for
+    R2_true."""
+    mask = np.isfinite(x) & np.isfinite(channel.astype(float))
+    sigma = model.sigma[np.where(mask, channel, 0).astype(int)]
+    resid = np.where(mask, ((x - mu) / sigma) ** 2, 0.0).sum(axis=1)  # (B,)
+    n_ch = len(model.channels)
+    onehot = (channel[..., None] == np.arange(n_ch)) & mask[..., None]  # (B, N, C)
+    xs = np.where(mask, x, 0.0)[..., None]
+    count, total, squares = onehot.sum(1), (onehot * xs).sum(1), (onehot * xs**2).sum(1)  # (B, C)
+
+    def score(weights):  # weights (K, B): how often each sample is drawn
+        n_c, s_c, q_c = weights @ count, weights @ total, weights @ squares
+        mean = s_c / np.maximum(n_c, 1)
+        denom = ((q_c - 2 * mean * s_c + n_c * mean**2) / model.sigma**2).sum(-1)
+        return 1.0 - (weights @ resid) / denom
+
+    full = float(score(np.ones((1, len(resid))))[0])
+    rng = np.random.default_rng(seed)
+    boot = []
+    for start in range(0, n_boot, 250):
+        k = min(250, n_boot - start)
+        draws = rng.integers(0, len(resid), size=(k, len(resid)))
+        weights = np.zeros((k, len(resid)))
+        np.add.at(weights, (np.arange(k)[:, None], draws), 1.0)
+        boot.append(score(weights))
+    return R2(full, float(np.std(np.concatenate(boot), ddof=1)))
+
+
+def test_set(model: Model) -> dict[str, np.ndarray]:
+    """The SPEC test set: 1024 prior draws with their designs, seed 20231205. Never used
+    for training or tuning."""
+    from .generate import simulate_chunk
+
+    return simulate_chunk(model, TEST_SEED, 0, TEST_SIZE)
