@@ -1,0 +1,91 @@
+"""Losses and the training steps of the proxy and the inference network (SPEC 6, 2-3).
+
+Kept free of Ray: the Ray Train loops in :mod:`mechinfer.train` call these on the
+batches of their dataset shard, and tests call them directly.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import metrics, priors
+from .models.base import Model
+
+
+def batch_tensors(table: pa.Table) -> dict[str, torch.Tensor]:
+    """Dataset rows (SPEC 5) as tensors; rows whose solve failed are dropped here."""
+    keep = np.asarray(table["status"].to_numpy(zero_copy_only=False)) == 0
+    table = table.filter(pa.array(keep))
+    n = table.num_rows
+
+    def lists(name, dtype):
+        flat = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return torch.from_numpy(np.array(flat, dtype=dtype).reshape(n, -1))
+
+    return {
+        "z": lists("z", np.float32), "t": lists("t", np.float32), "channel": lists("channel", np.int64),
+        "value": lists("value", np.float32), "clean": lists("clean", np.float32),
+    }
+
+
+def random_subsets(t: torch.Tensor, value: torch.Tensor, min_obs: int, generator: torch.Generator | None = None):
+    """Hide a random number of each set's observations (NaN), keeping between ``min_obs``
+    and all of them, so the network learns to serve the sizes a lab actually has."""
+    n_batch, n_obs = t.shape
+    keep_n = torch.randint(min(min_obs, n_obs), n_obs + 1, (n_batch, 1), generator=generator)
+    rank = torch.rand(n_batch, n_obs, generator=generator).argsort(dim=1).argsort(dim=1)
+    hidden = rank >= keep_n
+    nan = torch.full_like(t, torch.nan)
+    return torch.where(hidden, nan, t), torch.where(hidden, nan, value)
+
+
+def proxy_loss(model: Model, proxy, batch: dict) -> torch.Tensor:
+    """Mean squared error of the proxy in units of each channel's noise sigma."""
+    sigma = torch.as_tensor(model.sigma, dtype=torch.float32)[batch["channel"]]
+    pred = proxy(batch["z"], batch["t"], batch["channel"])
+    return ((pred - batch["clean"]) / sigma).square().mean()
+
+
+def inference_loss(model: Model, net, batch: dict, *, through: str, proxy=None, min_obs: int | None = None,
+                   generator: torch.Generator | None = None, solver_options: dict | None = None) -> torch.Tensor:
+    """NLL per observation of the network's estimate, with the model output from the
+    frozen proxy (``through="proxy"``) or the mechanistic solver (``through="model"``)."""
+    t, value = batch["t"], batch["value"]
+    if min_obs is not None:
+        t, value = random_subsets(t, value, min_obs, generator)
+    z_hat = net(t, batch["channel"], value)
+    mask = metrics.observed_mask(t, value)
+    if through == "proxy":
+        mu = proxy(z_hat, torch.nan_to_num(t), batch["channel"])
+        sigma = torch.as_tensor(model.sigma, dtype=mu.dtype)[batch["channel"]]
+        r = torch.where(mask, (value - mu) / sigma, torch.zeros_like(mu))
+        return 0.5 * r.square().sum() / mask.sum()
+    if through == "model":
+        theta = priors.from_z(model.priors, z_hat.double())
+        mu, status = metrics.predict(model, theta, t.double(), batch["channel"], **(solver_options or {}))
+        ok = status == 0
+        per_set = metrics.nll_from_mu(model, mu, batch["channel"], value.double(), mask)
+        return per_set[ok].sum() / mask[ok].sum()
+    raise ValueError(f"through must be 'proxy' or 'model', got {through!r}")
+
+
+@torch.no_grad()
+def evaluate(model: Model, net, data: dict[str, np.ndarray], fractions=(1.0,), seed: int = 0) -> dict:
+    """R^2 (SPEC 4) of the network's estimates on a dataset's rows, with a fraction of
+    each set's observations kept (randomly, fixed by seed)."""
+    out = {}
+    gen = torch.Generator().manual_seed(seed)
+    for frac in fractions:
+        t = torch.from_numpy(data["t"]).float()
+        value = torch.from_numpy(data["value"]).float()
+        keep = max(1, int(round(frac * t.shape[1])))
+        rank = torch.rand(t.shape, generator=gen).argsort(1).argsort(1)
+        t = torch.where(rank < keep, t, torch.nan)
+        value = torch.where(rank < keep, value, torch.nan)
+        channel = torch.from_numpy(data["channel"]).long()
+        theta = priors.from_z(model.priors, net(t, channel, value).double())
+        mu, _ = metrics.predict(model, theta, t.double(), channel)
+        x = value.double().numpy()
+        out[frac] = metrics.r2(model, mu.numpy(), data["channel"], x)
+    return out
