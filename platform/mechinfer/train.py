@@ -114,7 +114,7 @@ def _loop(cfg: dict) -> None:
             if world > 1:
                 torch.distributed.all_reduce(check)
             if not torch.isfinite(check):
-                ray.train.report({"error": f"non-finite loss at epoch {epoch}, step {steps}; no checkpoint saved"})
+                _report_error(f"non-finite loss at epoch {epoch}, step {steps}; no checkpoint saved")
                 return
             opt.zero_grad()
             loss.backward()
@@ -143,6 +143,23 @@ def _loop(cfg: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+
+
+ERROR_FILE = "error.json"
+
+
+def _report_error(message: str) -> None:
+    """End training with a message and no weights. Ray Train keeps only reports that
+    carry a checkpoint, so the message travels as a checkpoint holding just error.json."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report({"error": message})
+        return
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, ERROR_FILE), "w") as f:
+            json.dump({"error": message}, f)
+        ray.train.report({"error": message}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, epochs: int = 2,
@@ -198,11 +215,12 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
         datasets={"train": _split(ds, validation=False), "val": _split(ds, validation=True)},
     )
     result = trainer.fit()
-    if result.metrics and "error" in result.metrics:
-        raise FloatingPointError(f"{stage} training stopped: {result.metrics['error']}")
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} training produced no checkpoint")
     with result.checkpoint.as_directory() as d:
+        if os.path.exists(os.path.join(d, ERROR_FILE)):
+            with open(os.path.join(d, ERROR_FILE)) as f:
+                raise FloatingPointError(f"{stage} training stopped: {json.load(f)['error']}")
         net, meta = checkpoint.load(d, model=m.name)
         checkpoint.save(out, net, model=m.name, dataset_manifest=manifest, metrics=meta["metrics"],
                         training={**meta["training"], "num_workers": num_workers, "use_gpu": use_gpu})

@@ -1,0 +1,105 @@
+"""Networks, checkpoints, the estimator API and the R^2 metric, without Ray."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mechinfer
+from mechinfer import checkpoint, metrics, networks, training
+
+
+@pytest.fixture
+def ecoli():
+    return mechinfer.get_model("ecoli")
+
+
+def _sets(b=3, n=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, n, generator=g) * 6, torch.randint(0, 4, (b, n), generator=g), torch.randn(b, n, generator=g)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "meanmax"])
+def test_deep_set_is_permutation_invariant_and_ignores_padding(ecoli, pooling):
+    net = networks.build(networks.default_config(ecoli, "inference", width=32, depth=2, pooling=pooling))
+    t, ch, v = _sets()
+    z = net(t, ch, v)
+    assert z.shape == (3, 20)
+    perm = torch.randperm(30)
+    torch.testing.assert_close(net(t[:, perm], ch[:, perm], v[:, perm]), z, rtol=1e-5, atol=1e-5)
+    pad = torch.full((3, 7), float("nan"))
+    torch.testing.assert_close(net(torch.cat([t, pad], 1), torch.cat([ch, torch.zeros(3, 7, dtype=torch.long)], 1),
+                                   torch.cat([v, pad], 1)), z)
+
+
+def test_random_subsets_keep_between_min_and_all():
+    t, _, v = _sets(b=500)
+    ts, vs = training.random_subsets(t, v, 5, torch.Generator().manual_seed(1))
+    kept = torch.isfinite(ts).sum(1)
+    assert kept.min() >= 5 and kept.max() == 30 and torch.equal(torch.isfinite(ts), torch.isfinite(vs))
+
+
+def test_checkpoint_round_trip_and_refusals(ecoli, tmp_path):
+    net = networks.build(networks.default_config(ecoli, "inference", width=16, depth=1))
+    meta = checkpoint.save(str(tmp_path / "ck"), net, model="ecoli", dataset_manifest={"model": "ecoli"},
+                           metrics={"val_loss": 1.0})
+    assert meta["checkpoint_id"].startswith("ecoli-inference-")
+    loaded, meta2 = checkpoint.load(str(tmp_path / "ck"), model="ecoli", kind="inference")
+    t, ch, v = _sets()
+    torch.testing.assert_close(loaded(t, ch, v), net(t, ch, v))
+    assert meta2["metrics"] == {"val_loss": 1.0} and meta2["spec_version"] == 1
+    with pytest.raises(ValueError, match="is for model 'ecoli', not 'mmk'"):
+        checkpoint.load(str(tmp_path / "ck"), model="mmk")
+    with pytest.raises(ValueError, match="holds a inference network, not a proxy network"):
+        checkpoint.load(str(tmp_path / "ck"), kind="proxy")
+    meta_file = tmp_path / "ck" / checkpoint.META
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "spec_version": 0}))
+    with pytest.raises(ValueError, match="spec version 0"):
+        checkpoint.load(str(tmp_path / "ck"))
+    with pytest.raises(ValueError, match="has no checkpoint.json"):
+        checkpoint.load(str(tmp_path))
+    with torch.no_grad():
+        net.rho[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite weights"):
+        checkpoint.save(str(tmp_path / "bad"), net, model="ecoli", dataset_manifest=None)
+    assert not (tmp_path / "bad" / checkpoint.META).exists()
+
+
+def test_estimator_api_and_input_checks(tmp_path):
+    m = mechinfer.get_model("mmk")
+    net = networks.build(networks.default_config(m, "inference", width=16, depth=1))
+    checkpoint.save(str(tmp_path / "ck"), net, model="mmk", dataset_manifest=None)
+    est = mechinfer.load_estimator(str(tmp_path / "ck"))
+    t = np.array([[0.1, 0.5, 1.0, np.nan], [0.2, 0.4, 1.5, 1.9]])
+    ch = np.array([[0, 1, 0, 0], [1, 1, 0, 1]])
+    v = np.array([[5.0, 1.0, 4.0, np.nan], [1.0, 2.0, 3.0, 3.5]])
+    theta = est.estimate(t, ch, v)
+    assert theta.shape == (2, 4)
+    m.check_theta(torch.from_numpy(theta))  # inside the prior
+    with pytest.raises(ValueError, match=r"in \[0, 2\] h"):
+        est.estimate(t + 5, ch, v)
+    with pytest.raises(ValueError, match="integer indices into"):
+        est.estimate(t, ch + 2, v)
+    with pytest.raises(ValueError, match="same \\(B, N\\) shape"):
+        est.estimate(t, ch[:, :2], v)
+    with pytest.raises(ValueError, match="row 0 has no observations"):
+        est.estimate(np.full((1, 3), np.nan), np.zeros((1, 3), int), np.full((1, 3), np.nan))
+    with pytest.raises(ValueError, match="spec version|not a mechinfer checkpoint"):
+        mechinfer.load_estimator(str(tmp_path))
+
+
+def test_r2_metric():
+    m = mechinfer.get_model("mmk")
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0, 10, (200, 14))
+    ch = rng.integers(0, 2, (200, 14))
+    x = clean + 0.5 * rng.standard_normal((200, 14))
+    perfect = metrics.r2(m, x, ch, x)
+    assert perfect.value == 1.0 and perfect.stderr == 0.0
+    truth = metrics.r2(m, clean, ch, x)
+    expected = 1 - ((x - clean) ** 2).sum() / sum(((x[ch == c] - x[ch == c].mean()) ** 2).sum() for c in (0, 1))
+    assert truth.value == pytest.approx(expected)
+    assert 0 < truth.stderr < 0.01
+    x_pad = x.copy()
+    x_pad[:, -2:] = np.nan  # padded entries carry no weight
+    assert metrics.r2(m, clean, ch, x_pad).value == pytest.approx(metrics.r2(m, clean[:, :-2], ch[:, :-2], x[:, :-2]).value)
