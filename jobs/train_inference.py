@@ -26,18 +26,30 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--pooling", default="meanmax")
+    parser.add_argument("--config", default=None,
+                        help="best_config.json from jobs/tune.py: sets width, depth, pooling, encodings, lr, batch size")
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
     parser.add_argument("--finetune-steps-per-epoch", type=int, default=None)
     args = parser.parse_args(argv)
 
     from mechinfer.train import train_inference_and_report
 
+    network = {"width": args.width, "depth": args.depth, "pooling": args.pooling}
+    if args.config:
+        with open(args.config) as f:
+            best = json.load(f)
+        if best.get("model") != args.model:
+            print(f"train_inference: error: {args.config} was tuned for {best.get('model')!r}, not {args.model!r}",
+                  file=sys.stderr)
+            return 2
+        network = {k: best[k] for k in ("width", "depth", "pooling", "time_encoding", "channel_encoding")}
+        args.lr, args.batch_size = best["lr"], best["batch_size"]
     try:
         report = train_inference_and_report(
             args.model, args.data, args.proxy, args.out, num_workers=args.num_workers, epochs=args.epochs,
             finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
             finetune_lr=args.finetune_lr, min_obs=args.min_obs,
-            network={"width": args.width, "depth": args.depth, "pooling": args.pooling},
+            network=network,
             max_steps_per_epoch=args.max_steps_per_epoch, finetune_steps_per_epoch=args.finetune_steps_per_epoch)
     except (ValueError, FloatingPointError) as exc:
         print(f"train_inference: error: {exc}", file=sys.stderr)

@@ -16,12 +16,18 @@ def mmk_data(ray_local, tmp_path_factory):
     return root
 
 
-def test_stages_run_and_the_estimator_loads(mmk_data):
+@pytest.fixture(scope="module")
+def proxy(mmk_data):
+    summary = train("proxy", "mmk", str(mmk_data / "mmk"), str(mmk_data / "proxy"), epochs=2, batch_size=64,
+                    max_steps_per_epoch=5)
+    assert summary.steps == 10 and np.isfinite(summary.val_loss)
+    return mmk_data / "proxy"
+
+
+def test_stages_run_and_the_estimator_loads(mmk_data, proxy):
     data = str(mmk_data / "mmk")
-    proxy = train("proxy", "mmk", data, str(mmk_data / "proxy"), epochs=2, batch_size=64, max_steps_per_epoch=5)
-    assert proxy.steps == 10 and np.isfinite(proxy.val_loss)
     inf = train("inference", "mmk", data, str(mmk_data / "inf"), epochs=1, batch_size=64,
-                max_steps_per_epoch=5, proxy_checkpoint=str(mmk_data / "proxy"))
+                max_steps_per_epoch=5, proxy_checkpoint=str(proxy))
     ft = train("finetune", "mmk", data, str(mmk_data / "ft"), epochs=1, batch_size=64,
                max_steps_per_epoch=2, init_checkpoint=str(mmk_data / "inf"), lr=1e-4)
     assert inf.steps == 5 and ft.steps == 2
@@ -55,3 +61,66 @@ def test_nan_loss_stops_without_a_checkpoint(mmk_data, tmp_path):
         train("proxy", "mmk", str(mmk_data / "mmk"), str(tmp_path / "nan"), epochs=1, batch_size=64, lr=1e30,
               max_steps_per_epoch=8)
     assert not (tmp_path / "nan" / "checkpoint.json").exists()
+
+
+def test_tune_writes_best_config_and_trials(mmk_data, proxy, tmp_path):
+    from mechinfer.tuning import BEST_CONFIG, tune_inference
+
+    summary = tune_inference("mmk", str(mmk_data / "mmk"), str(proxy), str(tmp_path / "tune"), num_samples=3,
+                             max_steps=40, steps_per_report=10, max_rows=400)
+    best = json.loads((tmp_path / "tune" / BEST_CONFIG).read_text())
+    assert best == summary["best"] and best["model"] == "mmk" and np.isfinite(best["val_nll"])
+    assert set(best) >= {"width", "depth", "pooling", "time_encoding", "channel_encoding", "lr", "batch_size"}
+    trials = (tmp_path / "tune" / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 3 and trials[0].startswith("val_nll")
+    with pytest.raises(ValueError, match="holds 'mmk' samples, not 'ecoli'"):
+        tune_inference("ecoli", str(mmk_data / "mmk"), str(proxy), str(tmp_path / "t2"))
+
+
+def test_two_workers_ddp_match_one(mmk_data, tmp_path):
+    """DDP on 2 CPU workers: same global batch and steps as 1 worker, comparable loss."""
+    runs = {w: train("proxy", "mmk", str(mmk_data / "mmk"), str(tmp_path / f"w{w}"), epochs=3, batch_size=64,
+                     num_workers=w, max_steps_per_epoch=6, seed=1) for w in (1, 2)}
+    assert runs[1].steps == runs[2].steps == 18
+    assert runs[2].num_workers == 2 and np.isfinite(runs[2].val_loss)
+    assert runs[2].val_loss < 1.5 * runs[1].val_loss
+
+
+def _train_worker_pids():
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_killed_train_worker_resumes_from_checkpoint(mmk_data, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    storage = tmp_path / "results"
+    result = {}
+    job = threading.Thread(target=lambda: result.update(summary=train(
+        "proxy", "mmk", str(mmk_data / "mmk"), str(tmp_path / "ck"), epochs=4, batch_size=16,
+        max_steps_per_epoch=25, storage_path=str(storage))))
+    job.start()
+    killed = None
+    deadline = time.time() + 180
+    while killed is None and job.is_alive() and time.time() < deadline:
+        if list(storage.glob("*/checkpoint_*")) and _train_worker_pids():
+            killed = _train_worker_pids()[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.1)
+    job.join(timeout=300)
+    assert killed is not None, "a training worker was killed after the first checkpoint"
+    summary = result["summary"]
+    assert summary.steps == 100, "resumed from the checkpoint: no epoch lost or repeated in the step count"
+    assert json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["metrics"]["epoch"] == 3

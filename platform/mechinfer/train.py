@@ -39,11 +39,13 @@ class TrainSummary:
     val_loss: float
     num_workers: int
     device: str
+    excluded_rows: int  # dataset rows whose solve failed (status != 0), never trained on
 
     def __str__(self) -> str:
         return (f"{self.stage} ({self.model}): {self.epochs} epochs, {self.steps} steps, {self.num_workers} worker(s) "
                 f"on {self.device}, {self.samples_per_s:.0f} samples/s, {self.wall_s:.1f} s; "
-                f"validation loss {self.val_loss:.4f}; checkpoint {self.checkpoint}")
+                f"validation loss {self.val_loss:.4f}; {self.excluded_rows} failed-solve rows excluded; "
+                f"checkpoint {self.checkpoint}")
 
 
 def _split(ds, validation: bool):
@@ -102,9 +104,11 @@ def _loop(cfg: dict) -> None:
                                        min_obs=cfg["min_obs"] if subsets else None, generator=gen)
 
     for epoch in range(start_epoch, cfg["epochs"]):
-        start, seen = time.perf_counter(), 0
+        start, seen, epoch_steps = time.perf_counter(), 0, 0
         net.train()
-        for table in ray.train.get_dataset_shard("train").iter_batches(batch_size=cfg["batch_size"],
+        # batch_size is the global batch: with W workers each takes batch_size / W rows a
+        # step, so one worker and several take the same steps over the same data.
+        for table in ray.train.get_dataset_shard("train").iter_batches(batch_size=max(1, cfg["batch_size"] // world),
                                                                        batch_format="pyarrow"):
             batch = training.batch_tensors(table)
             if not len(batch["z"]):
@@ -120,12 +124,13 @@ def _loop(cfg: dict) -> None:
             loss.backward()
             opt.step()
             steps += 1
+            epoch_steps += 1
             seen += len(batch["z"])
-            if cfg.get("max_steps_per_epoch") and steps - epoch * cfg["max_steps_per_epoch"] >= cfg["max_steps_per_epoch"]:
+            if cfg.get("max_steps_per_epoch") and epoch_steps >= cfg["max_steps_per_epoch"]:
                 break
         net.eval()
         total, count = 0.0, 0
-        with torch.no_grad() if cfg["stage"] != "finetune" else torch.enable_grad():
+        with torch.no_grad():
             for table in ray.train.get_dataset_shard("val").iter_batches(batch_size=1024, batch_format="pyarrow"):
                 batch = training.batch_tensors(table)
                 if len(batch["z"]):
@@ -228,7 +233,7 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
     return TrainSummary(stage=stage, model=m.name, checkpoint=out, epochs=epochs, steps=int(metrics["steps"]),
                         samples_per_s=float(metrics["samples_per_s"]), wall_s=time.perf_counter() - start,
                         val_loss=float(metrics["val_loss"]), num_workers=num_workers,
-                        device="GPU" if use_gpu else "CPU")
+                        device="GPU" if use_gpu else "CPU", excluded_rows=int(manifest.get("failures", 0)))
 
 
 def _abs(path: str | None) -> str | None:
@@ -252,21 +257,21 @@ def train_inference_and_report(model: str, data: str, proxy_checkpoint: str, out
         kwargs.pop("network", None)
         summaries.append(train("finetune", model, data, out, epochs=finetune_epochs, init_checkpoint=stage1_out,
                                **kwargs))
-    net, _ = checkpoint.load(out, model=m.name, kind="inference")
     test = metrics.test_set(m)
     ok = test["status"] == 0
     test = {k: v[ok] for k, v in test.items()}
-    r2_net = training.evaluate(m, net, test, fractions=(0.25, 0.5, 1.0))
     r2_truth = metrics.r2(m, test["clean"], test["channel"], test["value"])
     lines = [str(s) for s in summaries] + [
         f"SPEC test set ({len(test['t'])} samples, seed {metrics.TEST_SEED}):",
         f"  R2 of the true parameters: {r2_truth}",
-    ] + [f"  R2 of the network, {int(f * 100)}% of n_obs: {r}" for f, r in r2_net.items()]
-    report = {
-        "model": m.name, "stages": [s.__dict__ for s in summaries],
-        "r2_true_parameters": r2_truth.__dict__,
-        "r2_network": {f"{int(f * 100)}%": r.__dict__ for f, r in r2_net.items()},
-    }
+    ]
+    report = {"model": m.name, "stages": [s.__dict__ for s in summaries], "r2_true_parameters": r2_truth.__dict__}
+    checkpoints = [("through the proxy", stage1_out)] + ([("fine-tuned through the solver", out)] if finetune_epochs else [])
+    for label, path in checkpoints:
+        net, _ = checkpoint.load(path, model=m.name, kind="inference")
+        r2_net = training.evaluate(m, net, test, fractions=(0.25, 0.5, 1.0))
+        lines += [f"  R2 of the network {label}, {int(f * 100)}% of n_obs: {r}" for f, r in r2_net.items()]
+        report[f"r2_network ({label})"] = {f"{int(f * 100)}%": r.__dict__ for f, r in r2_net.items()}
     with open(os.path.join(out, "training_summary.json"), "w") as f:
         json.dump(report, f, indent=2)
     report["text"] = "\n".join(lines)
