@@ -204,7 +204,11 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
     net_config = networks.default_config(m, kind, value_offset=offsets, value_scale=scales, **(network or {}))
     if init_checkpoint:
         net_config = checkpoint.load(init_checkpoint, model=m.name, kind="inference")[1]["network"]
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) >= num_workers
+    # Leave a CPU for Ray Data's readers: 2 workers on a 2-CPU machine would otherwise
+    # hold every CPU and the dataset shards they wait on could never be read.
+    cpus_per_worker = max(0.25, min(1.0, (resources.get("CPU", 1) - 1) / num_workers))
     cfg = {"stage": stage, "model": m.name, "network": net_config, "lr": lr, "batch_size": batch_size,
            "epochs": epochs, "min_obs": min_obs, "seed": seed, "manifest": manifest,
            "proxy_checkpoint": _abs(proxy_checkpoint), "init_checkpoint": _abs(init_checkpoint),
@@ -212,7 +216,8 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
     start = time.perf_counter()
     trainer = TorchTrainer(
         _loop, train_loop_config=cfg,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=f"{m.name}-{stage}-{int(time.time())}",
                              storage_path=storage_path or os.path.abspath(os.path.join(out, os.pardir, "ray_results")),
                              failure_config=FailureConfig(max_failures=max_failures),
