@@ -33,8 +33,9 @@ def random_subsets(t: torch.Tensor, value: torch.Tensor, min_obs: int, generator
     """Hide a random number of each set's observations (NaN), keeping between ``min_obs``
     and all of them, so the network learns to serve the sizes a lab actually has."""
     n_batch, n_obs = t.shape
-    keep_n = torch.randint(min(min_obs, n_obs), n_obs + 1, (n_batch, 1), generator=generator)
-    rank = torch.rand(n_batch, n_obs, generator=generator).argsort(dim=1).argsort(dim=1)
+    # drawn on the generator's device (the CPU), then moved to the data's
+    keep_n = torch.randint(min(min_obs, n_obs), n_obs + 1, (n_batch, 1), generator=generator).to(t.device)
+    rank = torch.rand(n_batch, n_obs, generator=generator).argsort(dim=1).argsort(dim=1).to(t.device)
     hidden = rank >= keep_n
     nan = torch.full_like(t, torch.nan)
     return torch.where(hidden, nan, t), torch.where(hidden, nan, value)
@@ -42,7 +43,7 @@ def random_subsets(t: torch.Tensor, value: torch.Tensor, min_obs: int, generator
 
 def proxy_loss(model: Model, proxy, batch: dict) -> torch.Tensor:
     """Mean squared error of the proxy in units of each channel's noise sigma."""
-    sigma = torch.as_tensor(model.sigma, dtype=torch.float32)[batch["channel"]]
+    sigma = torch.as_tensor(model.sigma, dtype=torch.float32, device=batch["channel"].device)[batch["channel"]]
     pred = proxy(batch["z"], batch["t"], batch["channel"])
     return ((pred - batch["clean"]) / sigma).square().mean()
 
@@ -58,7 +59,7 @@ def inference_loss(model: Model, net, batch: dict, *, through: str, proxy=None, 
     mask = metrics.observed_mask(t, value)
     if through == "proxy":
         mu = proxy(z_hat, torch.nan_to_num(t), batch["channel"])
-        sigma = torch.as_tensor(model.sigma, dtype=mu.dtype)[batch["channel"]]
+        sigma = torch.as_tensor(model.sigma, dtype=mu.dtype, device=mu.device)[batch["channel"]]
         r = torch.where(mask, (value - mu) / sigma, torch.zeros_like(mu))
         return 0.5 * r.square().sum() / mask.sum()
     if through == "model":
