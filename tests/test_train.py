@@ -50,6 +50,14 @@ def test_bad_inputs(mmk_data, tmp_path):
         train("inference", "mmk", data, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="unknown stage"):
         train("pretrain", "mmk", data, str(tmp_path / "x"))
+    import shutil
+
+    old = tmp_path / "old-spec"
+    shutil.copytree(mmk_data / "mmk", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "spec_version": 0}))
+    with pytest.raises(ValueError, match="written for spec version 0"):
+        train("proxy", "mmk", str(old), str(tmp_path / "x"))
     failed = tmp_path / "failed"
     simulate_dataset("mmk", 30, 0, str(failed), chunk_size=30, solver_options={"max_steps": 1})
     with pytest.raises(ValueError, match="0 usable samples"):
