@@ -15,6 +15,7 @@ import pytest
 import mechinfer
 from mechinfer import dataset
 from mechinfer.generate import simulate_dataset
+from processes import pids_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,15 +133,7 @@ def test_foreign_directory_is_refused(tmp_path):
 
 
 def _task_pids():
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "cmdline").read_bytes().startswith(b"ray::MapBatches(_write_chunks)"):
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
+    return pids_of(b"ray::MapBatches(_write_chunks)")
 
 
 def test_killed_worker_loses_no_sample(ray_local, tmp_path):

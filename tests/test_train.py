@@ -7,6 +7,7 @@ import pytest
 import mechinfer
 from mechinfer.generate import simulate_dataset
 from mechinfer.train import train
+from processes import pids_of
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +96,7 @@ def test_two_workers_ddp_match_one(mmk_data, tmp_path):
 
 
 def _train_worker_pids():
-    from pathlib import Path
-
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
+    return pids_of(b"ray::RayTrainWorker")
 
 
 def test_killed_train_worker_resumes_from_checkpoint(mmk_data, tmp_path):
