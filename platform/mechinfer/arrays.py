@@ -1,4 +1,5 @@
-"""Conversions between the numpy face of the API and the torch code behind it."""
+"""Conversions and checks between the public face of the API (numpy, plain numbers)
+and the torch code behind it."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,3 +17,10 @@ def like_input(result: torch.Tensor, original):
     if isinstance(original, torch.Tensor):
         return result
     return result.detach().cpu().numpy()
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` if it is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

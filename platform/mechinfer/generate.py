@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 import torch
 
 from . import dataset as ds_format
+from .arrays import positive_int
 from .design import draw_experiments
 from .models import get_model
 from .models.base import Model
@@ -90,10 +91,10 @@ def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int
     import ray
 
     m = get_model(model)
-    n = _positive_int("n", n)
-    chunk_size = _positive_int("chunk_size", chunk_size)
+    n = positive_int("n", n)
+    chunk_size = positive_int("chunk_size", chunk_size)
     if num_blocks is not None:
-        num_blocks = _positive_int("num_blocks", num_blocks)
+        num_blocks = positive_int("num_blocks", num_blocks)
     solver_options = dict(solver_options or {})
     fs, root = ds_format.resolve(out)
     params = {"model": m.name, "n_samples": n, "seed": int(seed), "chunk_size": chunk_size,
@@ -131,12 +132,6 @@ def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int
     ds_format.write_json(fs, f"{root}/{ds_format.MANIFEST}", manifest)
     fs.delete_file(f"{root}/{ds_format.INTENT}")
     return summary
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _prepare_location(fs: pafs.FileSystem, root: str, out: str, params: dict, overwrite: bool) -> set[str]:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from . import checkpoint, dataset, networks, training
+from .arrays import positive_int
 from .models import get_model
 
 STAGES = ("proxy", "inference", "finetune")
@@ -191,8 +192,7 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
     if stage == "finetune" and not init_checkpoint:
         raise ValueError("stage 'finetune' needs init_checkpoint (an inference network trained through the proxy)")
     for name, value in (("num_workers", num_workers), ("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(name, value)
 
     if not ray.is_initialized():
         ray.init()

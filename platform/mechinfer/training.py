@@ -33,10 +33,16 @@ def random_subsets(t: torch.Tensor, value: torch.Tensor, min_obs: int, generator
     """Hide a random number of each set's observations (NaN), keeping between ``min_obs``
     and all of them, so the network learns to serve the sizes a lab actually has."""
     n_batch, n_obs = t.shape
-    # drawn on the generator's device (the CPU), then moved to the data's
-    keep_n = torch.randint(min(min_obs, n_obs), n_obs + 1, (n_batch, 1), generator=generator).to(t.device)
-    rank = torch.rand(n_batch, n_obs, generator=generator).argsort(dim=1).argsort(dim=1).to(t.device)
-    hidden = rank >= keep_n
+    keep_n = torch.randint(min(min_obs, n_obs), n_obs + 1, (n_batch, 1), generator=generator)
+    return keep_random(t, value, keep_n, generator)
+
+
+def keep_random(t: torch.Tensor, value: torch.Tensor, keep_n, generator: torch.Generator | None = None):
+    """Keep ``keep_n`` (an int or (B, 1) counts) randomly chosen observations of each set,
+    NaN the rest. Random numbers are drawn on the generator's device (the CPU), then
+    moved to the data's."""
+    rank = torch.rand(t.shape, generator=generator).argsort(dim=1).argsort(dim=1).to(t.device)
+    hidden = rank >= torch.as_tensor(keep_n).to(t.device)
     nan = torch.full_like(t, torch.nan)
     return torch.where(hidden, nan, t), torch.where(hidden, nan, value)
 
@@ -78,12 +84,8 @@ def evaluate(model: Model, net, data: dict[str, np.ndarray], fractions=(1.0,), s
     out = {}
     gen = torch.Generator().manual_seed(seed)
     for frac in fractions:
-        t = torch.from_numpy(data["t"]).float()
-        value = torch.from_numpy(data["value"]).float()
-        keep = max(1, int(round(frac * t.shape[1])))
-        rank = torch.rand(t.shape, generator=gen).argsort(1).argsort(1)
-        t = torch.where(rank < keep, t, torch.nan)
-        value = torch.where(rank < keep, value, torch.nan)
+        t, value = keep_random(torch.from_numpy(data["t"]).float(), torch.from_numpy(data["value"]).float(),
+                               max(1, int(round(frac * data["t"].shape[1]))), gen)
         channel = torch.from_numpy(data["channel"]).long()
         theta = priors.from_z(model.priors, net(t, channel, value).double())
         mu, _ = metrics.predict(model, theta, t.double(), channel)

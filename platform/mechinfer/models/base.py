@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import priors as _priors
-from ..arrays import as_tensor, like_input
+from ..arrays import as_tensor, like_input, positive_int
 from ..solver.dual import Dual
 from ..solver.dual import value_and_jacobian as dual_value_and_jacobian
 
@@ -136,7 +136,7 @@ class Model:
         a dataset simulated with the same seed (see mechinfer.design)."""
         from ..design import sample_uniforms
 
-        u = sample_uniforms(self, seed, np.arange(_count(n), dtype=np.int64))["theta"]
+        u = sample_uniforms(self, seed, np.arange(positive_int("n", n), dtype=np.int64))["theta"]
         return _priors.from_u(self.priors, torch.from_numpy(u)).numpy()
 
     def to_z(self, theta):
@@ -202,7 +202,3 @@ def _record_type(names: tuple[str, ...]):
     return _RECORD_TYPES[names]
 
 
-def _count(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    return int(n)
