@@ -48,7 +48,6 @@ A_MATRIX, C_MATRIX = _padded(A), _padded(C)
 
 class Rodas4:
     order = 4
-    needs_jacobian = True
 
     def step(self, term, y: torch.Tensor, args: torch.Tensor, h: torch.Tensor):
         """One step of size h (B,) from y (B, S): returns (y_new, local error estimate)."""
