@@ -78,14 +78,14 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         raise ValueError(f"cannot use {location!r} as a dataset location: {exc}") from None
 
 
-def part_name(first_id: int) -> str:
-    return f"{PART_PREFIX}{first_id:012d}.parquet"
+def part_name(first_id: int, tag: str = "") -> str:
+    return f"{PART_PREFIX}{first_id:012d}{'-' + tag if tag else ''}.parquet"
 
 
-def write_part(fs: pafs.FileSystem, root: str, first_id: int, table: pa.Table) -> str:
+def write_part(fs: pafs.FileSystem, root: str, first_id: int, table: pa.Table, tag: str = "") -> str:
     """Write one chunk atomically: a temporary name first, renamed when complete."""
-    final = f"{root}/{part_name(first_id)}"
-    tmp = f"{root}/_tmp-{uuid.uuid4().hex}-{part_name(first_id)}"
+    final = f"{root}/{part_name(first_id, tag)}"
+    tmp = f"{root}/_tmp-{uuid.uuid4().hex}-{part_name(first_id, tag)}"
     pq.write_table(table, tmp, filesystem=fs)
     fs.move(tmp, final)
     return final
@@ -125,6 +125,43 @@ def make_manifest(model: Model, n: int, seed: int, extra: dict) -> dict:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def prepare_location(fs: pafs.FileSystem, root: str, out: str, params: dict, overwrite: bool, *,
+                     intent: str = INTENT, outputs: tuple[str, ...] = (), what: str = "dataset") -> set[str]:
+    """Make ``root`` ready for a run that writes part files, then ``outputs``, then the
+    manifest: refuse a complete result unless ``overwrite``; keep the parts of an
+    unfinished run with the same ``params`` (recorded in the ``intent`` file) and return
+    their names; delete everything else of ours; refuse foreign files."""
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise ValueError(f"output location {out} is a file, not a directory")
+    manifest = read_json(fs, f"{root}/{MANIFEST}") if info.type == pafs.FileType.Directory else None
+    if manifest is not None:
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already holds a complete {what} ({manifest.get('model')}, "
+                f"{manifest.get('n_samples')} samples); pass overwrite (--overwrite) to replace it"
+            )
+        fs.delete_file(f"{root}/{MANIFEST}")  # first, so it never looks complete again
+    previous = read_json(fs, f"{root}/{intent}") if info.type == pafs.FileType.Directory else None
+    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    ours = {intent, *outputs}
+    foreign = [e.base_name for e in entries
+               if e.base_name not in ours and not e.base_name.startswith((PART_PREFIX, "_tmp-"))]
+    if foreign:
+        raise ValueError(f"output location {out} holds files that are not part of a {what}: {', '.join(sorted(foreign)[:5])}")
+    keep = previous == params and not overwrite
+    for e in entries:
+        if (e.base_name.startswith("_tmp-") or e.base_name in outputs
+                or (not keep and e.base_name.startswith(PART_PREFIX))):
+            fs.delete_file(e.path)
+    try:
+        fs.create_dir(root, recursive=True)
+        write_json(fs, f"{root}/{intent}", params)
+    except OSError as exc:
+        raise ValueError(f"cannot write to output location {out}: {exc}") from None
+    return {e.base_name for e in entries if e.base_name.startswith(PART_PREFIX)} if keep else set()
 
 
 # ------------------------------------------------------------------- reading

@@ -6,7 +6,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from . import checkpoint, priors
+from . import checkpoint, fitting, priors
 from .models import get_model, list_models
 
 
@@ -22,15 +22,25 @@ class Estimator:
     @torch.no_grad()
     def estimate_z(self, t, channel, value) -> np.ndarray:
         t, channel, value = self._check(t, channel, value)
-        return self.net(torch.from_numpy(t).float(), torch.from_numpy(channel), torch.from_numpy(value).float()).double().numpy()
+        return self.net(torch.tensor(t, dtype=torch.float32), torch.tensor(channel),
+                        torch.tensor(value, dtype=torch.float32)).double().numpy()
 
     def estimate(self, t, channel, value, refine: bool = False) -> np.ndarray:
         """t, value (B, N) float; channel (B, N) int index into model.channels; rows with
-        fewer observations padded with NaN values -> theta (B, P), physical units."""
-        if refine:
-            raise NotImplementedError("refine=True needs the BFGS refinement stage, which is not built yet")
+        fewer observations padded with NaN values -> theta (B, P), physical units.
+
+        ``refine=True`` polishes each estimate by one BFGS start from it (the paper's
+        Deep Inference + BFGS): the maximum-likelihood fit near the network's answer."""
         z = self.estimate_z(t, channel, value)
+        if refine:
+            z = self.refine(t, channel, value, z).z
         return priors.from_z(self.model.priors, torch.from_numpy(z)).numpy()
+
+    def refine(self, t, channel, value, z) -> fitting.Fit:
+        """One BFGS start per observation set from z (B, P), the network's estimate. A row
+        whose start cannot be simulated keeps z (status BAD_START)."""
+        t, channel, value = self._check(t, channel, value)
+        return fitting.fit(self.model, t, channel, value, z)
 
     def _check(self, t, channel, value):
         m = self.model

@@ -99,7 +99,7 @@ def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int
     fs, root = ds_format.resolve(out)
     params = {"model": m.name, "n_samples": n, "seed": int(seed), "chunk_size": chunk_size,
               "solver_options": solver_options}
-    done = _prepare_location(fs, root, out, params, overwrite)
+    done = ds_format.prepare_location(fs, root, out, params, overwrite)
 
     all_chunks = [(f, min(f + chunk_size, n)) for f in range(0, n, chunk_size)]
     todo = [c for c in all_chunks if ds_format.part_name(c[0]) not in done]
@@ -132,38 +132,6 @@ def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int
     ds_format.write_json(fs, f"{root}/{ds_format.MANIFEST}", manifest)
     fs.delete_file(f"{root}/{ds_format.INTENT}")
     return summary
-
-
-def _prepare_location(fs: pafs.FileSystem, root: str, out: str, params: dict, overwrite: bool) -> set[str]:
-    """Make ``root`` ready for writing; return the names of chunk files to keep."""
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.File:
-        raise ValueError(f"output location {out} is a file, not a directory")
-    manifest = ds_format.read_json(fs, f"{root}/{ds_format.MANIFEST}") if info.type == pafs.FileType.Directory else None
-    if manifest is not None:
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} already holds a complete dataset ({manifest.get('model')}, "
-                f"{manifest.get('n_samples')} samples); pass overwrite (--overwrite) to replace it"
-            )
-        fs.delete_file(f"{root}/{ds_format.MANIFEST}")  # first, so it never looks complete again
-    intent = ds_format.read_json(fs, f"{root}/{ds_format.INTENT}") if info.type == pafs.FileType.Directory else None
-    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    ours = {ds_format.INTENT}
-    foreign = [e.base_name for e in entries
-               if e.base_name not in ours and not e.base_name.startswith((ds_format.PART_PREFIX, "_tmp-"))]
-    if foreign:
-        raise ValueError(f"output location {out} holds files that are not part of a dataset: {', '.join(sorted(foreign)[:5])}")
-    keep = intent == params and not overwrite
-    for e in entries:
-        if e.base_name.startswith("_tmp-") or (not keep and e.base_name.startswith(ds_format.PART_PREFIX)):
-            fs.delete_file(e.path)
-    try:
-        fs.create_dir(root, recursive=True)
-        ds_format.write_json(fs, f"{root}/{ds_format.INTENT}", params)
-    except OSError as exc:
-        raise ValueError(f"cannot write to output location {out}: {exc}") from None
-    return {e.base_name for e in entries if e.base_name.startswith(ds_format.PART_PREFIX)} if keep else set()
 
 
 def _verify(fs: pafs.FileSystem, root: str, out: str, n: int) -> int:

@@ -50,5 +50,9 @@ def build_pretrained(model: str, work: str, *, n: int, seed: int = 0, data: str 
         os.makedirs(dest)
         for name in (checkpoint.WEIGHTS, checkpoint.META, "training_summary.json", "training_summary.txt"):
             shutil.copy(os.path.join(out, name), dest)
+        if finetune_epochs:  # the network before fine-tuning: Table 1's "Deep Inference" row
+            os.makedirs(os.path.join(dest, "through-proxy"))
+            for name in (checkpoint.WEIGHTS, checkpoint.META):
+                shutil.copy(os.path.join(out, "through-proxy", name), os.path.join(dest, "through-proxy"))
         report["installed"] = dest
     return report
