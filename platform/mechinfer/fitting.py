@@ -7,6 +7,7 @@ solved together by :func:`mechinfer.bfgs.bfgs`.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -37,6 +38,10 @@ class Fit:
     status: np.ndarray       # (B,)  bfgs.CONVERGED / MAX_ITER / LINE_SEARCH / BAD_START
     seconds: np.ndarray      # (B,)  each problem's share of the wall-clock (see bfgs)
     wall_s: float            # wall-clock of the whole fit
+
+
+def _compile_default() -> bool:
+    return os.environ.get("MECHINFER_COMPILE", "1") != "0"
 
 
 def _tensors(t, channel, value):
@@ -98,14 +103,16 @@ def gauss_newton_h0(model: Model, t, channel, value, **solver_options):
 
 
 def fit(model: Model, t, channel, value, z0, *, max_iter: int = MAX_ITER, gtol: float = 1e-5,
-        max_batch: int = MAX_BATCH, hessian: str = "gauss-newton", compile: bool | None = True,
+        max_batch: int = MAX_BATCH, hessian: str = "gauss-newton", compile: bool | None = None,
         **solver_options) -> Fit:
     """One BFGS start per observation set: t, channel, value (B, N) (NaN-padded), z0 (B, P).
 
     ``hessian``: the initial inverse Hessian, "gauss-newton" (see :func:`gauss_newton_h0`)
-    or "identity" (textbook BFGS). ``compile`` runs the solver's steps compiled
-    (default): BFGS batches are hundreds of problems evaluated hundreds of times, which
-    repays the one-off compilation."""
+    or "identity" (textbook BFGS). ``compile`` runs the solver's steps compiled (default,
+    unless the environment sets MECHINFER_COMPILE=0): BFGS batches are hundreds of
+    problems evaluated hundreds of times, which repays the one-off compilation."""
+    if compile is None:
+        compile = _compile_default()
     if hessian not in ("gauss-newton", "identity"):
         raise ValueError(f"hessian must be 'gauss-newton' or 'identity', got {hessian!r}")
     z0 = torch.as_tensor(np.asarray(z0, dtype=np.float64))
@@ -135,6 +142,8 @@ def warm_up(model: Model, t, channel, value, **solver_options) -> float:
     that the one-off compilation is not timed as part of the first fit. Returns seconds."""
     start = time.perf_counter()
     rows = torch.arange(min(2, len(t)))
+    if not _compile_default():
+        return 0.0
     fun = objective(model, t, channel, value, compile=True,
                     **{"rtol": FIT_TOL, "atol": FIT_TOL, **solver_options})
     fun(torch.zeros(len(rows), model.n_parameters, dtype=torch.float64), rows)

@@ -1,0 +1,125 @@
+"""The baseline job (Ray tasks, Parquet, retries) and the evaluate job (Table 1)."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mechinfer import baseline
+from mechinfer.generate import simulate_dataset
+from processes import pids_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fits(out):
+    t = pa.concat_tables([pq.read_table(p) for p in sorted(Path(out).glob("part-*.parquet"))])
+    return t.sort_by([("sample_id", "ascending"), ("method", "descending"), ("start", "ascending")])
+
+
+def test_baseline_and_report(ray_local, tmp_path):
+    out = tmp_path / "baseline"
+    summary = baseline.run_baseline("mmk", str(out), limit=12, chunk_size=4, starts=[1, 2, 4, 8])
+    assert summary.samples == 12 and summary.chunks == 4  # 3 prior-start tasks, 1 network-start task
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "baseline" and manifest["model"] == "mmk" and manifest["starts"] == [1, 2, 4, 8]
+    assert manifest["test_set"] == {"source": "SPEC test set", "seed": 20231205, "n_samples": 12}
+    assert not (out / "_baseline.json").exists()
+    fits = _fits(out).to_pydict()
+    method = np.array(fits["method"])
+    ids = np.array(fits["sample_id"])
+    assert sorted(ids[method == "prior"].tolist()) == sorted(list(range(12)) * 8)
+    assert sorted(ids[method == "network"].tolist()) == list(range(12))
+    assert all(s > 0 for s in fits["seconds"]) and all(e >= i for e, i in zip(fits["evaluations"], fits["iterations"]))
+
+    multi = pq.read_table(out / "multistart.parquet").to_pydict()
+    assert len(multi["sample_id"]) == 12 * 5
+    nll = {(m, k, s): f for m, k, s, f in zip(multi["method"], multi["starts"], multi["sample_id"], multi["nll"])}
+    for s in range(12):
+        starts = np.array(fits["nll"])[(method == "prior") & (ids == s)]
+        assert nll[("prior", 8, s)] == starts.min() and nll[("prior", 1, s)] == starts[0]
+        assert nll[("prior", 8, s)] <= nll[("prior", 4, s)] <= nll[("prior", 2, s)] <= nll[("prior", 1, s)]
+
+    report = tmp_path / "report"
+    run = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--baseline", str(out),
+                          "--out", str(report), "--bootstrap", "200"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, "MECHINFER_COMPILE": "0"})  # small batches: eager is quicker
+    assert run.returncode == 0, run.stderr
+    assert f"report: {report}/table1.md" in run.stdout
+    rows = list(csv.DictReader((report / "table1.csv").open()))
+    assert [r["method"] for r in rows] == ["BFGS, 1 start", "BFGS, 2 starts", "BFGS, 4 starts", "BFGS, 8 starts",
+                                           "Deep Inference", "Deep Inference + MM", "Deep Inference + BFGS"]
+    for r in rows:
+        assert 0.5 < float(r["R2"]) <= 1 and 0 < float(r["R2 stderr"]) < 0.1 and float(r["time per sample CPU (s)"]) > 0
+    md = (report / "table1.md").read_text()
+    assert "Cost of one BFGS start" in md and "| network estimate | 12 |" in md and "| prior draw | 96 |" in md
+    assert "python jobs/evaluate.py --baseline" in md and "CPUs; GPU:" in md
+    for name in ("trajectories_mmk.png", "landscape_mmk.png", "bfgs_starts.csv", "report.json"):
+        assert (report / name).stat().st_size > 0
+    assert json.loads((report / "report.json").read_text())["models"][0]["model"] == "mmk"
+
+
+def test_killed_worker_chunk_is_retried(ray_local, tmp_path):
+    out = tmp_path / "killed"
+    result = {}
+    job = threading.Thread(target=lambda: result.update(
+        summary=baseline.run_baseline("mmk", str(out), limit=8, chunk_size=4, starts=[1, 2])))
+    job.start()
+    killed = None
+    deadline = time.time() + 180
+    while killed is None and time.time() < deadline and job.is_alive():
+        pids = pids_of(b"ray::_run_chunk")
+        if pids:
+            time.sleep(1.0)  # inside the task
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    job.join(timeout=600)
+    assert killed is not None, "a worker was killed mid-task"
+    assert result["summary"].samples == 8
+    fits = _fits(out).to_pydict()
+    assert sorted(zip(fits["method"], fits["sample_id"], fits["start"])) == sorted(
+        [("prior", s, k) for s in range(8) for k in range(2)] + [("network", s, 0) for s in range(8)])
+    assert not list(out.glob("_tmp-*"))
+    again = tmp_path / "again"
+    baseline.run_baseline("mmk", str(again), limit=8, chunk_size=4, starts=[1, 2])
+    np.testing.assert_allclose(np.array(_fits(again)["z"].to_pylist()), np.array(fits["z"]), rtol=1e-9, atol=1e-12)
+
+
+def _job(name, *args):
+    return subprocess.run([sys.executable, str(REPO / "jobs" / name), *args],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def test_bad_input_is_refused(tmp_path):
+    cases = [
+        (("--model", "mmk", "--out", str(tmp_path / "a"), "--checkpoint", str(tmp_path / "missing")),
+         "is not a mechinfer checkpoint"),
+        (("--model", "ecoli", "--out", str(tmp_path / "b"), "--checkpoint", "mmk"), "is for 'mmk', not 'ecoli'"),
+        (("--model", "mmk", "--out", str(tmp_path / "c"), "--starts", "0"), "starts must be a positive integer"),
+        (("--model", "mmk", "--out", str(tmp_path / "d"), "--starts", "1,-2"), "starts must be a positive integer"),
+        (("--model", "mmk", "--out", str(tmp_path / "e"), "--starts", "two"), "--starts must be comma-separated"),
+        (("--model", "yeast", "--out", str(tmp_path / "f")), "unknown model 'yeast'"),
+    ]
+    simulate_dataset("mmk", 10, 0, str(tmp_path / "mmk-set"), chunk_size=10)
+    cases.append((("--model", "ecoli", "--out", str(tmp_path / "g"), "--test-set", str(tmp_path / "mmk-set")),
+                  "holds 'mmk' samples, not 'ecoli'"))
+    for args, message in cases:
+        run = _job("baseline.py", *args)
+        assert run.returncode == 2 and message in run.stderr, (args, run.stderr)
+        assert "Traceback" not in run.stderr
+    run = _job("evaluate.py", "--baseline", str(tmp_path / "mmk-set"), "--out", str(tmp_path / "r"))
+    assert run.returncode == 2 and "is not a baseline result" in run.stderr and "Traceback" not in run.stderr
+    run = _job("evaluate.py", "--baseline", str(tmp_path / "nothing"), "--out", str(tmp_path / "r"))
+    assert run.returncode == 2 and "has no manifest.json" in run.stderr
+    run = _job("evaluate.py", "--baseline", str(tmp_path / "x"), "--out", str(tmp_path / "r"), "--network", "mmk")
+    assert run.returncode == 2 and "--network takes MODEL=PATH" in run.stderr
