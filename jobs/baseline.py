@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--starts", default="1,2,4,8", help="numbers of prior starts to report, comma-separated")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior starts")
     parser.add_argument("--chunk-size", type=int, default=256,
-                        help="test samples per prior-start task (network-start tasks take STARTS times as many)")
+                        help="test samples per Ray task (each fits all their starts as one batch)")
     parser.add_argument("--max-iter", type=int, default=1024, help="BFGS iterations per start, at most")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete result at --out")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")

@@ -28,7 +28,7 @@ def _fits(out):
 def test_baseline_and_report(ray_local, tmp_path):
     out = tmp_path / "baseline"
     summary = baseline.run_baseline("mmk", str(out), limit=12, chunk_size=4, starts=[1, 2, 4, 8])
-    assert summary.samples == 12 and summary.chunks == 4  # 3 prior-start tasks, 1 network-start task
+    assert summary.samples == 12 and summary.chunks == 3
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "baseline" and manifest["model"] == "mmk" and manifest["starts"] == [1, 2, 4, 8]
     assert manifest["test_set"] == {"source": "SPEC test set", "seed": 20231205, "n_samples": 12}

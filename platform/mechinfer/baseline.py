@@ -1,22 +1,23 @@
 """The BFGS baselines of Table 1 over a test set, fanned out as Ray tasks (SPEC 6.5).
 
-Each task is one batched fit (CPU only, one thread) of a chunk of test samples: either
-every prior start of ``chunk_size`` samples (chunk_size x max(starts) problems), or one
-start from the network's estimate for each of ``chunk_size x max(starts)`` samples (Deep
-Inference + BFGS), so both kinds of fit run with the same number of problems per batch
-and their times compare. Prior starts use textbook BFGS (H0 = I); network starts begin
-with the Gauss-Newton inverse Hessian, which suits a start near the optimum (on 64 mmk
-test samples it made prior starts slower and worse: 37.5 s vs 16.1 s, summed NLL 921 vs
-553; network starts faster: 4.5 s vs 12.6 s). Each task writes one Parquet file named by
-its first sample id and kind, under a temporary name renamed when complete, so a task
-retried after its worker died rewrites the same file and a sample is never reported
-twice. The k-start results are the best of a sample's first k starts (starts depend on
+Each task is one batched fit (CPU only, one thread) of a chunk of test samples: for each
+sample, ``max(starts)`` starts drawn from the prior and one start from the network's
+estimate (Deep Inference + BFGS), all in the same queue and the same batches, so every
+start is measured under the same conditions. Prior starts use textbook BFGS (H0 = I);
+network starts begin with the Gauss-Newton inverse Hessian, which suits a start near
+the optimum (on 64 mmk test samples it made prior starts slower and worse: 37.5 s vs
+16.1 s, summed NLL 921 vs 553; network starts faster: 4.5 s vs 12.6 s). Each task writes
+one Parquet file named by its first sample id, under a temporary name renamed when
+complete, so a task retried after its worker died rewrites the same file and a sample is
+never reported twice. The k-start results are the best of a sample's first k starts (starts depend on
 (seed, sample_id) only), derived by the driver into ``multistart.parquet``; the manifest
 is written last.
 
 Time: each start's share of its fit's wall-clock (every round of the batched BFGS split
 evenly over the problems evaluated in it; the shares add up to the wall-clock), so the
-k-start time of a sample is the sum over its first k starts.
+k-start time of a sample is the sum over its first k starts. A start that is still
+running when few others are left pays for nearly whole rounds: the tail of a batch is
+charged to the slow starts that make it.
 """
 from __future__ import annotations
 
@@ -73,30 +74,25 @@ def _padded(column, dtype) -> np.ndarray:
     return np.array([v + [fill] * (width - len(v)) for v in lists], dtype=dtype)
 
 
-def fit_chunk(model: str, rows: dict, kind: str, checkpoint: str, n_starts: int, seed: int,
-              max_iter: int) -> pa.Table:
-    """One batched fit of a chunk of test rows; one table row per (sample, start).
-    ``kind``: PRIOR (n_starts prior starts per sample) or NETWORK (one network start)."""
+def fit_chunk(model: str, rows: dict, checkpoint: str, n_starts: int, seed: int, max_iter: int) -> pa.Table:
+    """One batched fit of a chunk of test rows: ``n_starts`` prior starts and one network
+    start per sample, all in the same batches. One table row per (sample, start)."""
     from .estimator import load_estimator
 
     m = get_model(model)
     ids, t, ch, value = rows["sample_id"], rows["t"], rows["channel"], rows["value"]
-    n, p = len(ids), m.n_parameters
+    n, p, per = len(ids), m.n_parameters, n_starts + 1
     est = load_estimator(checkpoint)
-    if kind == PRIOR:
-        z0 = fitting.prior_starts(m, ids, n_starts, seed).reshape(-1, p)  # sample-major, start-minor
-        rep = lambda a: np.repeat(a, n_starts, axis=0)  # noqa: E731
-        result = fitting.fit(m, rep(t), rep(ch), rep(value), z0, max_iter=max_iter, hessian="identity")
-        sample, start = np.repeat(ids, n_starts), np.tile(np.arange(n_starts), n)
-    elif kind == NETWORK:
-        z0 = est.estimate_z(t, ch, value)
-        result = fitting.fit(m, t, ch, value, z0, max_iter=max_iter, hessian="gauss-newton")
-        sample, start = ids, np.zeros(n, dtype=np.int64)
-    else:
-        raise ValueError(f"unknown kind of start {kind!r}")
-    size = len(sample)
+    z0 = np.concatenate([fitting.prior_starts(m, ids, n_starts, seed),
+                         est.estimate_z(t, ch, value)[:, None]], axis=1).reshape(-1, p)  # sample-major
+    kind = np.tile(np.array([PRIOR] * n_starts + [NETWORK]), n)
+    rep = lambda a: np.repeat(a, per, axis=0)  # noqa: E731
+    result = fitting.fit(m, rep(t), rep(ch), rep(value), z0, max_iter=max_iter,
+                         hessian=np.where(kind == NETWORK, "gauss-newton", "identity"))
+    size = n * per
     cols = {
-        "sample_id": sample.astype(np.int64), "method": np.full(size, kind), "start": start.astype(np.int16),
+        "sample_id": rep(ids).astype(np.int64), "method": kind,
+        "start": np.tile(np.r_[np.arange(n_starts), 0], n).astype(np.int16),
         "z0": z0, "z": result.z, "theta": result.theta, "nll": result.nll,
         "iterations": result.iterations.astype(np.int32), "evaluations": result.evaluations.astype(np.int32),
         "status": result.status, "problems": np.full(size, size, dtype=np.int32),
@@ -112,15 +108,15 @@ def _fits_table(cols: dict, checkpoint_id: str) -> pa.Table:
     return pa.table(arrays)
 
 
-def _run_chunk(model, rows, kind, checkpoint, n_starts, seed, max_iter, root_uri) -> dict:
+def _run_chunk(model, rows, checkpoint, n_starts, seed, max_iter, root_uri) -> dict:
     torch.set_num_threads(1)  # one task per CPU
     warm = fitting.warm_up(get_model(model), rows["t"], rows["channel"], rows["value"])
     start = time.perf_counter()
-    table = fit_chunk(model, rows, kind, checkpoint, n_starts, seed, max_iter)
+    table = fit_chunk(model, rows, checkpoint, n_starts, seed, max_iter)
     fs, root = ds_format.resolve(root_uri)
     first = int(rows["sample_id"][0])
-    ds_format.write_part(fs, root, first, table, tag=kind)
-    return {"kind": kind, "first": first, "samples": len(rows["sample_id"]),
+    ds_format.write_part(fs, root, first, table)
+    return {"first": first, "samples": len(rows["sample_id"]),
             "fit_s": round(time.perf_counter() - start, 3), "compile_warm_up_s": round(warm, 3)}
 
 
@@ -170,10 +166,8 @@ def run_baseline(model: str, out: str, *, checkpoint: str | None = None, test_se
               "seed": int(seed), "chunk_size": chunk_size, "max_iter": max_iter}
     done = ds_format.prepare_location(fs, root, out, params, overwrite, intent=INTENT, outputs=(MULTISTART,),
                                       what="baseline")
-    per_kind = {PRIOR: chunk_size, NETWORK: chunk_size * starts[-1]}  # same problems per task
-    chunks = [(kind, a, min(a + size, n)) for kind, size in per_kind.items() for a in range(0, n, size)]
-    todo = [(kind, a, b) for kind, a, b in chunks
-            if ds_format.part_name(int(rows["sample_id"][a]), kind) not in done]
+    chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    todo = [(a, b) for a, b in chunks if ds_format.part_name(int(rows["sample_id"][a])) not in done]
     start = time.perf_counter()
     if todo:
         if not ray.is_initialized():
@@ -181,8 +175,8 @@ def run_baseline(model: str, out: str, *, checkpoint: str | None = None, test_se
         task = ray.remote(num_cpus=1, num_gpus=0, max_retries=3)(_run_chunk)
         ckpt = checkpoint if checkpoint in (m.name,) or "://" in checkpoint else os.path.abspath(checkpoint)
         root_uri = out if "://" in out else root
-        pending = [task.remote(m.name, {k: v[a:b] for k, v in rows.items()}, kind, ckpt, starts[-1], seed,
-                               max_iter, root_uri) for kind, a, b in todo]
+        pending = [task.remote(m.name, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed,
+                               max_iter, root_uri) for a, b in todo]
         chunk_times = _wait_with_progress(pending, f"baseline {m.name}")
     else:
         chunk_times = []
@@ -212,7 +206,7 @@ def _wait_with_progress(pending, what: str) -> list:
             ready, pending = ray.wait(pending, num_returns=1)
             results += ray.get(ready)  # raises the task's error, if it failed for good
             bar.update(len(ready))
-    return sorted(results, key=lambda r: (r["kind"], r["first"]))
+    return sorted(results, key=lambda r: r["first"])
 
 
 def _read_fits(fs, root: str, out: str, sample_ids: np.ndarray, n_starts: int) -> pa.Table:

@@ -44,16 +44,18 @@ class BFGSResult:
 def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], x0: torch.Tensor, *,
          max_iter: int = 1024, gtol: float = 1e-5, ftol: float = 2.2e-9, c1: float = 1e-4,
          max_trials: int = 30, max_batch: int | None = None,
-         h0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> BFGSResult:
+         h0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+         use_h0: torch.Tensor | None = None) -> BFGSResult:
     """Minimise each row of x0 (B, P) independently. ``fun(x, rows)`` takes the points of
     the problems being evaluated, (b, P), with their row indices into x0, (b,), and
     returns their values (b,) and gradients (b, P); a non-finite value means "not
     evaluable here" (a failed ODE solve, say) and shortens the step. At most
     ``max_batch`` problems run at once (default: all).
 
-    ``h0(x, rows)``, when given, supplies each problem's initial inverse Hessian (b, P, P)
-    at its start (a Gauss-Newton one, say); its first step is then a full step along
-    -H0 g. Otherwise H0 = I, scaled after the first step."""
+    ``h0(x, rows)``, when given, supplies the initial inverse Hessian (b, P, P) of the
+    problems at their starts (a Gauss-Newton one, say), for the rows where ``use_h0``
+    (B,) is true (default all); their first step is a full step along -H0 g. Other rows
+    start with H0 = I, scaled after the first step."""
     x0 = x0.detach()
     n, p = x0.shape
     dtype, device = x0.dtype, x0.device
@@ -84,8 +86,13 @@ def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
             idx, trials = torch.cat([idx, new]), torch.cat([trials, torch.zeros_like(new)])
             xs, gs, d = torch.cat([xs, x0[new]]), torch.cat([gs, torch.zeros_like(x0[new])]), torch.cat([d, torch.zeros_like(x0[new])])
             fs, alpha = torch.cat([fs, torch.zeros(k, dtype=dtype, device=device)]), torch.cat([alpha, torch.zeros(k, dtype=dtype, device=device)])
-            H = torch.cat([H, eye.expand(k, p, p) if h0 is None else h0(x0[new], new).to(dtype)])
-            first = torch.cat([first, torch.full((k,), h0 is None, dtype=torch.bool, device=device)])
+            given = torch.zeros(k, dtype=torch.bool, device=device) if h0 is None else (
+                torch.ones(k, dtype=torch.bool, device=device) if use_h0 is None else use_h0[new].to(device))
+            H_new = eye.expand(k, p, p).clone()
+            if given.any():
+                H_new[given] = h0(x0[new[given]], new[given]).to(dtype)
+            H = torch.cat([H, H_new])
+            first = torch.cat([first, ~given])
             fresh = torch.cat([fresh, torch.ones(k, dtype=torch.bool, device=device)])
 
         slope = (gs * d).sum(-1)

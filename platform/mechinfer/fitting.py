@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,24 +104,28 @@ def gauss_newton_h0(model: Model, t, channel, value, **solver_options):
 
 
 def fit(model: Model, t, channel, value, z0, *, max_iter: int = MAX_ITER, gtol: float = 1e-5,
-        max_batch: int = MAX_BATCH, hessian: str = "gauss-newton", compile: bool | None = None,
+        max_batch: int = MAX_BATCH, hessian: str | Sequence[str] = "gauss-newton", compile: bool | None = None,
         **solver_options) -> Fit:
     """One BFGS start per observation set: t, channel, value (B, N) (NaN-padded), z0 (B, P).
 
     ``hessian``: the initial inverse Hessian, "gauss-newton" (see :func:`gauss_newton_h0`)
-    or "identity" (textbook BFGS). ``compile`` runs the solver's steps compiled (default,
-    unless the environment sets MECHINFER_COMPILE=0): BFGS batches are hundreds of
-    problems evaluated hundreds of times, which repays the one-off compilation."""
+    or "identity" (textbook BFGS), for all rows or per row (a sequence of B names).
+    ``compile`` runs the solver's steps compiled (default, unless the environment sets
+    MECHINFER_COMPILE=0): BFGS batches are hundreds of problems evaluated hundreds of
+    times, which repays the one-off compilation."""
     if compile is None:
         compile = _compile_default()
-    if hessian not in ("gauss-newton", "identity"):
-        raise ValueError(f"hessian must be 'gauss-newton' or 'identity', got {hessian!r}")
+    names = np.broadcast_to(np.asarray(hessian, dtype=object), (len(z0),))
+    bad = set(names) - {"gauss-newton", "identity"}
+    if bad:
+        raise ValueError(f"hessian must be 'gauss-newton' or 'identity', got {sorted(bad)}")
+    use_h0 = torch.tensor([n == "gauss-newton" for n in names], dtype=torch.bool)
     z0 = torch.as_tensor(np.asarray(z0, dtype=np.float64))
     solver_options = {"rtol": FIT_TOL, "atol": FIT_TOL, **solver_options}
     fun = objective(model, t, channel, value, compile=compile, **solver_options)
     start = time.perf_counter()
-    h0 = gauss_newton_h0(model, t, channel, value, compile=compile, **solver_options) if hessian == "gauss-newton" else None
-    result = bfgs(fun, z0, max_iter=max_iter, gtol=gtol, max_batch=max_batch, h0=h0)
+    h0 = gauss_newton_h0(model, t, channel, value, compile=compile, **solver_options) if use_h0.any() else None
+    result = bfgs(fun, z0, max_iter=max_iter, gtol=gtol, max_batch=max_batch, h0=h0, use_h0=use_h0)
     wall = time.perf_counter() - start
     z = result.x.numpy()
     return Fit(z=z, theta=model.from_z(z), nll=result.f.numpy(), iterations=result.iterations.numpy(),

@@ -1,0 +1,230 @@
+"""Ray Serve application: the inference networks behind the HTTP API of SPEC 7.
+
+    serve run serving/config.yaml        # local, on an embedded Ray
+    serve deploy serving/config.yaml     # to a running cluster
+
+Three deployments: ``Api`` (FastAPI ingress: parsing, checks, answers), ``Inference``
+(the networks; concurrent requests are batched with ``@serve.batch``) and ``Refiner``
+(one BFGS start from the network's estimate; its own replicas and CPU budget, so slow
+refinements never hold up plain inference). Which checkpoints are served is
+configuration (``args.checkpoints``), never a request parameter.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from mechinfer import __version__, service
+from mechinfer.estimator import load_estimator
+from mechinfer.models import list_models
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class Observation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    t: float = Field(allow_inf_nan=False, description="observation time (h), within [0, T]")
+    channel: str = Field(description="observed channel name, e.g. 'X'")
+    value: float = Field(allow_inf_nan=False, description="measured value")
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    observations: list[Observation] | None = Field(None, description="one observation set")
+    batch: list[list[Observation]] | None = Field(None, description="several observation sets")
+    refine: bool = Field(False, description="polish each estimate by one BFGS start")
+
+
+class Answer(BaseModel):
+    parameters: dict[str, float]
+    units: dict[str, str]
+    z: list[float]
+    nll: float | None
+    refined: bool
+    timing_ms: dict[str, float]
+    checkpoint_id: str
+
+
+class BatchAnswer(BaseModel):
+    results: list[Answer]
+
+
+class Parameter(BaseModel):
+    name: str
+    unit: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    parameters: list[Parameter]
+    channels: list[str]
+    T: float
+    n_obs: int
+    checkpoint_id: str
+
+
+class ModelsAnswer(BaseModel):
+    models: list[ModelInfo]
+
+
+app = FastAPI(title="mechinfer", version=__version__,
+              description="Maximum-likelihood parameters of mechanistic bioprocess models from observations.")
+
+
+def _inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its $defs inlined, to embed in the OpenAPI document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
+class Inference:
+    """The networks of every served model; concurrent cases are run as one batch per model."""
+
+    def __init__(self, checkpoints: dict[str, str]):
+        import torch
+
+        torch.set_num_threads(1)
+        self.estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
+    async def __call__(self, cases: list[tuple[str, tuple]]) -> list[dict]:
+        out: list[dict | None] = [None] * len(cases)
+        for name in {c[0] for c in cases}:
+            idx = [i for i, c in enumerate(cases) if c[0] == name]
+            t, ch, v = service.pad([cases[i][1] for i in idx])
+            res = service.infer(self.estimators[name], t, ch, v)
+            for j, i in enumerate(idx):
+                out[i] = {"z": res["z"][j], "nll": float(res["nll"][j]),
+                          "timing_ms": {**res["timing_ms"], "batch_size": len(idx)}}
+        return out
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
+class Refiner:
+    """One BFGS start per case from the network's estimate."""
+
+    def __init__(self, checkpoints: dict[str, str]):
+        import torch
+
+        torch.set_num_threads(1)
+        self.estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
+
+    def refine(self, name: str, sets: list[tuple], z: np.ndarray) -> dict:
+        t, ch, v = service.pad(sets)
+        return service.refine(self.estimators[name], t, ch, v, z)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=512)
+@serve.ingress(app)
+class Api:
+    def __init__(self, inference: DeploymentHandle, refiner: DeploymentHandle, checkpoints: dict[str, str],
+                 max_observations: int = service.MAX_OBSERVATIONS, max_batch: int = service.MAX_BATCH,
+                 max_body_bytes: int = MAX_BODY_BYTES):
+        self.inference, self.refiner = inference, refiner
+        self.estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
+        self.max_observations, self.max_batch, self.max_body_bytes = max_observations, max_batch, max_body_bytes
+
+    @app.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "models": sorted(self.estimators)}
+
+    @app.get("/v1/models", response_model=ModelsAnswer)
+    def models(self) -> dict:
+        return {"models": [service.describe(e) for e in self.estimators.values()]}
+
+    @app.post("/v1/models/{model}/infer", response_model=Answer | BatchAnswer,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": _inline_schema(InferRequest)}}}},
+              responses={400: {"description": "malformed JSON"}, 404: {"description": "unknown model"},
+                         413: {"description": "body too large"}, 422: {"description": "invalid observations"}})
+    async def infer(self, model: str, request: Request):
+        # the body is read and checked here (size, JSON, schema), not by FastAPI, so that
+        # every failure is a 4xx with one message; openapi_extra documents its schema
+        start = time.perf_counter()
+        est = self.estimators.get(model)
+        if est is None:
+            return _error(404, f"unknown model {model!r}; served models are {sorted(self.estimators)}")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return _error(413, f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes}")
+        raw = await request.body()
+        if len(raw) > self.max_body_bytes:
+            return _error(413, f"request body of {len(raw)} bytes exceeds the limit of {self.max_body_bytes}")
+        try:
+            payload = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"request body is not valid JSON: {exc}")
+        try:
+            req = InferRequest.model_validate(payload)
+        except ValidationError as exc:
+            return _error(422, _validation_message(exc))
+        if (req.observations is None) == (req.batch is None):
+            return _error(422, "give exactly one of 'observations' (one set) or 'batch' (a list of sets)")
+        lists = [req.observations] if req.batch is None else req.batch
+        if req.batch is not None and not 0 < len(req.batch) <= self.max_batch:
+            return _error(422, f"batch holds {len(req.batch)} observation sets; it must hold 1 to {self.max_batch}")
+        try:
+            sets = [service.to_arrays(est, [o.model_dump() for o in obs], self.max_observations,
+                                      "observations" if req.batch is None else f"batch[{i}]")
+                    for i, obs in enumerate(lists)]
+        except service.BadRequest as exc:
+            return _error(exc.status, str(exc))
+        parsed = time.perf_counter()
+        results = await asyncio.gather(*[self.inference.remote((model, s)) for s in sets])
+        z = np.stack([r["z"] for r in results])
+        nll = [r["nll"] for r in results]
+        timing = [{"parse": 1e3 * (parsed - start), **r["timing_ms"]} for r in results]
+        if req.refine:
+            refined = await self.refiner.refine.remote(model, sets, z)
+            z, nll = refined["z"], list(refined["nll"])
+            timing = [{**tm, **refined["timing_ms"]} for tm in timing]
+        answers = [service.answer(est, z[i], nll[i], req.refine, {**timing[i], "total": 1e3 * (time.perf_counter() - start)})
+                   for i in range(len(sets))]
+        return answers[0] if req.batch is None else {"results": answers}
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def build(args: dict) -> serve.Application:
+    """The application from the Serve config's ``args``: ``checkpoints`` (model name ->
+    checkpoint location or shipped model name; default every shipped model),
+    ``max_observations``, ``max_batch``, ``max_body_bytes``."""
+    checkpoints = dict(args.get("checkpoints") or {name: name for name in list_models()})
+    for name, source in checkpoints.items():
+        est = load_estimator(source)  # fail at deploy time, not on the first request
+        if est.model.name != name:
+            raise ValueError(f"checkpoint {source} is for {est.model.name!r}, configured as {name!r}")
+    limits = {k: int(args[k]) for k in ("max_observations", "max_batch", "max_body_bytes") if k in args}
+    return Api.bind(Inference.bind(checkpoints), Refiner.bind(checkpoints), checkpoints, **limits)

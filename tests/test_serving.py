@@ -1,0 +1,144 @@
+"""The Serve application over real HTTP (SPEC 7): answers, batching, refine, bad input."""
+import json
+import socket
+
+import numpy as np
+import pytest
+import requests
+
+import mechinfer
+from mechinfer import baseline
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local):
+    from ray import serve
+
+    from serving.app import build
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build({"max_observations": 64, "max_batch": 16, "max_body_bytes": 65536}), name="mechinfer",
+              route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def _observations(model, i):
+    rows, _ = baseline.load_test_set(model, None, i + 1)
+    m = mechinfer.get_model(model)
+    obs = [{"t": float(t), "channel": m.channels[c], "value": float(v)}
+           for t, c, v in zip(rows["t"][i], rows["channel"][i], rows["value"][i])]
+    return obs, rows
+
+
+def test_models_and_health(server):
+    assert requests.get(f"{server}/healthz", timeout=30).json()["status"] == "ok"
+    models = {m["name"]: m for m in requests.get(f"{server}/v1/models", timeout=30).json()["models"]}
+    assert set(models) == {"mmk", "ecoli"}
+    ecoli = mechinfer.get_model("ecoli")
+    assert models["ecoli"]["channels"] == list(ecoli.channels) and models["ecoli"]["T"] == ecoli.T
+    assert [p["name"] for p in models["ecoli"]["parameters"]] == list(ecoli.parameter_names)
+    assert models["ecoli"]["checkpoint_id"] == mechinfer.load_estimator("ecoli").checkpoint_id
+    assert "/v1/models/{model}/infer" in requests.get(f"{server}/openapi.json", timeout=30).json()["paths"]
+
+
+@pytest.mark.parametrize("model", ["mmk", "ecoli"])
+def test_answers_agree_with_the_estimator(server, model):
+    est = mechinfer.load_estimator(model)
+    obs, rows = _observations(model, 2)
+    r = requests.post(f"{server}/v1/models/{model}/infer", json={"observations": obs}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = est.estimate(rows["t"][2:3], rows["channel"][2:3], rows["value"][2:3])[0]
+    np.testing.assert_allclose([got["parameters"][n] for n in est.model.parameter_names], want, rtol=1e-5)
+    assert got["refined"] is False and got["checkpoint_id"] == est.checkpoint_id
+    assert np.isfinite(got["nll"]) and {"network", "nll", "total"} <= set(got["timing_ms"])
+    assert set(got["units"]) == set(est.model.parameter_names)
+
+
+def test_batch_answers_every_case_in_order(server):
+    est = mechinfer.load_estimator("mmk")
+    cases = [_observations("mmk", i)[0] for i in range(5)]
+    cases[3] = cases[3][:4]  # sets of different sizes
+    r = requests.post(f"{server}/v1/models/mmk/infer", json={"batch": cases}, timeout=60)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 5
+    for case, got in zip(cases, results):
+        single = requests.post(f"{server}/v1/models/mmk/infer", json={"observations": case}, timeout=60).json()
+        np.testing.assert_allclose(list(got["parameters"].values()), list(single["parameters"].values()), rtol=1e-5)
+    assert est.checkpoint_id == results[0]["checkpoint_id"]
+
+
+def test_refine_lowers_the_nll(server):
+    obs, rows = _observations("mmk", 0)
+    plain = requests.post(f"{server}/v1/models/mmk/infer", json={"observations": obs}, timeout=60).json()
+    refined = requests.post(f"{server}/v1/models/mmk/infer", json={"observations": obs, "refine": True},
+                            timeout=300).json()
+    assert refined["refined"] is True and "refine" in refined["timing_ms"]
+    assert refined["nll"] <= plain["nll"] + 1e-6
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/v1/models/yeast/infer", {"observations": [{"t": 0.1, "channel": "S", "value": 1.0}]}, 404, "unknown model 'yeast'"),
+    ("/v1/models/mmk/infer", {"observations": [{"t": 0.1, "channel": "Q", "value": 1.0}]}, 422, "unknown channel 'Q'"),
+    ("/v1/models/mmk/infer", {"observations": [{"t": 5.0, "channel": "S", "value": 1.0}]}, 422, "outside [0, 2] h"),
+    ("/v1/models/mmk/infer", {"observations": [{"t": -0.5, "channel": "S", "value": 1.0}]}, 422, "outside [0, 2] h"),
+    ("/v1/models/mmk/infer", {"observations": []}, 422, "observations is empty"),
+    ("/v1/models/mmk/infer", {"observations": [{"t": 0.1, "channel": "S", "value": 1.0}] * 65}, 422, "the limit is 64"),
+    ("/v1/models/mmk/infer", {"batch": []}, 422, "it must hold 1 to 16"),
+    ("/v1/models/mmk/infer", {}, 422, "give exactly one of"),
+    ("/v1/models/mmk/infer", {"observations": [{"t": 0.1, "channel": "S"}]}, 422, "observations.0.value: Field required"),
+    ("/v1/models/mmk/infer", {"observations": [{"t": "soon", "channel": "S", "value": 1}]}, 422, "observations.0.t"),
+    ("/v1/models/mmk/infer", {"observations": [{"t": 0.1, "channel": "S", "value": 1}], "checkpoint": "/x"}, 422,
+     "checkpoint: Extra inputs are not permitted"),
+])
+def test_bad_input_gets_a_4xx_naming_the_problem(server, path, body, status, message):
+    r = requests.post(f"{server}{path}", json=body, timeout=60)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("raw, status, message", [
+    ('{"observations": [{"t": NaN, "channel": "S", "value": 1}]}', 400, "NaN is not a number JSON allows"),
+    ('{"observations": [{"t": 0.1, "channel": "S", "value": Infinity}]}', 400, "Infinity is not a number"),
+    ('{"observations": [{"t": 0.1, "channel": "S", "value": 1e999}]}', 422, "finite"),
+    ('{"observations": [', 400, "not valid JSON"),
+    ("x" * 70000, 413, "exceeds the limit of 65536"),
+])
+def test_malformed_and_oversized_bodies(server, raw, status, message):
+    r = requests.post(f"{server}/v1/models/mmk/infer", data=raw, headers={"content-type": "application/json"},
+                      timeout=60)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_fuzzed_requests_never_get_a_5xx(server):
+    """Bodies generated from the OpenAPI document's request schema (valid shapes with
+    arbitrary numbers, channels and lengths), plus arbitrary JSON, against every model
+    path: no 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis_jsonschema import from_schema
+
+    spec = requests.get(f"{server}/openapi.json", timeout=30).json()
+    schema = spec["paths"]["/v1/models/{model}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema["properties"]["refine"] = {"const": False}  # refinement is slow; fuzz the fast path
+    junk = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                        max_leaves=8)
+    model = st.sampled_from(["mmk", "ecoli", "none", "%20", "mmk%2Finfer"])
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(model=model, body=from_schema(schema) | junk)
+    def check(model, body):
+        r = requests.post(f"{server}/v1/models/{model}/infer", data=json.dumps(body),
+                          headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code < 500, (model, body, r.status_code, r.text)
+
+    check()
