@@ -142,3 +142,48 @@ def test_fuzzed_requests_never_get_a_5xx(server):
         assert r.status_code < 500, (model, body, r.status_code, r.text)
 
     check()
+
+
+def test_killed_replica_is_restarted_and_answers_resume(server):
+    import os
+    import signal
+    import threading
+    import time
+
+    from processes import pids_of
+
+    obs, _ = _observations("mmk", 1)
+    outcomes = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                r = requests.post(f"{server}/v1/models/mmk/infer", json={"observations": obs}, timeout=60)
+                outcomes.append((time.time(), r.status_code))
+            except requests.RequestException:
+                outcomes.append((time.time(), -1))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for th in threads:
+        th.start()
+    time.sleep(2)
+    victims = pids_of(b"ray::ServeReplica:mechinfer:Inference")
+    assert victims, "the Inference replica's process was found"
+    killed_at = time.time()
+    os.kill(victims[0], signal.SIGKILL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # until Serve has a new replica answering
+        time.sleep(1)
+        if any(t > killed_at + 1 and code == 200 for t, code in outcomes) and pids_of(
+                b"ray::ServeReplica:mechinfer:Inference"):
+            break
+    time.sleep(2)
+    stop.set()
+    for th in threads:
+        th.join(timeout=120)
+    after = [code for t, code in outcomes if t > killed_at]
+    failed = sum(code != 200 for code in after)
+    print(f"requests after the kill: {len(after)}, failed: {failed}")
+    assert after[-5:] == [200] * 5, "answers resume after the restart"
+    assert all(code in (200, 500, 502, 503, -1) for code in after)
