@@ -7,9 +7,9 @@ Three deployments: ``Api`` (FastAPI ingress: parsing, checks, answers), ``Infere
 (the networks; concurrent requests are batched with ``@serve.batch``) and ``Refiner``
 (one BFGS start from the network's estimate; its own replicas and CPU budget, so slow
 refinements never hold up plain inference). Which checkpoints are served is
-configuration (``args.checkpoints``), never a request parameter.
+configuration (``args.checkpoints``), never a request parameter. (No ``from __future__ import annotations`` here: Serve's
+ingress wrapper must resolve FastAPI's annotations, e.g. ``Request``, at runtime.)
 """
-from __future__ import annotations
 
 import asyncio
 import json
@@ -98,6 +98,10 @@ def _inline_schema(model: type[BaseModel]) -> dict:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -212,9 +216,6 @@ class Api:
                    for i in range(len(sets))]
         return answers[0] if req.batch is None else {"results": answers}
 
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def build(args: dict) -> serve.Application:
