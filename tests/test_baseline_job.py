@@ -59,7 +59,7 @@ def test_baseline_and_report(ray_local, tmp_path):
     assert [r["method"] for r in rows] == ["BFGS, 1 start", "BFGS, 2 starts", "BFGS, 4 starts", "BFGS, 8 starts",
                                            "Deep Inference", "Deep Inference + MM", "Deep Inference + BFGS"]
     for r in rows:
-        assert 0.5 < float(r["R2"]) <= 1 and 0 < float(r["R2 stderr"]) < 0.1 and float(r["time per sample CPU (s)"]) > 0
+        assert 0.5 < float(r["R2"]) <= 1 and 0 < float(r["R2 stderr"]) < 0.5 and float(r["time per sample CPU (s)"]) > 0
     md = (report / "table1.md").read_text()
     assert "Cost of one BFGS start" in md and "| network estimate | 12 |" in md and "| prior draw | 96 |" in md
     assert "python jobs/evaluate.py --baseline" in md and "CPUs; GPU:" in md
