@@ -78,14 +78,14 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         raise ValueError(f"cannot use {location!r} as a dataset location: {exc}") from None
 
 
-def part_name(first_id: int, tag: str = "") -> str:
-    return f"{PART_PREFIX}{first_id:012d}{'-' + tag if tag else ''}.parquet"
+def part_name(first_id: int) -> str:
+    return f"{PART_PREFIX}{first_id:012d}.parquet"
 
 
-def write_part(fs: pafs.FileSystem, root: str, first_id: int, table: pa.Table, tag: str = "") -> str:
+def write_part(fs: pafs.FileSystem, root: str, first_id: int, table: pa.Table) -> str:
     """Write one chunk atomically: a temporary name first, renamed when complete."""
-    final = f"{root}/{part_name(first_id, tag)}"
-    tmp = f"{root}/_tmp-{uuid.uuid4().hex}-{part_name(first_id, tag)}"
+    final = f"{root}/{part_name(first_id)}"
+    tmp = f"{root}/_tmp-{uuid.uuid4().hex}-{part_name(first_id)}"
     pq.write_table(table, tmp, filesystem=fs)
     fs.move(tmp, final)
     return final
