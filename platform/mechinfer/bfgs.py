@@ -60,7 +60,7 @@ def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
     n, p = x0.shape
     dtype, device = x0.dtype, x0.device
     max_batch = n if max_batch is None else max(1, int(max_batch))
-    x, f, g = x0.clone(), torch.full((n,), torch.nan, dtype=dtype, device=device), torch.zeros_like(x0)
+    x, f = x0.clone(), torch.full((n,), torch.nan, dtype=dtype, device=device)
     iterations = torch.zeros(n, dtype=torch.long, device=device)
     evaluations = torch.zeros(n, dtype=torch.long, device=device)
     status = torch.full((n,), -1, dtype=torch.long, device=device)
@@ -150,7 +150,7 @@ def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
         fs = fs_new
         fresh = torch.zeros_like(fresh)
 
-        x[idx], f[idx], g[idx] = xs, fs, gs
+        x[idx], f[idx] = xs, fs
         status[idx] = done
         seconds[idx] += (time.perf_counter() - tic) / idx.numel()
         keep = done < 0

@@ -41,6 +41,11 @@ class Fit:
     wall_s: float            # wall-clock of the whole fit
 
 
+def _fit_options(solver_options: dict) -> dict:
+    """Solver settings for fits: FIT_TOL unless the caller sets rtol / atol."""
+    return {"rtol": FIT_TOL, "atol": FIT_TOL, **solver_options}
+
+
 def _compile_default() -> bool:
     return os.environ.get("MECHINFER_COMPILE", "1") != "0"
 
@@ -121,7 +126,7 @@ def fit(model: Model, t, channel, value, z0, *, max_iter: int = MAX_ITER, gtol: 
         raise ValueError(f"hessian must be 'gauss-newton' or 'identity', got {sorted(bad)}")
     use_h0 = torch.tensor([n == "gauss-newton" for n in names], dtype=torch.bool)
     z0 = torch.as_tensor(np.asarray(z0, dtype=np.float64))
-    solver_options = {"rtol": FIT_TOL, "atol": FIT_TOL, **solver_options}
+    solver_options = _fit_options(solver_options)
     fun = objective(model, t, channel, value, compile=compile, **solver_options)
     start = time.perf_counter()
     h0 = gauss_newton_h0(model, t, channel, value, compile=compile, **solver_options) if use_h0.any() else None
@@ -150,6 +155,6 @@ def warm_up(model: Model, t, channel, value, **solver_options) -> float:
     if not _compile_default():
         return 0.0
     fun = objective(model, t, channel, value, compile=True,
-                    **{"rtol": FIT_TOL, "atol": FIT_TOL, **solver_options})
+                    **_fit_options(solver_options))
     fun(torch.zeros(len(rows), model.n_parameters, dtype=torch.float64), rows)
     return time.perf_counter() - start
