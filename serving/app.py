@@ -3,10 +3,10 @@
     serve run serving/config.yaml        # local, on an embedded Ray
     serve deploy serving/config.yaml     # to a running cluster
 
-Three deployments: ``Api`` (FastAPI ingress: parsing, checks, answers), ``Inference``
-(the networks; concurrent requests are batched with ``@serve.batch``) and ``Refiner``
-(one BFGS start from the network's estimate; its own replicas and CPU budget, so slow
-refinements never hold up plain inference). Which checkpoints are served is
+Two deployments: ``Api`` (FastAPI ingress: parsing, checks, answers, and the networks:
+concurrent cases are batched with ``@serve.batch``) and ``Refiner`` (one BFGS start from
+the network's estimate, concurrent cases fitted together; its own replicas and CPU
+budget, so slow refinements never hold up plain inference). Which checkpoints are served is
 configuration (``args.checkpoints``), never a request parameter. (No ``from __future__ import annotations`` here: Serve's
 ingress wrapper must resolve FastAPI's annotations, e.g. ``Request``, at runtime.)
 """
@@ -110,53 +110,68 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
-class Inference:
-    """The networks of every served model; concurrent cases are run as one batch per model."""
-
-    def __init__(self, checkpoints: dict[str, str]):
-        import torch
-
-        torch.set_num_threads(1)
-        self.estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
-
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
-    async def __call__(self, cases: list[tuple[str, tuple]]) -> list[dict]:
-        out: list[dict | None] = [None] * len(cases)
-        for name in {c[0] for c in cases}:
-            idx = [i for i, c in enumerate(cases) if c[0] == name]
-            t, ch, v = service.pad([cases[i][1] for i in idx])
-            res = service.infer(self.estimators[name], t, ch, v)
-            for j, i in enumerate(idx):
-                out[i] = {"z": res["z"][j], "nll": float(res["nll"][j]),
-                          "timing_ms": {**res["timing_ms"], "batch_size": len(idx)}}
-        return out
+def _per_model(cases: list[tuple], run, batch_key: str) -> list[dict]:
+    """Answer a @serve.batch of cases (model name, (t, channel, value)[, z]): one call of
+    run(name, t, ch, v, z) per model on its cases, NaN-padded. (Run inline, not in a
+    thread: a thread holding the GIL through the solver's Python loop starves the event
+    loop that receives the requests; measured 3.5x fewer answers per second.)"""
+    out: list[dict | None] = [None] * len(cases)
+    for name in {c[0] for c in cases}:
+        idx = [i for i, c in enumerate(cases) if c[0] == name]
+        t, ch, v = service.pad([cases[i][1] for i in idx])
+        z = np.stack([cases[i][2] for i in idx]) if len(cases[idx[0]]) > 2 else None
+        res = run(name, t, ch, v, z)
+        for j, i in enumerate(idx):
+            out[i] = {"z": res["z"][j], "nll": float(res["nll"][j]),
+                      "timing_ms": {**res["timing_ms"], batch_key: len(idx)}}
+    return out
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class Refiner:
-    """One BFGS start per case from the network's estimate."""
+    """One BFGS start per case from the network's estimate; concurrent cases of a model
+    are fitted as one batch (each is its own problem, so batching changes no answer)."""
 
-    def __init__(self, checkpoints: dict[str, str]):
+    def __init__(self, checkpoints: dict[str, str], compile: bool | None = None):
         import torch
 
         torch.set_num_threads(1)
         self.estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
+        self.compile = compile
+        for est in self.estimators.values():
+            service.warm_up(est, refine=True, compile=compile)
 
-    def refine(self, name: str, sets: list[tuple], z: np.ndarray) -> dict:
-        t, ch, v = service.pad(sets)
-        return service.refine(self.estimators[name], t, ch, v, z)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
+    async def __call__(self, cases: list[tuple]) -> list[dict]:
+        return _per_model(cases, lambda name, t, ch, v, z: service.refine(
+            self.estimators[name], t, ch, v, z, compile=self.compile), "refine_batch_size")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=512)
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=512)
 @serve.ingress(app)
 class Api:
-    def __init__(self, inference: DeploymentHandle, refiner: DeploymentHandle, checkpoints: dict[str, str],
+    """The ingress, and the networks: concurrent cases of a model (from one batch request
+    or many requests) run as one batch. Inference lives in the ingress rather than in a
+    deployment of its own because a hop between deployments costs more CPU per request
+    (~2.5 ms, measured by bench/serve_load.py) than the network and its NLL (~0.6 ms)."""
+
+    def __init__(self, refiner: DeploymentHandle, checkpoints: dict[str, str], compile: bool | None = None,
                  max_observations: int = service.MAX_OBSERVATIONS, max_batch: int = service.MAX_BATCH,
                  max_body_bytes: int = MAX_BODY_BYTES):
-        self.inference, self.refiner = inference, refiner
+        import torch
+
+        torch.set_num_threads(1)
+        self.refiner = refiner
         self.estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
+        self.compile = compile
+        for est in self.estimators.values():
+            service.warm_up(est, refine=False, compile=compile)
         self.max_observations, self.max_batch, self.max_body_bytes = max_observations, max_batch, max_body_bytes
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
+    async def _infer(self, cases: list[tuple]) -> list[dict]:
+        return _per_model(cases, lambda name, t, ch, v, _: service.infer(
+            self.estimators[name], t, ch, v, compile=self.compile), "batch_size")
 
     @app.get("/healthz")
     def healthz(self) -> dict:
@@ -204,28 +219,38 @@ class Api:
         except service.BadRequest as exc:
             return _error(exc.status, str(exc))
         parsed = time.perf_counter()
-        results = await asyncio.gather(*[self.inference.remote((model, s)) for s in sets])
-        z = np.stack([r["z"] for r in results])
-        nll = [r["nll"] for r in results]
-        timing = [{"parse": 1e3 * (parsed - start), **r["timing_ms"]} for r in results]
+        results = await asyncio.gather(*[self._infer((model, s)) for s in sets])
         if req.refine:
-            refined = await self.refiner.refine.remote(model, sets, z)
-            z, nll = refined["z"], list(refined["nll"])
-            timing = [{**tm, **refined["timing_ms"]} for tm in timing]
-        answers = [service.answer(est, z[i], nll[i], req.refine, {**timing[i], "total": 1e3 * (time.perf_counter() - start)})
-                   for i in range(len(sets))]
+            refined = await asyncio.gather(*[self.refiner.remote((model, s, r["z"])) for s, r in zip(sets, results)])
+            results = [{**f, "timing_ms": {**r["timing_ms"], **f["timing_ms"]}} for r, f in zip(results, refined)]
+        answers = [service.answer(est, r["z"], r["nll"], req.refine,
+                                  {"parse": 1e3 * (parsed - start), **r["timing_ms"],
+                                   "total": 1e3 * (time.perf_counter() - start)})
+                   for r in results]
         return answers[0] if req.batch is None else {"results": answers}
 
 
 
-def build(args: dict) -> serve.Application:
+def build(args: dict, deployment_options: dict[str, dict] | None = None) -> serve.Application:
     """The application from the Serve config's ``args``: ``checkpoints`` (model name ->
     checkpoint location or shipped model name; default every shipped model),
-    ``max_observations``, ``max_batch``, ``max_body_bytes``."""
+    ``max_observations``, ``max_batch``, ``max_body_bytes``, ``compile`` (run the solver's
+    steps compiled; default on unless MECHINFER_COMPILE=0: each replica then spends
+    20-60 s compiling at start, and answers 2-5x faster). ``deployment_options`` (name ->
+    ``.options()`` keywords) is the Python-side counterpart of the config's
+    ``deployments`` section."""
     checkpoints = dict(args.get("checkpoints") or {name: name for name in list_models()})
     for name, source in checkpoints.items():
         est = load_estimator(source)  # fail at deploy time, not on the first request
         if est.model.name != name:
             raise ValueError(f"checkpoint {source} is for {est.model.name!r}, configured as {name!r}")
     limits = {k: int(args[k]) for k in ("max_observations", "max_batch", "max_body_bytes") if k in args}
-    return Api.bind(Inference.bind(checkpoints), Refiner.bind(checkpoints), checkpoints, **limits)
+    compile = args.get("compile")
+    if compile is not None and not isinstance(compile, bool):
+        raise ValueError(f"compile must be true or false, got {compile!r}")
+    options = deployment_options or {}
+    unknown = set(options) - {"Api", "Refiner"}
+    if unknown:
+        raise ValueError(f"no deployment named {sorted(unknown)}; the deployments are Api and Refiner")
+    refiner = Refiner.options(**options.get("Refiner", {})).bind(checkpoints, compile)
+    return Api.options(**options.get("Api", {})).bind(refiner, checkpoints, compile, **limits)

@@ -24,8 +24,12 @@ def server(ray_local):
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build({"max_observations": 64, "max_batch": 16, "max_body_bytes": 65536}), name="mechinfer",
-              route_prefix="/")
+    # two ingress replicas (so one can be killed while the other answers), no compilation
+    # (it would add ~1 min of replica start; the compiled solver is tested in test_fitting)
+    app = build({"max_observations": 64, "max_batch": 16, "max_body_bytes": 65536, "compile": False},
+                {"Api": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}},
+                 "Refiner": {"ray_actor_options": {"num_cpus": 0.5}}})
+    serve.run(app, name="mechinfer", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -145,12 +149,20 @@ def test_fuzzed_requests_never_get_a_5xx(server):
 
 
 def test_killed_replica_is_restarted_and_answers_resume(server):
+    """One of the two ingress replicas SIGKILLed under load: the other keeps answering,
+    Serve starts a new one, and answers go on; prints how many requests failed."""
     import os
     import signal
     import threading
     import time
 
+    from ray import serve
+
     from processes import pids_of
+
+    def running_api_replicas() -> int:
+        status = serve.status().applications["mechinfer"].deployments["Api"]
+        return status.replica_states.get("RUNNING", 0)
 
     obs, _ = _observations("mmk", 1)
     outcomes = []
@@ -168,22 +180,28 @@ def test_killed_replica_is_restarted_and_answers_resume(server):
     for th in threads:
         th.start()
     time.sleep(2)
-    victims = pids_of(b"ray::ServeReplica:mechinfer:Inference")
-    assert victims, "the Inference replica's process was found"
+    victims = pids_of(b"ray::ServeReplica:mechinfer:Api")
+    assert len(victims) == 2, "both ingress replicas' processes were found"
     killed_at = time.time()
     os.kill(victims[0], signal.SIGKILL)
     deadline = time.time() + 120
-    while time.time() < deadline:  # until Serve has a new replica answering
-        time.sleep(1)
-        if any(t > killed_at + 1 and code == 200 for t, code in outcomes) and pids_of(
-                b"ray::ServeReplica:mechinfer:Inference"):
-            break
-    time.sleep(2)
+    def restarted() -> bool:  # a new replica process, and Serve counts two running again
+        pids = set(pids_of(b"ray::ServeReplica:mechinfer:Api"))
+        return len(pids) == 2 and victims[0] not in pids and running_api_replicas() == 2
+
+    while time.time() < deadline and not restarted():
+        time.sleep(0.5)
+    restarted_at = time.time()
+    time.sleep(3)
     stop.set()
     for th in threads:
         th.join(timeout=120)
-    after = [code for t, code in outcomes if t > killed_at]
-    failed = sum(code != 200 for code in after)
-    print(f"requests after the kill: {len(after)}, failed: {failed}")
-    assert after[-5:] == [200] * 5, "answers resume after the restart"
-    assert all(code in (200, 500, 502, 503, -1) for code in after)
+    during = [code for t, code in outcomes if killed_at < t <= restarted_at]
+    after = [code for t, code in outcomes if t > restarted_at]
+    failed = sum(code != 200 for code in during + after)
+    print(f"replica restarted in {restarted_at - killed_at:.1f} s; requests after the kill: "
+          f"{len(during) + len(after)}, failed: {failed}")
+    assert restarted()
+    assert during.count(200) >= 10, "the surviving replica kept answering during the restart"
+    assert after and set(after) == {200}, "every request after the restart is answered"
+    assert all(code in (200, 500, 502, 503, -1) for code in during)

@@ -36,11 +36,12 @@ class Estimator:
             z = self.refine(t, channel, value, z).z
         return priors.from_z(self.model.priors, torch.from_numpy(z)).numpy()
 
-    def refine(self, t, channel, value, z) -> fitting.Fit:
+    def refine(self, t, channel, value, z, **fit_options) -> fitting.Fit:
         """One BFGS start per observation set from z (B, P), the network's estimate. A row
-        whose start cannot be simulated keeps z (status BAD_START)."""
+        whose start cannot be simulated keeps z (status BAD_START). ``fit_options`` go to
+        :func:`mechinfer.fitting.fit` (e.g. ``compile``)."""
         t, channel, value = self._check(t, channel, value)
-        return fitting.fit(self.model, t, channel, value, z)
+        return fitting.fit(self.model, t, channel, value, z, **fit_options)
 
     def _check(self, t, channel, value):
         m = self.model

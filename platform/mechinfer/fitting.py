@@ -147,14 +147,33 @@ def prior_starts(model: Model, sample_ids, n_starts: int, seed: int) -> np.ndarr
                      for i in sample_ids])
 
 
-def warm_up(model: Model, t, channel, value, **solver_options) -> float:
-    """Compile the solver step for fits (one NLL + gradient evaluation of two sets), so
-    that the one-off compilation is not timed as part of the first fit. Returns seconds."""
+def nll(model: Model, t, channel, value, z, *, compile: bool | None = None, **solver_options) -> np.ndarray:
+    """The NLL of z (B, P) for each set, solved as a fit solves it (FIT_TOL, compiled
+    steps by default) but without a gradient: what a fit of these sets would report for
+    z, at a fraction of the simulator's cost. NaN where the solver failed."""
+    if compile is None:
+        compile = _compile_default()
+    t, channel, value = _tensors(t, channel, value)
+    z = torch.as_tensor(np.asarray(z, dtype=np.float64))
+    with torch.no_grad():
+        f = metrics.nll(model, model.from_z(z), t, channel, value, compile=compile, **_fit_options(solver_options))
+    return f.numpy()
+
+
+def warm_up(model: Model, t, channel, value, *, gradient: bool = True, **solver_options) -> float:
+    """Compile the solver step for fits (``gradient``: one NLL + gradient evaluation) or
+    for :func:`nll`, at batch sizes 1 and 2 (the second compiles the batch-size-generic
+    graph), so that the one-off compilation is not timed as part of the first fit or
+    request. Returns seconds; 0 when compilation is off."""
     start = time.perf_counter()
-    rows = torch.arange(min(2, len(t)))
     if not _compile_default():
         return 0.0
-    fun = objective(model, t, channel, value, compile=True,
-                    **_fit_options(solver_options))
-    fun(torch.zeros(len(rows), model.n_parameters, dtype=torch.float64), rows)
+    for n in sorted({1, min(2, len(t))}):
+        rows = torch.arange(n)
+        z = torch.zeros(n, model.n_parameters, dtype=torch.float64)
+        if gradient:
+            objective(model, t, channel, value, compile=True, **_fit_options(solver_options))(z, rows)
+        else:
+            nll(model, np.asarray(t)[:n], np.asarray(channel)[:n], np.asarray(value)[:n], z, compile=True,
+                **solver_options)
     return time.perf_counter() - start

@@ -7,9 +7,7 @@ import math
 import time
 
 import numpy as np
-import torch
-
-from . import metrics
+from . import fitting
 from .estimator import Estimator
 
 MAX_OBSERVATIONS = 256  # per observation list, unless configured otherwise
@@ -61,28 +59,35 @@ def pad(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
     return t, ch, v
 
 
-def infer(est: Estimator, t, ch, v) -> dict:
+def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
     """Network estimates and their NLL for padded (B, N) arrays, with stage timings."""
     start = time.perf_counter()
     z = est.estimate_z(t, ch, v)
     network = time.perf_counter()
-    nll = nll_of(est, z, t, ch, v)
+    nll = fitting.nll(est.model, t, ch, v, z, compile=compile)
     return {"z": z, "nll": nll, "timing_ms": {"network": 1e3 * (network - start),
                                               "nll": 1e3 * (time.perf_counter() - network)}}
 
 
-def nll_of(est: Estimator, z: np.ndarray, t, ch, v) -> np.ndarray:
-    m = est.model
-    with torch.no_grad():
-        out = metrics.nll(m, torch.as_tensor(m.from_z(z)), torch.as_tensor(t), torch.as_tensor(ch),
-                          torch.as_tensor(v))
-    return out.numpy()
-
-
-def refine(est: Estimator, t, ch, v, z) -> dict:
+def refine(est: Estimator, t, ch, v, z, compile: bool | None = None) -> dict:
     start = time.perf_counter()
-    fit = est.refine(t, ch, v, z)
+    fit = est.refine(t, ch, v, z, compile=compile)
     return {"z": fit.z, "nll": fit.nll, "timing_ms": {"refine": 1e3 * (time.perf_counter() - start)}}
+
+
+def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
+    """Run :func:`infer` (and :func:`refine`) on made-up observation sets of batch 1 and
+    2, so that a new replica compiles the solver before its first request, not during
+    it. Returns seconds."""
+    start = time.perf_counter()
+    m = est.model
+    t = np.tile(np.linspace(0.0, m.T, m.n_obs), (2, 1))
+    ch = np.tile(np.arange(m.n_obs) % len(m.channels), (2, 1))
+    for n in (1, 2):
+        done = infer(est, t[:n], ch[:n], np.ones_like(t[:n]), compile=compile)
+        if refine:  # a few iterations compile every graph a fit runs
+            est.refine(t[:n], ch[:n], np.ones_like(t[:n]), done["z"], compile=compile, max_iter=3)
+    return time.perf_counter() - start
 
 
 def answer(est: Estimator, z: np.ndarray, nll: float, refined: bool, timing_ms: dict) -> dict:
