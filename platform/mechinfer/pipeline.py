@@ -1,0 +1,279 @@
+"""The whole pipeline of SPEC 6 for one model, in one run directory: simulate -> train the
+proxy -> train (and fine-tune) the inference network -> tune (optional) -> baseline ->
+evaluate -> serve.
+
+Each stage writes its outputs under ``<run>/<stage>/`` and, once they are complete, a
+record ``<run>/stages/<stage>.json`` (written last, by rename). A rerun skips the stages
+that have a record and resumes the first one that has not: the simulation and the
+baseline resume their own part files; a training stage restarts (its checkpoint is only
+written when it has finished). ``<run>/run.json`` fixes the model, the SPEC version and
+the settings; a rerun with other ones is refused rather than mixing two runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from urllib.parse import urlparse
+
+from . import SPEC_VERSION
+from .models import get_model
+
+STAGES = ("simulate", "train-proxy", "train-inference", "tune", "baseline", "evaluate", "serve")
+
+# "small": the whole pipeline in minutes on a 2-core machine (a smoke run of the
+# platform, not the paper's numbers); "paper": the paper's scale, for a cluster.
+PRESETS = {
+    "small": {"n": 20_000, "proxy_epochs": 2, "epochs": 2, "finetune_steps": 20, "batch_size": 256,
+              "width": 64, "depth": 2, "num_workers": 1, "tune": False, "tune_samples": 4,
+              "baseline_limit": 32, "starts": [1, 2, 4, 8], "compile": False},
+    "paper": {"n": 1_000_000, "proxy_epochs": 4, "epochs": 6, "finetune_steps": 200, "batch_size": 256,
+              "width": 192, "depth": 3, "num_workers": 2, "tune": True, "tune_samples": 16,
+              "baseline_limit": None, "starts": [1, 2, 4, 8], "compile": True},
+}
+
+
+def _atomic_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse a Ray cluster address that does not answer (a TCP connect to its host and
+    port), in seconds rather than after ray.init's long retries."""
+    if not address or address == "auto":
+        return
+    url = urlparse(address if "://" in address else f"ray://{address}")
+    host = url.hostname
+    port = url.port or (8265 if url.scheme in ("http", "https") else 10001 if url.scheme == "ray" else 6379)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"the Ray cluster at {address} does not answer ({host}:{port}: {exc}); "
+                              "start it (ray start --head / ray up cluster.yaml) or fix --address") from None
+
+
+def settings_for(preset: str, overrides: dict | None = None) -> dict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; presets are {sorted(PRESETS)}")
+    settings = dict(PRESETS[preset])
+    for key, value in (overrides or {}).items():
+        if key not in settings:
+            raise ValueError(f"unknown setting {key!r}; settings are {sorted(settings)}")
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def open_run(run: str, model: str, preset: str, settings: dict) -> dict:
+    """Create the run directory, or check that an existing one is this run's."""
+    m = get_model(model)
+    os.makedirs(os.path.join(run, "stages"), exist_ok=True)
+    path = os.path.join(run, "run.json")
+    record = {"model": m.name, "spec_version": SPEC_VERSION, "preset": preset, "settings": settings}
+    existing = _read_json(path)
+    if existing is None:
+        if any(n not in ("stages",) for n in os.listdir(run)):
+            raise ValueError(f"{run} is not empty and holds no run.json: not a pipeline run directory")
+        _atomic_json(path, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return record
+    if existing.get("spec_version") != SPEC_VERSION:
+        raise ValueError(f"run directory {run} was made for SPEC version {existing.get('spec_version')}, "
+                         f"this is version {SPEC_VERSION}; use a new run directory")
+    if existing.get("model") != m.name:
+        raise ValueError(f"run directory {run} is a run of {existing.get('model')!r}, not {m.name!r}")
+    if (existing.get("preset"), existing.get("settings")) != (preset, settings):
+        raise ValueError(f"run directory {run} was started with preset {existing.get('preset')!r} and settings "
+                         f"{existing.get('settings')}; rerun with the same ones or use a new run directory")
+    return record
+
+
+NEEDS = {"simulate": [], "train-proxy": ["simulate"], "train-inference": ["simulate", "train-proxy"],
+         "tune": ["simulate", "train-proxy"], "baseline": ["train-inference"],
+         "evaluate": ["train-inference", "baseline"], "serve": ["train-inference"]}
+
+
+def plan(model: str, run: str, *, preset: str = "small", stages: list[str] | None = None,
+         overrides: dict | None = None) -> dict:
+    """Check everything that can be checked before Ray starts (model, preset, stages,
+    the run directory) and open the run: {"run", "model", "settings", "stages"}."""
+    wanted = list(STAGES if stages is None else stages)
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+    settings = settings_for(preset, overrides)
+    if stages is None and not settings["tune"]:
+        wanted.remove("tune")
+    run = os.path.abspath(run)
+    open_run(run, model, preset, settings)
+    for stage in wanted:
+        for need in NEEDS[stage]:
+            if need not in wanted and not os.path.exists(os.path.join(run, "stages", f"{need}.json")):
+                raise ValueError(f"stage {need!r} has not run in this run directory ({run}); "
+                                 f"it comes before {stage!r}")
+    return {"run": run, "model": get_model(model).name, "settings": settings,
+            "stages": [s for s in STAGES if s in wanted]}
+
+
+def execute(p: dict, *, port: int = 8000, log=print) -> dict:
+    """Run the planned stages in order (Ray must be initialised, or is started embedded);
+    returns {stage: record} for every stage done in this run directory. A stage with a
+    record is skipped, except serve, which deploys again (a live endpoint is not an output)."""
+    run, settings = p["run"], p["settings"]
+    records = {}
+    for stage in STAGES:
+        record_path = os.path.join(run, "stages", f"{stage}.json")
+        done = _read_json(record_path)
+        if stage not in p["stages"] or (done is not None and stage != "serve"):
+            if done is not None:
+                records[stage] = done
+                if stage in p["stages"]:
+                    log(f"[{stage}] done already ({done['seconds']:.0f} s), skipped")
+            continue
+        log(f"[{stage}] running")
+        start = time.perf_counter()
+        outputs = _STAGE_FUNCTIONS[stage](p["model"], run, settings, records, port=port, log=log)
+        record = {"stage": stage, "outputs": outputs, "seconds": round(time.perf_counter() - start, 1),
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _atomic_json(record_path, record)
+        records[stage] = record
+        log(f"[{stage}] done in {record['seconds']:.0f} s")
+    return records
+
+
+def run_pipeline(model: str, run: str, *, preset: str = "small", stages: list[str] | None = None,
+                 overrides: dict | None = None, port: int = 8000, log=print) -> dict:
+    """:func:`plan`, then :func:`execute`."""
+    return execute(plan(model, run, preset=preset, stages=stages, overrides=overrides), port=port, log=log)
+
+
+def _needs(records: dict, stage: str) -> dict:
+    return records[stage]["outputs"]
+
+
+def _fresh(path: str) -> str:
+    """A stage that restarts from scratch starts from an empty output directory."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def _simulate(model, run, s, records, log, **_):
+    from .generate import simulate_dataset
+
+    out = os.path.join(run, "simulate")
+    summary = simulate_dataset(model, s["n"], 0, out)  # resumes its own unfinished parts
+    log(str(summary))
+    return {"data": out, "samples": summary.n_samples, "failures": summary.failures}
+
+
+def _train_proxy(model, run, s, records, log, **_):
+    from .train import train
+
+    data = _needs(records, "simulate")["data"]
+    out = _fresh(os.path.join(run, "train-proxy"))
+    summary = train("proxy", model, data, os.path.join(out, "checkpoint"), epochs=s["proxy_epochs"],
+                    batch_size=s["batch_size"], network={"width": s["width"], "depth": s["depth"]},
+                    num_workers=s["num_workers"], storage_path=os.path.join(out, "ray_results"))
+    log(str(summary))
+    return {"checkpoint": summary.checkpoint, "val_loss": summary.val_loss}
+
+
+def _training_settings(run: str, s: dict) -> dict:
+    """The preset's Deep Set settings, or the tune stage's best ones where it ran."""
+    tuned = _read_json(os.path.join(run, "tune", "best_config.json"))
+    if tuned is None:
+        return {"network": {"width": s["width"], "depth": s["depth"]}, "batch_size": s["batch_size"]}
+    keys = ("width", "depth", "pooling", "time_encoding", "channel_encoding")
+    return {"network": {k: tuned[k] for k in keys}, "batch_size": tuned["batch_size"], "lr": tuned["lr"]}
+
+
+def _train_inference(model, run, s, records, log, **_):
+    from .train import train_inference_and_report
+
+    data = _needs(records, "simulate")["data"]
+    proxy = _needs(records, "train-proxy")["checkpoint"]
+    out = _fresh(os.path.join(run, "train-inference"))
+    report = train_inference_and_report(
+        model, data, proxy, os.path.join(out, "checkpoint"), epochs=s["epochs"], finetune_epochs=1,
+        finetune_steps_per_epoch=s["finetune_steps"], num_workers=s["num_workers"],
+        storage_path=os.path.join(out, "ray_results"), **_training_settings(run, s))
+    log(report["text"])
+    ckpt = os.path.join(out, "checkpoint")
+    return {"checkpoint": ckpt, "through_proxy": os.path.join(ckpt, "through-proxy"),
+            "r2_true_parameters": report["r2_true_parameters"]["value"]}
+
+
+def _tune(model, run, s, records, log, **_):
+    from .tuning import tune_inference
+
+    data = _needs(records, "simulate")["data"]
+    proxy = _needs(records, "train-proxy")["checkpoint"]
+    out = _fresh(os.path.join(run, "tune"))
+    best = tune_inference(model, data, proxy, out, num_samples=s["tune_samples"])
+    log(f"best Deep Set settings: {best}")
+    return {"best_config": os.path.join(out, "best_config.json")}
+
+
+def _baseline(model, run, s, records, log, **_):
+    from .baseline import run_baseline
+
+    ckpt = _needs(records, "train-inference")["checkpoint"]
+    out = os.path.join(run, "baseline")
+    summary = run_baseline(model, out, checkpoint=ckpt, limit=s["baseline_limit"], starts=s["starts"],
+                           command=f"pipeline stage baseline of {run}")  # resumes its own parts
+    log(str(summary))
+    return {"baseline": out}
+
+
+def _evaluate(model, run, s, records, log, **_):
+    from .report import evaluate
+
+    net = _needs(records, "train-inference")
+    out = os.path.join(run, "evaluate")
+    evaluate([_needs(records, "baseline")["baseline"]], out, networks={model: net["through_proxy"]},
+             finetuned={model: net["checkpoint"]}, command=f"pipeline stage evaluate of {run}")
+    report = os.path.join(out, "table1.md")
+    log(f"Table 1 report: {report}")
+    return {"report": report}
+
+
+def _serve(model, run, s, records, log, port: int = 8000, **_):
+    """Deploy the trained network on Ray Serve and answer the first SPEC test sample
+    through the live HTTP endpoint."""
+    import requests
+    from ray import serve
+
+    from serving.app import build
+
+    from . import metrics
+
+    ckpt = _needs(records, "train-inference")["checkpoint"]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build({"checkpoints": {model: ckpt}, "compile": s["compile"]}), name="mechinfer", route_prefix="/")
+    m = get_model(model)
+    test = metrics.test_set(m)
+    obs = [{"t": float(t), "channel": m.channels[int(c)], "value": float(v)}
+           for t, c, v in zip(test["t"][0], test["channel"][0], test["value"][0]) if t == t]
+    url = f"http://127.0.0.1:{port}/v1/models/{model}/infer"
+    r = requests.post(url, json={"observations": obs}, timeout=120)
+    if r.status_code != 200:
+        raise RuntimeError(f"the served endpoint {url} answered {r.status_code}: {r.text}")
+    answer = r.json()
+    log(f"served answer from {url} for SPEC test sample 0: {json.dumps(answer)}")
+    return {"endpoint": url, "answer": answer}
+
+
+_STAGE_FUNCTIONS = {"simulate": _simulate, "train-proxy": _train_proxy, "train-inference": _train_inference,
+                    "tune": _tune, "baseline": _baseline, "evaluate": _evaluate, "serve": _serve}

@@ -1,0 +1,123 @@
+"""cluster.yaml against Ray's own cluster-config schema, and a job submitted to a real
+`ray start --head` cluster through Ray's JobSubmissionClient with --working-dir."""
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _validate(config: dict) -> None:
+    """What `ray up` checks before it starts anything: defaults filled in, then the schema."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_cluster_yaml_passes_rays_schema_check():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    _validate(config)
+    types = config["available_node_types"]
+    assert {"head", "cpu_worker", "gpu_worker"} <= set(types) and config["head_node_type"] == "head"
+    assert types["gpu_worker"]["node_config"]["InstanceType"].startswith("g")
+    assert all("min_workers" in t and "max_workers" in t for t in types.values())
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda c: c["available_node_types"]["cpu_worker"].__setitem__("min_workers", "many"), "is not of type"),
+    (lambda c: c.__setitem__("head_node_type", "gpu_box"), "head_node_type"),
+    (lambda c: c["available_node_types"]["gpu_worker"].__setitem__("GPUs", 1), "Additional properties"),
+    (lambda c: c.__setitem__("max_workers", 1), "max_workers"),
+])
+def test_a_broken_copy_fails_the_check(break_it, message):
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config["available_node_types"]["cpu_worker"]["min_workers"] = 2
+    _validate(config)
+    break_it(config)
+    with pytest.raises(Exception, match=message):
+        _validate(config)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node():
+    """A real `ray start --head --block` on free ports, in its own temp dir (so that
+    ray.init() elsewhere in the test session does not find it), stopped by its pid."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    gcs, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
+         f"--ray-client-server-port={_free_port()}", f"--min-worker-port={_free_port() // 2 + 20000}",
+         f"--max-worker-port={_free_port() // 2 + 20400}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", dashboard), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {proc.stdout.read().decode()[-2000:]}")
+            time.sleep(1)
+    try:
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its cluster on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path, monkeypatch):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    client = JobSubmissionClient(head_node)
+    out = tmp_path / "mmk-job"
+    job = client.submit_job(
+        entrypoint=f"python jobs/simulate.py --model mmk --n 300 --seed 0 --chunk-size 100 --out {out}",
+        runtime_env={"working_dir": str(REPO), "excludes": [".git", "runs", "data", "results", "*.egg-info"]})
+    deadline = time.time() + 300
+    status = client.get_job_status(job)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "simulated 300 mmk samples" in logs
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "mmk" and manifest["n_samples"] == 300
+    ids = pq.read_table(out, columns=["sample_id"]).column("sample_id").to_numpy()
+    assert sorted(ids.tolist()) == list(range(300))
+
+
+def test_pipeline_refuses_a_cluster_address_that_does_not_answer(tmp_path):
+    port = _free_port()
+    run = subprocess.run([sys.executable, str(REPO / "jobs" / "pipeline.py"), "--model", "mmk", "--run",
+                          str(tmp_path / "run"), "--address", f"127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 2 and f"the Ray cluster at 127.0.0.1:{port} does not answer" in run.stderr
+    assert "Traceback" not in run.stderr

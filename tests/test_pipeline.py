@@ -1,0 +1,75 @@
+"""jobs/pipeline.py: killed in the middle of a stage and rerun, it skips the finished
+stages and completes the interrupted one; bad input gets a clear message."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--model", "mmk", "--n", "3000"]
+
+
+def _pipeline(*args, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "pipeline.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def test_killed_mid_stage_then_rerun_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, str(REPO / "jobs" / "pipeline.py"), *SMALL, "--run", str(run),
+            "--stages", "simulate,train-proxy"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (run / "stages" / "simulate.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert (run / "stages" / "simulate.json").exists(), proc.communicate()[0][-3000:]
+    while not (run / "train-proxy" / "ray_results").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(3)  # inside Ray Train
+    assert proc.poll() is None, "the pipeline was still in the train-proxy stage"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the embedded Ray it started
+    proc.wait()
+    assert not (run / "stages" / "train-proxy.json").exists()
+    simulated = json.loads((run / "stages" / "simulate.json").read_text())
+
+    again = _pipeline(*SMALL, "--run", str(run), "--stages", "simulate,train-proxy")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "[simulate] done already" in again.stdout and "[train-proxy] done in" in again.stdout
+    assert json.loads((run / "stages" / "simulate.json").read_text()) == simulated  # not redone
+    proxy = json.loads((run / "stages" / "train-proxy.json").read_text())["outputs"]["checkpoint"]
+    assert (Path(proxy) / "checkpoint.json").exists() and (Path(proxy) / "weights.pt").exists()
+    ids = pq.read_table(run / "simulate", columns=["sample_id"]).column("sample_id").to_numpy()
+    assert sorted(ids.tolist()) == list(range(3000))
+    assert not list(run.rglob("*.tmp"))
+
+    # the same run directory for another model, or made under another SPEC version
+    other = _pipeline("--model", "ecoli", "--n", "3000", "--run", str(run), "--stages", "simulate")
+    assert other.returncode == 2 and "is a run of 'mmk', not 'ecoli'" in other.stderr
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "spec_version": 0}))
+    old = _pipeline(*SMALL, "--run", str(run), "--stages", "simulate")
+    assert old.returncode == 2 and "made for SPEC version 0" in old.stderr
+    for r in (other, old):
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "huge"], "unknown preset 'huge'; presets are ['paper', 'small']"),
+    (["--stages", "simulate,deploy"], "unknown stage 'deploy'"),
+    (["--stages", "baseline"], "stage 'train-inference' has not run in this run directory"),
+    (["--model", "yeast"], "unknown model 'yeast'"),
+])
+def test_bad_input(tmp_path, extra, message):
+    args = ["--model", "mmk", "--run", str(tmp_path / "run"), *extra]
+    if "--model" in extra:
+        args = args[2:]
+    r = _pipeline(*args, timeout=180)
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
