@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
         import ray
 
         ray.init(address=address, log_to_driver=False, include_dashboard=None if address else False)
-        records = pipeline.execute(planned, port=args.port)
+        command = "python jobs/pipeline.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        records = pipeline.execute(planned, port=args.port, command=command)
     except (ValueError, ConnectionError, FileExistsError, FloatingPointError) as exc:
         print(f"pipeline: error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -12,9 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from mechinfer import dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,12 +64,12 @@ def head_node():
     ray.init() elsewhere in the test session does not find it), stopped by its pid."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     gcs, dashboard = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    token = secrets.token_hex(32)  # token authentication on, with a token of this test's own
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
-         f"--ray-client-server-port={_free_port()}", f"--min-worker-port={_free_port() // 2 + 20000}",
-         f"--max-worker-port={_free_port() // 2 + 20400}"],
+         f"--ray-client-server-port={_free_port()}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
@@ -80,7 +82,7 @@ def head_node():
                 raise RuntimeError(f"ray start exited: {proc.stdout.read().decode()[-2000:]}")
             time.sleep(1)
     try:
-        yield address
+        yield address, token
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its cluster on SIGTERM
         try:
@@ -91,15 +93,18 @@ def head_node():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path, monkeypatch):
+def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    client = JobSubmissionClient(head_node)
+    address, token = head_node
+    with pytest.raises(AuthenticationError):  # token authentication stays on
+        JobSubmissionClient(address, headers={"authorization": "Bearer " + "0" * 64}).list_jobs()
+    client = JobSubmissionClient(address, headers={"authorization": "Bearer " + token})
     out = tmp_path / "mmk-job"
     job = client.submit_job(
         entrypoint=f"python jobs/simulate.py --model mmk --n 300 --seed 0 --chunk-size 100 --out {out}",
-        runtime_env={"working_dir": str(REPO), "excludes": [".git", "runs", "data", "results", "*.egg-info"]})
+        runtime_env={"working_dir": str(REPO), "excludes": [".git", ".hypothesis", "runs", "data", "results", "*.egg-info"]})
     deadline = time.time() + 300
     status = client.get_job_status(job)
     while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
@@ -110,7 +115,7 @@ def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path, monkeypatch):
     assert "simulated 300 mmk samples" in logs
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "mmk" and manifest["n_samples"] == 300
-    ids = pq.read_table(out, columns=["sample_id"]).column("sample_id").to_numpy()
+    ids = dataset.read_table(str(out), columns=["sample_id"]).column("sample_id").to_numpy()
     assert sorted(ids.tolist()) == list(range(300))
 
 

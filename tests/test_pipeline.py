@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+
+from mechinfer import dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mmk", "--n", "3000"]
@@ -45,7 +46,7 @@ def test_killed_mid_stage_then_rerun_resumes(tmp_path):
     assert json.loads((run / "stages" / "simulate.json").read_text()) == simulated  # not redone
     proxy = json.loads((run / "stages" / "train-proxy.json").read_text())["outputs"]["checkpoint"]
     assert (Path(proxy) / "checkpoint.json").exists() and (Path(proxy) / "weights.pt").exists()
-    ids = pq.read_table(run / "simulate", columns=["sample_id"]).column("sample_id").to_numpy()
+    ids = dataset.read_table(str(run / "simulate"), columns=["sample_id"]).column("sample_id").to_numpy()
     assert sorted(ids.tolist()) == list(range(3000))
     assert not list(run.rglob("*.tmp"))
 

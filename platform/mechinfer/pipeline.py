@@ -26,9 +26,9 @@ STAGES = ("simulate", "train-proxy", "train-inference", "tune", "baseline", "eva
 # "small": the whole pipeline in minutes on a 2-core machine (a smoke run of the
 # platform, not the paper's numbers); "paper": the paper's scale, for a cluster.
 PRESETS = {
-    "small": {"n": 20_000, "proxy_epochs": 2, "epochs": 2, "finetune_steps": 20, "batch_size": 256,
+    "small": {"n": 50_000, "proxy_epochs": 3, "epochs": 3, "finetune_steps": 40, "batch_size": 256,
               "width": 64, "depth": 2, "num_workers": 1, "tune": False, "tune_samples": 4,
-              "baseline_limit": 32, "starts": [1, 2, 4, 8], "compile": False},
+              "baseline_limit": 64, "starts": [1, 2, 4, 8], "compile": False},
     "paper": {"n": 1_000_000, "proxy_epochs": 4, "epochs": 6, "finetune_steps": 200, "batch_size": 256,
               "width": 192, "depth": 3, "num_workers": 2, "tune": True, "tune_samples": 16,
               "baseline_limit": None, "starts": [1, 2, 4, 8], "compile": True},
@@ -127,7 +127,7 @@ def plan(model: str, run: str, *, preset: str = "small", stages: list[str] | Non
             "stages": [s for s in STAGES if s in wanted]}
 
 
-def execute(p: dict, *, port: int = 8000, log=print) -> dict:
+def execute(p: dict, *, port: int = 8000, command: str = "", log=print) -> dict:
     """Run the planned stages in order (Ray must be initialised, or is started embedded);
     returns {stage: record} for every stage done in this run directory. A stage with a
     record is skipped, except serve, which deploys again (a live endpoint is not an output)."""
@@ -144,7 +144,8 @@ def execute(p: dict, *, port: int = 8000, log=print) -> dict:
             continue
         log(f"[{stage}] running")
         start = time.perf_counter()
-        outputs = _STAGE_FUNCTIONS[stage](p["model"], run, settings, records, port=port, log=log)
+        outputs = _STAGE_FUNCTIONS[stage](p["model"], run, settings, records, port=port, log=log,
+                                          command=command or f"mechinfer.pipeline stage {stage} of {run}")
         record = {"stage": stage, "outputs": outputs, "seconds": round(time.perf_counter() - start, 1),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _atomic_json(record_path, record)
@@ -154,9 +155,10 @@ def execute(p: dict, *, port: int = 8000, log=print) -> dict:
 
 
 def run_pipeline(model: str, run: str, *, preset: str = "small", stages: list[str] | None = None,
-                 overrides: dict | None = None, port: int = 8000, log=print) -> dict:
+                 overrides: dict | None = None, port: int = 8000, command: str = "", log=print) -> dict:
     """:func:`plan`, then :func:`execute`."""
-    return execute(plan(model, run, preset=preset, stages=stages, overrides=overrides), port=port, log=log)
+    return execute(plan(model, run, preset=preset, stages=stages, overrides=overrides), port=port, command=command,
+                   log=log)
 
 
 def _needs(records: dict, stage: str) -> dict:
@@ -175,7 +177,7 @@ def _simulate(model, run, s, records, log, **_):
     out = os.path.join(run, "simulate")
     summary = simulate_dataset(model, s["n"], 0, out)  # resumes its own unfinished parts
     log(str(summary))
-    return {"data": out, "samples": summary.n_samples, "failures": summary.failures}
+    return {"data": out, "samples": summary.samples, "failures": summary.failures}
 
 
 def _train_proxy(model, run, s, records, log, **_):
@@ -226,24 +228,24 @@ def _tune(model, run, s, records, log, **_):
     return {"best_config": os.path.join(out, "best_config.json")}
 
 
-def _baseline(model, run, s, records, log, **_):
+def _baseline(model, run, s, records, log, command, **_):
     from .baseline import run_baseline
 
     ckpt = _needs(records, "train-inference")["checkpoint"]
     out = os.path.join(run, "baseline")
     summary = run_baseline(model, out, checkpoint=ckpt, limit=s["baseline_limit"], starts=s["starts"],
-                           command=f"pipeline stage baseline of {run}")  # resumes its own parts
+                           command=command)  # resumes its own parts
     log(str(summary))
     return {"baseline": out}
 
 
-def _evaluate(model, run, s, records, log, **_):
+def _evaluate(model, run, s, records, log, command, **_):
     from .report import evaluate
 
     net = _needs(records, "train-inference")
     out = os.path.join(run, "evaluate")
     evaluate([_needs(records, "baseline")["baseline"]], out, networks={model: net["through_proxy"]},
-             finetuned={model: net["checkpoint"]}, command=f"pipeline stage evaluate of {run}")
+             finetuned={model: net["checkpoint"]}, command=command)
     report = os.path.join(out, "table1.md")
     log(f"Table 1 report: {report}")
     return {"report": report}
