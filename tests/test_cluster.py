@@ -102,9 +102,18 @@ def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
         JobSubmissionClient(address, headers={"authorization": "Bearer " + "0" * 64}).list_jobs()
     client = JobSubmissionClient(address, headers={"authorization": "Bearer " + token})
     out = tmp_path / "mmk-job"
-    job = client.submit_job(
-        entrypoint=f"python jobs/simulate.py --model mmk --n 300 --seed 0 --chunk-size 100 --out {out}",
-        runtime_env={"working_dir": str(REPO), "excludes": [".git", ".hypothesis", "runs", "data", "results", "*.egg-info"]})
+    deadline = time.time() + 120
+    while True:  # the dashboard answers before the head's job agent is up
+        try:
+            job = client.submit_job(
+                entrypoint=f"python jobs/simulate.py --model mmk --n 300 --seed 0 --chunk-size 100 --out {out}",
+                runtime_env={"working_dir": str(REPO),
+                             "excludes": [".git", ".hypothesis", "runs", "data", "results", "*.egg-info"]})
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(2)
     deadline = time.time() + 300
     status = client.get_job_status(job)
     while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
