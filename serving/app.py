@@ -231,7 +231,13 @@ class Api:
 
 
 
-def build(args: dict, deployment_options: dict[str, dict] | None = None) -> serve.Application:
+def build(args: dict) -> serve.Application:
+    """The application from the Serve config's ``args`` (Serve's application builder:
+    exactly one parameter); see :func:`application`."""
+    return application(args)
+
+
+def application(args: dict, deployment_options: dict[str, dict] | None = None) -> serve.Application:
     """The application from the Serve config's ``args``: ``checkpoints`` (model name ->
     checkpoint location or shipped model name; default every shipped model),
     ``max_observations``, ``max_batch``, ``max_body_bytes``, ``compile`` (run the solver's

@@ -20,18 +20,37 @@ def _free_port() -> int:
 def server(ray_local):
     from ray import serve
 
-    from serving.app import build
+    from serving.app import application
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # two ingress replicas (so one can be killed while the other answers), no compilation
     # (it would add ~1 min of replica start; the compiled solver is tested in test_fitting)
-    app = build({"max_observations": 64, "max_batch": 16, "max_body_bytes": 65536, "compile": False},
+    app = application({"max_observations": 64, "max_batch": 16, "max_body_bytes": 65536, "compile": False},
                 {"Api": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}},
                  "Refiner": {"ray_actor_options": {"num_cpus": 0.5}}})
     serve.run(app, name="mechinfer", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+def test_config_file_builds_the_application():
+    """serving/config.yaml as `serve run` / `serve deploy` read it: Serve's own config
+    schema, then its application-builder call on import_path with the config's args."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+    from ray._common.utils import import_attr
+
+    config = ServeDeploySchema.model_validate(
+        yaml.safe_load((Path(__file__).resolve().parents[1] / "serving" / "config.yaml").read_text()))
+    assert config.http_options.host == "127.0.0.1"
+    (app_config,) = config.applications
+    app = call_user_app_builder_with_args_if_necessary(import_attr(app_config.import_path), app_config.args)
+    assert type(app).__name__ == "Application"
+    assert {d.name for d in app_config.deployments} == {"Api", "Refiner"}
 
 
 def _observations(model, i):
