@@ -1,5 +1,5 @@
-"""Ray job: the whole pipeline for one model (simulate -> train proxy -> train inference
-(-> tune) -> baseline -> evaluate -> serve) in one run directory; a rerun skips the
+"""Ray job: the whole pipeline for one model (simulate -> train proxy (-> tune) -> train
+inference -> baseline -> evaluate -> serve) in one run directory; a rerun skips the
 finished stages and resumes the first unfinished one.
 
     python jobs/pipeline.py --model mmk --run runs/pipeline-mmk              # small preset, minutes

@@ -1,6 +1,6 @@
 """The whole pipeline of SPEC 6 for one model, in one run directory: simulate -> train the
-proxy -> train (and fine-tune) the inference network -> tune (optional) -> baseline ->
-evaluate -> serve.
+proxy -> tune (optional: searches the Deep Set settings the next stage uses) -> train
+(and fine-tune) the inference network -> baseline -> evaluate -> serve.
 
 Each stage writes its outputs under ``<run>/<stage>/`` and, once they are complete, a
 record ``<run>/stages/<stage>.json`` (written last, by rename). A rerun skips the stages
@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 from . import SPEC_VERSION
 from .models import get_model
 
-STAGES = ("simulate", "train-proxy", "train-inference", "tune", "baseline", "evaluate", "serve")
+# tune (optional) before train-inference, whose Deep Set settings it chooses
+STAGES = ("simulate", "train-proxy", "tune", "train-inference", "baseline", "evaluate", "serve")
 
 # "small": the whole pipeline in minutes on a 2-core machine (a smoke run of the
 # platform, not the paper's numbers); "paper": the paper's scale, for a cluster.
@@ -223,8 +224,8 @@ def _tune(model, run, s, records, log, **_):
     data = _needs(records, "simulate")["data"]
     proxy = _needs(records, "train-proxy")["checkpoint"]
     out = _fresh(os.path.join(run, "tune"))
-    best = tune_inference(model, data, proxy, out, num_samples=s["tune_samples"])
-    log(f"best Deep Set settings: {best}")
+    result = tune_inference(model, data, proxy, out, num_samples=s["tune_samples"])
+    log(f"{result['table']}\nbest Deep Set settings: {result['best']}")
     return {"best_config": os.path.join(out, "best_config.json")}
 
 
