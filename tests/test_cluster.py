@@ -58,10 +58,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
 @pytest.fixture
 def head_node():
-    """A real `ray start --head --block` on free ports, in its own temp dir (so that
-    ray.init() elsewhere in the test session does not find it), stopped by its pid."""
+    """A real `ray start --head --block` on free ports (every port: the suite's own local
+    Ray holds the defaults, e.g. the dashboard agent's 52365, and a job needs that agent),
+    in its own temp dir (so that ray.init() elsewhere in the session does not find it),
+    stopped by its pid."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     gcs, dashboard = _free_port(), _free_port()
     token = secrets.token_hex(32)  # token authentication on, with a token of this test's own
@@ -69,7 +83,10 @@ def head_node():
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
-         f"--ray-client-server-port={_free_port()}"],
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
+         f"--object-manager-port={_free_port()}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
@@ -86,10 +103,15 @@ def head_node():
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its cluster on SIGTERM
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            pass
+        os.killpg(proc.pid, signal.SIGKILL)  # what is left of the process group, at once
+        proc.wait()
+        leftovers = [pid for pid in _pids_mentioning(temp)]
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        assert not leftovers, f"processes of the test cluster outlived its process group: {leftovers}"
         shutil.rmtree(temp, ignore_errors=True)
 
 
