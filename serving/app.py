@@ -6,9 +6,12 @@
 Two deployments: ``Api`` (FastAPI ingress: parsing, checks, answers, and the networks:
 concurrent cases are batched with ``@serve.batch``) and ``Refiner`` (one BFGS start from
 the network's estimate, concurrent cases fitted together; its own replicas and CPU
-budget, so slow refinements never hold up plain inference). Which checkpoints are served is
-configuration (``args.checkpoints``), never a request parameter. (No ``from __future__ import annotations`` here: Serve's
-ingress wrapper must resolve FastAPI's annotations, e.g. ``Request``, at runtime.)
+budget, so slow refinements never hold up plain inference). Which checkpoints are
+served is configuration (``args.checkpoints``), never a request parameter.
+
+(No ``from __future__ import annotations`` here: Serve's ingress wrapper must resolve
+FastAPI's annotations, e.g. ``Request``, at runtime. Module-level helpers sit above the
+deployments: ``@serve.deployment`` pickles the class when it decorates it.)
 """
 
 import asyncio
