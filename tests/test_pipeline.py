@@ -61,6 +61,13 @@ def test_killed_mid_stage_then_rerun_resumes(tmp_path):
         assert "Traceback" not in r.stderr
 
 
+def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    r = _pipeline("--model", "mmk", "--run", str(tmp_path), timeout=180)
+    assert r.returncode == 2 and "is not empty and holds no run.json" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--preset", "huge"], "unknown preset 'huge'; presets are ['paper', 'small']"),
     (["--stages", "simulate,deploy"], "unknown stage 'deploy'"),

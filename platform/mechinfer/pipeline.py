@@ -81,13 +81,13 @@ def settings_for(preset: str, overrides: dict | None = None) -> dict:
 def open_run(run: str, model: str, preset: str, settings: dict) -> dict:
     """Create the run directory, or check that an existing one is this run's."""
     m = get_model(model)
-    os.makedirs(os.path.join(run, "stages"), exist_ok=True)
     path = os.path.join(run, "run.json")
     record = {"model": m.name, "spec_version": SPEC_VERSION, "preset": preset, "settings": settings}
     existing = _read_json(path)
     if existing is None:
-        if any(n not in ("stages",) for n in os.listdir(run)):
+        if os.path.isdir(run) and os.listdir(run):
             raise ValueError(f"{run} is not empty and holds no run.json: not a pipeline run directory")
+        os.makedirs(os.path.join(run, "stages"), exist_ok=True)
         _atomic_json(path, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return record
     if existing.get("spec_version") != SPEC_VERSION:
