@@ -73,6 +73,8 @@ def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path):
     (["--stages", "simulate,deploy"], "unknown stage 'deploy'"),
     (["--stages", "baseline"], "stage 'train-inference' has not run in this run directory"),
     (["--model", "yeast"], "unknown model 'yeast'"),
+    (["--n", "0"], "n must be a positive integer, got 0"),
+    (["--address", "http://127.0.0.1:8265"], "is a job-submission (dashboard) address"),
 ])
 def test_bad_input(tmp_path, extra, message):
     args = ["--model", "mmk", "--run", str(tmp_path / "run"), *extra]

@@ -55,9 +55,13 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     port), in seconds rather than after ray.init's long retries."""
     if not address or address == "auto":
         return
+    if address.startswith(("http://", "https://")):
+        raise ValueError(f"{address} is a job-submission (dashboard) address; the pipeline connects to the "
+                         "cluster itself: give host:6379 or ray://host:10001, or submit it with "
+                         f"`ray job submit --address {address} --working-dir . -- python jobs/pipeline.py ...`")
     url = urlparse(address if "://" in address else f"ray://{address}")
     host = url.hostname
-    port = url.port or (8265 if url.scheme in ("http", "https") else 10001 if url.scheme == "ray" else 6379)
+    port = url.port or (10001 if url.scheme == "ray" else 6379)
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
@@ -75,6 +79,10 @@ def settings_for(preset: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"unknown setting {key!r}; settings are {sorted(settings)}")
         if value is not None:
             settings[key] = value
+    for key in ("n", "baseline_limit"):  # checked before run.json fixes them
+        if settings[key] is not None and (isinstance(settings[key], bool) or not isinstance(settings[key], int)
+                                          or settings[key] < 1):
+            raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
     return settings
 
 
