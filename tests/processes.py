@@ -1,16 +1,33 @@
-"""Find Ray worker processes by their title, to kill one in fault tests."""
+"""Processes and ports for tests: find Ray processes by their command line (to kill one
+in fault tests, or to check none is left), and free TCP ports."""
+import socket
 from pathlib import Path
+
+
+def _pids_where(match) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if match((proc / "cmdline").read_bytes()):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
 
 
 def pids_of(title_prefix: bytes) -> list[int]:
     """Process ids whose command line (Ray sets it to the task or actor name, e.g.
     b"ray::MapBatches(...)") starts with ``title_prefix``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "cmdline").read_bytes().startswith(title_prefix):
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
+    return _pids_where(lambda cmdline: cmdline.startswith(title_prefix))
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Process ids whose command line contains ``text`` anywhere (e.g. a temp dir)."""
+    return _pids_where(lambda cmdline: text.encode() in cmdline)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mechinfer import dataset
+from processes import free_port, pids_mentioning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,24 +53,6 @@ def test_a_broken_copy_fails_the_check(break_it, message):
         _validate(config)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if text.encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.fixture
 def head_node():
     """A real `ray start --head --block` on free ports (every port: the suite's own local
@@ -77,16 +60,16 @@ def head_node():
     in its own temp dir (so that ray.init() elsewhere in the session does not find it),
     stopped by its pid."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     token = secrets.token_hex(32)  # token authentication on, with a token of this test's own
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
-         f"--object-manager-port={_free_port()}"],
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
+         f"--object-manager-port={free_port()}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
@@ -108,7 +91,7 @@ def head_node():
             pass
         os.killpg(proc.pid, signal.SIGKILL)  # what is left of the process group, at once
         proc.wait()
-        leftovers = [pid for pid in _pids_mentioning(temp)]
+        leftovers = pids_mentioning(temp)
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         assert not leftovers, f"processes of the test cluster outlived its process group: {leftovers}"
@@ -151,7 +134,7 @@ def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
 
 
 def test_pipeline_refuses_a_cluster_address_that_does_not_answer(tmp_path):
-    port = _free_port()
+    port = free_port()
     run = subprocess.run([sys.executable, str(REPO / "jobs" / "pipeline.py"), "--model", "mmk", "--run",
                           str(tmp_path / "run"), "--address", f"127.0.0.1:{port}"],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
