@@ -121,13 +121,12 @@ def main() -> None:
     from ray import serve
 
     import mechinfer
-    from mechinfer import baseline
+    from mechinfer import baseline, service
     from serving.app import build
 
     rows, _ = baseline.load_test_set(args.model, None, 256)
     m = mechinfer.get_model(args.model)
-    sets = [[{"t": float(t), "channel": m.channels[c], "value": float(v)}
-             for t, c, v in zip(rows["t"][i], rows["channel"][i], rows["value"][i]) if np.isfinite(t)]
+    sets = [service.to_observations(m, rows["t"][i], rows["channel"][i], rows["value"][i])
             for i in range(len(rows["t"]))]
     k = args.sets_per_request
 

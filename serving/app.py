@@ -113,6 +113,18 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+def _load(checkpoints: dict[str, str], compile: bool | None, refine: bool) -> dict:
+    """A replica's estimators (one torch thread: replicas are scaled by Serve, not by
+    threads), warmed up for what the replica runs."""
+    import torch
+
+    torch.set_num_threads(1)
+    estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
+    for est in estimators.values():
+        service.warm_up(est, refine=refine, compile=compile)
+    return estimators
+
+
 def _per_model(cases: list[tuple], run, batch_key: str) -> list[dict]:
     """Answer a @serve.batch of cases (model name, (t, channel, value)[, z]): one call of
     run(name, t, ch, v, z) per model on its cases, NaN-padded. (Run inline, not in a
@@ -136,13 +148,7 @@ class Refiner:
     are fitted as one batch (each is its own problem, so batching changes no answer)."""
 
     def __init__(self, checkpoints: dict[str, str], compile: bool | None = None):
-        import torch
-
-        torch.set_num_threads(1)
-        self.estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
-        self.compile = compile
-        for est in self.estimators.values():
-            service.warm_up(est, refine=True, compile=compile)
+        self.estimators, self.compile = _load(checkpoints, compile, refine=True), compile
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
     async def __call__(self, cases: list[tuple]) -> list[dict]:
@@ -161,14 +167,8 @@ class Api:
     def __init__(self, refiner: DeploymentHandle, checkpoints: dict[str, str], compile: bool | None = None,
                  max_observations: int = service.MAX_OBSERVATIONS, max_batch: int = service.MAX_BATCH,
                  max_body_bytes: int = MAX_BODY_BYTES):
-        import torch
-
-        torch.set_num_threads(1)
         self.refiner = refiner
-        self.estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
-        self.compile = compile
-        for est in self.estimators.values():
-            service.warm_up(est, refine=False, compile=compile)
+        self.estimators, self.compile = _load(checkpoints, compile, refine=False), compile
         self.max_observations, self.max_batch, self.max_body_bytes = max_observations, max_batch, max_body_bytes
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)

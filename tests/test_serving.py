@@ -1,19 +1,13 @@
 """The Serve application over real HTTP (SPEC 7): answers, batching, refine, bad input."""
 import json
-import socket
 
 import numpy as np
 import pytest
 import requests
 
 import mechinfer
-from mechinfer import baseline
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mechinfer import baseline, service
+from processes import free_port
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +16,7 @@ def server(ray_local):
 
     from serving.app import application
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # two ingress replicas (so one can be killed while the other answers), no compilation
     # (it would add ~1 min of replica start; the compiled solver is tested in test_fitting)
@@ -56,8 +50,7 @@ def test_config_file_builds_the_application():
 def _observations(model, i):
     rows, _ = baseline.load_test_set(model, None, i + 1)
     m = mechinfer.get_model(model)
-    obs = [{"t": float(t), "channel": m.channels[c], "value": float(v)}
-           for t, c, v in zip(rows["t"][i], rows["channel"][i], rows["value"][i])]
+    obs = service.to_observations(m, rows["t"][i], rows["channel"][i], rows["value"][i])
     return obs, rows
 
 

@@ -18,7 +18,9 @@ import socket
 import time
 from urllib.parse import urlparse
 
-from . import SPEC_VERSION
+import pyarrow.fs as pafs
+
+from . import SPEC_VERSION, dataset
 from .models import get_model
 
 # tune (optional) before train-inference, whose Deep Set settings it chooses
@@ -36,18 +38,15 @@ PRESETS = {
 }
 
 
-def _atomic_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+_LOCAL = pafs.LocalFileSystem()  # run directories are local or shared-disk paths
 
 
 def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return dataset.read_json(_LOCAL, path)
+
+
+def _write_json(path: str, data: dict) -> None:  # temp name, then rename
+    dataset.write_json(_LOCAL, path, data)
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
@@ -96,7 +95,7 @@ def open_run(run: str, model: str, preset: str, settings: dict) -> dict:
         if os.path.isdir(run) and os.listdir(run):
             raise ValueError(f"{run} is not empty and holds no run.json: not a pipeline run directory")
         os.makedirs(os.path.join(run, "stages"), exist_ok=True)
-        _atomic_json(path, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _write_json(path, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return record
     if existing.get("spec_version") != SPEC_VERSION:
         raise ValueError(f"run directory {run} was made for SPEC version {existing.get('spec_version')}, "
@@ -157,7 +156,7 @@ def execute(p: dict, *, port: int = 8000, command: str = "", log=print) -> dict:
                                           command=command or f"mechinfer.pipeline stage {stage} of {run}")
         record = {"stage": stage, "outputs": outputs, "seconds": round(time.perf_counter() - start, 1),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _atomic_json(record_path, record)
+        _write_json(record_path, record)
         records[stage] = record
         log(f"[{stage}] done in {record['seconds']:.0f} s")
     return records
@@ -186,7 +185,7 @@ def _simulate(model, run, s, records, log, **_):
     out = os.path.join(run, "simulate")
     summary = simulate_dataset(model, s["n"], 0, out)  # resumes its own unfinished parts
     log(str(summary))
-    return {"data": out, "samples": summary.samples, "failures": summary.failures}
+    return {"data": out, "samples": int(summary.samples), "failures": int(summary.failures)}
 
 
 def _train_proxy(model, run, s, records, log, **_):
@@ -198,7 +197,7 @@ def _train_proxy(model, run, s, records, log, **_):
                     batch_size=s["batch_size"], network={"width": s["width"], "depth": s["depth"]},
                     num_workers=s["num_workers"], storage_path=os.path.join(out, "ray_results"))
     log(str(summary))
-    return {"checkpoint": summary.checkpoint, "val_loss": summary.val_loss}
+    return {"checkpoint": summary.checkpoint, "val_loss": float(summary.val_loss)}
 
 
 def _training_settings(run: str, s: dict) -> dict:
@@ -223,7 +222,7 @@ def _train_inference(model, run, s, records, log, **_):
     log(report["text"])
     ckpt = os.path.join(out, "checkpoint")
     return {"checkpoint": ckpt, "through_proxy": os.path.join(ckpt, "through-proxy"),
-            "r2_true_parameters": report["r2_true_parameters"]["value"]}
+            "r2_true_parameters": float(report["r2_true_parameters"]["value"])}
 
 
 def _tune(model, run, s, records, log, **_):
@@ -268,15 +267,14 @@ def _serve(model, run, s, records, log, port: int = 8000, **_):
 
     from serving.app import build
 
-    from . import metrics
+    from . import metrics, service
 
     ckpt = _needs(records, "train-inference")["checkpoint"]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build({"checkpoints": {model: ckpt}, "compile": s["compile"]}), name="mechinfer", route_prefix="/")
     m = get_model(model)
     test = metrics.test_set(m)
-    obs = [{"t": float(t), "channel": m.channels[int(c)], "value": float(v)}
-           for t, c, v in zip(test["t"][0], test["channel"][0], test["value"][0]) if t == t]
+    obs = service.to_observations(m, test["t"][0], test["channel"][0], test["value"][0])
     url = f"http://127.0.0.1:{port}/v1/models/{model}/infer"
     r = requests.post(url, json={"observations": obs}, timeout=120)
     if r.status_code != 200:

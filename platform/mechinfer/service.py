@@ -48,6 +48,13 @@ def to_arrays(est: Estimator, observations: list[dict], max_observations: int = 
     return t, ch, v
 
 
+def to_observations(model, t, channel, value) -> list[dict]:
+    """The inverse of :func:`to_arrays`: one set's (N,) arrays (NaN-padded entries
+    dropped) as the request's {"t", "channel" (by name), "value"} dicts."""
+    return [{"t": float(ti), "channel": model.channels[int(ci)], "value": float(vi)}
+            for ti, ci, vi in zip(t, channel, value) if np.isfinite(ti)]
+
+
 def pad(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
     """Stack observation lists of different lengths into NaN-padded (B, N) arrays."""
     n = max(len(s[0]) for s in sets)
@@ -78,7 +85,9 @@ def refine(est: Estimator, t, ch, v, z, compile: bool | None = None) -> dict:
 def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
     """Run :func:`infer` (and :func:`refine`) on made-up observation sets of batch 1 and
     2, so that a new replica compiles the solver before its first request, not during
-    it. Returns seconds."""
+    it. Returns seconds; 0 when compilation is off (nothing to warm up)."""
+    if not (fitting._compile_default() if compile is None else compile):
+        return 0.0
     start = time.perf_counter()
     m = est.model
     t = np.tile(np.linspace(0.0, m.T, m.n_obs), (2, 1))
