@@ -6,16 +6,17 @@ BFGS-style evaluation (simulate + gradient of the NLL through the solver) in the
 Uses the model's SPEC test set as input. On the CPU torch uses its default thread count
 (printed); the BFGS-style evaluation is one sample at a time, as one optimiser step is.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-import numpy as np
 import torch
 
 import mechinfer
-from mechinfer import metrics, priors
+from mechinfer.data.samples import spec_test_set
+from mechinfer.models import likelihood, priors
 
 
 def per_sample(fn, n_samples: int, repeats: int, sync) -> float:
@@ -41,7 +42,7 @@ def main() -> None:
     est = mechinfer.load_estimator(args.checkpoint or args.model)
     m = est.model
     net = est.net.to(dev)
-    test = metrics.test_set(m)
+    test = spec_test_set(m)
     t = torch.from_numpy(test["t"]).float().to(dev)
     ch = torch.from_numpy(test["channel"]).long().to(dev)
     v = torch.from_numpy(test["value"]).float().to(dev)
@@ -58,7 +59,7 @@ def main() -> None:
 
     def bfgs_eval():
         zg = z.clone().requires_grad_()
-        loss = metrics.nll(m, priors.from_z(m.priors, zg), tt.double(), cc, vv.double(), compile=False)
+        loss = likelihood.nll(m, priors.from_z(m.priors, zg), tt.double(), cc, vv.double(), compile=False)
         torch.autograd.grad(loss.sum(), zg)
 
     evals = per_sample(bfgs_eval, 1, args.bfgs_evals, lambda: None)

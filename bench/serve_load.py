@@ -13,6 +13,7 @@ own Ray and Serve with the default configuration of serving/config.yaml, and sto
 the ingress replica answers HTTP itself, on its own port, instead of behind the proxy
 actor; replicas talk gRPC) and sends the load to the ingress replica's port.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,9 +72,11 @@ async def _load(url: str, bodies: list[bytes], clients: int, seconds: float):
 def _report(what: str, latencies: list[float], failures: int, wall: float, timing: dict, sets: int) -> str:
     lat = np.array(latencies) * 1e3
     stages = ", ".join(f"{k} {v:.1f}" for k, v in timing.items())
-    return (f"{what}: {len(lat)} answers x {sets} set(s) in {wall:.1f} s = {len(lat) * sets / wall:.0f} inferences/s, "
-            f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, {failures} failed\n"
-            f"    mean timing_ms of the answers: {stages}")
+    return (
+        f"{what}: {len(lat)} answers x {sets} set(s) in {wall:.1f} s = {len(lat) * sets / wall:.0f} inferences/s, "
+        f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, {failures} failed\n"
+        f"    mean timing_ms of the answers: {stages}"
+    )
 
 
 def _in_process(model: str, rows) -> None:
@@ -81,15 +84,17 @@ def _in_process(model: str, rows) -> None:
     import torch
 
     import mechinfer
-    from mechinfer import service
+    from mechinfer.serve import handlers as service
 
     est = mechinfer.load_estimator(model)
     torch.set_num_threads(1)
     service.warm_up(est, refine=False)
     for b in (1, 32, 256):
         t, ch, v = rows["t"][:b], rows["channel"][:b], rows["value"][:b]
-        for what, fn in (("est.estimate", lambda: est.estimate(t, ch, v)),
-                         ("network + NLL (an answer)", lambda: service.infer(est, t, ch, v))):
+        for what, fn in (
+            ("est.estimate", lambda t=t, ch=ch, v=v: est.estimate(t, ch, v)),
+            ("network + NLL (an answer)", lambda t=t, ch=ch, v=v: service.infer(est, t, ch, v)),
+        ):
             fn()
             reps = max(3, 256 // b)
             start = time.perf_counter()
@@ -114,29 +119,37 @@ def main() -> None:
 
     direct_port = _free_port() if args.throughput_optimized else None
     if direct_port:  # read by Ray Serve's processes, which the ray.init below starts
-        os.environ.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(direct_port),
-                          RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(direct_port + 16))
+        os.environ.update(
+            RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
+            RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(direct_port),
+            RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(direct_port + 16),
+        )
 
     import ray
     from ray import serve
 
     import mechinfer
-    from mechinfer import baseline, service
+    from mechinfer.fit import baseline
+    from mechinfer.machine import machine
+    from mechinfer.serve import handlers as service
     from serving.app import build
 
     rows, _ = baseline.load_test_set(args.model, None, 256)
     m = mechinfer.get_model(args.model)
-    sets = [service.to_observations(m, rows["t"][i], rows["channel"][i], rows["value"][i])
-            for i in range(len(rows["t"]))]
+    sets = [
+        service.to_observations(m, rows["t"][i], rows["channel"][i], rows["value"][i]) for i in range(len(rows["t"]))
+    ]
     k = args.sets_per_request
 
     def bodies(refine: bool) -> list[bytes]:
         if k == 1:
             return [json.dumps({"observations": s, "refine": refine}).encode() for s in sets]
-        return [json.dumps({"batch": [sets[(i + j) % len(sets)] for j in range(k)], "refine": refine}).encode()
-                for i in range(0, len(sets), k)]
+        return [
+            json.dumps({"batch": [sets[(i + j) % len(sets)] for j in range(k)], "refine": refine}).encode()
+            for i in range(0, len(sets), k)
+        ]
 
-    print(f"machine: {baseline.machine()}; model {args.model}")
+    print(f"machine: {machine()}; model {args.model}")
     _in_process(args.model, rows)
 
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -147,11 +160,21 @@ def main() -> None:
     print(f"Serve on {url} ({'direct ingress, RAY_SERVE_THROUGHPUT_OPTIMIZED=1' if direct_port else 'proxy actor'})")
     try:
         asyncio.run(_load(url, bodies(False)[:8], 4, 3.0))  # first requests of every replica
-        print(_report(f"{args.clients} clients, no refine", *asyncio.run(
-            _load(url, bodies(False), args.clients, args.seconds)), k))
+        print(
+            _report(
+                f"{args.clients} clients, no refine",
+                *asyncio.run(_load(url, bodies(False), args.clients, args.seconds)),
+                k,
+            )
+        )
         if args.refine_seconds > 0:
-            print(_report(f"{args.refine_clients} clients, refine", *asyncio.run(
-                _load(url, bodies(True), args.refine_clients, args.refine_seconds)), k))
+            print(
+                _report(
+                    f"{args.refine_clients} clients, refine",
+                    *asyncio.run(_load(url, bodies(True), args.refine_clients, args.refine_seconds)),
+                    k,
+                )
+            )
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -6,6 +6,7 @@ Runs ``jobs/simulate.py`` as a user would (embedded Ray) and samples the machine
 memory (MemTotal - MemAvailable) every 0.5 s; peak memory is reported above the level
 measured just before the job starts, so it covers the driver, Ray and every worker.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def used_bytes() -> int:
     info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    kib = lambda k: int(info[k].split()[0]) * 1024  # noqa: E731
+    kib = lambda k: int(info[k].split()[0]) * 1024
     return kib("MemTotal") - kib("MemAvailable")
 
 
@@ -43,8 +44,20 @@ def main() -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     start = time.perf_counter()
-    cmd = [sys.executable, str(REPO / "jobs" / "simulate.py"), "--model", args.model, "--n", str(args.n),
-           "--seed", "0", "--out", args.out, "--overwrite", *args.extra]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "simulate.py"),
+        "--model",
+        args.model,
+        "--n",
+        str(args.n),
+        "--seed",
+        "0",
+        "--out",
+        args.out,
+        "--overwrite",
+        *args.extra,
+    ]
     run = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
     done.set()
@@ -52,8 +65,10 @@ def main() -> None:
         sys.exit(f"job failed with exit code {run.returncode}")
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     print(f"job wall time (incl. Ray start): {wall:.1f} s")
-    print(f"job summary: {summary['samples']} samples, {summary['failures']} failures, "
-          f"{summary['wall_s']:.1f} s, {summary['samples_per_s']:.0f} samples/s")
+    print(
+        f"job summary: {summary['samples']} samples, {summary['failures']} failures, "
+        f"{summary['wall_s']:.1f} s, {summary['samples_per_s']:.0f} samples/s"
+    )
     print(f"peak memory above baseline: {(peak[0] - baseline) / 2**30:.2f} GiB")
 
 

@@ -10,6 +10,7 @@ both is checked against Radau at rtol 1e-10 on the first ``--check`` draws, in u
 each channel's noise sigma. With ``--device cuda`` the batched solver runs on the GPU and
 its values and gradients are also compared with the CPU's on the same draws.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 
 import mechinfer
-from mechinfer.design import draw_experiments
-from mechinfer.simulate import simulate_observed
+from mechinfer.models.design import draw_experiments
+from mechinfer.models.simulate import simulate_observed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference import radau, scipy_solve  # noqa: E402
+from reference import radau, scipy_solve
 
 
 def lsoda(model, theta, t):
@@ -55,8 +56,12 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--match-rtol", type=float, default=1e-4,
-                        help="a looser tolerance for the batched solver, to compare at LSODA's accuracy")
+    parser.add_argument(
+        "--match-rtol",
+        type=float,
+        default=1e-4,
+        help="a looser tolerance for the batched solver, to compare at LSODA's accuracy",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     dev = torch.device(args.device)
@@ -75,34 +80,43 @@ def main() -> None:
     per_batched = {}
     for batch in args.batch:
         with torch.no_grad():
-            (y, status), secs = timed(lambda: simulate_observed(m, theta[:batch], t[:batch]))
-            (y_loose, _), secs_loose = timed(lambda: simulate_observed(
-                m, theta[:batch], t[:batch], rtol=args.match_rtol, atol=args.match_rtol))
+            (y, status), secs = timed(lambda b=batch: simulate_observed(m, theta[:b], t[:b]))
+            (y_loose, _), secs_loose = timed(
+                lambda b=batch: simulate_observed(m, theta[:b], t[:b], rtol=args.match_rtol, atol=args.match_rtol)
+            )
         y, y_loose = y.cpu().numpy(), y_loose.cpu().numpy()
         err = max(worst_error(y[i], refs[i], m.sigma) for i in range(args.check))
         err_loose = max(worst_error(y_loose[i], refs[i], m.sigma) for i in range(args.check))
         per_batched[batch] = (secs / batch, secs_loose / batch)
-        print(f"batched Rodas4, batch {batch}: rtol 1e-6 {secs / batch * 1e6:.1f} us/sample "
-              f"(worst error {err:.1e} sigma, {int((status != 0).sum())} failed); "
-              f"rtol {args.match_rtol:g} {secs_loose / batch * 1e6:.1f} us/sample (worst error {err_loose:.1e} sigma)")
+        print(
+            f"batched Rodas4, batch {batch}: rtol 1e-6 {secs / batch * 1e6:.1f} us/sample "
+            f"(worst error {err:.1e} sigma, {int((status != 0).sum())} failed); "
+            f"rtol {args.match_rtol:g} {secs_loose / batch * 1e6:.1f} us/sample (worst error {err_loose:.1e} sigma)"
+        )
 
     y_lsoda, secs = timed(lambda: [lsoda(m, d["theta"][i], d["t"][i]) for i in range(args.lsoda)])
     per_lsoda = secs / args.lsoda
     err_lsoda = max(worst_error(y_lsoda[i], refs[i], m.sigma) for i in range(min(args.check, args.lsoda)))
-    print(f"scipy LSODA rtol 1e-6, {args.lsoda} draws one by one on one CPU core: {per_lsoda * 1e6:.0f} us/sample "
-          f"(worst error {err_lsoda:.1e} sigma)")
+    print(
+        f"scipy LSODA rtol 1e-6, {args.lsoda} draws one by one on one CPU core: {per_lsoda * 1e6:.0f} us/sample "
+        f"(worst error {err_lsoda:.1e} sigma)"
+    )
     print(f"(errors: max over {args.check} draws against Radau rtol 1e-10, in units of the channel's noise sigma)")
     for batch, (same, loose) in per_batched.items():
-        print(f"speed-up, batch {batch}: {per_lsoda / same:.1f}x at the same rtol 1e-6, "
-              f"{per_lsoda / loose:.1f}x at matched accuracy (rtol {args.match_rtol:g})")
+        print(
+            f"speed-up, batch {batch}: {per_lsoda / same:.1f}x at the same rtol 1e-6, "
+            f"{per_lsoda / loose:.1f}x at matched accuracy (rtol {args.match_rtol:g})"
+        )
 
     if dev.type != "cpu":
         n = min(args.check, 64)
         with torch.no_grad():
             y_dev, _ = simulate_observed(m, theta[:n], t[:n])
             y_cpu, _ = simulate_observed(m, theta[:n].cpu(), t[:n].cpu())
-        print(f"{args.device} vs CPU values, {n} draws: max difference "
-              f"{worst_error(y_dev.cpu().numpy(), y_cpu.numpy(), m.sigma):.1e} sigma")
+        print(
+            f"{args.device} vs CPU values, {n} draws: max difference "
+            f"{worst_error(y_dev.cpu().numpy(), y_cpu.numpy(), m.sigma):.1e} sigma"
+        )
         grads = []
         for th, tt in ((theta[:4], t[:4]), (theta[:4].cpu(), t[:4].cpu())):
             x = th.clone().requires_grad_()

@@ -2,21 +2,22 @@
 
     python bench/train_speed.py --model ecoli --device cuda --steps 300
 
-Runs the library's training steps (mechinfer.training, which the Ray Train loop calls)
+Runs the library's training steps (mechinfer.learn.losses, which the Ray Train loop calls)
 in this process: ``--steps`` steps through the proxy and ``--finetune-steps`` through the
 solver, on the CPU and on ``--device``, on the same simulated batch data. Prints samples/s.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-import numpy as np
 import torch
 
 import mechinfer
-from mechinfer import networks, training
-from mechinfer.generate import simulate_chunk
+from mechinfer.data.samples import simulate_chunk
+from mechinfer.learn import losses as training
+from mechinfer.learn import networks
 
 
 def run(model, data, device, steps, finetune_steps, batch_size, width):
@@ -37,8 +38,7 @@ def run(model, data, device, steps, finetune_steps, batch_size, width):
                 start = time.perf_counter()
             idx = torch.randint(0, n, (batch_size,), generator=gen)
             batch = {k: v[idx].to(device) for k, v in data.items()}
-            loss = training.inference_loss(model, net, batch, through=stage, proxy=proxy, min_obs=3,
-                                           generator=gen)
+            loss = training.inference_loss(model, net, batch, through=stage, proxy=proxy, min_obs=3, generator=gen)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -60,22 +60,30 @@ def main() -> None:
     m = mechinfer.get_model(args.model)
     cols = simulate_chunk(m, 0, 0, args.samples, compile=False)
     ok = cols["status"] == 0
-    data = {"z": torch.from_numpy(cols["z"][ok]).float(), "t": torch.from_numpy(cols["t"][ok]).float(),
-            "channel": torch.from_numpy(cols["channel"][ok]).long(), "value": torch.from_numpy(cols["value"][ok]).float(),
-            "clean": torch.from_numpy(cols["clean"][ok]).float()}
+    data = {
+        "z": torch.from_numpy(cols["z"][ok]).float(),
+        "t": torch.from_numpy(cols["t"][ok]).float(),
+        "channel": torch.from_numpy(cols["channel"][ok]).long(),
+        "value": torch.from_numpy(cols["value"][ok]).float(),
+        "clean": torch.from_numpy(cols["clean"][ok]).float(),
+    }
     results = {}
     for dev in ("cpu", args.device):
         d = torch.device(dev)
         name = torch.cuda.get_device_name(d) if d.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
         results[dev] = run(m, data, d, args.steps, args.finetune_steps, args.batch_size, args.width)
-        print(f"{name}: through the proxy {results[dev]['proxy']:.0f} samples/s"
-              + (f"; through the solver {results[dev]['model']:.0f} samples/s" if "model" in results[dev] else ""))
+        print(
+            f"{name}: through the proxy {results[dev]['proxy']:.0f} samples/s"
+            + (f"; through the solver {results[dev]['model']:.0f} samples/s" if "model" in results[dev] else "")
+        )
         if dev == args.device == "cpu":
             break
     if args.device != "cpu":
         for stage in results["cpu"]:
-            print(f"{args.device} / cpu, through the {'proxy' if stage == 'proxy' else 'solver'}: "
-                  f"{results[args.device][stage] / results['cpu'][stage]:.1f}x")
+            print(
+                f"{args.device} / cpu, through the {'proxy' if stage == 'proxy' else 'solver'}: "
+                f"{results[args.device][stage] / results['cpu'][stage]:.1f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -25,11 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from mechinfer import __version__, service
-from mechinfer.estimator import load_estimator
-from mechinfer.models import list_models
-
-MAX_BODY_BYTES = 1 << 20
+from mechinfer import __version__, list_models
+from mechinfer.config import ServeArgs
+from mechinfer.estimate.estimator import load_estimator
+from mechinfer.serve import handlers as service
 
 
 class Observation(BaseModel):
@@ -78,8 +77,11 @@ class ModelsAnswer(BaseModel):
     models: list[ModelInfo]
 
 
-app = FastAPI(title="mechinfer", version=__version__,
-              description="Maximum-likelihood parameters of mechanistic bioprocess models from observations.")
+app = FastAPI(
+    title="mechinfer",
+    version=__version__,
+    description="Maximum-likelihood parameters of mechanistic bioprocess models from observations.",
+)
 
 
 def _inline_schema(model: type[BaseModel]) -> dict:
@@ -137,8 +139,11 @@ def _per_model(cases: list[tuple], run, batch_key: str) -> list[dict]:
         z = np.stack([cases[i][2] for i in idx]) if len(cases[idx[0]]) > 2 else None
         res = run(name, t, ch, v, z)
         for j, i in enumerate(idx):
-            out[i] = {"z": res["z"][j], "nll": float(res["nll"][j]),
-                      "timing_ms": {**res["timing_ms"], batch_key: len(idx)}}
+            out[i] = {
+                "z": res["z"][j],
+                "nll": float(res["nll"][j]),
+                "timing_ms": {**res["timing_ms"], batch_key: len(idx)},
+            }
     return out
 
 
@@ -152,8 +157,11 @@ class Refiner:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
     async def __call__(self, cases: list[tuple]) -> list[dict]:
-        return _per_model(cases, lambda name, t, ch, v, z: service.refine(
-            self.estimators[name], t, ch, v, z, compile=self.compile), "refine_batch_size")
+        return _per_model(
+            cases,
+            lambda name, t, ch, v, z: service.refine(self.estimators[name], t, ch, v, z, compile=self.compile),
+            "refine_batch_size",
+        )
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=512)
@@ -164,17 +172,19 @@ class Api:
     deployment of its own because a hop between deployments costs more CPU per request
     (~2.5 ms, measured by bench/serve_load.py) than the network and its NLL (~0.6 ms)."""
 
-    def __init__(self, refiner: DeploymentHandle, checkpoints: dict[str, str], compile: bool | None = None,
-                 max_observations: int = service.MAX_OBSERVATIONS, max_batch: int = service.MAX_BATCH,
-                 max_body_bytes: int = MAX_BODY_BYTES):
+    def __init__(self, refiner: DeploymentHandle, checkpoints: dict[str, str], settings: ServeArgs):
         self.refiner = refiner
-        self.estimators, self.compile = _load(checkpoints, compile, refine=False), compile
-        self.max_observations, self.max_batch, self.max_body_bytes = max_observations, max_batch, max_body_bytes
+        self.estimators, self.compile = _load(checkpoints, settings.compile, refine=False), settings.compile
+        self.max_observations, self.max_batch = settings.max_observations, settings.max_batch
+        self.max_body_bytes = settings.max_body_bytes
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
     async def _infer(self, cases: list[tuple]) -> list[dict]:
-        return _per_model(cases, lambda name, t, ch, v, _: service.infer(
-            self.estimators[name], t, ch, v, compile=self.compile), "batch_size")
+        return _per_model(
+            cases,
+            lambda name, t, ch, v, _: service.infer(self.estimators[name], t, ch, v, compile=self.compile),
+            "batch_size",
+        )
 
     @app.get("/healthz")
     def healthz(self) -> dict:
@@ -184,11 +194,19 @@ class Api:
     def models(self) -> dict:
         return {"models": [service.describe(e) for e in self.estimators.values()]}
 
-    @app.post("/v1/models/{model}/infer", response_model=Answer | BatchAnswer,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": _inline_schema(InferRequest)}}}},
-              responses={400: {"description": "malformed JSON"}, 404: {"description": "unknown model"},
-                         413: {"description": "body too large"}, 422: {"description": "invalid observations"}})
+    @app.post(
+        "/v1/models/{model}/infer",
+        response_model=Answer | BatchAnswer,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _inline_schema(InferRequest)}}}
+        },
+        responses={
+            400: {"description": "malformed JSON"},
+            404: {"description": "unknown model"},
+            413: {"description": "body too large"},
+            422: {"description": "invalid observations"},
+        },
+    )
     async def infer(self, model: str, request: Request):
         # the body is read and checked here (size, JSON, schema), not by FastAPI, so that
         # every failure is a 4xx with one message; openapi_extra documents its schema
@@ -216,9 +234,15 @@ class Api:
         if req.batch is not None and not 0 < len(req.batch) <= self.max_batch:
             return _error(422, f"batch holds {len(req.batch)} observation sets; it must hold 1 to {self.max_batch}")
         try:
-            sets = [service.to_arrays(est, [o.model_dump() for o in obs], self.max_observations,
-                                      "observations" if req.batch is None else f"batch[{i}]")
-                    for i, obs in enumerate(lists)]
+            sets = [
+                service.to_arrays(
+                    est,
+                    [o.model_dump() for o in obs],
+                    self.max_observations,
+                    "observations" if req.batch is None else f"batch[{i}]",
+                )
+                for i, obs in enumerate(lists)
+            ]
         except service.BadRequest as exc:
             return _error(exc.status, str(exc))
         parsed = time.perf_counter()
@@ -226,40 +250,39 @@ class Api:
         if req.refine:
             refined = await asyncio.gather(*[self.refiner.remote((model, s, r["z"])) for s, r in zip(sets, results)])
             results = [{**f, "timing_ms": {**r["timing_ms"], **f["timing_ms"]}} for r, f in zip(results, refined)]
-        answers = [service.answer(est, r["z"], r["nll"], req.refine,
-                                  {"parse": 1e3 * (parsed - start), **r["timing_ms"],
-                                   "total": 1e3 * (time.perf_counter() - start)})
-                   for r in results]
+        answers = [
+            service.answer(
+                est,
+                r["z"],
+                r["nll"],
+                req.refine,
+                {"parse": 1e3 * (parsed - start), **r["timing_ms"], "total": 1e3 * (time.perf_counter() - start)},
+            )
+            for r in results
+        ]
         return answers[0] if req.batch is None else {"results": answers}
 
 
-
-def build(args: dict) -> serve.Application:
+def build(args: ServeArgs) -> serve.Application:
     """The application from the Serve config's ``args`` (Serve's application builder:
-    exactly one parameter); see :func:`application`."""
+    exactly one parameter, typed, so Serve validates the config's ``args`` into
+    :class:`~mechinfer.config.ServeArgs`); see :func:`application`."""
     return application(args)
 
 
-def application(args: dict, deployment_options: dict[str, dict] | None = None) -> serve.Application:
-    """The application from the Serve config's ``args``: ``checkpoints`` (model name ->
-    checkpoint location or shipped model name; default every shipped model),
-    ``max_observations``, ``max_batch``, ``max_body_bytes``, ``compile`` (run the solver's
-    steps compiled; default on unless MECHINFER_COMPILE=0: each replica then spends
-    20-60 s compiling at start, and answers 2-5x faster). ``deployment_options`` (name ->
-    ``.options()`` keywords) is the Python-side counterpart of the config's
-    ``deployments`` section."""
-    checkpoints = dict(args.get("checkpoints") or {name: name for name in list_models()})
+def application(args: ServeArgs | dict, deployment_options: dict[str, dict] | None = None) -> serve.Application:
+    """The application from its settings (:class:`~mechinfer.config.ServeArgs`, or the
+    same as a dict). ``deployment_options`` (name -> ``.options()`` keywords) is the
+    Python-side counterpart of the config's ``deployments`` section."""
+    settings = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
+    checkpoints = dict(settings.checkpoints or {name: name for name in list_models()})
     for name, source in checkpoints.items():
         est = load_estimator(source)  # fail at deploy time, not on the first request
         if est.model.name != name:
             raise ValueError(f"checkpoint {source} is for {est.model.name!r}, configured as {name!r}")
-    limits = {k: int(args[k]) for k in ("max_observations", "max_batch", "max_body_bytes") if k in args}
-    compile = args.get("compile")
-    if compile is not None and not isinstance(compile, bool):
-        raise ValueError(f"compile must be true or false, got {compile!r}")
     options = deployment_options or {}
     unknown = set(options) - {"Api", "Refiner"}
     if unknown:
         raise ValueError(f"no deployment named {sorted(unknown)}; the deployments are Api and Refiner")
-    refiner = Refiner.options(**options.get("Refiner", {})).bind(checkpoints, compile)
-    return Api.options(**options.get("Api", {})).bind(refiner, checkpoints, compile, **limits)
+    refiner = Refiner.options(**options.get("Refiner", {})).bind(checkpoints, settings.compile)
+    return Api.options(**options.get("Api", {})).bind(refiner, checkpoints, settings)

@@ -1,5 +1,6 @@
 """Processes and ports for tests: find Ray processes by their command line (to kill one
 in fault tests, or to check none is left), and free TCP ports."""
+
 import socket
 from pathlib import Path
 

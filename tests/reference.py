@@ -1,5 +1,6 @@
 """Tight-tolerance references for the solver tests: scipy Radau on the model's own rate
 laws (evaluated on plain floats), and the Lambert W closed form for mmk."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace

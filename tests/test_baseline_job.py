@@ -1,4 +1,5 @@
 """The baseline job (Ray tasks, Parquet, retries) and the evaluate job (Table 1)."""
+
 import csv
 import json
 import os
@@ -12,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from mechinfer import baseline
-from mechinfer.generate import simulate_dataset
 from processes import pids_of
+
+from mechinfer.data.generate import simulate_dataset
+from mechinfer.fit import baseline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,15 +50,35 @@ def test_baseline_and_report(ray_local, tmp_path):
         assert nll[("prior", 8, s)] <= nll[("prior", 4, s)] <= nll[("prior", 2, s)] <= nll[("prior", 1, s)]
 
     report = tmp_path / "report"
-    run = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--baseline", str(out),
-                          "--out", str(report), "--bootstrap", "200"],
-                         capture_output=True, text=True, timeout=600, cwd=REPO,
-                         env={**os.environ, "MECHINFER_COMPILE": "0"})  # small batches: eager is quicker
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "evaluate.py"),
+            "--baseline",
+            str(out),
+            "--out",
+            str(report),
+            "--bootstrap",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, "MECHINFER_COMPILE": "0"},
+    )  # small batches: eager is quicker
     assert run.returncode == 0, run.stderr
     assert f"report: {report}/table1.md" in run.stdout
     rows = list(csv.DictReader((report / "table1.csv").open()))
-    assert [r["method"] for r in rows] == ["BFGS, 1 start", "BFGS, 2 starts", "BFGS, 4 starts", "BFGS, 8 starts",
-                                           "Deep Inference", "Deep Inference + MM", "Deep Inference + BFGS"]
+    assert [r["method"] for r in rows] == [
+        "BFGS, 1 start",
+        "BFGS, 2 starts",
+        "BFGS, 4 starts",
+        "BFGS, 8 starts",
+        "Deep Inference",
+        "Deep Inference + MM",
+        "Deep Inference + BFGS",
+    ]
     for r in rows:
         assert 0.5 < float(r["R2"]) <= 1 and 0 < float(r["R2 stderr"]) < 0.5 and float(r["time per sample CPU (s)"]) > 0
     md = (report / "table1.md").read_text()
@@ -71,8 +92,11 @@ def test_baseline_and_report(ray_local, tmp_path):
 def test_killed_worker_chunk_is_retried(ray_local, tmp_path):
     out = tmp_path / "killed"
     result = {}
-    job = threading.Thread(target=lambda: result.update(
-        summary=baseline.run_baseline("mmk", str(out), limit=8, chunk_size=4, starts=[1, 2])))
+    job = threading.Thread(
+        target=lambda: result.update(
+            summary=baseline.run_baseline("mmk", str(out), limit=8, chunk_size=4, starts=[1, 2])
+        )
+    )
     job.start()
     killed = None
     deadline = time.time() + 180
@@ -88,7 +112,8 @@ def test_killed_worker_chunk_is_retried(ray_local, tmp_path):
     assert result["summary"].samples == 8
     fits = _fits(out).to_pydict()
     assert sorted(zip(fits["method"], fits["sample_id"], fits["start"])) == sorted(
-        [("prior", s, k) for s in range(8) for k in range(2)] + [("network", s, 0) for s in range(8)])
+        [("prior", s, k) for s in range(8) for k in range(2)] + [("network", s, 0) for s in range(8)]
+    )
     assert not list(out.glob("_tmp-*"))
     again = tmp_path / "again"
     baseline.run_baseline("mmk", str(again), limit=8, chunk_size=4, starts=[1, 2])
@@ -96,14 +121,17 @@ def test_killed_worker_chunk_is_retried(ray_local, tmp_path):
 
 
 def _job(name, *args):
-    return subprocess.run([sys.executable, str(REPO / "jobs" / name), *args],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / name), *args], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
 
 
 def test_bad_input_is_refused(tmp_path):
     cases = [
-        (("--model", "mmk", "--out", str(tmp_path / "a"), "--checkpoint", str(tmp_path / "missing")),
-         "is not a mechinfer checkpoint"),
+        (
+            ("--model", "mmk", "--out", str(tmp_path / "a"), "--checkpoint", str(tmp_path / "missing")),
+            "is not a mechinfer checkpoint",
+        ),
         (("--model", "ecoli", "--out", str(tmp_path / "b"), "--checkpoint", "mmk"), "is for 'mmk', not 'ecoli'"),
         (("--model", "mmk", "--out", str(tmp_path / "c"), "--starts", "0"), "starts must be a positive integer"),
         (("--model", "mmk", "--out", str(tmp_path / "d"), "--starts", "1,-2"), "starts must be a positive integer"),
@@ -111,8 +139,12 @@ def test_bad_input_is_refused(tmp_path):
         (("--model", "yeast", "--out", str(tmp_path / "f")), "unknown model 'yeast'"),
     ]
     simulate_dataset("mmk", 10, 0, str(tmp_path / "mmk-set"), chunk_size=10)
-    cases.append((("--model", "ecoli", "--out", str(tmp_path / "g"), "--test-set", str(tmp_path / "mmk-set")),
-                  "holds 'mmk' samples, not 'ecoli'"))
+    cases.append(
+        (
+            ("--model", "ecoli", "--out", str(tmp_path / "g"), "--test-set", str(tmp_path / "mmk-set")),
+            "holds 'mmk' samples, not 'ecoli'",
+        )
+    )
     for args, message in cases:
         run = _job("baseline.py", *args)
         assert run.returncode == 2 and message in run.stderr, (args, run.stderr)

@@ -1,5 +1,7 @@
 """cluster.yaml against Ray's own cluster-config schema, and a job submitted to a real
 `ray start --head` cluster through Ray's JobSubmissionClient with --working-dir."""
+
+import contextlib
 import copy
 import json
 import os
@@ -15,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from mechinfer import dataset
 from processes import free_port, pids_mentioning
+
+from mechinfer.data import format as dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,12 +40,15 @@ def test_cluster_yaml_passes_rays_schema_check():
     assert all("min_workers" in t and "max_workers" in t for t in types.values())
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda c: c["available_node_types"]["cpu_worker"].__setitem__("min_workers", "many"), "is not of type"),
-    (lambda c: c.__setitem__("head_node_type", "gpu_box"), "head_node_type"),
-    (lambda c: c["available_node_types"]["gpu_worker"].__setitem__("GPUs", 1), "Additional properties"),
-    (lambda c: c.__setitem__("max_workers", 1), "max_workers"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda c: c["available_node_types"]["cpu_worker"].__setitem__("min_workers", "many"), "is not of type"),
+        (lambda c: c.__setitem__("head_node_type", "gpu_box"), "head_node_type"),
+        (lambda c: c["available_node_types"]["gpu_worker"].__setitem__("GPUs", 1), "Additional properties"),
+        (lambda c: c.__setitem__("max_workers", 1), "max_workers"),
+    ],
+)
 def test_a_broken_copy_fails_the_check(break_it, message):
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     config["available_node_types"]["cpu_worker"]["min_workers"] = 2
@@ -64,13 +69,30 @@ def head_node():
     token = secrets.token_hex(32)  # token authentication on, with a token of this test's own
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
-         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
-         f"--object-manager-port={free_port()}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -79,16 +101,14 @@ def head_node():
                 break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {proc.stdout.read().decode()[-2000:]}")
+                raise RuntimeError(f"ray start exited: {proc.stdout.read().decode()[-2000:]}") from None
             time.sleep(1)
     try:
         yield address, token
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its cluster on SIGTERM
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         os.killpg(proc.pid, signal.SIGKILL)  # what is left of the process group, at once
         proc.wait()
         leftovers = pids_mentioning(temp)
@@ -112,8 +132,11 @@ def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
         try:
             job = client.submit_job(
                 entrypoint=f"python jobs/simulate.py --model mmk --n 300 --seed 0 --chunk-size 100 --out {out}",
-                runtime_env={"working_dir": str(REPO),
-                             "excludes": [".git", ".hypothesis", "runs", "data", "results", "*.egg-info"]})
+                runtime_env={
+                    "working_dir": str(REPO),
+                    "excludes": [".git", ".hypothesis", "runs", "data", "results", "*.egg-info"],
+                },
+            )
             break
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.time() > deadline:
@@ -135,8 +158,21 @@ def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
 
 def test_pipeline_refuses_a_cluster_address_that_does_not_answer(tmp_path):
     port = free_port()
-    run = subprocess.run([sys.executable, str(REPO / "jobs" / "pipeline.py"), "--model", "mmk", "--run",
-                          str(tmp_path / "run"), "--address", f"127.0.0.1:{port}"],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "pipeline.py"),
+            "--model",
+            "mmk",
+            "--run",
+            str(tmp_path / "run"),
+            "--address",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert run.returncode == 2 and f"the Ray cluster at 127.0.0.1:{port} does not answer" in run.stderr
     assert "Traceback" not in run.stderr

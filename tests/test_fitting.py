@@ -1,12 +1,16 @@
 """BFGS fits (SPEC 6.5): the batched optimiser, the exact NLL gradient it uses,
 multi-start and the refinement of network estimates."""
+
 import numpy as np
 import pytest
 import scipy.optimize
 import torch
 
 import mechinfer
-from mechinfer import baseline, bfgs, fitting, metrics
+from mechinfer.fit import baseline, bfgs
+from mechinfer.fit import mle as fitting
+from mechinfer.fit.bfgs import FitStatus
+from mechinfer.models import likelihood as metrics
 
 
 def _rosenbrock(x, rows):
@@ -19,9 +23,11 @@ def _rosenbrock(x, rows):
 def test_batched_bfgs_matches_scipy_on_rosenbrock():
     x0 = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1.5
     ours = bfgs.bfgs(_rosenbrock, x0)
-    theirs = [scipy.optimize.minimize(scipy.optimize.rosen, row, jac=scipy.optimize.rosen_der, method="BFGS")
-              for row in x0.numpy()]
-    assert (ours.status == bfgs.CONVERGED).all()
+    theirs = [
+        scipy.optimize.minimize(scipy.optimize.rosen, row, jac=scipy.optimize.rosen_der, method="BFGS")
+        for row in x0.numpy()
+    ]
+    assert (ours.status == FitStatus.CONVERGED).all()
     f_theirs = np.array([r.fun for r in theirs])
     # both end in one of the function's two minima (f = 0 at x = 1, f ~ 3.70 near x1 = -0.78)
     assert np.allclose(np.sort(np.unique(np.round(ours.f.numpy(), 2))), np.sort(np.unique(np.round(f_theirs, 2))))
@@ -42,7 +48,7 @@ def test_bad_start_and_iteration_limit_are_reported():
 
     x0 = torch.tensor([[-1.2, 1.0], [-1.2, 1.0], [-1.2, 1.0]], dtype=torch.float64)
     r = bfgs.bfgs(fun, x0, max_iter=3)
-    assert r.status.tolist() == [bfgs.BAD_START, bfgs.MAX_ITER, bfgs.MAX_ITER]
+    assert r.status.tolist() == [FitStatus.BAD_START, FitStatus.MAX_ITER, FitStatus.MAX_ITER]
     assert torch.isnan(r.f[0]) and torch.equal(r.x[0], x0[0])
     assert r.iterations.tolist() == [0, 3, 3]
 
@@ -77,12 +83,19 @@ def test_multistart_finds_the_better_optimum_where_one_start_is_stuck(mmk_rows):
     table = baseline.fit_chunk("mmk", mmk_rows, "mmk", 8, 0, 200)  # a short budget keeps the test quick
     table = table.sort_by([("sample_id", "ascending"), ("method", "descending"), ("start", "ascending")])
     multi = baseline.multistart_table(table, [1, 8]).to_pydict()
-    one = {s: f for s, f, k, meth in zip(multi["sample_id"], multi["nll"], multi["starts"], multi["method"])
-           if meth == "prior" and k == 1}
-    eight = {s: f for s, f, k, meth in zip(multi["sample_id"], multi["nll"], multi["starts"], multi["method"])
-             if meth == "prior" and k == 8}
-    truth = metrics.nll(m, torch.as_tensor(mmk_rows["theta"]), *(torch.as_tensor(mmk_rows[k]) for k in
-                                                                   ("t", "channel", "value"))).numpy()
+    one = {
+        s: f
+        for s, f, k, meth in zip(multi["sample_id"], multi["nll"], multi["starts"], multi["method"])
+        if meth == "prior" and k == 1
+    }
+    eight = {
+        s: f
+        for s, f, k, meth in zip(multi["sample_id"], multi["nll"], multi["starts"], multi["method"])
+        if meth == "prior" and k == 8
+    }
+    truth = metrics.nll(
+        m, torch.as_tensor(mmk_rows["theta"]), *(torch.as_tensor(mmk_rows[k]) for k in ("t", "channel", "value"))
+    ).numpy()
     assert all(eight[s] <= one[s] + 1e-9 for s in one), "k starts keep the best of the first k"
     stuck = [s for s in one if one[s] > eight[s] + 1.0]
     assert stuck, "some single start ends in a worse local optimum on these samples"

@@ -1,4 +1,5 @@
 """The Ray Data simulation job: format, determinism, faults and bad input (SPEC 5, 6.1)."""
+
 import json
 import os
 import signal
@@ -11,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from processes import pids_of
 
 import mechinfer
-from mechinfer import dataset
-from mechinfer.generate import simulate_dataset
-from processes import pids_of
+from mechinfer.data import format as dataset
+from mechinfer.data.generate import simulate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,11 @@ def test_format_and_content(ray_local, tmp_path):
     assert manifest["T"] == 2.0 and manifest["n_obs"] == 14 and manifest["sigma"] == {"S": 0.5, "P": 0.5}
     assert manifest["code_version"] and manifest["created"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "part-000000000000.parquet", "part-000000000128.parquet", "part-000000000256.parquet"]
+        "manifest.json",
+        "part-000000000000.parquet",
+        "part-000000000128.parquet",
+        "part-000000000256.parquet",
+    ]
 
     table = dataset.read_table(str(out))
     assert table.schema.equals(dataset.schema(mechinfer.get_model("mmk")))
@@ -95,19 +100,23 @@ def test_interrupted_run_resumes(ray_local, tmp_path):
     (out / "part-000000000030.parquet").unlink()
     with pytest.raises(ValueError, match="has no manifest.json"):
         dataset.read_table(str(out))
-    (out / "_simulation.json").write_text(json.dumps(
-        {"model": "mmk", "n_samples": 40, "seed": 0, "chunk_size": 10, "solver_options": {}}))
+    (out / "_simulation.json").write_text(
+        json.dumps({"model": "mmk", "n_samples": 40, "seed": 0, "chunk_size": 10, "solver_options": {}})
+    )
     summary = simulate_dataset("mmk", 40, 0, str(out), chunk_size=10)
     assert summary.chunks_resumed == 3
     assert _rows(out) == reference
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(model="yeast", n=10), ValueError, "unknown model 'yeast'"),
-    (dict(model="mmk", n=0), ValueError, "n must be a positive integer"),
-    (dict(model="mmk", n=-5), ValueError, "n must be a positive integer"),
-    (dict(model="mmk", n=10, chunk_size=0), ValueError, "chunk_size must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(model="yeast", n=10), ValueError, "unknown model 'yeast'"),
+        (dict(model="mmk", n=0), ValueError, "n must be a positive integer"),
+        (dict(model="mmk", n=-5), ValueError, "n must be a positive integer"),
+        (dict(model="mmk", n=10, chunk_size=0), ValueError, "chunk_size must be a positive integer"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
         simulate_dataset(seed=0, out=str(tmp_path / "ds"), **kwargs)
@@ -139,8 +148,9 @@ def _task_pids():
 def test_killed_worker_loses_no_sample(ray_local, tmp_path):
     out = tmp_path / "ds"
     result = {}
-    job = threading.Thread(target=lambda: result.update(
-        summary=simulate_dataset("ecoli", 2400, 11, str(out), chunk_size=200)))
+    job = threading.Thread(
+        target=lambda: result.update(summary=simulate_dataset("ecoli", 2400, 11, str(out), chunk_size=200))
+    )
     job.start()
     killed = None
     deadline = time.time() + 120
@@ -163,8 +173,13 @@ def test_killed_worker_loses_no_sample(ray_local, tmp_path):
 
 
 def _job(*args):
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "simulate.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "simulate.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def test_job_cli(tmp_path):

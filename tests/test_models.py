@@ -1,10 +1,11 @@
 """The models and the Python API of SPEC 2, 3 and 8."""
+
 import numpy as np
 import pytest
 import torch
 
 import mechinfer
-from mechinfer.design import draw_experiments
+from mechinfer.models.design import draw_experiments
 
 
 def test_registry():
@@ -20,8 +21,27 @@ def test_declared_facts():
     assert mmk.sigma.tolist() == [0.5, 0.5] and mmk.T == 2.0 and mmk.n_obs == 14
     ecoli = mechinfer.get_model("ecoli")
     assert ecoli.parameter_names == (
-        "Kap", "Ksa", "Ko", "Ks", "Kia", "Kis", "pAmax", "qAmax", "qm", "qSmax", "Yas", "Yoa", "Yxa",
-        "Yem", "Yos", "Yxsof", "X_0", "S_0", "A_0", "DOT_0")
+        "Kap",
+        "Ksa",
+        "Ko",
+        "Ks",
+        "Kia",
+        "Kis",
+        "pAmax",
+        "qAmax",
+        "qm",
+        "qSmax",
+        "Yas",
+        "Yoa",
+        "Yxa",
+        "Yem",
+        "Yos",
+        "Yxsof",
+        "X_0",
+        "S_0",
+        "A_0",
+        "DOT_0",
+    )
     assert ecoli.channels == ("X", "S", "A", "DOTm")
     assert ecoli.sigma.tolist() == [0.1, 0.2, 0.05, 3.0] and ecoli.T == 6.0 and ecoli.n_obs == 30
     yem = ecoli.quantities[ecoli.parameter_names.index("Yem")].prior
@@ -75,25 +95,31 @@ def test_observation_design():
     assert abs(scaled.mean()) < 0.01 and abs(scaled.std() - 1) < 0.01
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.ones((2, 3)), "must have 4 columns"),
-    (np.ones(4), "must be 2-D"),
-    (np.array([[1.0, 1.0, 5.0, 3.0]]), "P_0 = 3 is outside its prior uniform"),
-    (np.array([[20.0, 1.0, 5.0, 1.0]]), "Vmax = 20 is outside its prior log-uniform"),
-    (np.array([[np.nan, 1.0, 5.0, 1.0]]), "NaN or infinite"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.ones((2, 3)), "must have 4 columns"),
+        (np.ones(4), "must be 2-D"),
+        (np.array([[1.0, 1.0, 5.0, 3.0]]), "P_0 = 3 is outside its prior uniform"),
+        (np.array([[20.0, 1.0, 5.0, 1.0]]), "Vmax = 20 is outside its prior log-uniform"),
+        (np.array([[np.nan, 1.0, 5.0, 1.0]]), "NaN or infinite"),
+    ],
+)
 def test_simulate_rejects_bad_parameters(bad, message):
     m = mechinfer.get_model("mmk")
     with pytest.raises(ValueError, match=message):
         m.simulate(bad, np.linspace(0, 1, 5))
 
 
-@pytest.mark.parametrize("t, message", [
-    (np.array([0.5, 3.0]), r"outside the horizon \[0, 2\]"),
-    (np.array([-0.1, 1.0]), "outside the horizon"),
-    (np.array([np.nan, 1.0]), "NaN or infinite"),
-    (np.ones((3, 4)), r"\(B, N\) with B = 1"),
-])
+@pytest.mark.parametrize(
+    "t, message",
+    [
+        (np.array([0.5, 3.0]), r"outside the horizon \[0, 2\]"),
+        (np.array([-0.1, 1.0]), "outside the horizon"),
+        (np.array([np.nan, 1.0]), "NaN or infinite"),
+        (np.ones((3, 4)), r"\(B, N\) with B = 1"),
+    ],
+)
 def test_simulate_rejects_bad_times(t, message):
     m = mechinfer.get_model("mmk")
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
 """Networks, checkpoints, the estimator API and the R^2 metric, without Ray."""
+
 import json
 
 import numpy as np
@@ -6,7 +7,10 @@ import pytest
 import torch
 
 import mechinfer
-from mechinfer import checkpoint, metrics, networks, training
+from mechinfer.data.samples import TEST_SEED
+from mechinfer.learn import checkpoint, networks
+from mechinfer.learn import losses as training
+from mechinfer.models import likelihood as metrics
 
 
 @pytest.fixture
@@ -28,8 +32,9 @@ def test_deep_set_is_permutation_invariant_and_ignores_padding(ecoli, pooling):
     perm = torch.randperm(30)
     torch.testing.assert_close(net(t[:, perm], ch[:, perm], v[:, perm]), z, rtol=1e-5, atol=1e-5)
     pad = torch.full((3, 7), float("nan"))
-    torch.testing.assert_close(net(torch.cat([t, pad], 1), torch.cat([ch, torch.zeros(3, 7, dtype=torch.long)], 1),
-                                   torch.cat([v, pad], 1)), z)
+    torch.testing.assert_close(
+        net(torch.cat([t, pad], 1), torch.cat([ch, torch.zeros(3, 7, dtype=torch.long)], 1), torch.cat([v, pad], 1)), z
+    )
 
 
 def test_random_subsets_keep_between_min_and_all():
@@ -41,8 +46,9 @@ def test_random_subsets_keep_between_min_and_all():
 
 def test_checkpoint_round_trip_and_refusals(ecoli, tmp_path):
     net = networks.build(networks.default_config(ecoli, "inference", width=16, depth=1))
-    meta = checkpoint.save(str(tmp_path / "ck"), net, model="ecoli", dataset_manifest={"model": "ecoli"},
-                           metrics={"val_loss": 1.0})
+    meta = checkpoint.save(
+        str(tmp_path / "ck"), net, model="ecoli", dataset_manifest={"model": "ecoli"}, metrics={"val_loss": 1.0}
+    )
     assert meta["checkpoint_id"].startswith("ecoli-inference-")
     loaded, meta2 = checkpoint.load(str(tmp_path / "ck"), model="ecoli", kind="inference")
     t, ch, v = _sets()
@@ -102,7 +108,9 @@ def test_r2_metric():
     assert 0 < truth.stderr < 0.01
     x_pad = x.copy()
     x_pad[:, -2:] = np.nan  # padded entries carry no weight
-    assert metrics.r2(m, clean, ch, x_pad).value == pytest.approx(metrics.r2(m, clean[:, :-2], ch[:, :-2], x[:, :-2]).value)
+    assert metrics.r2(m, clean, ch, x_pad).value == pytest.approx(
+        metrics.r2(m, clean[:, :-2], ch[:, :-2], x[:, :-2]).value
+    )
 
 
 @pytest.mark.parametrize("name, slack", [("mmk", 0.01), ("ecoli", 0.02)])
@@ -112,10 +120,10 @@ def test_shipped_estimators_reach_the_true_parameters_r2(name, slack):
     est = mechinfer.load_estimator(name)
     m = mechinfer.get_model(name)
     assert est.model is m and est.meta["spec_version"] == 1 and est.checkpoint_id.startswith(f"{name}-inference-")
-    assert est.meta["dataset"]["seed"] != metrics.TEST_SEED
-    from mechinfer.generate import simulate_chunk
+    assert est.meta["dataset"]["seed"] != TEST_SEED
+    from mechinfer.data.samples import simulate_chunk
 
-    test = simulate_chunk(m, metrics.TEST_SEED, 0, 256, compile=False)
+    test = simulate_chunk(m, TEST_SEED, 0, 256, compile=False)
     theta = est.estimate(test["t"], test["channel"], test["value"])
     y = m.simulate(theta, test["t"], compile=False)
     mu = np.take_along_axis(y, test["channel"][..., None].astype(int), 2)[..., 0]

@@ -1,5 +1,6 @@
 """jobs/pipeline.py: killed in the middle of a stage and rerun, it skips the finished
 stages and completes the interrupted one; bad input gets a clear message."""
+
 import json
 import os
 import signal
@@ -10,23 +11,36 @@ from pathlib import Path
 
 import pytest
 
-from mechinfer import dataset
+from mechinfer.data import format as dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mmk", "--n", "3000"]
 
 
 def _pipeline(*args, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "pipeline.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "pipeline.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def test_killed_mid_stage_then_rerun_resumes(tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, str(REPO / "jobs" / "pipeline.py"), *SMALL, "--run", str(run),
-            "--stages", "simulate,train-proxy"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        str(REPO / "jobs" / "pipeline.py"),
+        *SMALL,
+        "--run",
+        str(run),
+        "--stages",
+        "simulate,train-proxy",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     deadline = time.time() + 300
     while not (run / "stages" / "simulate.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -68,14 +82,17 @@ def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--preset", "huge"], "unknown preset 'huge'; presets are ['paper', 'small']"),
-    (["--stages", "simulate,deploy"], "unknown stage 'deploy'"),
-    (["--stages", "baseline"], "stage 'train-inference' has not run in this run directory"),
-    (["--model", "yeast"], "unknown model 'yeast'"),
-    (["--n", "0"], "n must be a positive integer, got 0"),
-    (["--address", "http://127.0.0.1:8265"], "is a job-submission (dashboard) address"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--preset", "huge"], "unknown preset 'huge'; presets are ['paper', 'small']"),
+        (["--stages", "simulate,deploy"], "unknown stage 'deploy'"),
+        (["--stages", "baseline"], "stage 'train-inference' has not run in this run directory"),
+        (["--model", "yeast"], "unknown model 'yeast'"),
+        (["--n", "0"], "n must be a positive integer, got 0"),
+        (["--address", "http://127.0.0.1:8265"], "is a job-submission (dashboard) address"),
+    ],
+)
 def test_bad_input(tmp_path, extra, message):
     args = ["--model", "mmk", "--run", str(tmp_path / "run"), *extra]
     if "--model" in extra:

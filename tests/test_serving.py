@@ -1,13 +1,15 @@
 """The Serve application over real HTTP (SPEC 7): answers, batching, refine, bad input."""
+
 import json
 
 import numpy as np
 import pytest
 import requests
+from processes import free_port
 
 import mechinfer
-from mechinfer import baseline, service
-from processes import free_port
+from mechinfer.fit import baseline
+from mechinfer.serve import handlers as service
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +22,13 @@ def server(ray_local):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # two ingress replicas (so one can be killed while the other answers), no compilation
     # (it would add ~1 min of replica start; the compiled solver is tested in test_fitting)
-    app = application({"max_observations": 64, "max_batch": 16, "max_body_bytes": 65536, "compile": False},
-                {"Api": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}},
-                 "Refiner": {"ray_actor_options": {"num_cpus": 0.5}}})
+    app = application(
+        {"max_observations": 64, "max_batch": 16, "max_body_bytes": 65536, "compile": False},
+        {
+            "Api": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}},
+            "Refiner": {"ray_actor_options": {"num_cpus": 0.5}},
+        },
+    )
     serve.run(app, name="mechinfer", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -34,12 +40,13 @@ def test_config_file_builds_the_application():
     from pathlib import Path
 
     import yaml
+    from ray._common.utils import import_attr
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
-    from ray._common.utils import import_attr
 
     config = ServeDeploySchema.model_validate(
-        yaml.safe_load((Path(__file__).resolve().parents[1] / "serving" / "config.yaml").read_text()))
+        yaml.safe_load((Path(__file__).resolve().parents[1] / "serving" / "config.yaml").read_text())
+    )
     assert config.http_options.host == "127.0.0.1"
     (app_config,) = config.applications
     app = call_user_app_builder_with_args_if_necessary(import_attr(app_config.import_path), app_config.args)
@@ -94,43 +101,85 @@ def test_batch_answers_every_case_in_order(server):
 
 
 def test_refine_lowers_the_nll(server):
-    obs, rows = _observations("mmk", 0)
+    obs, _ = _observations("mmk", 0)
     plain = requests.post(f"{server}/v1/models/mmk/infer", json={"observations": obs}, timeout=60).json()
-    refined = requests.post(f"{server}/v1/models/mmk/infer", json={"observations": obs, "refine": True},
-                            timeout=300).json()
+    refined = requests.post(
+        f"{server}/v1/models/mmk/infer", json={"observations": obs, "refine": True}, timeout=300
+    ).json()
     assert refined["refined"] is True and "refine" in refined["timing_ms"]
     assert refined["nll"] <= plain["nll"] + 1e-6
 
 
-@pytest.mark.parametrize("path, body, status, message", [
-    ("/v1/models/yeast/infer", {"observations": [{"t": 0.1, "channel": "S", "value": 1.0}]}, 404, "unknown model 'yeast'"),
-    ("/v1/models/mmk/infer", {"observations": [{"t": 0.1, "channel": "Q", "value": 1.0}]}, 422, "unknown channel 'Q'"),
-    ("/v1/models/mmk/infer", {"observations": [{"t": 5.0, "channel": "S", "value": 1.0}]}, 422, "outside [0, 2] h"),
-    ("/v1/models/mmk/infer", {"observations": [{"t": -0.5, "channel": "S", "value": 1.0}]}, 422, "outside [0, 2] h"),
-    ("/v1/models/mmk/infer", {"observations": []}, 422, "observations is empty"),
-    ("/v1/models/mmk/infer", {"observations": [{"t": 0.1, "channel": "S", "value": 1.0}] * 65}, 422, "the limit is 64"),
-    ("/v1/models/mmk/infer", {"batch": []}, 422, "it must hold 1 to 16"),
-    ("/v1/models/mmk/infer", {}, 422, "give exactly one of"),
-    ("/v1/models/mmk/infer", {"observations": [{"t": 0.1, "channel": "S"}]}, 422, "observations.0.value: Field required"),
-    ("/v1/models/mmk/infer", {"observations": [{"t": "soon", "channel": "S", "value": 1}]}, 422, "observations.0.t"),
-    ("/v1/models/mmk/infer", {"observations": [{"t": 0.1, "channel": "S", "value": 1}], "checkpoint": "/x"}, 422,
-     "checkpoint: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        (
+            "/v1/models/yeast/infer",
+            {"observations": [{"t": 0.1, "channel": "S", "value": 1.0}]},
+            404,
+            "unknown model 'yeast'",
+        ),
+        (
+            "/v1/models/mmk/infer",
+            {"observations": [{"t": 0.1, "channel": "Q", "value": 1.0}]},
+            422,
+            "unknown channel 'Q'",
+        ),
+        ("/v1/models/mmk/infer", {"observations": [{"t": 5.0, "channel": "S", "value": 1.0}]}, 422, "outside [0, 2] h"),
+        (
+            "/v1/models/mmk/infer",
+            {"observations": [{"t": -0.5, "channel": "S", "value": 1.0}]},
+            422,
+            "outside [0, 2] h",
+        ),
+        ("/v1/models/mmk/infer", {"observations": []}, 422, "observations is empty"),
+        (
+            "/v1/models/mmk/infer",
+            {"observations": [{"t": 0.1, "channel": "S", "value": 1.0}] * 65},
+            422,
+            "the limit is 64",
+        ),
+        ("/v1/models/mmk/infer", {"batch": []}, 422, "it must hold 1 to 16"),
+        ("/v1/models/mmk/infer", {}, 422, "give exactly one of"),
+        (
+            "/v1/models/mmk/infer",
+            {"observations": [{"t": 0.1, "channel": "S"}]},
+            422,
+            "observations.0.value: Field required",
+        ),
+        (
+            "/v1/models/mmk/infer",
+            {"observations": [{"t": "soon", "channel": "S", "value": 1}]},
+            422,
+            "observations.0.t",
+        ),
+        (
+            "/v1/models/mmk/infer",
+            {"observations": [{"t": 0.1, "channel": "S", "value": 1}], "checkpoint": "/x"},
+            422,
+            "checkpoint: Extra inputs are not permitted",
+        ),
+    ],
+)
 def test_bad_input_gets_a_4xx_naming_the_problem(server, path, body, status, message):
     r = requests.post(f"{server}{path}", json=body, timeout=60)
     assert r.status_code == status and message in r.json()["error"], r.text
 
 
-@pytest.mark.parametrize("raw, status, message", [
-    ('{"observations": [{"t": NaN, "channel": "S", "value": 1}]}', 400, "NaN is not a number JSON allows"),
-    ('{"observations": [{"t": 0.1, "channel": "S", "value": Infinity}]}', 400, "Infinity is not a number"),
-    ('{"observations": [{"t": 0.1, "channel": "S", "value": 1e999}]}', 422, "finite"),
-    ('{"observations": [', 400, "not valid JSON"),
-    ("x" * 70000, 413, "exceeds the limit of 65536"),
-])
+@pytest.mark.parametrize(
+    "raw, status, message",
+    [
+        ('{"observations": [{"t": NaN, "channel": "S", "value": 1}]}', 400, "NaN is not a number JSON allows"),
+        ('{"observations": [{"t": 0.1, "channel": "S", "value": Infinity}]}', 400, "Infinity is not a number"),
+        ('{"observations": [{"t": 0.1, "channel": "S", "value": 1e999}]}', 422, "finite"),
+        ('{"observations": [', 400, "not valid JSON"),
+        ("x" * 70000, 413, "exceeds the limit of 65536"),
+    ],
+)
 def test_malformed_and_oversized_bodies(server, raw, status, message):
-    r = requests.post(f"{server}/v1/models/mmk/infer", data=raw, headers={"content-type": "application/json"},
-                      timeout=60)
+    r = requests.post(
+        f"{server}/v1/models/mmk/infer", data=raw, headers={"content-type": "application/json"}, timeout=60
+    )
     assert r.status_code == status and message in r.json()["error"], r.text
 
 
@@ -145,16 +194,22 @@ def test_fuzzed_requests_never_get_a_5xx(server):
     spec = requests.get(f"{server}/openapi.json", timeout=30).json()
     schema = spec["paths"]["/v1/models/{model}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     schema["properties"]["refine"] = {"const": False}  # refinement is slow; fuzz the fast path
-    junk = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4),
-                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-                        max_leaves=8)
+    junk = st.recursive(
+        st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        max_leaves=8,
+    )
     model = st.sampled_from(["mmk", "ecoli", "none", "%20", "mmk%2Finfer"])
 
     @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(model=model, body=from_schema(schema) | junk)
     def check(model, body):
-        r = requests.post(f"{server}/v1/models/{model}/infer", data=json.dumps(body),
-                          headers={"content-type": "application/json"}, timeout=60)
+        r = requests.post(
+            f"{server}/v1/models/{model}/infer",
+            data=json.dumps(body),
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
         assert r.status_code < 500, (model, body, r.status_code, r.text)
 
     check()
@@ -168,9 +223,8 @@ def test_killed_replica_is_restarted_and_answers_resume(server):
     import threading
     import time
 
-    from ray import serve
-
     from processes import pids_of
+    from ray import serve
 
     def running_api_replicas() -> int:
         status = serve.status().applications["mechinfer"].deployments["Api"]
@@ -197,6 +251,7 @@ def test_killed_replica_is_restarted_and_answers_resume(server):
     killed_at = time.time()
     os.kill(victims[0], signal.SIGKILL)
     deadline = time.time() + 120
+
     def restarted() -> bool:  # a new replica process, and Serve counts two running again
         pids = set(pids_of(b"ray::ServeReplica:mechinfer:Api"))
         return len(pids) == 2 and victims[0] not in pids and running_api_replicas() == 2
@@ -211,8 +266,10 @@ def test_killed_replica_is_restarted_and_answers_resume(server):
     during = [code for t, code in outcomes if killed_at < t <= restarted_at]
     after = [code for t, code in outcomes if t > restarted_at]
     failed = sum(code != 200 for code in during + after)
-    print(f"replica restarted in {restarted_at - killed_at:.1f} s; requests after the kill: "
-          f"{len(during) + len(after)}, failed: {failed}")
+    print(
+        f"replica restarted in {restarted_at - killed_at:.1f} s; requests after the kill: "
+        f"{len(during) + len(after)}, failed: {failed}"
+    )
     assert restarted()
     assert during.count(200) >= 10, "the surviving replica kept answering during the restart"
     assert after and set(after) == {200}, "every request after the restart is answered"

@@ -1,14 +1,15 @@
 """The batched solver against tight-tolerance references, its gradients, its order."""
+
 import numpy as np
 import pytest
 import torch
+from reference import mmk_closed_form, radau
 
 import mechinfer
-from mechinfer import priors
-from mechinfer.design import draw_experiments
-from mechinfer.simulate import simulate_observed, simulate_states
+from mechinfer.models import priors
+from mechinfer.models.design import draw_experiments
+from mechinfer.models.simulate import simulate_observed, simulate_states
 from mechinfer.solver import IController, ODETerm, Rodas4, integrate
-from reference import mmk_closed_form, radau
 
 N_DRAWS = 300
 
@@ -56,8 +57,14 @@ def test_stiff_draws_are_cheap():
             return super().step(term, y, args, h)
 
     with torch.no_grad():
-        out, status = integrate(ODETerm(m.rhs), Counting(), IController(), m.initial_state(theta), theta,
-                                torch.linspace(0, m.T, 30, dtype=torch.float64).expand(3, -1))
+        out, status = integrate(
+            ODETerm(m.rhs),
+            Counting(),
+            IController(),
+            m.initial_state(theta),
+            theta,
+            torch.linspace(0, m.T, 30, dtype=torch.float64).expand(3, -1),
+        )
     assert (status == 0).all()
     assert len(steps) < 2000, f"{len(steps)} steps"
     # at the oxygen-limited plateau DOT sits near zero and stays finite
@@ -103,7 +110,7 @@ def test_gradient_matches_finite_differences(name):
     steps = eps * torch.eye(z.shape[1], dtype=z.dtype)[:, None, :]  # (P, 1, P)
     with torch.no_grad():
         values = nll(torch.cat([z + steps, z - steps]))  # (2P, B)
-    fd = ((values[: z.shape[1]] - values[z.shape[1]:]) / (2 * eps)).T
+    fd = ((values[: z.shape[1]] - values[z.shape[1] :]) / (2 * eps)).T
     scale = fd.abs().max(dim=1, keepdim=True).values
     rel = ((grad - fd).abs() / (fd.abs() + 1e-3 * scale)).max().item()
     assert rel < 1e-3, f"relative gradient error {rel:.2e}"
@@ -143,7 +150,8 @@ def test_torchdiffeq_backend_for_non_stiff_models():
     grads = []
     for adjoint in (False, True):
         theta = torch.from_numpy(d["theta"][:3]).clone().requires_grad_()
-        out, _ = simulate_observed(m, theta, torch.from_numpy(d["t"][:3]), solver="dopri5", adjoint=adjoint,
-                                   rtol=1e-9, atol=1e-9)
+        out, _ = simulate_observed(
+            m, theta, torch.from_numpy(d["t"][:3]), solver="dopri5", adjoint=adjoint, rtol=1e-9, atol=1e-9
+        )
         grads.append(torch.autograd.grad(out.sum(), theta)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)

@@ -1,13 +1,14 @@
 """Ray Train stages on a small dataset: they run, checkpoint, load, and refuse bad input."""
+
 import json
 
 import numpy as np
 import pytest
+from processes import pids_of
 
 import mechinfer
-from mechinfer.generate import simulate_dataset
-from mechinfer.train import train
-from processes import pids_of
+from mechinfer.data.generate import simulate_dataset
+from mechinfer.learn.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -19,18 +20,36 @@ def mmk_data(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def proxy(mmk_data):
-    summary = train("proxy", "mmk", str(mmk_data / "mmk"), str(mmk_data / "proxy"), epochs=2, batch_size=64,
-                    max_steps_per_epoch=5)
+    summary = train(
+        "proxy", "mmk", str(mmk_data / "mmk"), str(mmk_data / "proxy"), epochs=2, batch_size=64, max_steps_per_epoch=5
+    )
     assert summary.steps == 10 and np.isfinite(summary.val_loss)
     return mmk_data / "proxy"
 
 
 def test_stages_run_and_the_estimator_loads(mmk_data, proxy):
     data = str(mmk_data / "mmk")
-    inf = train("inference", "mmk", data, str(mmk_data / "inf"), epochs=1, batch_size=64,
-                max_steps_per_epoch=5, proxy_checkpoint=str(proxy))
-    ft = train("finetune", "mmk", data, str(mmk_data / "ft"), epochs=1, batch_size=64,
-               max_steps_per_epoch=2, init_checkpoint=str(mmk_data / "inf"), lr=1e-4)
+    inf = train(
+        "inference",
+        "mmk",
+        data,
+        str(mmk_data / "inf"),
+        epochs=1,
+        batch_size=64,
+        max_steps_per_epoch=5,
+        proxy_checkpoint=str(proxy),
+    )
+    ft = train(
+        "finetune",
+        "mmk",
+        data,
+        str(mmk_data / "ft"),
+        epochs=1,
+        batch_size=64,
+        max_steps_per_epoch=2,
+        init_checkpoint=str(mmk_data / "inf"),
+        lr=1e-4,
+    )
     assert inf.steps == 5 and ft.steps == 2
     meta = json.loads((mmk_data / "ft" / "checkpoint.json").read_text())
     assert meta["model"] == "mmk" and meta["dataset"]["n_samples"] == 600 and meta["training"]["stage"] == "finetune"
@@ -67,16 +86,32 @@ def test_bad_inputs(mmk_data, tmp_path):
 
 def test_nan_loss_stops_without_a_checkpoint(mmk_data, tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 0, step \d+; no checkpoint saved"):
-        train("proxy", "mmk", str(mmk_data / "mmk"), str(tmp_path / "nan"), epochs=1, batch_size=64, lr=1e30,
-              max_steps_per_epoch=8)
+        train(
+            "proxy",
+            "mmk",
+            str(mmk_data / "mmk"),
+            str(tmp_path / "nan"),
+            epochs=1,
+            batch_size=64,
+            lr=1e30,
+            max_steps_per_epoch=8,
+        )
     assert not (tmp_path / "nan" / "checkpoint.json").exists()
 
 
 def test_tune_writes_best_config_and_trials(mmk_data, proxy, tmp_path):
-    from mechinfer.tuning import BEST_CONFIG, tune_inference
+    from mechinfer.learn.tuner import BEST_CONFIG, tune_inference
 
-    summary = tune_inference("mmk", str(mmk_data / "mmk"), str(proxy), str(tmp_path / "tune"), num_samples=3,
-                             max_steps=40, steps_per_report=10, max_rows=400)
+    summary = tune_inference(
+        "mmk",
+        str(mmk_data / "mmk"),
+        str(proxy),
+        str(tmp_path / "tune"),
+        num_samples=3,
+        max_steps=40,
+        steps_per_report=10,
+        max_rows=400,
+    )
     best = json.loads((tmp_path / "tune" / BEST_CONFIG).read_text())
     assert best == summary["best"] and best["model"] == "mmk" and np.isfinite(best["val_nll"])
     assert set(best) >= {"width", "depth", "pooling", "time_encoding", "channel_encoding", "lr", "batch_size"}
@@ -88,8 +123,20 @@ def test_tune_writes_best_config_and_trials(mmk_data, proxy, tmp_path):
 
 def test_two_workers_ddp_match_one(mmk_data, tmp_path):
     """DDP on 2 CPU workers: same global batch and steps as 1 worker, comparable loss."""
-    runs = {w: train("proxy", "mmk", str(mmk_data / "mmk"), str(tmp_path / f"w{w}"), epochs=3, batch_size=64,
-                     num_workers=w, max_steps_per_epoch=6, seed=1) for w in (1, 2)}
+    runs = {
+        w: train(
+            "proxy",
+            "mmk",
+            str(mmk_data / "mmk"),
+            str(tmp_path / f"w{w}"),
+            epochs=3,
+            batch_size=64,
+            num_workers=w,
+            max_steps_per_epoch=6,
+            seed=1,
+        )
+        for w in (1, 2)
+    }
     assert runs[1].steps == runs[2].steps == 18
     assert runs[2].num_workers == 2 and np.isfinite(runs[2].val_loss)
     assert runs[2].val_loss < 1.5 * runs[1].val_loss
@@ -107,9 +154,20 @@ def test_killed_train_worker_resumes_from_checkpoint(mmk_data, tmp_path):
 
     storage = tmp_path / "results"
     result = {}
-    job = threading.Thread(target=lambda: result.update(summary=train(
-        "proxy", "mmk", str(mmk_data / "mmk"), str(tmp_path / "ck"), epochs=4, batch_size=16,
-        max_steps_per_epoch=25, storage_path=str(storage))))
+    job = threading.Thread(
+        target=lambda: result.update(
+            summary=train(
+                "proxy",
+                "mmk",
+                str(mmk_data / "mmk"),
+                str(tmp_path / "ck"),
+                epochs=4,
+                batch_size=16,
+                max_steps_per_epoch=25,
+                storage_path=str(storage),
+            )
+        )
+    )
     job.start()
     killed = None
     deadline = time.time() + 180

@@ -9,17 +9,18 @@ The public API (SPEC section 8)::
     est = mechinfer.load_estimator("ecoli")
     theta_hat = est.estimate(t, channel, value)
 """
+
 from .models import get_model, list_models
 
 SPEC_VERSION = 1
 __version__ = "0.1.0"
 
-__all__ = ["get_model", "list_models", "load_estimator", "SPEC_VERSION", "__version__"]
+__all__ = ["SPEC_VERSION", "__version__", "get_model", "list_models", "load_estimator"]
 
 
 def load_estimator(source: str):
     """The inference network of a checkpoint directory or URI, or of the pretrained
     checkpoint shipped for a model name (``load_estimator("ecoli")``)."""
-    from .estimator import load_estimator as _load
+    from .estimate.estimator import load_estimator as _load
 
     return _load(source)

@@ -1,5 +1,6 @@
 """Conversions and checks between the public face of the API (numpy, plain numbers)
 and the torch code behind it."""
+
 from __future__ import annotations
 
 import numpy as np

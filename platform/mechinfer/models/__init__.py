@@ -1,4 +1,5 @@
 """Model registry. A new model is one module defining ``MODEL`` plus one line here."""
+
 from __future__ import annotations
 
 from importlib import import_module

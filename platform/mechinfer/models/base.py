@@ -6,21 +6,25 @@ size. Everything else (prior sampling, the z map, simulation, likelihood) is wri
 here and in :mod:`mechinfer.solver`, so a new model is one module and a registration.
 
 The rate laws are written with arithmetic operators and :func:`pos` only, so the one
-function runs on torch tensors in the solver (and under autograd for its Jacobian), and on numpy arrays in the scipy reference used by the tests.
+function runs on torch tensors in the solver (on dual numbers for its Jacobian), and on
+numpy arrays in the scipy reference used by the tests.
 """
+
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .. import priors as _priors
 from ..arrays import as_tensor, like_input, positive_int
 from ..solver.dual import Dual
 from ..solver.dual import value_and_jacobian as dual_value_and_jacobian
+from . import priors as _priors
+from .design import sample_uniforms
+from .simulate import simulate_observed
 
 # Relative slack on the prior bounds when checking user parameters: values produced by
 # from_z at |z| ~ 8 sit on a bound up to float round-off.
@@ -57,9 +61,9 @@ class Model:
     rates: Callable
     # initial(p) -> dict of initial states; default: state X starts at quantity X_0.
     initial: Callable | None = None
-    # Default integration method (see mechinfer.solver.get_solver).
+    # Integration method (see mechinfer.solver.solve): "rodas4" (stiff-capable) or a
+    # torchdiffeq method name for non-stiff models.
     solver: str = "rodas4"
-    solver_options: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- declared facts
     @property
@@ -91,9 +95,7 @@ class Model:
         return {
             "name": self.name,
             "description": self.description,
-            "parameters": [
-                {"name": q.name, "unit": q.unit, "prior": q.prior.describe()} for q in self.quantities
-            ],
+            "parameters": [{"name": q.name, "unit": q.unit, "prior": q.prior.describe()} for q in self.quantities],
             "channels": [
                 {"name": c, "unit": self.state_units[self.states.index(c)], "sigma": self.noise_sigma[c]}
                 for c in self.channels
@@ -133,9 +135,7 @@ class Model:
     # ---------------------------------------------------------------- priors, z map
     def sample_prior(self, n: int, seed: int = 0) -> np.ndarray:
         """(n, P) float64 draws in physical units. Row i is the theta of sample_id i of
-        a dataset simulated with the same seed (see mechinfer.design)."""
-        from ..design import sample_uniforms
-
+        a dataset simulated with the same seed (see mechinfer.models.design)."""
         u = sample_uniforms(self, seed, np.arange(positive_int("n", n), dtype=np.int64))["theta"]
         return _priors.from_u(self.priors, torch.from_numpy(u)).numpy()
 
@@ -179,13 +179,10 @@ class Model:
     def simulate(self, theta, t, *, solver: str | None = None, **options) -> np.ndarray:
         """Noise-free observed channels at times t: theta (B, P), t (B, N) or (N,) ->
         (B, N, C) float64, with NaN rows where the solver failed."""
-        from ..simulate import simulate_observed
-
         theta_t = as_tensor(theta)
         if theta_t.ndim != 2:
             raise ValueError(
-                f"{self.name}.simulate: theta must be 2-D (B, {self.n_parameters}), "
-                f"got shape {tuple(theta_t.shape)}"
+                f"{self.name}.simulate: theta must be 2-D (B, {self.n_parameters}), got shape {tuple(theta_t.shape)}"
             )
         y, _ = simulate_observed(self, theta_t, as_tensor(t), solver=solver, **options)
         return y.detach().cpu().numpy()
@@ -200,5 +197,3 @@ def _record_type(names: tuple[str, ...]):
     if names not in _RECORD_TYPES:
         _RECORD_TYPES[names] = collections.namedtuple("Record", names)
     return _RECORD_TYPES[names]
-
-

@@ -1,21 +1,47 @@
 """E. coli overflow metabolism by acetate cycling (Anane et al., 2017), batch phase
 (SPEC 2.2). Stiff: oxygen-limited draws put eigenvalues near 1e9 per hour on DOT, so the
 default solver is the Rosenbrock method."""
-from ..priors import LogUniform, Uniform, around_nominal
+
 from .base import Model, Quantity, pos
+from .priors import LogUniform, Uniform, around_nominal
 
 NOMINAL = {
-    "Kap": 0.5052, "Ksa": 0.0134, "Ko": 0.0001, "Ks": 0.0370, "Kia": 1.2399,
-    "Kis": 2.1231, "pAmax": 0.2268, "qAmax": 0.1148, "qm": 0.0129, "qSmax": 0.6356,
-    "Yas": 0.9097, "Yoa": 0.5440, "Yxa": 0.5718, "Yem": 0.5333, "Yos": 1.5620,
+    "Kap": 0.5052,
+    "Ksa": 0.0134,
+    "Ko": 0.0001,
+    "Ks": 0.0370,
+    "Kia": 1.2399,
+    "Kis": 2.1231,
+    "pAmax": 0.2268,
+    "qAmax": 0.1148,
+    "qm": 0.0129,
+    "qSmax": 0.6356,
+    "Yas": 0.9097,
+    "Yoa": 0.5440,
+    "Yxa": 0.5718,
+    "Yem": 0.5333,
+    "Yos": 1.5620,
     "Yxsof": 0.2268,
 }
 # Above 0.8 the carbon balance breaks and the model produces oxygen.
 YEM_PRIOR = LogUniform(0.27, 0.75)
 UNITS = {
-    "Kap": "g/g/h", "Ksa": "g/L", "Ko": "%", "Ks": "g/L", "Kia": "g/L", "Kis": "g/g/h",
-    "pAmax": "g/g/h", "qAmax": "g/g/h", "qm": "g/g/h", "qSmax": "g/g/h", "Yas": "g/g",
-    "Yoa": "g/g", "Yxa": "g/g", "Yem": "g/g", "Yos": "g/g", "Yxsof": "g/g",
+    "Kap": "g/g/h",
+    "Ksa": "g/L",
+    "Ko": "%",
+    "Ks": "g/L",
+    "Kia": "g/L",
+    "Kis": "g/g/h",
+    "pAmax": "g/g/h",
+    "qAmax": "g/g/h",
+    "qm": "g/g/h",
+    "qSmax": "g/g/h",
+    "Yas": "g/g",
+    "Yoa": "g/g",
+    "Yxa": "g/g",
+    "Yem": "g/g",
+    "Yos": "g/g",
+    "Yxsof": "g/g",
 }
 
 
@@ -50,11 +76,11 @@ MODEL = Model(
     states=("X", "S", "A", "DOT", "DOTm"),
     state_units=("g/L", "g/L", "g/L", "%", "%"),
     channels=("X", "S", "A", "DOTm"),
-    quantities=tuple(
-        Quantity(name, YEM_PRIOR if name == "Yem" else around_nominal(v), UNITS[name])
-        for name, v in NOMINAL.items()
-    )
-    + (
+    quantities=(
+        *(
+            Quantity(name, YEM_PRIOR if name == "Yem" else around_nominal(v), UNITS[name])
+            for name, v in NOMINAL.items()
+        ),
         Quantity("X_0", Uniform(0.1, 0.3), "g/L"),
         Quantity("S_0", Uniform(3.0, 7.0), "g/L"),
         Quantity("A_0", Uniform(0.0, 0.2), "g/L"),

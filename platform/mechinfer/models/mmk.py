@@ -1,6 +1,7 @@
 """Michaelis-Menten kinetics (SPEC 2.1): substrate S converted to product P."""
-from ..priors import LogUniform, Uniform
+
 from .base import Model, Quantity, pos
+from .priors import LogUniform, Uniform
 
 
 def rates(s, p, c):

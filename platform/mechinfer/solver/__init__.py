@@ -8,28 +8,38 @@ that drives them per sample (:func:`integrate`). ``solve`` picks a method by nam
 - ``"dopri5"`` or any other torchdiffeq method name: torchdiffeq in rescaled time (the
   default for non-stiff models), ``adjoint=True`` for its adjoint.
 """
+
 from __future__ import annotations
 
 import torch
 
 from .controller import IController
-from .integrate import MAX_STEPS, OK, STEP_UNDERFLOW, integrate
+from .integrate import integrate
 from .rescaled import TorchdiffeqRescaled
 from .rosenbrock import Rodas4
+from .status import SolveStatus
 from .term import ODETerm
 
-__all__ = ["ODETerm", "IController", "Rodas4", "TorchdiffeqRescaled", "integrate", "solve",
-           "OK", "MAX_STEPS", "STEP_UNDERFLOW"]
+__all__ = ["IController", "ODETerm", "Rodas4", "SolveStatus", "TorchdiffeqRescaled", "integrate", "solve"]
 
 _STEPPERS = {"rodas4": Rodas4}
 
 
-def solve(term: ODETerm, y0: torch.Tensor, args: torch.Tensor, t_obs: torch.Tensor, *,
-          method: str = "rodas4", rtol: float = 1e-6, atol: float = 1e-6,
-          adjoint: bool = False, max_steps: int = 20_000, compile: bool | None = None):
+def solve(
+    term: ODETerm,
+    y0: torch.Tensor,
+    args: torch.Tensor,
+    t_obs: torch.Tensor,
+    *,
+    method: str = "rodas4",
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    adjoint: bool = False,
+    max_steps: int = 20_000,
+    compile: bool | None = None,
+):
     """States at each sample's sorted observation times: (B, N, S) and status (B,)."""
     controller = IController(rtol=rtol, atol=atol)
     if method in _STEPPERS:
-        return integrate(term, _STEPPERS[method](), controller, y0, args, t_obs, max_steps=max_steps,
-                         compile=compile)
+        return integrate(term, _STEPPERS[method](), controller, y0, args, t_obs, max_steps=max_steps, compile=compile)
     return TorchdiffeqRescaled(method, adjoint=adjoint).solve(term, controller, y0, args, t_obs)

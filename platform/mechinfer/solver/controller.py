@@ -1,4 +1,5 @@
 """Step-size control, separate from the method that takes the step (diffrax style)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ operation; reverse mode needs one backward pass per state. The tangent arithmeti
 ordinary torch, so the Jacobian is itself differentiable by autograd (gradients through
 an implicit step need dJ/dtheta).
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,21 +20,21 @@ class Dual:
     parameters too keeps every tensor operation inside Dual's own methods, which
     torch.compile can trace (a tensor operator handed a foreign object cannot be)."""
 
-    __slots__ = ("v", "d")
+    __slots__ = ("d", "v")
 
     def __init__(self, v: torch.Tensor, d: torch.Tensor | None = None):
         self.v = v
         self.d = d
 
     @staticmethod
-    def seed(y: torch.Tensor) -> list["Dual"]:
+    def seed(y: torch.Tensor) -> list[Dual]:
         """One Dual per column of y (B, S), seeded with the identity."""
         n = y.shape[-1]
         eye = torch.eye(n, dtype=y.dtype, device=y.device)[:, :, None].expand(n, n, y.shape[0])
         return [Dual(y[:, i], eye[:, i]) for i in range(n)]
 
     @staticmethod
-    def constant(x: torch.Tensor) -> "Dual":
+    def constant(x: torch.Tensor) -> Dual:
         return Dual(x, None)
 
     def __add__(self, o):
@@ -73,7 +74,7 @@ class Dual:
         q = o / self.v
         return Dual(q, _scale(self.d, -q / self.v))
 
-    def clip(self, min):  # noqa: A002 - mirrors torch.Tensor.clip
+    def clip(self, min):
         return Dual(self.v.clip(min=min), None if self.d is None else self.d * (self.v > min))
 
 

@@ -6,6 +6,7 @@ the method's own solution points (no interpolation error). Step sizes are decisi
 functions of the parameters: they are detached, and gradients are those of the discrete
 solution along the chosen steps.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,7 @@ import warnings
 import torch
 
 from .controller import IController
-
-OK, MAX_STEPS, STEP_UNDERFLOW = 0, 1, 2
+from .status import SolveStatus
 
 
 def integrate(
@@ -35,7 +35,7 @@ def integrate(
 
     y0 (B, S), args (B, P), t_obs (B, N) sorted ascending, non-negative.
     Returns states (B, N, S) (NaN rows for failed samples) and status (B,) int8:
-    0 solved, 1 too many steps, 2 step size underflow.
+    a :class:`SolveStatus` per sample.
 
     ``compile``: run each step as one torch.compile'd graph (3-4x faster per step; the
     first use in a process costs a compilation, cached on disk after). ``None`` compiles
@@ -78,8 +78,8 @@ def integrate(
         keep = k < n_obs
         keep &= steps < max_steps
         keep &= h >= min_step
-        status[idx[(k < n_obs) & (steps >= max_steps)]] = MAX_STEPS
-        status[idx[(k < n_obs) & (steps < max_steps) & (h < min_step)]] = STEP_UNDERFLOW
+        status[idx[(k < n_obs) & (steps >= max_steps)]] = SolveStatus.MAX_STEPS
+        status[idx[(k < n_obs) & (steps < max_steps) & (h < min_step)]] = SolveStatus.STEP_UNDERFLOW
         if not keep.all():
             idx, y, a, times, t, k, h, steps = (v[keep] for v in (idx, y, a, times, t, k, h, steps))
             if not idx.numel():
@@ -104,7 +104,7 @@ def integrate(
     if positions:
         out = out.index_put((torch.cat(positions),), torch.cat(values))
     out = out.reshape(n_batch, n_obs, n_states)
-    failed = (status != OK)[:, None, None]
+    failed = (status != SolveStatus.OK)[:, None, None]
     return torch.where(failed, torch.full_like(out, torch.nan), out), status
 
 
@@ -126,7 +126,7 @@ class _Stepper:
         if self.compiled is not None and y.shape[0] > 1:
             try:
                 return self.compiled(y, a, h)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+            except Exception as exc:
                 warnings.warn(f"torch.compile failed, solving eagerly: {exc}", RuntimeWarning, stacklevel=2)
                 self.compiled = None
         return self.method.step(self.term, y, a, h)
@@ -135,6 +135,7 @@ class _Stepper:
 def _compiled_step(method, term):
     key = (type(method), term.f, term.jacobian)
     if key not in _COMPILED:
+
         def step(y, a, h, _method=method, _term=term):
             return _method.step(_term, y, a, h)
 

@@ -7,13 +7,14 @@ s in [0, 1] with dy/ds = t_k f(y): at s = 1 it sits at y(t_k). One odeint call f
 memory-light gradients. The error norm is the max over all copies, so the worst sample
 sets the tolerance rather than being averaged away.
 """
+
 from __future__ import annotations
 
 import torch
 import torchdiffeq
 
 from .controller import IController
-from .integrate import OK, STEP_UNDERFLOW
+from .status import SolveStatus
 
 
 class TorchdiffeqRescaled:
@@ -36,13 +37,19 @@ class TorchdiffeqRescaled:
         s = torch.tensor([0.0, 1.0], dtype=y0.dtype, device=y0.device)
         try:
             sol = odeint(
-                func, y, s, rtol=controller.rtol, atol=controller.atol, method=self.method,
-                options={"norm": lambda x: x.abs().max()}, **extra,
+                func,
+                y,
+                s,
+                rtol=controller.rtol,
+                atol=controller.atol,
+                method=self.method,
+                options={"norm": lambda x: x.abs().max()},
+                **extra,
             )[-1]
         except AssertionError:  # torchdiffeq's "underflow in dt": the batch cannot be solved
-            status = torch.full((n_batch,), STEP_UNDERFLOW, dtype=torch.int8, device=y0.device)
+            status = torch.full((n_batch,), int(SolveStatus.STEP_UNDERFLOW), dtype=torch.int8, device=y0.device)
             return torch.full((n_batch, n_obs, n_states), torch.nan, dtype=y0.dtype, device=y0.device), status
         out = sol.reshape(n_batch, n_obs, n_states)
         ok = torch.isfinite(out).all(dim=-1).all(dim=-1)
-        status = torch.where(ok, OK, STEP_UNDERFLOW).to(torch.int8)
+        status = torch.where(ok, int(SolveStatus.OK), int(SolveStatus.STEP_UNDERFLOW)).to(torch.int8)
         return torch.where(ok[:, None, None], out, torch.nan), status

@@ -10,6 +10,7 @@ Newton iteration, so it vectorises over the batch and differentiates cleanly.
 Coefficients: Hairer & Wanner, Solving ODEs II, RODAS (transformed form, k_i are the
 W-solved stage increments), for autonomous systems.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,7 +53,7 @@ class Rodas4:
     def step(self, term, y: torch.Tensor, args: torch.Tensor, h: torch.Tensor):
         """One step of size h (B,) from y (B, S): returns (y_new, local error estimate)."""
         f0, jac = term.value_and_jacobian(y, args)
-        n_batch, n = y.shape
+        n = y.shape[-1]
         eye = torch.eye(n, dtype=y.dtype, device=y.device)
         w_inv = torch.linalg.inv(eye / (GAMMA * h)[:, None, None] - jac)
         a_mat = A_MATRIX.to(y.device, y.dtype)

@@ -1,7 +1,8 @@
 """The equation's term: y' = f(y, args), with its Jacobian from reverse-mode autograd."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -19,8 +20,7 @@ class ODETerm:
     method itself (what BFGS and fine-tuning need).
     """
 
-    def __init__(self, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 jacobian: Callable | None = None):
+    def __init__(self, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], jacobian: Callable | None = None):
         self.f = f
         self.jacobian = jacobian  # optional (y, args) -> (f, J), e.g. by dual numbers
 
@@ -37,7 +37,9 @@ class ODETerm:
             with torch.enable_grad():
                 y_in = y.detach().requires_grad_()
                 value = self.f(y_in, args.detach())
-                select = torch.eye(n_states, dtype=y.dtype, device=y.device)[:, None, :].expand(n_states, n_batch, n_states)
+                select = torch.eye(n_states, dtype=y.dtype, device=y.device)[:, None, :].expand(
+                    n_states, n_batch, n_states
+                )
                 (rows,) = torch.autograd.grad(value, y_in, grad_outputs=select, is_grads_batched=True)
             return value.detach(), rows.permute(1, 0, 2)
         y_in = y if y.requires_grad else y.detach().requires_grad_()

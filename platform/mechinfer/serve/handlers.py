@@ -1,17 +1,19 @@
 """What the HTTP API (SPEC 7) does, without the web framework: checking observation
 lists, running the network (and optionally the refinement) on a batch of them, and
-shaping answers. The Ray Serve application in ``serving/`` wraps these."""
+shaping answers. The Ray Serve application in ``serving/app.py`` wraps these."""
+
 from __future__ import annotations
 
 import math
 import time
 
 import numpy as np
-from . import fitting
-from .estimator import Estimator
 
-MAX_OBSERVATIONS = 256  # per observation list, unless configured otherwise
-MAX_BATCH = 256         # observation lists per batch request
+from ..config import ServeArgs
+from ..estimate.estimator import Estimator
+from ..fit import mle
+
+MAX_OBSERVATIONS = ServeArgs.model_fields["max_observations"].default  # unless configured otherwise
 
 
 class BadRequest(ValueError):
@@ -22,8 +24,9 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def to_arrays(est: Estimator, observations: list[dict], max_observations: int = MAX_OBSERVATIONS,
-              where: str = "observations"):
+def to_arrays(
+    est: Estimator, observations: list[dict], max_observations: int = MAX_OBSERVATIONS, where: str = "observations"
+):
     """One observation list ({"t", "channel", "value"} dicts, channel by name) as
     (t, channel index, value) arrays of shape (N,)."""
     m = est.model
@@ -37,8 +40,9 @@ def to_arrays(est: Estimator, observations: list[dict], max_observations: int = 
     for i, o in enumerate(observations):
         name = o["channel"]
         if name not in m.channels:
-            raise BadRequest(f"{where}[{i}].channel: unknown channel {name!r} for {m.name}; "
-                             f"channels are {list(m.channels)}")
+            raise BadRequest(
+                f"{where}[{i}].channel: unknown channel {name!r} for {m.name}; channels are {list(m.channels)}"
+            )
         for key in ("t", "value"):
             if not math.isfinite(o[key]):
                 raise BadRequest(f"{where}[{i}].{key} is not a finite number")
@@ -51,8 +55,11 @@ def to_arrays(est: Estimator, observations: list[dict], max_observations: int = 
 def to_observations(model, t, channel, value) -> list[dict]:
     """The inverse of :func:`to_arrays`: one set's (N,) arrays (NaN-padded entries
     dropped) as the request's {"t", "channel" (by name), "value"} dicts."""
-    return [{"t": float(ti), "channel": model.channels[int(ci)], "value": float(vi)}
-            for ti, ci, vi in zip(t, channel, value) if np.isfinite(ti)]
+    return [
+        {"t": float(ti), "channel": model.channels[int(ci)], "value": float(vi)}
+        for ti, ci, vi in zip(t, channel, value)
+        if np.isfinite(ti)
+    ]
 
 
 def pad(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
@@ -62,7 +69,7 @@ def pad(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
     v = np.full((len(sets), n), np.nan)
     ch = np.zeros((len(sets), n), dtype=np.int64)
     for i, (ti, ci, vi) in enumerate(sets):
-        t[i, :len(ti)], ch[i, :len(ti)], v[i, :len(ti)] = ti, ci, vi
+        t[i, : len(ti)], ch[i, : len(ti)], v[i, : len(ti)] = ti, ci, vi
     return t, ch, v
 
 
@@ -71,9 +78,12 @@ def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
     start = time.perf_counter()
     z = est.estimate_z(t, ch, v)
     network = time.perf_counter()
-    nll = fitting.nll(est.model, t, ch, v, z, compile=compile)
-    return {"z": z, "nll": nll, "timing_ms": {"network": 1e3 * (network - start),
-                                              "nll": 1e3 * (time.perf_counter() - network)}}
+    nll = mle.nll(est.model, t, ch, v, z, compile=compile)
+    return {
+        "z": z,
+        "nll": nll,
+        "timing_ms": {"network": 1e3 * (network - start), "nll": 1e3 * (time.perf_counter() - network)},
+    }
 
 
 def refine(est: Estimator, t, ch, v, z, compile: bool | None = None) -> dict:
@@ -86,7 +96,7 @@ def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
     """Run :func:`infer` (and :func:`refine`) on made-up observation sets of batch 1 and
     2, so that a new replica compiles the solver before its first request, not during
     it. Returns seconds; 0 when compilation is off (nothing to warm up)."""
-    if not (fitting._compile_default() if compile is None else compile):
+    if not (mle._compile_default() if compile is None else compile):
         return 0.0
     start = time.perf_counter()
     m = est.model
@@ -116,5 +126,11 @@ def answer(est: Estimator, z: np.ndarray, nll: float, refined: bool, timing_ms: 
 
 def describe(est: Estimator) -> dict:
     m = est.model
-    return {"name": m.name, "parameters": [{"name": n, "unit": u} for n, u in zip(m.parameter_names, m.parameter_units)],
-            "channels": list(m.channels), "T": m.T, "n_obs": m.n_obs, "checkpoint_id": est.checkpoint_id}
+    return {
+        "name": m.name,
+        "parameters": [{"name": n, "unit": u} for n, u in zip(m.parameter_names, m.parameter_units)],
+        "channels": list(m.channels),
+        "T": m.T,
+        "n_obs": m.n_obs,
+        "checkpoint_id": est.checkpoint_id,
+    }

@@ -17,35 +17,50 @@ as scipy does: gradient inf-norm <= gtol, the iteration limit, or a line search 
 cannot decrease f (precision loss); plus L-BFGS-B's relative-decrease test so problems
 do not crawl through the iteration budget in flat valleys.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from enum import IntEnum
 
 import torch
 
-CONVERGED, MAX_ITER, LINE_SEARCH, BAD_START = 0, 1, 2, 3
-STATUS_NAMES = {CONVERGED: "converged", MAX_ITER: "iteration limit", LINE_SEARCH: "no decrease",
-                BAD_START: "start not evaluable"}
+
+class FitStatus(IntEnum):
+    """How one minimisation ended."""
+
+    CONVERGED = 0  # gradient or relative decrease below tolerance
+    MAX_ITER = 1  # the iteration limit ran out
+    LINE_SEARCH = 2  # no step along the search direction decreased f
+    BAD_START = 3  # the start could not be evaluated (a failed solve, say)
 
 
 @dataclass
 class BFGSResult:
-    x: torch.Tensor            # (B, P) best point
-    f: torch.Tensor            # (B,) value there (NaN if the start could not be evaluated)
-    iterations: torch.Tensor   # (B,) accepted steps
+    x: torch.Tensor  # (B, P) best point
+    f: torch.Tensor  # (B,) value there (NaN if the start could not be evaluated)
+    iterations: torch.Tensor  # (B,) accepted steps
     evaluations: torch.Tensor  # (B,) function + gradient evaluations
-    status: torch.Tensor       # (B,) CONVERGED / MAX_ITER / LINE_SEARCH / BAD_START
-    seconds: torch.Tensor      # (B,) the problem's share of the wall-clock: each round's time
-                               # split evenly over the problems evaluated in it (sums to the total)
+    status: torch.Tensor  # (B,) FitStatus
+    seconds: torch.Tensor  # (B,) the problem's share of the wall-clock: each round's time
+    # split evenly over the problems evaluated in it (sums to the total)
 
 
-def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], x0: torch.Tensor, *,
-         max_iter: int = 1024, gtol: float = 1e-5, ftol: float = 2.2e-9, c1: float = 1e-4,
-         max_trials: int = 30, max_batch: int | None = None,
-         h0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-         use_h0: torch.Tensor | None = None) -> BFGSResult:
+def bfgs(
+    fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x0: torch.Tensor,
+    *,
+    max_iter: int = 1024,
+    gtol: float = 1e-5,
+    ftol: float = 2.2e-9,
+    c1: float = 1e-4,
+    max_trials: int = 30,
+    max_batch: int | None = None,
+    h0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    use_h0: torch.Tensor | None = None,
+) -> BFGSResult:
     """Minimise each row of x0 (B, P) independently. ``fun(x, rows)`` takes the points of
     the problems being evaluated, (b, P), with their row indices into x0, (b,), and
     returns their values (b,) and gradients (b, P); a non-finite value means "not
@@ -84,10 +99,20 @@ def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
             queued += new.numel()
             k = new.numel()
             idx, trials = torch.cat([idx, new]), torch.cat([trials, torch.zeros_like(new)])
-            xs, gs, d = torch.cat([xs, x0[new]]), torch.cat([gs, torch.zeros_like(x0[new])]), torch.cat([d, torch.zeros_like(x0[new])])
-            fs, alpha = torch.cat([fs, torch.zeros(k, dtype=dtype, device=device)]), torch.cat([alpha, torch.zeros(k, dtype=dtype, device=device)])
-            given = torch.zeros(k, dtype=torch.bool, device=device) if h0 is None else (
-                torch.ones(k, dtype=torch.bool, device=device) if use_h0 is None else use_h0[new].to(device))
+            xs, gs, d = (
+                torch.cat([xs, x0[new]]),
+                torch.cat([gs, torch.zeros_like(x0[new])]),
+                torch.cat([d, torch.zeros_like(x0[new])]),
+            )
+            fs, alpha = (
+                torch.cat([fs, torch.zeros(k, dtype=dtype, device=device)]),
+                torch.cat([alpha, torch.zeros(k, dtype=dtype, device=device)]),
+            )
+            given = (
+                torch.zeros(k, dtype=torch.bool, device=device)
+                if h0 is None
+                else (torch.ones(k, dtype=torch.bool, device=device) if use_h0 is None else use_h0[new].to(device))
+            )
             H_new = eye.expand(k, p, p).clone()
             if given.any():
                 H_new[given] = h0(x0[new[given]], new[given]).to(dtype)
@@ -107,8 +132,9 @@ def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
         fs = torch.where(fresh, f_try, fs)
         gs = torch.where(fresh[:, None] & finite[:, None], g_try, gs)
         d = torch.where(fresh[:, None], -(H @ gs[:, :, None])[:, :, 0], d)
-        start_alpha = torch.where(first, torch.clamp(1.0 / gs.abs().amax(-1).clamp(min=1e-12), max=1.0),
-                                  torch.ones_like(alpha))
+        start_alpha = torch.where(
+            first, torch.clamp(1.0 / gs.abs().amax(-1).clamp(min=1e-12), max=1.0), torch.ones_like(alpha)
+        )
 
         accept = ~fresh & finite & (f_try <= fs + c1 * alpha * slope)
         # accepted: BFGS update of H, new direction
@@ -120,8 +146,11 @@ def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
         H = H * scale[:, None, None]
         rho = torch.where(update, 1.0 / sy.clamp(min=1e-300), torch.zeros_like(sy))
         left = eye - rho[:, None, None] * s[:, :, None] * y[:, None, :]
-        H = torch.where(update[:, None, None],
-                        left @ H @ left.transpose(1, 2) + rho[:, None, None] * s[:, :, None] * s[:, None, :], H)
+        H = torch.where(
+            update[:, None, None],
+            left @ H @ left.transpose(1, 2) + rho[:, None, None] * s[:, :, None] * s[:, None, :],
+            H,
+        )
         first &= ~update
         decrease = fs - f_try
         xs = torch.where(accept[:, None], x_try, xs)
@@ -135,18 +164,24 @@ def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
 
         # rejected: shorter step by safeguarded quadratic interpolation
         quad = -slope * alpha**2 / (2 * (f_try - fs - slope * alpha))
-        shorter = torch.where(finite, torch.clamp(torch.where(torch.isfinite(quad), quad, 0.5 * alpha),
-                                                  0.1 * alpha, 0.5 * alpha), 0.25 * alpha)
+        shorter = torch.where(
+            finite,
+            torch.clamp(torch.where(torch.isfinite(quad), quad, 0.5 * alpha), 0.1 * alpha, 0.5 * alpha),
+            0.25 * alpha,
+        )
         alpha = torch.where(fresh, start_alpha, torch.where(accept, torch.ones_like(alpha), shorter))
         trials = torch.where(accept | fresh, torch.zeros_like(trials), trials + 1)
 
         done = torch.full_like(trials, -1)
-        done = torch.where(accept & (decrease <= ftol * torch.maximum(fs.abs(), f_try.abs()).clamp(min=1.0)),
-                           CONVERGED, done)
-        done = torch.where((accept | fresh) & (gs.abs().amax(-1) <= gtol), CONVERGED, done)
-        done = torch.where((done < 0) & (iterations[idx] >= max_iter), MAX_ITER, done)
-        done = torch.where(~accept & ~fresh & (trials >= max_trials), LINE_SEARCH, done)
-        done = torch.where(fresh & ~finite, BAD_START, done)
+        done = torch.where(
+            accept & (decrease <= ftol * torch.maximum(fs.abs(), f_try.abs()).clamp(min=1.0)),
+            int(FitStatus.CONVERGED),
+            done,
+        )
+        done = torch.where((accept | fresh) & (gs.abs().amax(-1) <= gtol), int(FitStatus.CONVERGED), done)
+        done = torch.where((done < 0) & (iterations[idx] >= max_iter), int(FitStatus.MAX_ITER), done)
+        done = torch.where(~accept & ~fresh & (trials >= max_trials), int(FitStatus.LINE_SEARCH), done)
+        done = torch.where(fresh & ~finite, int(FitStatus.BAD_START), done)
         fs = fs_new
         fresh = torch.zeros_like(fresh)
 
@@ -156,5 +191,6 @@ def bfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
         keep = done < 0
         if not keep.all():
             idx, xs, fs, gs, d, H, alpha, trials, first, fresh = (
-                v[keep] for v in (idx, xs, fs, gs, d, H, alpha, trials, first, fresh))
+                v[keep] for v in (idx, xs, fs, gs, d, H, alpha, trials, first, fresh)
+            )
     return BFGSResult(x, f, iterations, evaluations, status, seconds)

@@ -7,6 +7,7 @@ dataset streams from Parquet through Ray Data shards; every epoch ends with a ch
 and a worker failure resumes from the last one (``FailureConfig``). GPUs are used when
 the cluster has them, with the same code.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from . import checkpoint, dataset, networks, training
-from .arrays import positive_int
-from .models import get_model
+from .. import storage
+from ..arrays import positive_int
+from ..config import FinetuneConfig, TrainConfig
+from ..data import format as ds_format
+from ..data.samples import TEST_SEED, spec_test_set
+from ..models import get_model
+from ..models.likelihood import r2
+from ..runtime import ensure_ray
+from . import checkpoint, losses, networks
 
 STAGES = ("proxy", "inference", "finetune")
 VALIDATION_EVERY = 20  # sample_id % 20 == 0 is the validation split (never the SPEC test set)
@@ -43,14 +50,17 @@ class TrainSummary:
     excluded_rows: int  # dataset rows whose solve failed (status != 0), never trained on
 
     def __str__(self) -> str:
-        return (f"{self.stage} ({self.model}): {self.epochs} epochs, {self.steps} steps, {self.num_workers} worker(s) "
-                f"on {self.device}, {self.samples_per_s:.0f} samples/s, {self.wall_s:.1f} s; "
-                f"validation loss {self.val_loss:.4f}; {self.excluded_rows} failed-solve rows excluded; "
-                f"checkpoint {self.checkpoint}")
+        return (
+            f"{self.stage} ({self.model}): {self.epochs} epochs, {self.steps} steps, {self.num_workers} worker(s) "
+            f"on {self.device}, {self.samples_per_s:.0f} samples/s, {self.wall_s:.1f} s; "
+            f"validation loss {self.val_loss:.4f}; {self.excluded_rows} failed-solve rows excluded; "
+            f"checkpoint {self.checkpoint}"
+        )
 
 
 def _split(ds, validation: bool):
     """The validation rows (sample_id % 20 == 0) or the training rows of a dataset."""
+
     def keep(table):
         is_val = np.asarray(table["sample_id"]) % VALIDATION_EVERY == 0
         return table.filter(pa.array(is_val if validation else ~is_val))
@@ -60,7 +70,7 @@ def _split(ds, validation: bool):
 
 def value_stats(table) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of the observed values (input scaling)."""
-    b = training.batch_tensors(table)
+    b = losses.batch_tensors(table)
     offsets, scales = [], []
     for c in range(int(b["channel"].max()) + 1):
         v = b["value"][b["channel"] == c]
@@ -90,7 +100,8 @@ def _loop(cfg: dict) -> None:
         with resumed.as_directory() as d:
             net.load_state_dict(torch.load(os.path.join(d, checkpoint.WEIGHTS), weights_only=True))
             opt.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), weights_only=True))
-            state = json.loads(open(os.path.join(d, "progress.json")).read())
+            with open(os.path.join(d, "progress.json")) as f:
+                state = json.load(f)
             start_epoch, steps = state["epoch"] + 1, state["steps"]
     net = ray.train.torch.prepare_model(net)
     gen = torch.Generator().manual_seed(cfg["seed"])
@@ -99,19 +110,21 @@ def _loop(cfg: dict) -> None:
     def loss_of(batch, subsets: bool):
         batch = {k: v.to(device) for k, v in batch.items()}
         if cfg["stage"] == "proxy":
-            return training.proxy_loss(m, net, batch)
+            return losses.proxy_loss(m, net, batch)
         through = "proxy" if cfg["stage"] == "inference" else "model"
-        return training.inference_loss(m, net, batch, through=through, proxy=proxy,
-                                       min_obs=cfg["min_obs"] if subsets else None, generator=gen)
+        return losses.inference_loss(
+            m, net, batch, through=through, proxy=proxy, min_obs=cfg["min_obs"] if subsets else None, generator=gen
+        )
 
     for epoch in range(start_epoch, cfg["epochs"]):
         start, seen, epoch_steps = time.perf_counter(), 0, 0
         net.train()
         # batch_size is the global batch: with W workers each takes batch_size / W rows a
         # step, so one worker and several take the same steps over the same data.
-        for table in ray.train.get_dataset_shard("train").iter_batches(batch_size=max(1, cfg["batch_size"] // world),
-                                                                       batch_format="pyarrow"):
-            batch = training.batch_tensors(table)
+        for table in ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=max(1, cfg["batch_size"] // world), batch_format="pyarrow"
+        ):
+            batch = losses.batch_tensors(table)
             if not len(batch["z"]):
                 continue
             loss = loss_of(batch, subsets=True)
@@ -133,17 +146,27 @@ def _loop(cfg: dict) -> None:
         total, count = 0.0, 0
         with torch.no_grad():
             for table in ray.train.get_dataset_shard("val").iter_batches(batch_size=1024, batch_format="pyarrow"):
-                batch = training.batch_tensors(table)
+                batch = losses.batch_tensors(table)
                 if len(batch["z"]):
                     total += float(loss_of(batch, subsets=False).detach()) * len(batch["z"])
                     count += len(batch["z"])
-        metrics = {"epoch": epoch, "steps": steps, "val_loss": total / max(count, 1),
-                   "samples_per_s": seen * world / max(time.perf_counter() - start, 1e-9)}
+        metrics = {
+            "epoch": epoch,
+            "steps": steps,
+            "val_loss": total / max(count, 1),
+            "samples_per_s": seen * world / max(time.perf_counter() - start, 1e-9),
+        }
         if ray.train.get_context().get_world_rank() == 0:
             with tempfile.TemporaryDirectory() as d:
-                checkpoint.save(d, net, model=m.name, dataset_manifest=cfg["manifest"], metrics=metrics,
-                                training={k: cfg[k] for k in ("stage", "lr", "batch_size", "epochs", "min_obs")},
-                                extra_files={"optimizer.pt": opt.state_dict()})
+                checkpoint.save(
+                    d,
+                    net,
+                    model=m.name,
+                    dataset_manifest=cfg["manifest"],
+                    metrics=metrics,
+                    training={k: cfg[k] for k in ("stage", "lr", "batch_size", "epochs", "min_obs")},
+                    extra_files={"optimizer.pt": opt.state_dict()},
+                )
                 with open(os.path.join(d, "progress.json"), "w") as f:
                     json.dump({"epoch": epoch, "steps": steps}, f)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
@@ -168,11 +191,25 @@ def _report_error(message: str) -> None:
         ray.train.report({"error": message}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, epochs: int = 2,
-          batch_size: int = 256, lr: float = 1e-3, min_obs: int = 3, network: dict | None = None,
-          proxy_checkpoint: str | None = None, init_checkpoint: str | None = None,
-          max_steps_per_epoch: int | None = None, storage_path: str | None = None, seed: int = 0,
-          max_failures: int = 2) -> TrainSummary:
+def train(
+    stage: str,
+    model: str,
+    data: str,
+    out: str,
+    *,
+    num_workers: int = TrainConfig.num_workers,
+    epochs: int = TrainConfig.epochs,
+    batch_size: int = TrainConfig.batch_size,
+    lr: float = TrainConfig.lr,
+    min_obs: int = TrainConfig.min_obs,
+    network: dict | None = None,
+    proxy_checkpoint: str | None = None,
+    init_checkpoint: str | None = None,
+    max_steps_per_epoch: int | None = TrainConfig.max_steps_per_epoch,
+    storage_path: str | None = None,
+    seed: int = TrainConfig.seed,
+    max_failures: int = TrainConfig.max_failures,
+) -> TrainSummary:
     """Train one stage with Ray Train's TorchTrainer and copy its last checkpoint to ``out``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -181,9 +218,7 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
     m = get_model(model)
-    manifest = dataset.read_manifest(data)
-    if manifest["model"] != m.name:
-        raise ValueError(f"dataset {data} holds {manifest['model']!r} samples, not {m.name!r}")
+    manifest = storage.read_manifest(data, model=m.name)
     usable = manifest["n_samples"] - manifest.get("failures", 0)
     if usable <= VALIDATION_EVERY:
         raise ValueError(f"dataset {data} has {usable} usable samples (status 0); too few to train on")
@@ -194,10 +229,9 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
     for name, value in (("num_workers", num_workers), ("epochs", epochs), ("batch_size", batch_size)):
         positive_int(name, value)
 
-    if not ray.is_initialized():
-        ray.init()
-    fs, root = dataset.resolve(data)
-    parts = dataset.list_parts(fs, root)
+    ensure_ray()
+    fs, root = storage.resolve(data)
+    parts = ds_format.list_parts(fs, root)
     ds = ray.data.read_parquet(parts, filesystem=fs)
     offsets, scales = value_stats(pq.read_table(parts[0], filesystem=fs).slice(0, 4096))
     kind = "proxy" if stage == "proxy" else "inference"
@@ -209,19 +243,33 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
     # Leave a CPU for Ray Data's readers: 2 workers on a 2-CPU machine would otherwise
     # hold every CPU and the dataset shards they wait on could never be read.
     cpus_per_worker = max(0.25, min(1.0, (resources.get("CPU", 1) - 1) / num_workers))
-    cfg = {"stage": stage, "model": m.name, "network": net_config, "lr": lr, "batch_size": batch_size,
-           "epochs": epochs, "min_obs": min_obs, "seed": seed, "manifest": manifest,
-           "proxy_checkpoint": _abs(proxy_checkpoint), "init_checkpoint": _abs(init_checkpoint),
-           "max_steps_per_epoch": max_steps_per_epoch}
+    cfg = {
+        "stage": stage,
+        "model": m.name,
+        "network": net_config,
+        "lr": lr,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "min_obs": min_obs,
+        "seed": seed,
+        "manifest": manifest,
+        "proxy_checkpoint": _absolute(proxy_checkpoint),
+        "init_checkpoint": _absolute(init_checkpoint),
+        "max_steps_per_epoch": max_steps_per_epoch,
+    }
     start = time.perf_counter()
     trainer = TorchTrainer(
-        _loop, train_loop_config=cfg,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name=f"{m.name}-{stage}-{int(time.time())}",
-                             storage_path=storage_path or os.path.abspath(os.path.join(out, os.pardir, "ray_results")),
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        _loop,
+        train_loop_config=cfg,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=f"{m.name}-{stage}-{int(time.time())}",
+            storage_path=storage_path or os.path.abspath(os.path.join(out, os.pardir, "ray_results")),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
         datasets={"train": _split(ds, validation=False), "val": _split(ds, validation=True)},
     )
     result = trainer.fit()
@@ -232,52 +280,77 @@ def train(stage: str, model: str, data: str, out: str, *, num_workers: int = 1, 
             with open(os.path.join(d, ERROR_FILE)) as f:
                 raise FloatingPointError(f"{stage} training stopped: {json.load(f)['error']}")
         net, meta = checkpoint.load(d, model=m.name)
-        checkpoint.save(out, net, model=m.name, dataset_manifest=manifest, metrics=meta["metrics"],
-                        training={**meta["training"], "num_workers": num_workers, "use_gpu": use_gpu})
+        checkpoint.save(
+            out,
+            net,
+            model=m.name,
+            dataset_manifest=manifest,
+            metrics=meta["metrics"],
+            training={**meta["training"], "num_workers": num_workers, "use_gpu": use_gpu},
+        )
     metrics = result.metrics
-    return TrainSummary(stage=stage, model=m.name, checkpoint=out, epochs=epochs, steps=int(metrics["steps"]),
-                        samples_per_s=float(metrics["samples_per_s"]), wall_s=time.perf_counter() - start,
-                        val_loss=float(metrics["val_loss"]), num_workers=num_workers,
-                        device="GPU" if use_gpu else "CPU", excluded_rows=int(manifest.get("failures", 0)))
+    return TrainSummary(
+        stage=stage,
+        model=m.name,
+        checkpoint=out,
+        epochs=epochs,
+        steps=int(metrics["steps"]),
+        samples_per_s=float(metrics["samples_per_s"]),
+        wall_s=time.perf_counter() - start,
+        val_loss=float(metrics["val_loss"]),
+        num_workers=num_workers,
+        device="GPU" if use_gpu else "CPU",
+        excluded_rows=int(manifest.get("failures", 0)),
+    )
 
 
-def _abs(path: str | None) -> str | None:
-    return path if path is None or "://" in path else os.path.abspath(path)
+def _absolute(location: str | None) -> str | None:
+    return None if location is None else storage.absolute(location)
 
 
-def train_inference_and_report(model: str, data: str, proxy_checkpoint: str, out: str, *, epochs: int,
-                               finetune_epochs: int, finetune_lr: float = 1e-4,
-                               finetune_steps_per_epoch: int | None = None, **kwargs) -> dict:
+def train_inference_and_report(
+    model: str,
+    data: str,
+    proxy_checkpoint: str,
+    out: str,
+    *,
+    epochs: int = TrainConfig.epochs,
+    finetune_epochs: int = FinetuneConfig.finetune_epochs,
+    finetune_lr: float = FinetuneConfig.finetune_lr,
+    finetune_steps_per_epoch: int | None = FinetuneConfig.finetune_steps_per_epoch,
+    **kwargs,
+) -> dict:
     """Stage 3 in full: the Deep Set through the proxy, then (``finetune_epochs`` > 0)
     through the solver; then R^2 on the SPEC test set at 25/50/100% of n_obs beside the
     R^2 of the true parameters, written to ``training_summary.json`` in the checkpoint."""
-    from . import metrics
-
     m = get_model(model)
     stage1_out = out if finetune_epochs == 0 else os.path.join(out, "through-proxy")
-    summaries = [train("inference", model, data, stage1_out, epochs=epochs, proxy_checkpoint=proxy_checkpoint,
-                       **kwargs)]
+    summaries = [
+        train("inference", model, data, stage1_out, epochs=epochs, proxy_checkpoint=proxy_checkpoint, **kwargs)
+    ]
     if finetune_epochs > 0:
         kwargs = {**kwargs, "lr": finetune_lr, "max_steps_per_epoch": finetune_steps_per_epoch}
         kwargs.pop("network", None)
-        summaries.append(train("finetune", model, data, out, epochs=finetune_epochs, init_checkpoint=stage1_out,
-                               **kwargs))
-    test = metrics.test_set(m)
+        summaries.append(
+            train("finetune", model, data, out, epochs=finetune_epochs, init_checkpoint=stage1_out, **kwargs)
+        )
+    test = spec_test_set(m)
     ok = test["status"] == 0
     test = {k: v[ok] for k, v in test.items()}
-    r2_truth = metrics.r2(m, test["clean"], test["channel"], test["value"])
+    r2_truth = r2(m, test["clean"], test["channel"], test["value"])
     lines = [str(s) for s in summaries] + [
-        f"SPEC test set ({len(test['t'])} samples, seed {metrics.TEST_SEED}):",
+        f"SPEC test set ({len(test['t'])} samples, seed {TEST_SEED}):",
         f"  R2 of the true parameters: {r2_truth}",
     ]
     report = {"model": m.name, "stages": [s.__dict__ for s in summaries], "r2_true_parameters": r2_truth.__dict__}
-    checkpoints = [("through the proxy", stage1_out)] + ([("fine-tuned through the solver", out)] if finetune_epochs else [])
+    checkpoints = [("through the proxy", stage1_out)] + (
+        [("fine-tuned through the solver", out)] if finetune_epochs else []
+    )
     for label, path in checkpoints:
         net, _ = checkpoint.load(path, model=m.name, kind="inference")
-        r2_net = training.evaluate(m, net, test, fractions=(0.25, 0.5, 1.0))
+        r2_net = losses.evaluate(m, net, test, fractions=(0.25, 0.5, 1.0))
         lines += [f"  R2 of the network {label}, {int(f * 100)}% of n_obs: {r}" for f, r in r2_net.items()]
         report[f"r2_network ({label})"] = {f"{int(f * 100)}%": r.__dict__ for f, r in r2_net.items()}
-    with open(os.path.join(out, "training_summary.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    storage.write_local_json(os.path.join(out, "training_summary.json"), report)
     report["text"] = "\n".join(lines)
     return report

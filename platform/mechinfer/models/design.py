@@ -4,13 +4,18 @@ Gaussian noise; and the prior draw, all from ``(seed, sample_id)`` alone.
 Each sample has its own generator seeded by ``[seed, sample_id]``, so a sample's rows are
 the same whatever batch, block or worker produced them.
 """
+
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from . import priors as _priors
-from .models.base import Model
+
+if TYPE_CHECKING:
+    from .base import Model
 
 
 def sample_uniforms(model: Model, seed: int, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -22,8 +27,8 @@ def sample_uniforms(model: Model, seed: int, sample_ids: np.ndarray) -> dict[str
         rng = np.random.default_rng([int(seed), int(sid)])
         u[row] = rng.random(n_par + 2 * n_obs)
         normal[row] = rng.standard_normal(n_obs)
-    channel = np.minimum((u[:, n_par + n_obs:] * n_ch).astype(np.int8), n_ch - 1)
-    return {"theta": u[:, :n_par], "t": u[:, n_par:n_par + n_obs] * model.T, "channel": channel, "normal": normal}
+    channel = np.minimum((u[:, n_par + n_obs :] * n_ch).astype(np.int8), n_ch - 1)
+    return {"theta": u[:, :n_par], "t": u[:, n_par : n_par + n_obs] * model.T, "channel": channel, "normal": normal}
 
 
 def draw_experiments(model: Model, seed: int, sample_ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,10 +1,15 @@
 """From parameters and observation times to the model's noise-free observed channels."""
+
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
-from . import solver as _solver
-from .models.base import Model
+from .. import solver as _solver
+
+if TYPE_CHECKING:
+    from .base import Model
 
 
 def check_times(model: Model, t: torch.Tensor, n_batch: int) -> torch.Tensor:
@@ -25,18 +30,17 @@ def check_times(model: Model, t: torch.Tensor, n_batch: int) -> torch.Tensor:
     return t
 
 
-def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solver: str | None = None,
-                    **options):
+def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solver: str | None = None, **options):
     """All states at times t (any order): theta (B, P), t (B, N) -> (B, N, S), status (B,).
     Differentiable in theta."""
     model.check_theta(theta)
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
     t_sorted = torch.gather(t, 1, order)
-    settings = {**model.solver_options, **options}
     term = _solver.ODETerm(model.rhs, model.rhs_and_jacobian)
-    states, status = _solver.solve(term, model.initial_state(theta), theta, t_sorted,
-                                   method=solver or model.solver, **settings)
+    states, status = _solver.solve(
+        term, model.initial_state(theta), theta, t_sorted, method=solver or model.solver, **options
+    )
     unsort = torch.argsort(order, dim=1)
     states = torch.gather(states, 1, unsort[:, :, None].expand_as(states))
     return states, status

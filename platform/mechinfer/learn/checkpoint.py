@@ -3,26 +3,34 @@
 ``checkpoint.json``: the network config, the model name, the spec version, the manifest
 of the dataset it was trained on, its validation metrics and training facts.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from . import SPEC_VERSION, networks
-from .dataset import resolve
+from .. import SPEC_VERSION, storage
+from . import networks
 
 WEIGHTS = "weights.pt"
 META = "checkpoint.json"
 
 
-def save(directory: str, net: torch.nn.Module, *, model: str, dataset_manifest: dict | None,
-         metrics: dict | None = None, training: dict | None = None, extra_files: dict | None = None) -> dict:
+def save(
+    directory: str,
+    net: torch.nn.Module,
+    *,
+    model: str,
+    dataset_manifest: dict | None,
+    metrics: dict | None = None,
+    training: dict | None = None,
+    extra_files: dict | None = None,
+) -> dict:
     """Write a checkpoint into ``directory`` (created); the metadata file goes last."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
@@ -35,28 +43,32 @@ def save(directory: str, net: torch.nn.Module, *, model: str, dataset_manifest: 
         _atomic_torch_save(obj, path / name)
     digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()[:12]
     meta = {
-        "spec_version": SPEC_VERSION, "model": model, "network": _unwrap(net).config,
+        "spec_version": SPEC_VERSION,
+        "model": model,
+        "network": _unwrap(net).config,
         "checkpoint_id": f"{model}-{_unwrap(net).config['kind']}-{digest}",
-        "dataset": dataset_manifest, "metrics": metrics or {}, "training": training or {},
+        "dataset": dataset_manifest,
+        "metrics": metrics or {},
+        "training": training or {},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = path / f".{META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path / META)
+    storage.write_local_json(str(path / META), meta)
     return meta
 
 
 def load(source: str, *, model: str | None = None, kind: str | None = None, map_location="cpu"):
     """(network in eval mode, metadata) from a checkpoint directory or URI. Refuses a
     checkpoint of another model, kind or spec version with a message naming both."""
-    local = _local_copy(source)
+    local = storage.local_copy(source)
     meta_path = Path(local) / META
     if not meta_path.exists():
         raise ValueError(f"{source} is not a mechinfer checkpoint: it has no {META}")
     meta = json.loads(meta_path.read_text())
     if meta.get("spec_version") != SPEC_VERSION:
-        raise ValueError(f"checkpoint {source} is for spec version {meta.get('spec_version')}, "
-                         f"this code implements spec version {SPEC_VERSION}")
+        raise ValueError(
+            f"checkpoint {source} is for spec version {meta.get('spec_version')}, "
+            f"this code implements spec version {SPEC_VERSION}"
+        )
     if model is not None and meta.get("model") != model:
         raise ValueError(f"checkpoint {source} is for model {meta.get('model')!r}, not {model!r}")
     if kind is not None and meta["network"].get("kind") != kind:
@@ -72,18 +84,6 @@ def _unwrap(net):
 
 
 def _atomic_torch_save(obj, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, target)
-
-
-def _local_copy(source: str) -> str:
-    """A local directory holding the checkpoint (downloaded when ``source`` is a URI)."""
-    if "://" not in source:
-        return os.path.abspath(os.path.expanduser(source))
-    import pyarrow.fs as pafs
-
-    fs, root = resolve(source)
-    dest = tempfile.mkdtemp(prefix="mechinfer-ckpt-")
-    pafs.copy_files(root, dest, source_filesystem=fs)
-    return dest
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    storage.write_local(str(target), lambda f: f.write(buffer.getvalue()))

@@ -6,6 +6,7 @@ Both are plain ``nn.Module`` built from a JSON-able config dict, so a checkpoint
 config plus a state dict. Inputs are normalised inside the network from per-channel
 value scales stored as buffers, so callers pass physical units.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,8 @@ import math
 import torch
 from torch import nn
 
-from .models.base import Model
+from ..config import NetworkConfig
+from ..models.base import Model
 
 
 def mlp(n_in: int, width: int, depth: int, n_out: int) -> nn.Sequential:
@@ -28,17 +30,26 @@ class TimeChannelEncoding(nn.Module):
     """Features of (t, channel): t / T, optionally with Fourier features, and the channel
     as one-hot or a learned embedding (both tunable)."""
 
-    def __init__(self, T: float, n_channels: int, time: str = "fourier", channel: str = "onehot",
-                 n_frequencies: int = 8, embed_dim: int = 8):
+    def __init__(
+        self,
+        T: float,
+        n_channels: int,
+        time: str = "fourier",
+        channel: str = "onehot",
+        n_frequencies: int = 8,
+        embed_dim: int = 8,
+    ):
         super().__init__()
         if time not in ("linear", "fourier") or channel not in ("onehot", "embedding"):
             raise ValueError(f"unknown encoding time={time!r} channel={channel!r}")
         self.T, self.n_channels, self.time, self.channel = T, n_channels, time, channel
-        self.register_buffer("freqs", math.pi * torch.arange(1, n_frequencies + 1, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "freqs", math.pi * torch.arange(1, n_frequencies + 1, dtype=torch.float32), persistent=False
+        )
         self.embedding = nn.Embedding(n_channels, embed_dim) if channel == "embedding" else None
-        self.n_features = 1 + (2 * n_frequencies if time == "fourier" else 0) + (
-            embed_dim if channel == "embedding" else n_channels)
+        self.n_features = (
+            1 + (2 * n_frequencies if time == "fourier" else 0) + (embed_dim if channel == "embedding" else n_channels)
+        )
 
     def forward(self, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
         s = (t / self.T).unsqueeze(-1)
@@ -59,8 +70,9 @@ class ProxyNet(nn.Module):
         super().__init__()
         self.config = dict(config)
         c = self.config
-        self.encoding = TimeChannelEncoding(c["T"], c["n_channels"], c.get("time_encoding", "fourier"),
-                                            c.get("channel_encoding", "onehot"))
+        self.encoding = TimeChannelEncoding(
+            c["T"], c["n_channels"], c.get("time_encoding", "fourier"), c.get("channel_encoding", "onehot")
+        )
         self.body = mlp(c["n_parameters"] + self.encoding.n_features, c["width"], c["depth"], c["n_channels"])
         self.register_buffer("scale", torch.tensor(c["value_scale"], dtype=torch.float32))
         self.register_buffer("offset", torch.tensor(c["value_offset"], dtype=torch.float32))
@@ -88,8 +100,9 @@ class DeepSet(nn.Module):
         if c.get("pooling", "meanmax") not in self.POOLINGS:
             raise ValueError(f"unknown pooling {c.get('pooling')!r}; one of {self.POOLINGS}")
         self.pooling = c.get("pooling", "meanmax")
-        self.encoding = TimeChannelEncoding(c["T"], c["n_channels"], c.get("time_encoding", "fourier"),
-                                            c.get("channel_encoding", "onehot"))
+        self.encoding = TimeChannelEncoding(
+            c["T"], c["n_channels"], c.get("time_encoding", "fourier"), c.get("channel_encoding", "onehot")
+        )
         self.phi = mlp(self.encoding.n_features + 1, c["width"], c["depth"], c["width"])
         pooled = c["width"] * (2 if self.pooling == "meanmax" else 1) + 1  # + log set size
         self.rho = mlp(pooled, c["width"], c["depth"], c["n_parameters"])
@@ -117,10 +130,15 @@ class DeepSet(nn.Module):
 def default_config(model: Model, kind: str, **overrides) -> dict:
     """A network config for ``model``; value scales default to the noise sigma."""
     config = {
-        "kind": kind, "model": model.name, "T": model.T, "n_channels": len(model.channels),
-        "n_parameters": model.n_parameters, "n_obs": model.n_obs,
-        "width": 128, "depth": 3, "pooling": "meanmax", "time_encoding": "fourier", "channel_encoding": "onehot",
-        "value_scale": model.sigma.tolist(), "value_offset": [0.0] * len(model.channels),
+        "kind": kind,
+        "model": model.name,
+        "T": model.T,
+        "n_channels": len(model.channels),
+        "n_parameters": model.n_parameters,
+        "n_obs": model.n_obs,
+        **NetworkConfig().as_dict(),
+        "value_scale": model.sigma.tolist(),
+        "value_offset": [0.0] * len(model.channels),
     }
     config.update(overrides)
     return config

@@ -1,4 +1,5 @@
 """``load_estimator`` and the estimator it returns (SPEC 8)."""
+
 from __future__ import annotations
 
 from importlib import resources
@@ -6,8 +7,9 @@ from importlib import resources
 import numpy as np
 import torch
 
-from . import checkpoint, fitting, priors
-from .models import get_model, list_models
+from ..fit import mle
+from ..learn import checkpoint
+from ..models import get_model, list_models, priors
 
 
 class Estimator:
@@ -22,8 +24,13 @@ class Estimator:
     @torch.no_grad()
     def estimate_z(self, t, channel, value) -> np.ndarray:
         t, channel, value = self._check(t, channel, value)
-        return self.net(torch.tensor(t, dtype=torch.float32), torch.tensor(channel),
-                        torch.tensor(value, dtype=torch.float32)).double().numpy()
+        return (
+            self.net(
+                torch.tensor(t, dtype=torch.float32), torch.tensor(channel), torch.tensor(value, dtype=torch.float32)
+            )
+            .double()
+            .numpy()
+        )
 
     def estimate(self, t, channel, value, refine: bool = False) -> np.ndarray:
         """t, value (B, N) float; channel (B, N) int index into model.channels; rows with
@@ -36,12 +43,12 @@ class Estimator:
             z = self.refine(t, channel, value, z).z
         return priors.from_z(self.model.priors, torch.from_numpy(z)).numpy()
 
-    def refine(self, t, channel, value, z, **fit_options) -> fitting.Fit:
+    def refine(self, t, channel, value, z, **fit_options) -> mle.Fit:
         """One BFGS start per observation set from z (B, P), the network's estimate. A row
-        whose start cannot be simulated keeps z (status BAD_START). ``fit_options`` go to
-        :func:`mechinfer.fitting.fit` (e.g. ``compile``)."""
+        whose start cannot be simulated keeps z (status FitStatus.BAD_START). ``fit_options`` go to
+        :func:`mechinfer.fit.mle.fit` (e.g. ``compile``)."""
         t, channel, value = self._check(t, channel, value)
-        return fitting.fit(self.model, t, channel, value, z, **fit_options)
+        return mle.fit(self.model, t, channel, value, z, **fit_options)
 
     def _check(self, t, channel, value):
         m = self.model
@@ -51,8 +58,9 @@ class Estimator:
             t, value, channel = t[None], value[None], np.asarray(channel)[None]
         channel = np.asarray(channel)
         if not (t.shape == value.shape == channel.shape) or t.ndim != 2:
-            raise ValueError(f"t, channel and value must have the same (B, N) shape, got "
-                             f"{t.shape}, {channel.shape}, {value.shape}")
+            raise ValueError(
+                f"t, channel and value must have the same (B, N) shape, got {t.shape}, {channel.shape}, {value.shape}"
+            )
         present = np.isfinite(value)
         if (np.isfinite(t) != present).any():
             raise ValueError("an observation has a time but no finite value, or a value but no finite time")

@@ -5,6 +5,7 @@ start, and the figures (fitted trajectories, 2-D slices of the loss landscape).
 Everything in the report is computed here from the job's inputs; nothing is typed in.
 Files are written under temporary names and renamed; ``report.json`` comes last.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,25 +14,32 @@ import io
 import json
 import os
 import time
-import uuid
 
 import numpy as np
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
-from . import baseline, dataset as ds_format, metrics
-from .fitting import MAX_BATCH
-from .estimator import load_estimator, shipped_checkpoint
-from .models import get_model
-from .models.base import Model
+from .. import storage
+from ..data import format as ds_format
+from ..estimate.estimator import load_estimator, shipped_checkpoint
+from ..fit import baseline
+from ..fit.mle import MAX_BATCH
+from ..machine import machine
+from ..models import get_model, likelihood
+from ..models.base import Model
+from ..solver import SolveStatus
 
 REPORT = "report.json"
 NETWORK_BATCHES = (1, 64, 256, 1024)
 
 
 def _estimates_from(table, method: str, starts: int, ids: np.ndarray) -> tuple[np.ndarray, dict]:
-    sel = [i for i, (m, k) in enumerate(zip(table["method"].to_pylist(), table["starts"].to_pylist()))
-           if m == method and k == starts]
+    sel = [
+        i
+        for i, (m, k) in enumerate(zip(table["method"].to_pylist(), table["starts"].to_pylist()))
+        if m == method and k == starts
+    ]
     sub = table.take(sel).sort_by("sample_id")
     if not np.array_equal(sub["sample_id"].to_numpy(), ids):
         raise ValueError(f"baseline results for {method} ({starts} starts) do not cover the test set")
@@ -44,8 +52,10 @@ def network_seconds(est, t, channel, value, device: str = "cpu") -> tuple[float,
     dev = torch.device(device)
     net = est.net.to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    tt, cc, vv = (torch.as_tensor(a).to(dev) for a in (np.nan_to_num(t, nan=0.0).astype(np.float32),
-                                                        channel.astype(np.int64), value.astype(np.float32)))
+    tt, cc, vv = (
+        torch.as_tensor(a).to(dev)
+        for a in (np.nan_to_num(t, nan=0.0).astype(np.float32), channel.astype(np.int64), value.astype(np.float32))
+    )
     vv = torch.where(torch.as_tensor(np.isfinite(value)).to(dev), vv, torch.full_like(vv, float("nan")))
     best = (float("inf"), 0)
     with torch.no_grad():
@@ -64,12 +74,11 @@ def network_seconds(est, t, channel, value, device: str = "cpu") -> tuple[float,
     return best
 
 
-def evaluate_model(location: str, *, network: str | None = None, finetuned: str | None = None,
-                   n_boot: int = 1000) -> dict:
+def evaluate_model(
+    location: str, *, network: str | None = None, finetuned: str | None = None, n_boot: int = 1000
+) -> dict:
     """Every Table 1 row of one model from one baseline result."""
-    manifest = ds_format.read_manifest(location)
-    if manifest.get("kind") != "baseline":
-        raise ValueError(f"{location} is not a baseline result (run jobs/baseline.py)")
+    manifest = storage.read_manifest(location, what="baseline", kind="baseline")
     m = get_model(manifest["model"])
     finetuned = finetuned or m.name
     network = network or os.path.join(shipped_checkpoint(m.name), "through-proxy")
@@ -78,14 +87,18 @@ def evaluate_model(location: str, *, network: str | None = None, finetuned: str 
         if est.model.name != m.name:
             raise ValueError(f"checkpoint {what} is for {est.model.name!r}, the baseline {location} for {m.name!r}")
     if est_ft.checkpoint_id != manifest["checkpoint_id"]:
-        raise ValueError(f"the baseline {location} started BFGS from checkpoint {manifest['checkpoint_id']}, "
-                         f"not from {est_ft.checkpoint_id} ({finetuned}); rerun the baseline with it")
+        raise ValueError(
+            f"the baseline {location} started BFGS from checkpoint {manifest['checkpoint_id']}, "
+            f"not from {est_ft.checkpoint_id} ({finetuned}); rerun the baseline with it"
+        )
     source = manifest["test_set"]
-    rows, _ = baseline.load_test_set(m.name, None if source["source"] == "SPEC test set" else source["source"],
-                                     source["n_samples"])
-    rows = {k: v[rows["status"] == ds_format.STATUS_SOLVED] for k, v in rows.items()}
+    rows, _ = baseline.load_test_set(
+        m.name, None if source["source"] == "SPEC test set" else source["source"], source["n_samples"]
+    )
+    rows = {k: v[rows["status"] == SolveStatus.OK] for k, v in rows.items()}
     ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))
-    fits = pq.read_table(f"{ds_format.resolve(location)[1]}/{baseline.MULTISTART}")
+    fs, root = storage.resolve(location)
+    fits = pq.read_table(f"{root}/{baseline.MULTISTART}", filesystem=fs)
 
     net_cpu, net_batch = network_seconds(est_net, t, ch, x)
     ft_cpu, ft_batch = network_seconds(est_ft, t, ch, x)
@@ -104,27 +117,42 @@ def evaluate_model(location: str, *, network: str | None = None, finetuned: str 
     estimates["Deep Inference + BFGS"] = (theta, ft_cpu + float(cost["seconds"].mean()), None, cost)
     for method, (theta, cpu_s, gpu_s, cost) in estimates.items():
         mu = _predict(m, theta, t, ch)
-        row = {"model": m.name, "method": method, "r2": metrics.r2(m, mu, ch, x, n_boot=n_boot),
-               "r2_true": metrics.r2(m, mu, ch, clean, n_boot=n_boot), "cpu_s": cpu_s, "gpu_s": gpu_s,
-               "evaluations": None if cost is None else float(cost["evaluations"].mean())}
+        row = {
+            "model": m.name,
+            "method": method,
+            "r2": likelihood.r2(m, mu, ch, x, n_boot=n_boot),
+            "r2_true": likelihood.r2(m, mu, ch, clean, n_boot=n_boot),
+            "cpu_s": cpu_s,
+            "gpu_s": gpu_s,
+            "evaluations": None if cost is None else float(cost["evaluations"].mean()),
+        }
         table.append(row)
     truth = _predict(m, rows["theta"], t, ch)
     return {
-        "model": m.name, "rows": table, "n_samples": int(len(ids)), "test_set": source,
-        "r2_of_true_parameters": metrics.r2(m, truth, ch, x, n_boot=n_boot),
+        "model": m.name,
+        "rows": table,
+        "n_samples": len(ids),
+        "test_set": source,
+        "r2_of_true_parameters": likelihood.r2(m, truth, ch, x, n_boot=n_boot),
         "network_batch": {"Deep Inference": net_batch, "Deep Inference + MM": ft_batch},
         "checkpoints": {"network": est_net.checkpoint_id, "finetuned": est_ft.checkpoint_id},
-        "baseline": {k: manifest[k] for k in ("command", "machine", "starts", "seed", "max_iter", "chunk_size",
-                                              "wall_s", "threads_per_task")},
+        "baseline": {
+            k: manifest[k]
+            for k in ("command", "machine", "starts", "seed", "max_iter", "chunk_size", "wall_s", "threads_per_task")
+        },
         "start_costs": start_costs(location),
-        "_plot": {"m": m, "rows": rows, "estimates": {k: v[0] for k, v in estimates.items()},
-                  "z_net": est_ft.estimate_z(t, ch, x)},
+        "_plot": {
+            "m": m,
+            "rows": rows,
+            "estimates": {k: v[0] for k, v in estimates.items()},
+            "z_net": est_ft.estimate_z(t, ch, x),
+        },
     }
 
 
 def _predict(m: Model, theta: np.ndarray, t, ch) -> np.ndarray:
     with torch.no_grad():
-        mu, status = metrics.predict(m, torch.as_tensor(theta), torch.as_tensor(t), torch.as_tensor(ch))
+        mu, status = likelihood.predict(m, torch.as_tensor(theta), torch.as_tensor(t), torch.as_tensor(ch))
     mu = mu.numpy()
     mu[status.numpy() != 0] = np.nan
     return mu
@@ -132,24 +160,32 @@ def _predict(m: Model, theta: np.ndarray, t, ch) -> np.ndarray:
 
 def start_costs(location: str) -> list[dict]:
     """Per-start BFGS cost (iterations, evaluations, seconds) for prior and network starts."""
-    fs, root = ds_format.resolve(location)
-    import pyarrow.dataset as pads
-
+    fs, root = storage.resolve(location)
     fits = pads.dataset(ds_format.list_parts(fs, root), filesystem=fs, format="parquet").to_table(
-        columns=["method", "iterations", "evaluations", "seconds", "status"])
+        columns=["method", "iterations", "evaluations", "seconds", "status"]
+    )
     method = fits["method"].to_numpy(zero_copy_only=False)
     out = []
     for kind in (baseline.PRIOR, baseline.NETWORK):
         sel = method == kind
         it, ev, sec, st = (fits[c].to_numpy()[sel] for c in ("iterations", "evaluations", "seconds", "status"))
-        out.append({
-            "start": "prior draw" if kind == baseline.PRIOR else "network estimate", "starts": int(sel.sum()),
-            "iterations_mean": float(it.mean()), "iterations_median": float(np.median(it)), "iterations_max": int(it.max()),
-            "evaluations_mean": float(ev.mean()), "evaluations_max": int(ev.max()),
-            "seconds_mean": float(sec.mean()), "seconds_median": float(np.median(sec)),
-            "converged": int((st == 0).sum()), "iteration_limit": int((st == 1).sum()),
-            "no_decrease": int((st == 2).sum()), "start_failed": int((st == 3).sum()),
-        })
+        out.append(
+            {
+                "start": "prior draw" if kind == baseline.PRIOR else "network estimate",
+                "starts": int(sel.sum()),
+                "iterations_mean": float(it.mean()),
+                "iterations_median": float(np.median(it)),
+                "iterations_max": int(it.max()),
+                "evaluations_mean": float(ev.mean()),
+                "evaluations_max": int(ev.max()),
+                "seconds_mean": float(sec.mean()),
+                "seconds_median": float(np.median(sec)),
+                "converged": int((st == 0).sum()),
+                "iteration_limit": int((st == 1).sum()),
+                "no_decrease": int((st == 2).sum()),
+                "start_failed": int((st == 3).sum()),
+            }
+        )
     return out
 
 
@@ -163,7 +199,7 @@ def _fmt_time(s: float | None) -> str:
 def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
     """table1.md, table1.csv, bfgs_starts.csv, the figures, then report.json."""
     os.makedirs(out, exist_ok=True)
-    mach = baseline.machine()
+    mach = machine()
     threads = torch.get_num_threads()
     written = []
     for r in results:
@@ -173,83 +209,132 @@ def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
             _write(path, lambda f, fig=fig: fig.savefig(f, dpi=110, bbox_inches="tight"), binary=True)
             written.append(os.path.basename(path))
 
-    header = ["model", "method", "R2", "R2 stderr", "R2_true", "R2_true stderr", "time per sample CPU (s)",
-              "time per sample GPU (s)", "NLL+gradient evaluations per sample"]
-    csv_rows = [[r["model"], row["method"], f"{row['r2'].value:.5f}", f"{row['r2'].stderr:.5f}",
-                 f"{row['r2_true'].value:.5f}", f"{row['r2_true'].stderr:.5f}", f"{row['cpu_s']:.3e}",
-                 "" if row["gpu_s"] is None else f"{row['gpu_s']:.3e}",
-                 "" if row["evaluations"] is None else f"{row['evaluations']:.1f}"]
-                for r in results for row in r["rows"]]
+    header = [
+        "model",
+        "method",
+        "R2",
+        "R2 stderr",
+        "R2_true",
+        "R2_true stderr",
+        "time per sample CPU (s)",
+        "time per sample GPU (s)",
+        "NLL+gradient evaluations per sample",
+    ]
+    csv_rows = [
+        [
+            r["model"],
+            row["method"],
+            f"{row['r2'].value:.5f}",
+            f"{row['r2'].stderr:.5f}",
+            f"{row['r2_true'].value:.5f}",
+            f"{row['r2_true'].stderr:.5f}",
+            f"{row['cpu_s']:.3e}",
+            "" if row["gpu_s"] is None else f"{row['gpu_s']:.3e}",
+            "" if row["evaluations"] is None else f"{row['evaluations']:.1f}",
+        ]
+        for r in results
+        for row in r["rows"]
+    ]
     _write(os.path.join(out, "table1.csv"), lambda f: csv.writer(f).writerows([header, *csv_rows]))
     cost_header = list(results[0]["start_costs"][0])
-    _write(os.path.join(out, "bfgs_starts.csv"), lambda f: csv.writer(f).writerows(
-        [["model", *cost_header], *[[r["model"], *c.values()] for r in results for c in r["start_costs"]]]))
+    _write(
+        os.path.join(out, "bfgs_starts.csv"),
+        lambda f: csv.writer(f).writerows(
+            [["model", *cost_header], *[[r["model"], *c.values()] for r in results for c in r["start_costs"]]]
+        ),
+    )
     md = markdown(results, mach, threads, command, written)
     _write(os.path.join(out, "table1.md"), lambda f: f.write(md))
-    report = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
-              "machine": {**mach, "torch_threads": threads},
-              "models": [{**r, "rows": [{**row, "r2": vars(row["r2"]), "r2_true": vars(row["r2_true"])}
-                                        for row in r["rows"]],
-                          "r2_of_true_parameters": vars(r["r2_of_true_parameters"])} for r in results],
-              "files": ["table1.md", "table1.csv", "bfgs_starts.csv", *written]}
+    report = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": {**mach, "torch_threads": threads},
+        "models": [
+            {
+                **r,
+                "rows": [{**row, "r2": vars(row["r2"]), "r2_true": vars(row["r2_true"])} for row in r["rows"]],
+                "r2_of_true_parameters": vars(r["r2_of_true_parameters"]),
+            }
+            for r in results
+        ],
+        "files": ["table1.md", "table1.csv", "bfgs_starts.csv", *written],
+    }
     _write(os.path.join(out, REPORT), lambda f: json.dump(report, f, indent=2))
     return report
 
 
 def _write(path: str, writer, binary: bool = False) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
-        writer(f)
-    os.replace(tmp, path)
+    """Write a report file under a temporary name, renamed when complete."""
+    if binary:
+        storage.write_local(path, writer)
+        return
+    text = io.StringIO(newline="")
+    writer(text)
+    storage.write_local(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def markdown(results: list[dict], mach: dict, threads: int, command: str, figures: list[str]) -> str:
     buf = io.StringIO()
     w = buf.write
     w("# Table 1: parameter estimation on the SPEC test set\n\n")
-    w("Generated by `jobs/evaluate.py` (or the pipeline's evaluate stage); do not edit by hand. "
-      "Regenerate with the commands below.\n\n")
+    w(
+        "Generated by `jobs/evaluate.py` (or the pipeline's evaluate stage); do not edit by hand. "
+        "Regenerate with the commands below.\n\n"
+    )
     w(f"Machine: {mach['cpu']}, {mach['cpu_count']} CPUs; GPU: {mach['gpu'] or 'none'}; torch {mach['torch']}.\n")
-    w(f"Networks timed on the CPU with {threads} torch threads, at the best of batch sizes "
-      f"{', '.join(map(str, NETWORK_BATCHES))}. BFGS: every start of a chunk of test samples (its prior "
-      "draws and the network's estimate, for each sample) runs in one batched BFGS, one Ray task on one CPU "
-      f"thread, at most {MAX_BATCH} problems evaluated together; each start is charged its share of the "
-      "rounds it took part in (each round's wall-clock split evenly over the problems in it), and k starts "
-      "cost the sum of a sample's first k starts. Deep Inference + BFGS = the fine-tuned network's estimate "
-      "(its time included) + one BFGS start from it with the Gauss-Newton initial inverse Hessian; prior "
-      "starts use H0 = I.\n\n")
+    w(
+        f"Networks timed on the CPU with {threads} torch threads, at the best of batch sizes "
+        f"{', '.join(map(str, NETWORK_BATCHES))}. BFGS: every start of a chunk of test samples (its prior "
+        "draws and the network's estimate, for each sample) runs in one batched BFGS, one Ray task on one CPU "
+        f"thread, at most {MAX_BATCH} problems evaluated together; each start is charged its share of the "
+        "rounds it took part in (each round's wall-clock split evenly over the problems in it), and k starts "
+        "cost the sum of a sample's first k starts. Deep Inference + BFGS = the fine-tuned network's estimate "
+        "(its time included) + one BFGS start from it with the Gauss-Newton initial inverse Hessian; prior "
+        "starts use H0 = I.\n\n"
+    )
     w("Commands:\n\n```bash\n")
     for line in dict.fromkeys([r["baseline"]["command"] for r in results] + [command]):  # in order, once each
         w(f"{line}\n")
     w("```\n\n")
     for r in results:
         rt = r["r2_of_true_parameters"]
-        w(f"## {r['model']} ({r['n_samples']} test samples, {r['test_set']['source']}, seed {r['test_set']['seed']})\n\n")
-        w(f"R2 of the true parameters: {rt}. Checkpoints: network {r['checkpoints']['network']}, "
-          f"fine-tuned {r['checkpoints']['finetuned']}. Baseline job: {r['baseline']['chunk_size']} samples per "
-          f"task, {r['baseline']['wall_s']:.0f} s wall-clock on {r['baseline']['machine']['cpu']} "
-          f"({r['baseline']['machine']['cpu_count']} CPUs).\n\n")
+        source, seed = r["test_set"]["source"], r["test_set"]["seed"]
+        w(f"## {r['model']} ({r['n_samples']} test samples, {source}, seed {seed})\n\n")
+        w(
+            f"R2 of the true parameters: {rt}. Checkpoints: network {r['checkpoints']['network']}, "
+            f"fine-tuned {r['checkpoints']['finetuned']}. Baseline job: {r['baseline']['chunk_size']} samples per "
+            f"task, {r['baseline']['wall_s']:.0f} s wall-clock on {r['baseline']['machine']['cpu']} "
+            f"({r['baseline']['machine']['cpu_count']} CPUs).\n\n"
+        )
         w("| Method | R2 | R2_true | time / sample CPU | time / sample GPU | NLL+grad evaluations / sample |\n")
         w("| --- | --- | --- | --- | --- | --- |\n")
         for row in r["rows"]:
             ev = "" if row["evaluations"] is None else f"{row['evaluations']:.0f}"
-            w(f"| {row['method']} | {row['r2']} | {row['r2_true']} | {_fmt_time(row['cpu_s'])} | "
-              f"{_fmt_time(row['gpu_s'])} | {ev} |\n")
+            w(
+                f"| {row['method']} | {row['r2']} | {row['r2_true']} | {_fmt_time(row['cpu_s'])} | "
+                f"{_fmt_time(row['gpu_s'])} | {ev} |\n"
+            )
         by = {row["method"]: row for row in r["rows"]}
         eight = [k for k in by if k.startswith("BFGS") and k.endswith(f"{max(r['baseline']['starts'])} starts")]
         if eight:
             ratio = by[eight[0]]["cpu_s"] / by["Deep Inference + BFGS"]["cpu_s"]
-            w(f"\nDeep Inference + BFGS vs {eight[0]}: {ratio:.1f}x less time per sample, "
-              f"R2 difference {by['Deep Inference + BFGS']['r2'].value - by[eight[0]]['r2'].value:+.4f}.\n")
-        w("\nCost of one BFGS start (at most "
-          f"{r['baseline']['max_iter']} iterations):\n\n")
-        w("| start | starts | iterations mean / median / max | evaluations mean / max | seconds mean / median | "
-          "converged | iteration limit | no decrease | start failed |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+            w(
+                f"\nDeep Inference + BFGS vs {eight[0]}: {ratio:.1f}x less time per sample, "
+                f"R2 difference {by['Deep Inference + BFGS']['r2'].value - by[eight[0]]['r2'].value:+.4f}.\n"
+            )
+        w(f"\nCost of one BFGS start (at most {r['baseline']['max_iter']} iterations):\n\n")
+        w(
+            "| start | starts | iterations mean / median / max | evaluations mean / max | seconds mean / median | "
+            "converged | iteration limit | no decrease | start failed |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        )
         for c in r["start_costs"]:
-            w(f"| {c['start']} | {c['starts']} | {c['iterations_mean']:.0f} / {c['iterations_median']:.0f} / "
-              f"{c['iterations_max']} | {c['evaluations_mean']:.0f} / {c['evaluations_max']} | "
-              f"{_fmt_time(c['seconds_mean'])} / {_fmt_time(c['seconds_median'])} | {c['converged']} | "
-              f"{c['iteration_limit']} | {c['no_decrease']} | {c['start_failed']} |\n")
+            w(
+                f"| {c['start']} | {c['starts']} | {c['iterations_mean']:.0f} / {c['iterations_median']:.0f} / "
+                f"{c['iterations_max']} | {c['evaluations_mean']:.0f} / {c['evaluations_max']} | "
+                f"{_fmt_time(c['seconds_mean'])} / {_fmt_time(c['seconds_median'])} | {c['converged']} | "
+                f"{c['iteration_limit']} | {c['no_decrease']} | {c['start_failed']} |\n"
+            )
         w("\n")
         for fig in figures:
             if fig.endswith(f"_{r['model']}.png"):
@@ -266,21 +351,34 @@ def plot_trajectories(m: Model, rows: dict, estimates: dict, z_net, n_show: int 
     import matplotlib.pyplot as plt
 
     grid = np.linspace(0.0, m.T, 161)
-    shown = {"truth": rows["theta"][:n_show], "Deep Inference + MM": estimates["Deep Inference + MM"][:n_show],
-             "Deep Inference + BFGS": estimates["Deep Inference + BFGS"][:n_show]}
+    shown = {
+        "truth": rows["theta"][:n_show],
+        "Deep Inference + MM": estimates["Deep Inference + MM"][:n_show],
+        "Deep Inference + BFGS": estimates["Deep Inference + BFGS"][:n_show],
+    }
     curves = {k: m.simulate(v, grid) for k, v in shown.items()}
     n_ch = len(m.channels)
     fig, axes = plt.subplots(n_show, n_ch, figsize=(3.2 * n_ch, 2.4 * n_show), squeeze=False)
-    styles = {"truth": dict(color="k", ls="--", lw=1.2), "Deep Inference + MM": dict(color="tab:blue", lw=1.2),
-              "Deep Inference + BFGS": dict(color="tab:red", lw=1.0, ls=":")}
+    styles = {
+        "truth": dict(color="k", ls="--", lw=1.2),
+        "Deep Inference + MM": dict(color="tab:blue", lw=1.2),
+        "Deep Inference + BFGS": dict(color="tab:red", lw=1.0, ls=":"),
+    }
     for i in range(n_show):
         for c in range(n_ch):
             ax = axes[i, c]
             for k, y in curves.items():
                 ax.plot(grid, y[i, :, c], label=k, **styles[k])
             sel = (rows["channel"][i] == c) & np.isfinite(rows["value"][i])
-            ax.errorbar(rows["t"][i][sel], rows["value"][i][sel], yerr=m.sigma[c], fmt="o", ms=3, color="tab:green",
-                        label="observations")
+            ax.errorbar(
+                rows["t"][i][sel],
+                rows["value"][i][sel],
+                yerr=m.sigma[c],
+                fmt="o",
+                ms=3,
+                color="tab:green",
+                label="observations",
+            )
             if i == 0:
                 ax.set_title(m.channels[c])
             if i == n_show - 1:
@@ -293,8 +391,17 @@ def plot_trajectories(m: Model, rows: dict, estimates: dict, z_net, n_show: int 
     return fig
 
 
-def plot_landscape(m: Model, rows: dict, estimates: dict, z_net, n_slices: int = 3, half_width: float = 3.0,
-                   points: int = 41, seed: int = 0, **_):
+def plot_landscape(
+    m: Model,
+    rows: dict,
+    estimates: dict,
+    z_net,
+    n_slices: int = 3,
+    half_width: float = 3.0,
+    points: int = 41,
+    seed: int = 0,
+    **_,
+):
     """NLL on random 2-D planes through the Deep Inference + BFGS optimum of the first
     test sample, in z space (paper Fig. 1), with the network's estimate projected."""
     import matplotlib
@@ -313,7 +420,9 @@ def plot_landscape(m: Model, rows: dict, estimates: dict, z_net, n_slices: int =
         z = z_opt + A.reshape(-1, 1) * q[:, 0] + B.reshape(-1, 1) * q[:, 1]
         n = z.shape[0]
         with torch.no_grad():
-            f = metrics.nll(m, torch.as_tensor(m.from_z(z)), t.expand(n, -1), ch.expand(n, -1), x.expand(n, -1)).numpy()
+            f = likelihood.nll(
+                m, torch.as_tensor(m.from_z(z)), t.expand(n, -1), ch.expand(n, -1), x.expand(n, -1)
+            ).numpy()
         f = f.reshape(A.shape)
         level = np.log10(np.where(np.isfinite(f), f - np.nanmin(f) + 1.0, np.nan))
         ax = axes[0, j]
@@ -335,19 +444,29 @@ def plot_landscape(m: Model, rows: dict, estimates: dict, z_net, n_slices: int =
     return fig
 
 
-def evaluate(locations: list[str], out: str, *, networks: dict | None = None, finetuned: dict | None = None,
-             n_boot: int = 1000, command: str = "") -> dict:
+def evaluate(
+    locations: list[str],
+    out: str,
+    *,
+    networks: dict | None = None,
+    finetuned: dict | None = None,
+    n_boot: int = 1000,
+    command: str = "",
+) -> dict:
     """Table 1 for every baseline result in ``locations`` (one per model) into ``out``."""
     if not locations:
         raise ValueError("name at least one baseline result")
     results = []
     seen = set()
     for loc in locations:
-        manifest = ds_format.read_manifest(loc)
+        manifest = storage.read_manifest(loc, what="baseline", kind="baseline")
         name = manifest.get("model")
         if name in seen:
             raise ValueError(f"two baseline results for {name!r}")
         seen.add(name)
-        results.append(evaluate_model(loc, network=(networks or {}).get(name), finetuned=(finetuned or {}).get(name),
-                                      n_boot=n_boot))
+        results.append(
+            evaluate_model(
+                loc, network=(networks or {}).get(name), finetuned=(finetuned or {}).get(name), n_boot=n_boot
+            )
+        )
     return write_report(results, out, command=command)

@@ -6,12 +6,10 @@ and renamed when complete, so a retried task rewrites the same file and a sample
 never be written twice. The manifest is written last: a directory without one is not a
 dataset.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
-import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -19,39 +17,42 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from . import SPEC_VERSION, __version__
-from .models.base import Model
+from .. import SPEC_VERSION, __version__
+from ..models.base import Model
+from ..storage import MANIFEST, read_json, read_manifest, resolve, write_file, write_json
 
-MANIFEST = "manifest.json"
 INTENT = "_simulation.json"  # parameters of an unfinished simulation, for resumption
 PART_PREFIX = "part-"
-
-STATUS_SOLVED = 0
 
 
 def schema(model: Model) -> pa.Schema:
     p = model.n_parameters
-    return pa.schema([
-        ("sample_id", pa.int64()),
-        ("theta", pa.list_(pa.float64(), p)),
-        ("z", pa.list_(pa.float32(), p)),
-        ("t", pa.list_(pa.float32())),
-        ("channel", pa.list_(pa.int8())),
-        ("value", pa.list_(pa.float32())),
-        ("clean", pa.list_(pa.float32())),
-        ("status", pa.int8()),
-    ])
+    return pa.schema(
+        [
+            ("sample_id", pa.int64()),
+            ("theta", pa.list_(pa.float64(), p)),
+            ("z", pa.list_(pa.float32(), p)),
+            ("t", pa.list_(pa.float32())),
+            ("channel", pa.list_(pa.int8())),
+            ("value", pa.list_(pa.float32())),
+            ("clean", pa.list_(pa.float32())),
+            ("status", pa.int8()),
+        ]
+    )
 
 
 def to_table(model: Model, columns: dict[str, np.ndarray]) -> pa.Table:
     """Arrow table from numpy columns: sample_id (n,), theta/z (n, P), t/channel/value/
     clean (n, N), status (n,)."""
+
     def fixed(a, typ):
         return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), typ), a.shape[1])
 
     def ragged(a, typ):
         n, m = a.shape
-        return pa.ListArray.from_arrays(pa.array(np.arange(0, n * m + 1, m, dtype=np.int32)), pa.array(a.reshape(-1), typ))
+        return pa.ListArray.from_arrays(
+            pa.array(np.arange(0, n * m + 1, m, dtype=np.int32)), pa.array(a.reshape(-1), typ)
+        )
 
     arrays = [
         pa.array(columns["sample_id"], pa.int64()),
@@ -66,18 +67,6 @@ def to_table(model: Model, columns: dict[str, np.ndarray]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema(model))
 
 
-# ------------------------------------------------------------------- locations
-def resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a URI or a local path (made absolute, so Ray workers with
-    another working directory write to the same place)."""
-    if "://" not in location:
-        location = os.path.abspath(os.path.expanduser(location))
-    try:
-        return pafs.FileSystem.from_uri(location)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        raise ValueError(f"cannot use {location!r} as a dataset location: {exc}") from None
-
-
 def part_name(first_id: int) -> str:
     return f"{PART_PREFIX}{first_id:012d}.parquet"
 
@@ -85,29 +74,13 @@ def part_name(first_id: int) -> str:
 def write_part(fs: pafs.FileSystem, root: str, first_id: int, table: pa.Table) -> str:
     """Write one chunk atomically: a temporary name first, renamed when complete."""
     final = f"{root}/{part_name(first_id)}"
-    tmp = f"{root}/_tmp-{uuid.uuid4().hex}-{part_name(first_id)}"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, final)
+    write_file(fs, final, lambda f: pq.write_table(table, f))
     return final
 
 
 def list_parts(fs: pafs.FileSystem, root: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     return sorted(i.path for i in infos if i.base_name.startswith(PART_PREFIX) and i.base_name.endswith(".parquet"))
-
-
-def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
-
-
-def write_json(fs: pafs.FileSystem, path: str, data: dict) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open_output_stream(tmp) as f:
-        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-    fs.move(tmp, path)
 
 
 def make_manifest(model: Model, n: int, seed: int, extra: dict) -> dict:
@@ -127,8 +100,17 @@ def make_manifest(model: Model, n: int, seed: int, extra: dict) -> dict:
     }
 
 
-def prepare_location(fs: pafs.FileSystem, root: str, out: str, params: dict, overwrite: bool, *,
-                     intent: str = INTENT, outputs: tuple[str, ...] = (), what: str = "dataset") -> set[str]:
+def prepare_location(
+    fs: pafs.FileSystem,
+    root: str,
+    out: str,
+    params: dict,
+    overwrite: bool,
+    *,
+    intent: str = INTENT,
+    outputs: tuple[str, ...] = (),
+    what: str = "dataset",
+) -> set[str]:
     """Make ``root`` ready for a run that writes part files, then ``outputs``, then the
     manifest: refuse a complete result unless ``overwrite``; keep the parts of an
     unfinished run with the same ``params`` (recorded in the ``intent`` file) and return
@@ -147,14 +129,20 @@ def prepare_location(fs: pafs.FileSystem, root: str, out: str, params: dict, ove
     previous = read_json(fs, f"{root}/{intent}") if info.type == pafs.FileType.Directory else None
     entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     ours = {intent, *outputs}
-    foreign = [e.base_name for e in entries
-               if e.base_name not in ours and not e.base_name.startswith((PART_PREFIX, "_tmp-"))]
+    foreign = [
+        e.base_name for e in entries if e.base_name not in ours and not e.base_name.startswith((PART_PREFIX, "_tmp-"))
+    ]
     if foreign:
-        raise ValueError(f"output location {out} holds files that are not part of a {what}: {', '.join(sorted(foreign)[:5])}")
+        raise ValueError(
+            f"output location {out} holds files that are not part of a {what}: {', '.join(sorted(foreign)[:5])}"
+        )
     keep = previous == params and not overwrite
     for e in entries:
-        if (e.base_name.startswith("_tmp-") or e.base_name in outputs
-                or (not keep and e.base_name.startswith(PART_PREFIX))):
+        if (
+            e.base_name.startswith("_tmp-")
+            or e.base_name in outputs
+            or (not keep and e.base_name.startswith(PART_PREFIX))
+        ):
             fs.delete_file(e.path)
     try:
         fs.create_dir(root, recursive=True)
@@ -162,19 +150,6 @@ def prepare_location(fs: pafs.FileSystem, root: str, out: str, params: dict, ove
     except OSError as exc:
         raise ValueError(f"cannot write to output location {out}: {exc}") from None
     return {e.base_name for e in entries if e.base_name.startswith(PART_PREFIX)} if keep else set()
-
-
-# ------------------------------------------------------------------- reading
-def read_manifest(location: str) -> dict:
-    fs, root = resolve(location)
-    manifest = read_json(fs, f"{root}/{MANIFEST}")
-    if manifest is None:
-        raise ValueError(f"{location} is not a complete dataset: it has no {MANIFEST}")
-    if manifest.get("spec_version") != SPEC_VERSION:
-        raise ValueError(
-            f"{location} was written for spec version {manifest.get('spec_version')}, this code reads {SPEC_VERSION}"
-        )
-    return manifest
 
 
 def read_table(location: str, columns: list[str] | None = None) -> pa.Table:

@@ -4,6 +4,7 @@ Each prior maps a quantity to ``u`` in [0, 1] (its CDF) and back; ``z = Phi^-1(u
 The transforms are written once, in torch, so that the same code serves numpy callers
 (through :mod:`mechinfer.arrays`), training and BFGS (differentiable in z).
 """
+
 from __future__ import annotations
 
 import math

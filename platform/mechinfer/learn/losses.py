@@ -1,21 +1,23 @@
 """Losses and the training steps of the proxy and the inference network (SPEC 6, 2-3).
 
-Kept free of Ray: the Ray Train loops in :mod:`mechinfer.train` call these on the
+Kept free of Ray: the Ray Train loop in :mod:`mechinfer.learn.trainer` calls these on the
 batches of their dataset shard, and tests call them directly.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from . import metrics, priors
-from .models.base import Model
+from ..models import likelihood, priors
+from ..models.base import Model
+from ..solver import SolveStatus
 
 
 def batch_tensors(table: pa.Table) -> dict[str, torch.Tensor]:
     """Dataset rows (SPEC 5) as tensors; rows whose solve failed are dropped here."""
-    keep = np.asarray(table["status"].to_numpy(zero_copy_only=False)) == 0
+    keep = np.asarray(table["status"].to_numpy(zero_copy_only=False)) == SolveStatus.OK
     table = table.filter(pa.array(keep))
     n = table.num_rows
 
@@ -24,8 +26,11 @@ def batch_tensors(table: pa.Table) -> dict[str, torch.Tensor]:
         return torch.from_numpy(np.array(flat, dtype=dtype).reshape(n, -1))
 
     return {
-        "z": lists("z", np.float32), "t": lists("t", np.float32), "channel": lists("channel", np.int64),
-        "value": lists("value", np.float32), "clean": lists("clean", np.float32),
+        "z": lists("z", np.float32),
+        "t": lists("t", np.float32),
+        "channel": lists("channel", np.int64),
+        "value": lists("value", np.float32),
+        "clean": lists("clean", np.float32),
     }
 
 
@@ -54,15 +59,24 @@ def proxy_loss(model: Model, proxy, batch: dict) -> torch.Tensor:
     return ((pred - batch["clean"]) / sigma).square().mean()
 
 
-def inference_loss(model: Model, net, batch: dict, *, through: str, proxy=None, min_obs: int | None = None,
-                   generator: torch.Generator | None = None, solver_options: dict | None = None) -> torch.Tensor:
+def inference_loss(
+    model: Model,
+    net,
+    batch: dict,
+    *,
+    through: str,
+    proxy=None,
+    min_obs: int | None = None,
+    generator: torch.Generator | None = None,
+    solver_options: dict | None = None,
+) -> torch.Tensor:
     """NLL per observation of the network's estimate, with the model output from the
     frozen proxy (``through="proxy"``) or the mechanistic solver (``through="model"``)."""
     t, value = batch["t"], batch["value"]
     if min_obs is not None:
         t, value = random_subsets(t, value, min_obs, generator)
     z_hat = net(t, batch["channel"], value)
-    mask = metrics.observed_mask(t, value)
+    mask = likelihood.observed_mask(t, value)
     if through == "proxy":
         mu = proxy(z_hat, torch.nan_to_num(t), batch["channel"])
         sigma = torch.as_tensor(model.sigma, dtype=mu.dtype, device=mu.device)[batch["channel"]]
@@ -70,9 +84,9 @@ def inference_loss(model: Model, net, batch: dict, *, through: str, proxy=None, 
         return 0.5 * r.square().sum() / mask.sum()
     if through == "model":
         theta = priors.from_z(model.priors, z_hat.double())
-        mu, status = metrics.predict(model, theta, t.double(), batch["channel"], **(solver_options or {}))
-        ok = status == 0
-        per_set = metrics.nll_from_mu(model, mu, batch["channel"], value.double(), mask)
+        mu, status = likelihood.predict(model, theta, t.double(), batch["channel"], **(solver_options or {}))
+        ok = status == SolveStatus.OK
+        per_set = likelihood.nll_from_mu(model, mu, batch["channel"], value.double(), mask)
         return per_set[ok].sum() / mask[ok].sum()
     raise ValueError(f"through must be 'proxy' or 'model', got {through!r}")
 
@@ -84,11 +98,15 @@ def evaluate(model: Model, net, data: dict[str, np.ndarray], fractions=(1.0,), s
     out = {}
     gen = torch.Generator().manual_seed(seed)
     for frac in fractions:
-        t, value = keep_random(torch.from_numpy(data["t"]).float(), torch.from_numpy(data["value"]).float(),
-                               max(1, int(round(frac * data["t"].shape[1]))), gen)
+        t, value = keep_random(
+            torch.from_numpy(data["t"]).float(),
+            torch.from_numpy(data["value"]).float(),
+            max(1, round(frac * data["t"].shape[1])),
+            gen,
+        )
         channel = torch.from_numpy(data["channel"]).long()
         theta = priors.from_z(model.priors, net(t, channel, value).double())
-        mu, _ = metrics.predict(model, theta, t.double(), channel)
+        mu, _ = likelihood.predict(model, theta, t.double(), channel)
         x = value.double().numpy()
-        out[frac] = metrics.r2(model, mu.numpy(), data["channel"], x)
+        out[frac] = likelihood.r2(model, mu.numpy(), data["channel"], x)
     return out

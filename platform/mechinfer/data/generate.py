@@ -1,7 +1,7 @@
 """Simulated datasets at scale: Ray Data fans chunks of samples out over CPU workers.
 
 Each chunk is a fixed range of sample ids, simulated as one batch and written as one
-Parquet file named by its range (see :mod:`mechinfer.dataset`). Chunk boundaries depend
+Parquet file named by its range (see :mod:`mechinfer.data.format`). Chunk boundaries depend
 only on ``chunk_size``, never on the number of blocks or workers, and every sample's
 randomness comes from ``(seed, sample_id)``, so rows are identical however the work is
 spread. Ray Data's own ``write_parquet`` is not used: its file names come from a write
@@ -10,6 +10,7 @@ holds; here a retry rewrites the same file and a rerun skips the files already c
 Ray Data retries a task whose worker died (its default for tasks is unlimited retries on
 system errors), so a killed worker costs time, not samples.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,27 +21,14 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import torch
 
-from . import dataset as ds_format
-from .arrays import positive_int
-from .design import draw_experiments
-from .models import get_model
-from .models.base import Model
-from .simulate import simulate_observed
-
-
-def simulate_chunk(model: Model, seed: int, first: int, last: int, **solver_options) -> dict[str, np.ndarray]:
-    """Columns of the dataset rows for sample ids first..last-1 (SPEC 5)."""
-    ids = np.arange(first, last, dtype=np.int64)
-    d = draw_experiments(model, seed, ids)
-    with torch.no_grad():
-        y, status = simulate_observed(model, torch.from_numpy(d["theta"]), torch.from_numpy(d["t"]), **solver_options)
-    clean = np.take_along_axis(y.numpy(), d["channel"][..., None].astype(np.int64), axis=2)[..., 0]
-    failed = status.numpy() != ds_format.STATUS_SOLVED
-    clean[failed] = np.nan  # a failed solve is flagged and carries no numbers
-    return {
-        "sample_id": ids, "theta": d["theta"], "z": d["z"], "t": d["t"], "channel": d["channel"],
-        "value": clean + d["noise"], "clean": clean, "status": status.numpy().astype(np.int8),
-    }
+from .. import storage
+from ..arrays import positive_int
+from ..config import SimulateConfig
+from ..models import get_model
+from ..runtime import Progress, ensure_ray
+from ..solver import SolveStatus
+from . import format as ds_format
+from .samples import simulate_chunk
 
 
 @dataclass
@@ -65,26 +53,35 @@ class SimulationSummary:
         return asdict(self)
 
 
-def _write_chunks(batch: dict[str, np.ndarray], model: str, seed: int, root_uri: str,
-                  solver_options: dict) -> dict[str, np.ndarray]:
+def _write_chunks(
+    batch: dict[str, np.ndarray], model: str, seed: int, root_uri: str, solver_options: dict
+) -> dict[str, np.ndarray]:
     """Ray Data UDF: simulate and write the chunks of one batch, return their counts."""
     torch.set_num_threads(1)
     m = get_model(model)
-    fs, root = ds_format.resolve(root_uri)
+    fs, root = storage.resolve(root_uri)
     firsts, failures, seconds = [], [], []
     for first, last in zip(batch["first"].tolist(), batch["last"].tolist()):
         start = time.perf_counter()
         cols = simulate_chunk(m, seed, first, last, **solver_options)
         ds_format.write_part(fs, root, first, ds_format.to_table(m, cols))
         firsts.append(first)
-        failures.append(int((cols["status"] != ds_format.STATUS_SOLVED).sum()))
+        failures.append(int((cols["status"] != SolveStatus.OK).sum()))
         seconds.append(time.perf_counter() - start)
     return {"first": np.array(firsts), "failures": np.array(failures), "seconds": np.array(seconds)}
 
 
-def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int = 8192,
-                     num_blocks: int | None = None, overwrite: bool = False,
-                     solver_options: dict | None = None) -> SimulationSummary:
+def simulate_dataset(
+    model: str,
+    n: int,
+    seed: int,
+    out: str,
+    *,
+    chunk_size: int = SimulateConfig.chunk_size,
+    num_blocks: int | None = None,
+    overwrite: bool = False,
+    solver_options: dict | None = None,
+) -> SimulationSummary:
     """Simulate ``n`` samples of ``model`` into the dataset location ``out`` with Ray Data
     (starts an embedded Ray when none is connected). Resumes an unfinished run with the
     same settings; refuses a complete dataset unless ``overwrite``."""
@@ -96,40 +93,60 @@ def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int
     if num_blocks is not None:
         num_blocks = positive_int("num_blocks", num_blocks)
     solver_options = dict(solver_options or {})
-    fs, root = ds_format.resolve(out)
-    params = {"model": m.name, "n_samples": n, "seed": int(seed), "chunk_size": chunk_size,
-              "solver_options": solver_options}
+    fs, root = storage.resolve(out)
+    params = {
+        "model": m.name,
+        "n_samples": n,
+        "seed": int(seed),
+        "chunk_size": chunk_size,
+        "solver_options": solver_options,
+    }
     done = ds_format.prepare_location(fs, root, out, params, overwrite)
 
     all_chunks = [(f, min(f + chunk_size, n)) for f in range(0, n, chunk_size)]
     todo = [c for c in all_chunks if ds_format.part_name(c[0]) not in done]
     start = time.perf_counter()
     if todo:
-        if not ray.is_initialized():
-            ray.init()
+        ensure_ray()
         items = [{"first": f, "last": last} for f, last in todo]
-        root_uri = out if "://" in out else root
-        results = (
-            ray.data.from_items(items, override_num_blocks=min(num_blocks or len(items), len(items)))
-            .map_batches(_write_chunks, batch_size=1, num_cpus=1,
-                         fn_args=(m.name, int(seed), root_uri, solver_options))
-            .take_all()
+        root_uri = storage.absolute(out)
+        written = ray.data.from_items(items, override_num_blocks=min(num_blocks or len(items), len(items))).map_batches(
+            _write_chunks, batch_size=1, num_cpus=1, fn_args=(m.name, int(seed), root_uri, solver_options)
         )
-        assert len(results) == len(todo), "every chunk reports once"
+        reported = 0
+        with Progress(len(todo), f"simulate {m.name}", "chunk") as progress:
+            for _ in written.iter_rows():
+                reported += 1
+                progress.update()
+        if reported != len(todo):
+            raise RuntimeError(f"{out}: {reported} of {len(todo)} chunks reported; dataset left incomplete")
     failures = _verify(fs, root, out, n)
     for leftover in fs.get_file_info(pafs.FileSelector(root)):
         if leftover.base_name.startswith("_tmp-"):  # a write cut short by a killed worker
             fs.delete_file(leftover.path)
     wall = time.perf_counter() - start
     summary = SimulationSummary(
-        model=m.name, location=out, samples=n, failures=failures, chunks=len(all_chunks),
-        chunks_resumed=len(all_chunks) - len(todo), wall_s=wall, samples_per_s=sum(b - a for a, b in todo) / max(wall, 1e-9),
+        model=m.name,
+        location=out,
+        samples=n,
+        failures=failures,
+        chunks=len(all_chunks),
+        chunks_resumed=len(all_chunks) - len(todo),
+        wall_s=wall,
+        samples_per_s=sum(b - a for a, b in todo) / max(wall, 1e-9),
     )
-    manifest = ds_format.make_manifest(m, n, seed, {
-        "chunk_size": chunk_size, "failures": failures, "solver_options": solver_options,
-        "wall_s": round(wall, 3),
-    })
-    ds_format.write_json(fs, f"{root}/{ds_format.MANIFEST}", manifest)
+    manifest = ds_format.make_manifest(
+        m,
+        n,
+        seed,
+        {
+            "chunk_size": chunk_size,
+            "failures": failures,
+            "solver_options": solver_options,
+            "wall_s": round(wall, 3),
+        },
+    )
+    storage.write_json(fs, f"{root}/{storage.MANIFEST}", manifest)
     fs.delete_file(f"{root}/{ds_format.INTENT}")
     return summary
 
@@ -137,8 +154,11 @@ def simulate_dataset(model: str, n: int, seed: int, out: str, *, chunk_size: int
 def _verify(fs: pafs.FileSystem, root: str, out: str, n: int) -> int:
     """Check every sample id is present exactly once; return the number of failed solves."""
     table = pads.dataset(ds_format.list_parts(fs, root), filesystem=fs, format="parquet").to_table(
-        columns=["sample_id", "status"])
+        columns=["sample_id", "status"]
+    )
     ids = np.sort(table["sample_id"].to_numpy())
     if len(ids) != n or not np.array_equal(ids, np.arange(n)):
-        raise RuntimeError(f"{out}: expected sample ids 0..{n - 1} once each, found {len(ids)} rows; dataset left incomplete")
-    return int((table["status"].to_numpy() != ds_format.STATUS_SOLVED).sum())
+        raise RuntimeError(
+            f"{out}: expected sample ids 0..{n - 1} once each, found {len(ids)} rows; dataset left incomplete"
+        )
+    return int((table["status"].to_numpy() != SolveStatus.OK).sum())

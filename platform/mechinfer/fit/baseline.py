@@ -19,10 +19,9 @@ k-start time of a sample is the sum over its first k starts. A start that is sti
 running when few others are left pays for nearly whole rounds: the tail of a batch is
 charged to the slow starts that make it.
 """
+
 from __future__ import annotations
 
-import os
-import platform as _platform
 import time
 from dataclasses import dataclass
 
@@ -32,14 +31,19 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
-from . import dataset as ds_format
-from . import fitting, metrics
-from .arrays import positive_int
-from .models import get_model
+from .. import storage
+from ..arrays import positive_int
+from ..config import BaselineConfig
+from ..data import format as ds_format
+from ..data.samples import TEST_SEED, TEST_SIZE, simulate_chunk
+from ..machine import machine
+from ..models import get_model
+from ..runtime import Progress, ensure_ray
+from ..solver import SolveStatus
+from . import mle
 
 INTENT = "_baseline.json"
 MULTISTART = "multistart.parquet"
-DEFAULT_STARTS = (1, 2, 4, 8)
 PRIOR, NETWORK = "prior", "network"
 
 
@@ -49,19 +53,18 @@ def load_test_set(model: str, test_set: str | None = None, limit: int | None = N
     ``limit`` keeps the first samples only (quick runs and tests)."""
     m = get_model(model)
     if test_set is None:
-        n = metrics.TEST_SIZE if limit is None else min(positive_int("limit", limit), metrics.TEST_SIZE)
-        from .generate import simulate_chunk
-
-        rows = simulate_chunk(m, metrics.TEST_SEED, 0, n)
-        return rows, {"source": "SPEC test set", "seed": metrics.TEST_SEED, "n_samples": n}
-    manifest = ds_format.read_manifest(test_set)
-    if manifest["model"] != m.name:
-        raise ValueError(f"test set {test_set} holds {manifest['model']!r} samples, not {m.name!r}")
+        n = TEST_SIZE if limit is None else min(positive_int("limit", limit), TEST_SIZE)
+        rows = simulate_chunk(m, TEST_SEED, 0, n)
+        return rows, {"source": "SPEC test set", "seed": TEST_SEED, "n_samples": n}
+    manifest = storage.read_manifest(test_set, what="test set", model=m.name)
     table = ds_format.read_table(test_set)
     if limit is not None:
         table = table.slice(0, positive_int("limit", limit))
-    rows = {"sample_id": table["sample_id"].to_numpy(), "theta": np.stack(table["theta"].to_numpy(zero_copy_only=False)),
-            "status": table["status"].to_numpy()}
+    rows = {
+        "sample_id": table["sample_id"].to_numpy(),
+        "theta": np.stack(table["theta"].to_numpy(zero_copy_only=False)),
+        "status": table["status"].to_numpy(),
+    }
     for name in ("t", "channel", "value", "clean"):
         rows[name] = _padded(table[name], np.int64 if name == "channel" else np.float64)
     return rows, {"source": test_set, "seed": manifest["seed"], "n_samples": len(rows["sample_id"])}
@@ -77,32 +80,47 @@ def _padded(column, dtype) -> np.ndarray:
 def fit_chunk(model: str, rows: dict, checkpoint: str, n_starts: int, seed: int, max_iter: int) -> pa.Table:
     """One batched fit of a chunk of test rows: ``n_starts`` prior starts and one network
     start per sample, all in the same batches. One table row per (sample, start)."""
-    from .estimator import load_estimator
+    from ..estimate.estimator import load_estimator
 
     m = get_model(model)
     ids, t, ch, value = rows["sample_id"], rows["t"], rows["channel"], rows["value"]
     n, p, per = len(ids), m.n_parameters, n_starts + 1
     est = load_estimator(checkpoint)
-    z0 = np.concatenate([fitting.prior_starts(m, ids, n_starts, seed),
-                         est.estimate_z(t, ch, value)[:, None]], axis=1).reshape(-1, p)  # sample-major
+    z0 = np.concatenate(
+        [mle.prior_starts(m, ids, n_starts, seed), est.estimate_z(t, ch, value)[:, None]], axis=1
+    ).reshape(-1, p)  # sample-major
     kind = np.tile(np.array([PRIOR] * n_starts + [NETWORK]), n)
-    rep = lambda a: np.repeat(a, per, axis=0)  # noqa: E731
-    result = fitting.fit(m, rep(t), rep(ch), rep(value), z0, max_iter=max_iter,
-                         hessian=np.where(kind == NETWORK, "gauss-newton", "identity"))
+    rep = lambda a: np.repeat(a, per, axis=0)
+    result = mle.fit(
+        m,
+        rep(t),
+        rep(ch),
+        rep(value),
+        z0,
+        max_iter=max_iter,
+        hessian=np.where(kind == NETWORK, "gauss-newton", "identity"),
+    )
     size = n * per
     cols = {
-        "sample_id": rep(ids).astype(np.int64), "method": kind,
+        "sample_id": rep(ids).astype(np.int64),
+        "method": kind,
         "start": np.tile(np.r_[np.arange(n_starts), 0], n).astype(np.int16),
-        "z0": z0, "z": result.z, "theta": result.theta, "nll": result.nll,
-        "iterations": result.iterations.astype(np.int32), "evaluations": result.evaluations.astype(np.int32),
-        "status": result.status, "problems": np.full(size, size, dtype=np.int32),
-        "fit_wall_s": np.full(size, result.wall_s), "seconds": result.seconds,
+        "z0": z0,
+        "z": result.z,
+        "theta": result.theta,
+        "nll": result.nll,
+        "iterations": result.iterations.astype(np.int32),
+        "evaluations": result.evaluations.astype(np.int32),
+        "status": result.status,
+        "problems": np.full(size, size, dtype=np.int32),
+        "fit_wall_s": np.full(size, result.wall_s),
+        "seconds": result.seconds,
     }
     return _fits_table(cols, est.checkpoint_id)
 
 
 def _fits_table(cols: dict, checkpoint_id: str) -> pa.Table:
-    fixed = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), pa.float64()), a.shape[1])  # noqa: E731
+    fixed = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), pa.float64()), a.shape[1])
     arrays = {k: fixed(v) if k in ("z0", "z", "theta") else pa.array(v) for k, v in cols.items()}
     arrays["checkpoint_id"] = pa.array([checkpoint_id] * len(cols["sample_id"]))
     return pa.table(arrays)
@@ -110,14 +128,18 @@ def _fits_table(cols: dict, checkpoint_id: str) -> pa.Table:
 
 def _run_chunk(model, rows, checkpoint, n_starts, seed, max_iter, root_uri) -> dict:
     torch.set_num_threads(1)  # one task per CPU
-    warm = fitting.warm_up(get_model(model), rows["t"], rows["channel"], rows["value"])
+    warm = mle.warm_up(get_model(model), rows["t"], rows["channel"], rows["value"])
     start = time.perf_counter()
     table = fit_chunk(model, rows, checkpoint, n_starts, seed, max_iter)
-    fs, root = ds_format.resolve(root_uri)
+    fs, root = storage.resolve(root_uri)
     first = int(rows["sample_id"][0])
     ds_format.write_part(fs, root, first, table)
-    return {"first": first, "samples": len(rows["sample_id"]),
-            "fit_s": round(time.perf_counter() - start, 3), "compile_warm_up_s": round(warm, 3)}
+    return {
+        "first": first,
+        "samples": len(rows["sample_id"]),
+        "fit_s": round(time.perf_counter() - start, 3),
+        "compile_warm_up_s": round(warm, 3),
+    }
 
 
 @dataclass
@@ -132,20 +154,33 @@ class BaselineSummary:
     table: str  # the k-start results, per sample
 
     def __str__(self) -> str:
-        return (f"BFGS baselines for {self.samples} {self.model} samples, starts {self.starts} + network start, "
-                f"{self.chunks} chunks ({self.chunks_resumed} resumed), {self.wall_s:.1f} s wall -> {self.table}")
+        return (
+            f"BFGS baselines for {self.samples} {self.model} samples, starts {self.starts} + network start, "
+            f"{self.chunks} chunks ({self.chunks_resumed} resumed), {self.wall_s:.1f} s wall -> {self.table}"
+        )
 
 
-def run_baseline(model: str, out: str, *, checkpoint: str | None = None, test_set: str | None = None,
-                 limit: int | None = None, starts=DEFAULT_STARTS, seed: int = 0, chunk_size: int = 256,
-                 max_iter: int = fitting.MAX_ITER, overwrite: bool = False, command: str = "") -> BaselineSummary:
+def run_baseline(
+    model: str,
+    out: str,
+    *,
+    checkpoint: str | None = None,
+    test_set: str | None = None,
+    limit: int | None = BaselineConfig.limit,
+    starts=BaselineConfig.starts,
+    seed: int = BaselineConfig.seed,
+    chunk_size: int = BaselineConfig.chunk_size,
+    max_iter: int = BaselineConfig.max_iter,
+    overwrite: bool = False,
+    command: str = "",
+) -> BaselineSummary:
     """Fit every test sample from ``max(starts)`` prior starts and from the network's
     estimate, as Ray tasks of ``chunk_size`` samples (starts an embedded Ray when none is
     connected); write the per-start fits, the per-sample k-start table and a manifest
     into ``out``. Resumes an unfinished run with the same settings."""
     import ray
 
-    from .estimator import load_estimator
+    from ..estimate.estimator import load_estimator
 
     m = get_model(model)
     starts = sorted({positive_int("starts", k) for k in (starts if not isinstance(starts, int) else [starts])})
@@ -158,54 +193,72 @@ def run_baseline(model: str, out: str, *, checkpoint: str | None = None, test_se
     if est.model.name != m.name:
         raise ValueError(f"checkpoint {checkpoint} is for {est.model.name!r}, not {m.name!r}")
     rows, described = load_test_set(m.name, test_set, limit)
-    usable = rows["status"] == ds_format.STATUS_SOLVED
+    usable = rows["status"] == SolveStatus.OK
     rows = {k: v[usable] for k, v in rows.items()}
     n = len(rows["sample_id"])
-    fs, root = ds_format.resolve(out)
-    params = {"model": m.name, "checkpoint_id": est.checkpoint_id, "test_set": described, "starts": starts,
-              "seed": int(seed), "chunk_size": chunk_size, "max_iter": max_iter}
-    done = ds_format.prepare_location(fs, root, out, params, overwrite, intent=INTENT, outputs=(MULTISTART,),
-                                      what="baseline")
+    fs, root = storage.resolve(out)
+    params = {
+        "model": m.name,
+        "checkpoint_id": est.checkpoint_id,
+        "test_set": described,
+        "starts": starts,
+        "seed": int(seed),
+        "chunk_size": chunk_size,
+        "max_iter": max_iter,
+    }
+    done = ds_format.prepare_location(
+        fs, root, out, params, overwrite, intent=INTENT, outputs=(MULTISTART,), what="baseline"
+    )
     chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
     todo = [(a, b) for a, b in chunks if ds_format.part_name(int(rows["sample_id"][a])) not in done]
     start = time.perf_counter()
     if todo:
-        if not ray.is_initialized():
-            ray.init()
+        ensure_ray()
         task = ray.remote(num_cpus=1, num_gpus=0, max_retries=3)(_run_chunk)
-        ckpt = checkpoint if checkpoint in (m.name,) or "://" in checkpoint else os.path.abspath(checkpoint)
-        root_uri = out if "://" in out else root
-        pending = [task.remote(m.name, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed,
-                               max_iter, root_uri) for a, b in todo]
+        ckpt = checkpoint if checkpoint == m.name else storage.absolute(checkpoint)
+        root_uri = storage.absolute(out)
+        pending = [
+            task.remote(m.name, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed, max_iter, root_uri)
+            for a, b in todo
+        ]
         chunk_times = _wait_with_progress(pending, f"baseline {m.name}")
     else:
         chunk_times = []
     fits = _read_fits(fs, root, out, rows["sample_id"], starts[-1])
     table = multistart_table(fits, starts)
-    pq.write_table(table, f"{root}/{MULTISTART}.tmp", filesystem=fs)
-    fs.move(f"{root}/{MULTISTART}.tmp", f"{root}/{MULTISTART}")
+    storage.write_file(fs, f"{root}/{MULTISTART}", lambda f: pq.write_table(table, f))
     wall = time.perf_counter() - start
-    manifest = ds_format.make_manifest(m, n, seed, {
-        **params, "kind": "baseline", "command": command, "machine": machine(), "threads_per_task": 1,
-        "wall_s": round(wall, 3), "excluded_failed_rows": int((~usable).sum()),
-        "chunk_times": chunk_times,  # this run's chunks (resumed ones are not repeated)
-    })
-    ds_format.write_json(fs, f"{root}/{ds_format.MANIFEST}", manifest)
+    manifest = ds_format.make_manifest(
+        m,
+        n,
+        seed,
+        {
+            **params,
+            "kind": "baseline",
+            "command": command,
+            "machine": machine(),
+            "threads_per_task": 1,
+            "wall_s": round(wall, 3),
+            "excluded_failed_rows": int((~usable).sum()),
+            "chunk_times": chunk_times,  # this run's chunks (resumed ones are not repeated)
+        },
+    )
+    storage.write_json(fs, f"{root}/{storage.MANIFEST}", manifest)
     fs.delete_file(f"{root}/{INTENT}")
-    return BaselineSummary(m.name, out, n, starts, len(chunks), len(chunks) - len(todo), wall,
-                           f"{out.rstrip('/')}/{MULTISTART}")
+    return BaselineSummary(
+        m.name, out, n, starts, len(chunks), len(chunks) - len(todo), wall, f"{out.rstrip('/')}/{MULTISTART}"
+    )
 
 
 def _wait_with_progress(pending, what: str) -> list:
     import ray
-    from tqdm import tqdm
 
     results = []
-    with tqdm(total=len(pending), desc=what, unit="chunk") as bar:
+    with Progress(len(pending), what, "chunk") as progress:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             results += ray.get(ready)  # raises the task's error, if it failed for good
-            bar.update(len(ready))
+            progress.update(len(ready))
     return sorted(results, key=lambda r: r["first"])
 
 
@@ -218,19 +271,23 @@ def _read_fits(fs, root: str, out: str, sample_ids: np.ndarray, n_starts: int) -
         got = np.sort(ids[method == kind])
         want = np.sort(np.repeat(sample_ids, per_sample))
         if not np.array_equal(got, want):
-            raise RuntimeError(f"{out}: {kind} fits do not cover every sample exactly {per_sample} time(s); "
-                               "result left incomplete")
+            raise RuntimeError(
+                f"{out}: {kind} fits do not cover every sample exactly {per_sample} time(s); result left incomplete"
+            )
     return table.sort_by([("sample_id", "ascending"), ("method", "descending"), ("start", "ascending")])
 
 
 def multistart_table(fits: pa.Table, starts: list[int]) -> pa.Table:
     """Per sample and per number of starts k: the best of its first k prior starts, with
     the summed cost; plus one row per sample for the network start (``starts`` = 0)."""
-    f = {c: fits[c].to_numpy(zero_copy_only=False) for c in
-         ("sample_id", "method", "start", "nll", "iterations", "evaluations", "seconds")}
+    f = {
+        c: fits[c].to_numpy(zero_copy_only=False)
+        for c in ("sample_id", "method", "start", "nll", "iterations", "evaluations", "seconds")
+    }
     theta = np.stack(fits["theta"].to_numpy(zero_copy_only=False))
-    out = {k: [] for k in ("sample_id", "method", "starts", "best_start", "nll", "iterations", "evaluations",
-                           "seconds")}
+    out = {
+        k: [] for k in ("sample_id", "method", "starts", "best_start", "nll", "iterations", "evaluations", "seconds")
+    }
     thetas = []
     prior = f["method"] == PRIOR
     ids = np.unique(f["sample_id"])
@@ -244,7 +301,9 @@ def multistart_table(fits: pa.Table, starts: list[int]) -> pa.Table:
     cols = {k: np.concatenate(v) for k, v in out.items()}
     table = pa.table({k: pa.array(v) for k, v in cols.items()})
     thetas = np.concatenate(thetas)
-    return table.append_column("theta", pa.FixedSizeListArray.from_arrays(pa.array(thetas.reshape(-1)), thetas.shape[1]))
+    return table.append_column(
+        "theta", pa.FixedSizeListArray.from_arrays(pa.array(thetas.reshape(-1)), thetas.shape[1])
+    )
 
 
 def _append(out, thetas, f, theta, best, method, k, best_start, group):
@@ -256,15 +315,3 @@ def _append(out, thetas, f, theta, best, method, k, best_start, group):
     for c in ("iterations", "evaluations", "seconds"):
         out[c].append(f[c][group].sum(1))
     thetas.append(theta[best])
-
-
-def machine() -> dict:
-    """What ran it: CPU model, threads, GPU."""
-    cpu = _platform.processor() or _platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}

@@ -1,0 +1,186 @@
+"""One home for the settings of every stage and their defaults.
+
+Each stage's settings are a dataclass: the library's functions take their defaults from
+these classes, the ``mechinfer`` command line builds its flags (with their help and
+defaults) from their fields, the pipeline's presets are instances of them, and the Tune
+search space names the fields of :class:`NetworkConfig`. A default written here is the
+only place it is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydanticField
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A field with its command-line help."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """Stage 1: simulating a dataset with Ray Data."""
+
+    seed: int = _opt(0, "seed of the prior draws, designs and noise (SPEC 5)")
+    chunk_size: int = _opt(8192, "samples per task and per Parquet file")
+    num_blocks: int | None = _opt(None, "Ray Data blocks (default: one per chunk)")
+    rtol: float | None = _opt(None, "solver relative tolerance (default: the solver's, 1e-6)")
+    max_steps: int | None = _opt(None, "solver step limit per sample (default: the solver's, 20000)")
+
+    def solver_options(self) -> dict:
+        return {k: v for k, v in (("rtol", self.rtol), ("max_steps", self.max_steps)) if v is not None}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The architecture of the proxy and the Deep Set (SPEC 6; the Tune search space)."""
+
+    width: int = _opt(128, "hidden units per layer")
+    depth: int = _opt(3, "hidden layers of each MLP")
+    pooling: str = _opt("meanmax", "Deep Set pooling", choices=("mean", "max", "meanmax"))
+    time_encoding: str = _opt("fourier", "time features", choices=("linear", "fourier"))
+    channel_encoding: str = _opt("onehot", "channel features", choices=("onehot", "embedding"))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+NETWORK_KEYS = tuple(f.name for f in dataclasses.fields(NetworkConfig))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stages 2-3: Ray Train of one network (proxy, Deep Set through the proxy)."""
+
+    num_workers: int = _opt(1, "Ray Train workers (GPU workers when the cluster has as many GPUs)")
+    epochs: int = _opt(5, "epochs over the training split")
+    batch_size: int = _opt(256, "global batch size (split over the workers)")
+    lr: float = _opt(1e-3, "Adam learning rate")
+    min_obs: int = _opt(3, "smallest random subset of a set's observations trained on")
+    max_steps_per_epoch: int | None = _opt(None, "cap on the steps of an epoch")
+    seed: int = _opt(0, "seed of initialisation and subsets")
+    max_failures: int = _opt(2, "worker failures survived by resuming from the last checkpoint")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Stage 3, second part: the Deep Set fine-tuned through the mechanistic solver."""
+
+    finetune_epochs: int = _opt(1, "epochs through the mechanistic model (0: skip)")
+    finetune_lr: float = _opt(1e-4, "learning rate of the fine-tuning")
+    finetune_steps_per_epoch: int | None = _opt(None, "cap on the steps of a fine-tuning epoch")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Stage 4: Ray Tune over :class:`NetworkConfig`, learning rate and batch size."""
+
+    num_samples: int = _opt(8, "trials")
+    max_steps: int = _opt(600, "training steps of a trial that ASHA does not stop")
+    steps_per_report: int = _opt(100, "steps between validation reports (ASHA's time unit)")
+    max_rows: int = _opt(50_000, "training rows read per trial")
+    min_obs: int = _opt(3, "smallest random subset of a set's observations trained on")
+    seed: int = _opt(0, "seed of the search")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Stage 5: BFGS from prior draws and from the network's estimate (SPEC 6.5)."""
+
+    starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts to report")
+    seed: int = _opt(0, "seed of the prior starts")
+    chunk_size: int = _opt(256, "test samples per Ray task (each fits all their starts as one batch)")
+    max_iter: int = _opt(1024, "BFGS iterations per start, at most (SPEC 6.5)")
+    limit: int | None = _opt(None, "fit only the first LIMIT test samples")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of a pipeline run (``run.json`` fixes them; SPEC 6)."""
+
+    n: int = _opt(50_000, "training samples to simulate")
+    proxy_epochs: int = _opt(3, "epochs of the proxy")
+    epochs: int = _opt(3, "epochs of the Deep Set through the proxy")
+    finetune_steps: int = _opt(40, "steps of the fine-tuning through the solver")
+    batch_size: int = _opt(256, "training batch size")
+    width: int = _opt(64, "network width (unless tune ran)")
+    depth: int = _opt(2, "network depth (unless tune ran)")
+    num_workers: int = _opt(1, "Ray Train workers")
+    tune: bool = _opt(False, "run the tune stage")
+    tune_samples: int = _opt(4, "Tune trials")
+    baseline_limit: int | None = _opt(64, "test samples in the baseline (None: all 1024)")
+    starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts in the baseline")
+    compile: bool = _opt(False, "compiled solver steps in the served application")
+
+
+# "small": the whole pipeline in minutes on a 2-core machine (a smoke run of the
+# platform, not the paper's numbers); "paper": the paper's scale, for a cluster.
+PRESETS: dict[str, PipelineConfig] = {
+    "small": PipelineConfig(),
+    "paper": PipelineConfig(
+        n=1_000_000,
+        proxy_epochs=4,
+        epochs=6,
+        finetune_steps=200,
+        width=192,
+        depth=3,
+        num_workers=2,
+        tune=True,
+        tune_samples=16,
+        baseline_limit=None,
+        compile=True,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The recipe of a shipped checkpoint (``mechinfer pretrain``)."""
+
+    n: int = _opt(200_000, "training samples to simulate")
+    seed: int = _opt(0, "seed of the dataset")
+    proxy_epochs: int = _opt(3, "epochs of the proxy")
+    epochs: int = _opt(3, "epochs of the Deep Set through the proxy")
+    finetune_epochs: int = _opt(1, "epochs through the mechanistic model (0: skip)")
+    finetune_steps: int | None = _opt(200, "steps of each fine-tuning epoch")
+    batch_size: int = _opt(256, "training batch size")
+    width: int = _opt(128, "network width")
+    depth: int = _opt(3, "network depth")
+    num_workers: int = _opt(1, "Ray Train workers")
+
+
+def replace(config: Any, **overrides: Any) -> Any:
+    """``config`` with the given fields changed; None leaves a field as it is, and an
+    unknown name is refused with the names there are."""
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; settings are {sorted(names)}")
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class ServeArgs(BaseModel):
+    """The Serve application's ``args`` (``serving/config.yaml``), validated by Serve
+    before the application is built. Which checkpoints are served is configuration,
+    never a request parameter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoints: dict[str, str] | None = PydanticField(
+        None,
+        description="model name -> checkpoint directory or URI, or the model name for the shipped one "
+        "(default: every shipped model)",
+    )
+    max_observations: int = PydanticField(256, ge=1, description="observations per observation set, at most")
+    max_batch: int = PydanticField(256, ge=1, description="observation sets per batch request, at most")
+    max_body_bytes: int = PydanticField(1 << 20, ge=1, description="request body size, at most")
+    compile: bool | None = PydanticField(
+        None,
+        description="compiled solver steps: each replica spends 20-60 s more starting, answers come 2-5x "
+        "faster (default: on unless MECHINFER_COMPILE=0)",
+    )

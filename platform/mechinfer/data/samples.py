@@ -1,0 +1,46 @@
+"""Simulated experiments as dataset rows (SPEC 5): prior draw and design from
+``(seed, sample_id)``, the model's noise-free output, the noise; and the SPEC test set.
+
+Free of Ray: the Ray Data job (:mod:`mechinfer.data.generate`) calls it per chunk, and the
+evaluation, the baselines and the tests call it directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..models.base import Model
+from ..models.design import draw_experiments
+from ..models.simulate import simulate_observed
+from ..solver import SolveStatus
+
+TEST_SEED = 20231205  # SPEC 4: the test set, never used for training or tuning
+TEST_SIZE = 1024
+
+
+def simulate_chunk(model: Model, seed: int, first: int, last: int, **solver_options) -> dict[str, np.ndarray]:
+    """Columns of the dataset rows for sample ids first..last-1 (SPEC 5)."""
+    ids = np.arange(first, last, dtype=np.int64)
+    d = draw_experiments(model, seed, ids)
+    with torch.no_grad():
+        y, status = simulate_observed(model, torch.from_numpy(d["theta"]), torch.from_numpy(d["t"]), **solver_options)
+    clean = np.take_along_axis(y.numpy(), d["channel"][..., None].astype(np.int64), axis=2)[..., 0]
+    failed = status.numpy() != SolveStatus.OK
+    clean[failed] = np.nan  # a failed solve is flagged and carries no numbers
+    return {
+        "sample_id": ids,
+        "theta": d["theta"],
+        "z": d["z"],
+        "t": d["t"],
+        "channel": d["channel"],
+        "value": clean + d["noise"],
+        "clean": clean,
+        "status": status.numpy().astype(np.int8),
+    }
+
+
+def spec_test_set(model: Model, n: int = TEST_SIZE) -> dict[str, np.ndarray]:
+    """The SPEC test set (its first ``n`` samples): prior draws with their designs, seed
+    20231205. Never used for training or tuning."""
+    return simulate_chunk(model, TEST_SEED, 0, min(n, TEST_SIZE))

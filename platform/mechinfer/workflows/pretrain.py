@@ -1,0 +1,100 @@
+"""Produce the pretrained checkpoint shipped for a model: simulate (or reuse) a dataset,
+train the proxy, train and fine-tune the inference network, evaluate on the SPEC test
+set, and copy the result with its training summary into the package."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from importlib import resources
+
+from .. import storage
+from ..config import PretrainConfig
+from ..data.generate import simulate_dataset
+from ..learn import checkpoint
+from ..learn.trainer import train, train_inference_and_report
+
+log = logging.getLogger(__name__)
+_D = PretrainConfig
+
+
+def build_pretrained(
+    model: str,
+    work: str,
+    *,
+    n: int = _D.n,
+    seed: int = _D.seed,
+    data: str | None = None,
+    proxy_epochs: int = _D.proxy_epochs,
+    epochs: int = _D.epochs,
+    finetune_epochs: int = _D.finetune_epochs,
+    finetune_steps: int | None = _D.finetune_steps,
+    batch_size: int = _D.batch_size,
+    width: int = _D.width,
+    depth: int = _D.depth,
+    num_workers: int = _D.num_workers,
+    install: bool = True,
+    command: str = "",
+) -> dict:
+    """Train a model's networks from scratch and, with ``install``, copy them with their
+    training summary into the package (``mechinfer/pretrained/<model>/``)."""
+    os.makedirs(work, exist_ok=True)
+    data = data or os.path.join(work, f"data-{model}")
+    try:
+        manifest = storage.read_manifest(data)
+        if (manifest["model"], manifest["n_samples"], manifest["seed"]) != (model, n, seed):
+            raise ValueError(
+                f"{data} holds another dataset ({manifest['model']}, {manifest['n_samples']} samples, "
+                f"seed {manifest['seed']})"
+            )
+    except ValueError as exc:
+        if "no manifest.json" not in str(exc):
+            raise
+        log.info("%s", simulate_dataset(model, n, seed, data))
+    network = {"width": width, "depth": depth}
+    proxy = os.path.join(work, "proxy")
+    proxy_summary = train(
+        "proxy",
+        model,
+        data,
+        proxy,
+        epochs=proxy_epochs,
+        batch_size=batch_size,
+        network=network,
+        num_workers=num_workers,
+    )
+    log.info("%s", proxy_summary)
+    out = os.path.join(work, "inference")
+    report = train_inference_and_report(
+        model,
+        data,
+        proxy,
+        out,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        finetune_steps_per_epoch=finetune_steps,
+        batch_size=batch_size,
+        network=network,
+        num_workers=num_workers,
+    )
+    report["command"] = command
+    report["proxy"] = proxy_summary.__dict__
+    report["text"] = f"{proxy_summary}\n{report['text']}"
+    storage.write_local_json(
+        os.path.join(out, "training_summary.json"), {k: v for k, v in report.items() if k != "text"}
+    )
+    text = f"$ {command}\n\n{report['text']}\n"
+    storage.write_local(os.path.join(out, "training_summary.txt"), lambda f: f.write(text.encode()))
+    if install:
+        dest = str(resources.files("mechinfer") / "pretrained" / model)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+        for name in (checkpoint.WEIGHTS, checkpoint.META, "training_summary.json", "training_summary.txt"):
+            shutil.copy(os.path.join(out, name), dest)
+        if finetune_epochs:  # the network before fine-tuning: Table 1's "Deep Inference" row
+            os.makedirs(os.path.join(dest, "through-proxy"))
+            for name in (checkpoint.WEIGHTS, checkpoint.META):
+                shutil.copy(os.path.join(out, "through-proxy", name), os.path.join(dest, "through-proxy"))
+        report["installed"] = dest
+    return report
