@@ -129,7 +129,7 @@ def main() -> None:
     from ray import serve
 
     import mechinfer
-    from mechinfer.fit import baseline
+    from mechinfer.evaluate import baseline
     from mechinfer.machine import machine
     from mechinfer.serve import handlers as service
     from serving.app import build

@@ -17,6 +17,7 @@ deployments: ``@serve.deployment`` pickles the class when it decorates it.)
 import asyncio
 import json
 import time
+from typing import cast
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -144,7 +145,7 @@ def _per_model(cases: list[tuple], run, batch_key: str) -> list[dict]:
                 "nll": float(res["nll"][j]),
                 "timing_ms": {**res["timing_ms"], batch_key: len(idx)},
             }
-    return out
+    return cast(list[dict], out)  # every case belongs to one model: no slot is left None
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
@@ -230,7 +231,11 @@ class Api:
             return _error(422, _validation_message(exc))
         if (req.observations is None) == (req.batch is None):
             return _error(422, "give exactly one of 'observations' (one set) or 'batch' (a list of sets)")
-        lists = [req.observations] if req.batch is None else req.batch
+        if req.batch is None:
+            assert req.observations is not None  # exactly one of the two is given (checked above)
+            lists = [req.observations]
+        else:
+            lists = req.batch
         if req.batch is not None and not 0 < len(req.batch) <= self.max_batch:
             return _error(422, f"batch holds {len(req.batch)} observation sets; it must hold 1 to {self.max_batch}")
         try:
@@ -284,5 +289,7 @@ def application(args: ServeArgs | dict, deployment_options: dict[str, dict] | No
     unknown = set(options) - {"Api", "Refiner"}
     if unknown:
         raise ValueError(f"no deployment named {sorted(unknown)}; the deployments are Api and Refiner")
-    refiner = Refiner.options(**options.get("Refiner", {})).bind(checkpoints, settings.compile)
-    return Api.options(**options.get("Api", {})).bind(refiner, checkpoints, settings)
+    # @serve.deployment turns the classes into Deployments (with .options) at runtime,
+    # but Ray's typing leaves them typed as the plain classes
+    refiner = Refiner.options(**options.get("Refiner", {})).bind(checkpoints, settings.compile)  # type: ignore[attr-defined]
+    return Api.options(**options.get("Api", {})).bind(refiner, checkpoints, settings)  # type: ignore[attr-defined]

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from processes import pids_of
 
 from mechinfer.data.generate import simulate_dataset
-from mechinfer.fit import baseline
+from mechinfer.evaluate import baseline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,6 +127,7 @@ def _job(name, *args):
     )
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused(tmp_path):
     cases = [
         (

@@ -118,6 +118,8 @@ def head_node():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -156,6 +158,7 @@ def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
     assert sorted(ids.tolist()) == list(range(300))
 
 
+@pytest.mark.slow
 def test_pipeline_refuses_a_cluster_address_that_does_not_answer(tmp_path):
     port = free_port()
     run = subprocess.run(

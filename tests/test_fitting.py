@@ -7,7 +7,8 @@ import scipy.optimize
 import torch
 
 import mechinfer
-from mechinfer.fit import baseline, bfgs
+from mechinfer.evaluate import baseline
+from mechinfer.fit import bfgs
 from mechinfer.fit import mle as fitting
 from mechinfer.fit.bfgs import FitStatus
 from mechinfer.models import likelihood as metrics
@@ -53,7 +54,7 @@ def test_bad_start_and_iteration_limit_are_reported():
     assert r.iterations.tolist() == [0, 3, 3]
 
 
-@pytest.mark.parametrize("name", ["mmk", "ecoli"])
+@pytest.mark.parametrize("name", ["mmk", pytest.param("ecoli", marks=pytest.mark.slow)])
 def test_nll_gradient_used_by_bfgs_matches_central_differences(name):
     m = mechinfer.get_model(name)
     rows, _ = baseline.load_test_set(name, None, 4)
@@ -78,6 +79,7 @@ def mmk_rows():
     return rows
 
 
+@pytest.mark.slow
 def test_multistart_finds_the_better_optimum_where_one_start_is_stuck(mmk_rows):
     m = mechinfer.get_model("mmk")
     table = baseline.fit_chunk("mmk", mmk_rows, "mmk", 8, 0, 200)  # a short budget keeps the test quick
@@ -109,6 +111,7 @@ def test_multistart_finds_the_better_optimum_where_one_start_is_stuck(mmk_rows):
     assert sorted(ids[method == "network"].tolist()) == sorted(mmk_rows["sample_id"].tolist())
 
 
+@pytest.mark.slow
 def test_refine_reaches_the_r2_of_the_true_parameters(mmk_rows):
     est = mechinfer.load_estimator("mmk")
     m = est.model

@@ -182,6 +182,7 @@ def _job(*args):
     )
 
 
+@pytest.mark.slow
 def test_job_cli(tmp_path):
     out = tmp_path / "cli"
     run = _job("--model", "mmk", "--n", "200", "--seed", "0", "--out", str(out), "--chunk-size", "100")

@@ -13,6 +13,8 @@ import pytest
 
 from mechinfer.data import format as dataset
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mmk", "--n", "3000"]
 

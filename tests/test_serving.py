@@ -8,8 +8,10 @@ import requests
 from processes import free_port
 
 import mechinfer
-from mechinfer.fit import baseline
+from mechinfer.evaluate import baseline
 from mechinfer.serve import handlers as service
+
+pytestmark = [pytest.mark.slow, pytest.mark.serve]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from mechinfer.solver import IController, ODETerm, Rodas4, integrate
 N_DRAWS = 300
 
 
-@pytest.mark.parametrize("name", ["mmk", "ecoli"])
+@pytest.mark.parametrize("name", ["mmk", pytest.param("ecoli", marks=pytest.mark.slow)])
 def test_accuracy_against_reference(name):
     """Within 1% of the channel's noise sigma at every point, no failed solve; both the
     eager step and the compiled one that large batches (the dataset job) use."""
@@ -94,7 +94,7 @@ def _nll_function(m, seed, ids, rtol):
     return nll, torch.from_numpy(d["z"]).double()
 
 
-@pytest.mark.parametrize("name", ["mmk", "ecoli"])
+@pytest.mark.parametrize("name", ["mmk", pytest.param("ecoli", marks=pytest.mark.slow)])
 def test_gradient_matches_finite_differences(name):
     m = mechinfer.get_model(name)
     if name == "ecoli":

@@ -10,6 +10,8 @@ import mechinfer
 from mechinfer.data.generate import simulate_dataset
 from mechinfer.learn.trainer import train
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def mmk_data(ray_local, tmp_path_factory):

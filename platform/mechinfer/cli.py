@@ -183,7 +183,7 @@ def _pretrain(args: argparse.Namespace, command: str) -> None:
 
 
 def _baseline(args: argparse.Namespace, command: str) -> None:
-    from .fit.baseline import run_baseline
+    from .evaluate.baseline import run_baseline
 
     b = _settings(config.BaselineConfig, args)
     summary = run_baseline(
@@ -254,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, run: Callable, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(run=run)
+        p.set_defaults(handler=run)
         return p
 
     p = command("simulate", _simulate, "simulate a dataset of a model with Ray Data (SPEC 6.1)")
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             from .runtime import check_address
 
             check_address(os.environ.get("RAY_ADDRESS"))
-        args.run(args, command_line)
+        args.handler(args, command_line)
     except USER_ERRORS as exc:
         print(f"{args.command}: error: {exc}", file=sys.stderr)
         return 2

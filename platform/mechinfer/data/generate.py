@@ -111,7 +111,11 @@ def simulate_dataset(
         items = [{"first": f, "last": last} for f, last in todo]
         root_uri = storage.absolute(out)
         written = ray.data.from_items(items, override_num_blocks=min(num_blocks or len(items), len(items))).map_batches(
-            _write_chunks, batch_size=1, num_cpus=1, fn_args=(m.name, int(seed), root_uri, solver_options)
+            # Ray's stubs type the function as taking the batch alone; fn_args supplies the rest
+            _write_chunks,  # type: ignore[arg-type]
+            batch_size=1,
+            num_cpus=1,
+            fn_args=(m.name, int(seed), root_uri, solver_options),
         )
         reported = 0
         with Progress(len(todo), f"simulate {m.name}", "chunk") as progress:

@@ -23,12 +23,12 @@ import torch
 from .. import storage
 from ..data import format as ds_format
 from ..estimate.estimator import load_estimator, shipped_checkpoint
-from ..fit import baseline
 from ..fit.mle import MAX_BATCH
 from ..machine import machine
 from ..models import get_model, likelihood
 from ..models.base import Model
 from ..solver import SolveStatus
+from . import baseline
 
 REPORT = "report.json"
 NETWORK_BATCHES = (1, 64, 256, 1024)
@@ -107,7 +107,8 @@ def evaluate_model(
     ft_gpu = network_seconds(est_ft, t, ch, x, "cuda")[0] if gpu else None
 
     table = []
-    estimates = {}
+    # method -> (theta, CPU seconds, GPU seconds or None, BFGS cost columns or None)
+    estimates: dict[str, tuple[np.ndarray, float, float | None, dict | None]] = {}
     for k in manifest["starts"]:
         theta, cost = _estimates_from(fits, baseline.PRIOR, k, ids)
         estimates[f"BFGS, {k} start{'s' if k > 1 else ''}"] = (theta, float(cost["seconds"].mean()), None, cost)
@@ -115,7 +116,7 @@ def evaluate_model(
     estimates["Deep Inference + MM"] = (est_ft.estimate(t, ch, x), ft_cpu, ft_gpu, None)
     theta, cost = _estimates_from(fits, baseline.NETWORK, 0, ids)
     estimates["Deep Inference + BFGS"] = (theta, ft_cpu + float(cost["seconds"].mean()), None, cost)
-    for method, (theta, cpu_s, gpu_s, cost) in estimates.items():
+    for method, (theta, cpu_s, gpu_s, bfgs_cost) in estimates.items():
         mu = _predict(m, theta, t, ch)
         row = {
             "model": m.name,
@@ -124,7 +125,7 @@ def evaluate_model(
             "r2_true": likelihood.r2(m, mu, ch, clean, n_boot=n_boot),
             "cpu_s": cpu_s,
             "gpu_s": gpu_s,
-            "evaluations": None if cost is None else float(cost["evaluations"].mean()),
+            "evaluations": None if bfgs_cost is None else float(bfgs_cost["evaluations"].mean()),
         }
         table.append(row)
     truth = _predict(m, rows["theta"], t, ch)
@@ -416,7 +417,7 @@ def plot_landscape(
     fig, axes = plt.subplots(1, n_slices, figsize=(4.2 * n_slices, 3.8), squeeze=False)
     t, ch, x = (torch.as_tensor(rows[k][:1]) for k in ("t", "channel", "value"))
     for j in range(n_slices):
-        q, _ = np.linalg.qr(rng.standard_normal((m.n_parameters, 2)))
+        q, _r = np.linalg.qr(rng.standard_normal((m.n_parameters, 2)))
         z = z_opt + A.reshape(-1, 1) * q[:, 0] + B.reshape(-1, 1) * q[:, 1]
         n = z.shape[0]
         with torch.no_grad():

@@ -115,6 +115,7 @@ def bfgs(
             )
             H_new = eye.expand(k, p, p).clone()
             if given.any():
+                assert h0 is not None  # `given` is all false without h0
                 H_new[given] = h0(x0[new[given]], new[given]).to(dtype)
             H = torch.cat([H, H_new])
             first = torch.cat([first, ~given])

@@ -121,7 +121,7 @@ def fit(
     max_iter: int = MAX_ITER,
     gtol: float = 1e-5,
     max_batch: int = MAX_BATCH,
-    hessian: str | Sequence[str] = "gauss-newton",
+    hessian: str | Sequence[str] | np.ndarray = "gauss-newton",
     compile: bool | None = None,
     **solver_options,
 ) -> Fit:

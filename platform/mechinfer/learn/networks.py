@@ -30,6 +30,8 @@ class TimeChannelEncoding(nn.Module):
     """Features of (t, channel): t / T, optionally with Fourier features, and the channel
     as one-hot or a learned embedding (both tunable)."""
 
+    freqs: torch.Tensor  # registered buffer
+
     def __init__(
         self,
         T: float,
@@ -66,6 +68,9 @@ class TimeChannelEncoding(nn.Module):
 class ProxyNet(nn.Module):
     """(z (B, P), t (B, N), channel (B, N)) -> predicted noise-free output (B, N)."""
 
+    scale: torch.Tensor  # registered buffers
+    offset: torch.Tensor
+
     def __init__(self, config: dict):
         super().__init__()
         self.config = dict(config)
@@ -92,6 +97,8 @@ class DeepSet(nn.Module):
     rho on the pooled vector -> z (B, P). Padded entries (NaN t or value) are ignored."""
 
     POOLINGS = ("mean", "max", "meanmax")
+    scale: torch.Tensor  # registered buffers
+    offset: torch.Tensor
 
     def __init__(self, config: dict):
         super().__init__()

@@ -289,6 +289,7 @@ def train(
             training={**meta["training"], "num_workers": num_workers, "use_gpu": use_gpu},
         )
     metrics = result.metrics
+    assert metrics is not None  # reported together with the checkpoint checked above
     return TrainSummary(
         stage=stage,
         model=m.name,

@@ -159,6 +159,8 @@ def tune_inference(
     )
     results = tuner.fit()
     best = results.get_best_result()
+    # the best result was chosen by its reported val_nll, and carries its trial's config
+    assert best.metrics is not None and best.config is not None
     keys = (*NETWORK_KEYS, "lr", "batch_size")
     best_config = {"model": m.name, "val_nll": best.metrics["val_nll"], **{k: best.config[k] for k in keys}}
     os.makedirs(out, exist_ok=True)

@@ -98,12 +98,14 @@ def value_and_jacobian(duals_out: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack rate outputs (Duals, or plain values that do not depend on the state) into
     f (B, S) and J (B, S, S) with J[b, i, j] = d f_i / d y_j."""
     ref = next(o for o in duals_out if isinstance(o, Dual) and o.d is not None)
-    n_seed = ref.d.shape[0]
+    ref_d = ref.d
+    assert ref_d is not None  # selected for it
+    n_seed = ref_d.shape[0]
     values, rows = [], []
     for o in duals_out:
         if isinstance(o, Dual) and o.d is not None:
             values.append(o.v.expand_as(ref.v))
-            rows.append(o.d.expand_as(ref.d))
+            rows.append(o.d.expand_as(ref_d))
         else:
             o = o.v if isinstance(o, Dual) else o
             values.append(torch.as_tensor(o, dtype=ref.v.dtype, device=ref.v.device).expand_as(ref.v))

@@ -44,8 +44,8 @@ class ODETerm:
             return value.detach(), rows.permute(1, 0, 2)
         y_in = y if y.requires_grad else y.detach().requires_grad_()
         value = self.f(y_in, args)
-        rows = [
+        row_list = [
             torch.autograd.grad(value[:, i].sum(), y_in, retain_graph=True, create_graph=True)[0]
             for i in range(n_states)
         ]
-        return value, torch.stack(rows, dim=1)
+        return value, torch.stack(row_list, dim=1)

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 
 from .. import SPEC_VERSION
 from ..config import NETWORK_KEYS, PRESETS, replace
@@ -251,7 +252,7 @@ def _tune(model, run, s, records, **_):
 
 
 def _baseline(model, run, s, records, command, **_):
-    from ..fit.baseline import run_baseline
+    from ..evaluate.baseline import run_baseline
 
     ckpt = _needs(records, "train-inference")["checkpoint"]
     out = os.path.join(run, "baseline")
@@ -288,7 +289,7 @@ def _serve(model, run, s, records, port: int = 8000, **_):
     from ..data.samples import spec_test_set
     from ..serve import handlers
 
-    module, _, name = SERVE_APP.partition(":")
+    module, _sep, name = SERVE_APP.partition(":")
     build = getattr(importlib.import_module(module), name)
     ckpt = _needs(records, "train-inference")["checkpoint"]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -305,7 +306,7 @@ def _serve(model, run, s, records, port: int = 8000, **_):
     return {"endpoint": url, "answer": answer}
 
 
-_STAGE_FUNCTIONS = {
+_STAGE_FUNCTIONS: dict[str, Callable[..., dict]] = {
     "simulate": _simulate,
     "train-proxy": _train_proxy,
     "train-inference": _train_inference,

@@ -36,11 +36,11 @@ from ..arrays import positive_int
 from ..config import BaselineConfig
 from ..data import format as ds_format
 from ..data.samples import TEST_SEED, TEST_SIZE, simulate_chunk
+from ..fit import mle
 from ..machine import machine
 from ..models import get_model
 from ..runtime import Progress, ensure_ray
 from ..solver import SolveStatus
-from . import mle
 
 INTENT = "_baseline.json"
 MULTISTART = "multistart.parquet"
@@ -285,10 +285,10 @@ def multistart_table(fits: pa.Table, starts: list[int]) -> pa.Table:
         for c in ("sample_id", "method", "start", "nll", "iterations", "evaluations", "seconds")
     }
     theta = np.stack(fits["theta"].to_numpy(zero_copy_only=False))
-    out = {
+    out: dict[str, list[np.ndarray]] = {
         k: [] for k in ("sample_id", "method", "starts", "best_start", "nll", "iterations", "evaluations", "seconds")
     }
-    thetas = []
+    thetas: list[np.ndarray] = []
     prior = f["method"] == PRIOR
     ids = np.unique(f["sample_id"])
     for k in starts:
@@ -296,13 +296,13 @@ def multistart_table(fits: pa.Table, starts: list[int]) -> pa.Table:
         nll = np.where(np.isfinite(f["nll"][rows]), f["nll"][rows], np.inf)
         best = rows[np.arange(len(ids)), nll.argmin(1)]
         _append(out, thetas, f, theta, best, PRIOR, k, f["start"][best], rows)
-    rows = np.flatnonzero(~prior)
-    _append(out, thetas, f, theta, rows, NETWORK, 0, np.zeros(len(rows), dtype=np.int64), rows[:, None])
+    net_rows = np.flatnonzero(~prior)
+    _append(out, thetas, f, theta, net_rows, NETWORK, 0, np.zeros(len(net_rows), dtype=np.int64), net_rows[:, None])
     cols = {k: np.concatenate(v) for k, v in out.items()}
     table = pa.table({k: pa.array(v) for k, v in cols.items()})
-    thetas = np.concatenate(thetas)
+    theta_all = np.concatenate(thetas)
     return table.append_column(
-        "theta", pa.FixedSizeListArray.from_arrays(pa.array(thetas.reshape(-1)), thetas.shape[1])
+        "theta", pa.FixedSizeListArray.from_arrays(pa.array(theta_all.reshape(-1)), theta_all.shape[1])
     )
 
 
