@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 
 import torch
@@ -46,6 +46,53 @@ class BFGSResult:
     status: torch.Tensor  # (B,) FitStatus
     seconds: torch.Tensor  # (B,) the problem's share of the wall-clock: each round's time
     # split evenly over the problems evaluated in it (sums to the total)
+
+
+@dataclass
+class _Running:
+    """The problems being minimised, one row each: their rows of x0 (``idx``), point,
+    value, gradient, search direction, trial step length, inverse Hessian, failed trials
+    of the current line search, whether H is still the unscaled start (``first``), and
+    whether the problem is yet to be evaluated (``fresh``: its trial point is its start).
+    Problems join with :meth:`cat` and leave with :meth:`select`, all fields at once."""
+
+    idx: torch.Tensor
+    x: torch.Tensor
+    f: torch.Tensor
+    g: torch.Tensor
+    d: torch.Tensor
+    alpha: torch.Tensor
+    H: torch.Tensor
+    trials: torch.Tensor
+    first: torch.Tensor
+    fresh: torch.Tensor
+
+    @classmethod
+    def start(cls, rows: torch.Tensor, x0: torch.Tensor, H0: torch.Tensor, given_h0: torch.Tensor) -> _Running:
+        """Problems ``rows`` at their starts ``x0``, with initial inverse Hessians ``H0``
+        (``given_h0``: a supplied one, taken as it is, rather than I, scaled later)."""
+        zeros = torch.zeros(len(rows), dtype=x0.dtype, device=x0.device)
+        return cls(
+            idx=rows,
+            x=x0,
+            f=zeros,
+            g=torch.zeros_like(x0),
+            d=torch.zeros_like(x0),
+            alpha=zeros.clone(),
+            H=H0,
+            trials=torch.zeros_like(rows),
+            first=~given_h0,
+            fresh=torch.ones_like(given_h0),
+        )
+
+    def __len__(self) -> int:
+        return self.idx.numel()
+
+    def cat(self, other: _Running) -> _Running:
+        return _Running(*(torch.cat([getattr(self, k.name), getattr(other, k.name)]) for k in fields(self)))
+
+    def select(self, keep: torch.Tensor) -> _Running:
+        return _Running(*(getattr(self, k.name)[keep] for k in fields(self)))
 
 
 def bfgs(
@@ -82,32 +129,16 @@ def bfgs(
     seconds = torch.zeros(n, dtype=torch.float64, device=device)
     eye = torch.eye(p, dtype=dtype, device=device)
 
-    # state of the running problems; idx maps them to rows of x0; `fresh` ones have not
-    # been evaluated yet (their trial point is their start)
     empty = torch.zeros(0, dtype=torch.long, device=device)
-    idx, trials = empty, empty
-    xs, gs, d = (torch.zeros(0, p, dtype=dtype, device=device) for _ in range(3))
-    fs, alpha = (torch.zeros(0, dtype=dtype, device=device) for _ in range(2))
-    H = torch.zeros(0, p, p, dtype=dtype, device=device)
-    first = fresh = torch.zeros(0, dtype=torch.bool, device=device)
+    run = _Running.start(empty, x0[:0], torch.zeros(0, p, p, dtype=dtype, device=device), empty.bool())
     queued = 0
 
-    while idx.numel() or queued < n:
+    while len(run) or queued < n:
         tic = time.perf_counter()
-        if idx.numel() < max_batch and queued < n:  # refill from the queue
-            new = torch.arange(queued, min(n, queued + max_batch - idx.numel()), device=device)
+        if len(run) < max_batch and queued < n:  # refill from the queue
+            new = torch.arange(queued, min(n, queued + max_batch - len(run)), device=device)
             queued += new.numel()
             k = new.numel()
-            idx, trials = torch.cat([idx, new]), torch.cat([trials, torch.zeros_like(new)])
-            xs, gs, d = (
-                torch.cat([xs, x0[new]]),
-                torch.cat([gs, torch.zeros_like(x0[new])]),
-                torch.cat([d, torch.zeros_like(x0[new])]),
-            )
-            fs, alpha = (
-                torch.cat([fs, torch.zeros(k, dtype=dtype, device=device)]),
-                torch.cat([alpha, torch.zeros(k, dtype=dtype, device=device)]),
-            )
             given = (
                 torch.zeros(k, dtype=torch.bool, device=device)
                 if h0 is None
@@ -117,81 +148,79 @@ def bfgs(
             if given.any():
                 assert h0 is not None  # `given` is all false without h0
                 H_new[given] = h0(x0[new[given]], new[given]).to(dtype)
-            H = torch.cat([H, H_new])
-            first = torch.cat([first, ~given])
-            fresh = torch.cat([fresh, torch.ones(k, dtype=torch.bool, device=device)])
+            run = run.cat(_Running.start(new, x0[new], H_new, given))
 
-        slope = (gs * d).sum(-1)
-        x_try = xs + alpha[:, None] * d  # fresh rows: alpha = 0, their start
-        f_try, g_try = fun(x_try, idx)
-        evaluations[idx] += 1
+        r = run
+        slope = (r.g * r.d).sum(-1)
+        x_try = r.x + r.alpha[:, None] * r.d  # fresh rows: alpha = 0, their start
+        f_try, g_try = fun(x_try, r.idx)
+        evaluations[r.idx] += 1
         finite = torch.isfinite(f_try) & torch.isfinite(g_try).all(-1)
 
         # fresh rows: their start's value, direction -H0 g, with H0 = I a first step of
         # inf-norm <= 1, with a given H0 a full step
-        xs = torch.where(fresh[:, None], x_try, xs)
-        fs = torch.where(fresh, f_try, fs)
-        gs = torch.where(fresh[:, None] & finite[:, None], g_try, gs)
-        d = torch.where(fresh[:, None], -(H @ gs[:, :, None])[:, :, 0], d)
+        r.x = torch.where(r.fresh[:, None], x_try, r.x)
+        r.f = torch.where(r.fresh, f_try, r.f)
+        r.g = torch.where(r.fresh[:, None] & finite[:, None], g_try, r.g)
+        r.d = torch.where(r.fresh[:, None], -(r.H @ r.g[:, :, None])[:, :, 0], r.d)
         start_alpha = torch.where(
-            first, torch.clamp(1.0 / gs.abs().amax(-1).clamp(min=1e-12), max=1.0), torch.ones_like(alpha)
+            r.first, torch.clamp(1.0 / r.g.abs().amax(-1).clamp(min=1e-12), max=1.0), torch.ones_like(r.alpha)
         )
 
-        accept = ~fresh & finite & (f_try <= fs + c1 * alpha * slope)
+        accept = ~r.fresh & finite & (f_try <= r.f + c1 * r.alpha * slope)
         # accepted: BFGS update of H, new direction
-        s = x_try - xs
-        y = torch.where(accept[:, None], g_try - gs, torch.zeros_like(gs))
+        s = x_try - r.x
+        y = torch.where(accept[:, None], g_try - r.g, torch.zeros_like(r.g))
         sy = (s * y).sum(-1)
         update = accept & (sy > 1e-10 * s.norm(dim=-1) * y.norm(dim=-1))
-        scale = torch.where(update & first, sy / (y * y).sum(-1).clamp(min=1e-300), torch.ones_like(sy))
-        H = H * scale[:, None, None]
+        scale = torch.where(update & r.first, sy / (y * y).sum(-1).clamp(min=1e-300), torch.ones_like(sy))
+        r.H = r.H * scale[:, None, None]
         rho = torch.where(update, 1.0 / sy.clamp(min=1e-300), torch.zeros_like(sy))
         left = eye - rho[:, None, None] * s[:, :, None] * y[:, None, :]
-        H = torch.where(
+        r.H = torch.where(
             update[:, None, None],
-            left @ H @ left.transpose(1, 2) + rho[:, None, None] * s[:, :, None] * s[:, None, :],
-            H,
+            left @ r.H @ left.transpose(1, 2) + rho[:, None, None] * s[:, :, None] * s[:, None, :],
+            r.H,
         )
-        first &= ~update
-        decrease = fs - f_try
-        xs = torch.where(accept[:, None], x_try, xs)
-        fs_new = torch.where(accept, f_try, fs)
-        gs = torch.where(accept[:, None], g_try, gs)
-        iterations[idx] += accept.long()
-        d_new = -(H @ gs[:, :, None])[:, :, 0]
-        not_descent = (gs * d_new).sum(-1) >= 0
-        H = torch.where((accept & not_descent)[:, None, None], eye, H)
-        d = torch.where(accept[:, None], torch.where(not_descent[:, None], -gs, d_new), d)
+        r.first &= ~update
+        f_before = r.f
+        decrease = f_before - f_try
+        r.x = torch.where(accept[:, None], x_try, r.x)
+        r.f = torch.where(accept, f_try, r.f)
+        r.g = torch.where(accept[:, None], g_try, r.g)
+        iterations[r.idx] += accept.long()
+        d_new = -(r.H @ r.g[:, :, None])[:, :, 0]
+        not_descent = (r.g * d_new).sum(-1) >= 0
+        r.H = torch.where((accept & not_descent)[:, None, None], eye, r.H)
+        r.d = torch.where(accept[:, None], torch.where(not_descent[:, None], -r.g, d_new), r.d)
 
         # rejected: shorter step by safeguarded quadratic interpolation
-        quad = -slope * alpha**2 / (2 * (f_try - fs - slope * alpha))
+        alpha = r.alpha
+        quad = -slope * alpha**2 / (2 * (f_try - f_before - slope * alpha))
         shorter = torch.where(
             finite,
             torch.clamp(torch.where(torch.isfinite(quad), quad, 0.5 * alpha), 0.1 * alpha, 0.5 * alpha),
             0.25 * alpha,
         )
-        alpha = torch.where(fresh, start_alpha, torch.where(accept, torch.ones_like(alpha), shorter))
-        trials = torch.where(accept | fresh, torch.zeros_like(trials), trials + 1)
+        r.alpha = torch.where(r.fresh, start_alpha, torch.where(accept, torch.ones_like(alpha), shorter))
+        r.trials = torch.where(accept | r.fresh, torch.zeros_like(r.trials), r.trials + 1)
 
-        done = torch.full_like(trials, -1)
+        done = torch.full_like(r.trials, -1)
         done = torch.where(
-            accept & (decrease <= ftol * torch.maximum(fs.abs(), f_try.abs()).clamp(min=1.0)),
+            accept & (decrease <= ftol * torch.maximum(f_before.abs(), f_try.abs()).clamp(min=1.0)),
             int(FitStatus.CONVERGED),
             done,
         )
-        done = torch.where((accept | fresh) & (gs.abs().amax(-1) <= gtol), int(FitStatus.CONVERGED), done)
-        done = torch.where((done < 0) & (iterations[idx] >= max_iter), int(FitStatus.MAX_ITER), done)
-        done = torch.where(~accept & ~fresh & (trials >= max_trials), int(FitStatus.LINE_SEARCH), done)
-        done = torch.where(fresh & ~finite, int(FitStatus.BAD_START), done)
-        fs = fs_new
-        fresh = torch.zeros_like(fresh)
+        done = torch.where((accept | r.fresh) & (r.g.abs().amax(-1) <= gtol), int(FitStatus.CONVERGED), done)
+        done = torch.where((done < 0) & (iterations[r.idx] >= max_iter), int(FitStatus.MAX_ITER), done)
+        done = torch.where(~accept & ~r.fresh & (r.trials >= max_trials), int(FitStatus.LINE_SEARCH), done)
+        done = torch.where(r.fresh & ~finite, int(FitStatus.BAD_START), done)
+        r.fresh = torch.zeros_like(r.fresh)
 
-        x[idx], f[idx] = xs, fs
-        status[idx] = done
-        seconds[idx] += (time.perf_counter() - tic) / idx.numel()
+        x[r.idx], f[r.idx] = r.x, r.f
+        status[r.idx] = done
+        seconds[r.idx] += (time.perf_counter() - tic) / len(r)
         keep = done < 0
         if not keep.all():
-            idx, xs, fs, gs, d, H, alpha, trials, first, fresh = (
-                v[keep] for v in (idx, xs, fs, gs, d, H, alpha, trials, first, fresh)
-            )
+            run = r.select(keep)
     return BFGSResult(x, f, iterations, evaluations, status, seconds)

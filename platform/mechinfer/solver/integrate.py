@@ -11,11 +11,34 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass, fields
 
 import torch
 
 from .controller import IController
 from .status import SolveStatus
+
+
+@dataclass
+class _Solving:
+    """The samples still being integrated, one row each: their rows of the batch
+    (``idx``), state, parameters, observation times, time, index of the next observation,
+    steps taken and next step size. Samples leave with :meth:`select`, all fields at once."""
+
+    idx: torch.Tensor
+    y: torch.Tensor
+    args: torch.Tensor
+    times: torch.Tensor
+    t: torch.Tensor
+    k: torch.Tensor
+    steps: torch.Tensor
+    h: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.idx.numel()
+
+    def select(self, keep: torch.Tensor) -> _Solving:
+        return _Solving(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 def integrate(
@@ -53,52 +76,56 @@ def integrate(
     positions: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
 
-    idx = torch.arange(n_batch, device=device)
-    y, a, times = y0, args, t_obs
-    t = torch.zeros(n_batch, dtype=dtype, device=device)
-    k = torch.zeros(n_batch, dtype=torch.long, device=device)
-    steps = torch.zeros(n_batch, dtype=torch.long, device=device)
     with torch.no_grad():
         h = controller.initial_step(y0.detach(), term(y0.detach(), args.detach()), method.order)
-    h = torch.minimum(h, t_obs[:, -1].clamp(min=min_step))
+    zeros = torch.zeros(n_batch, dtype=torch.long, device=device)
+    s = _Solving(
+        idx=torch.arange(n_batch, device=device),
+        y=y0,
+        args=args,
+        times=t_obs,
+        t=torch.zeros(n_batch, dtype=dtype, device=device),
+        k=zeros,
+        steps=zeros.clone(),
+        h=torch.minimum(h, t_obs[:, -1].clamp(min=min_step)),
+    )
 
-    def record(idx, y, t, k, times):
+    def record(s: _Solving) -> None:
+        """Store the states of every sample that has reached its next observation time."""
         while True:
-            next_time = times.gather(1, k.clamp(max=n_obs - 1)[:, None])[:, 0]
-            hit = (k < n_obs) & (next_time <= t)
+            next_time = s.times.gather(1, s.k.clamp(max=n_obs - 1)[:, None])[:, 0]
+            hit = (s.k < n_obs) & (next_time <= s.t)
             if not hit.any():
-                return k
+                return
             rows = hit.nonzero()[:, 0]
-            positions.append(idx[rows] * n_obs + k[rows])
-            values.append(y[rows])
-            k = k + hit.long()
+            positions.append(s.idx[rows] * n_obs + s.k[rows])
+            values.append(s.y[rows])
+            s.k = s.k + hit.long()
 
-    k = record(idx, y, t, k, times)
-    while idx.numel():
-        keep = k < n_obs
-        keep &= steps < max_steps
-        keep &= h >= min_step
-        status[idx[(k < n_obs) & (steps >= max_steps)]] = SolveStatus.MAX_STEPS
-        status[idx[(k < n_obs) & (steps < max_steps) & (h < min_step)]] = SolveStatus.STEP_UNDERFLOW
+    record(s)
+    while len(s):
+        keep = (s.k < n_obs) & (s.steps < max_steps) & (s.h >= min_step)
+        status[s.idx[(s.k < n_obs) & (s.steps >= max_steps)]] = SolveStatus.MAX_STEPS
+        status[s.idx[(s.k < n_obs) & (s.steps < max_steps) & (s.h < min_step)]] = SolveStatus.STEP_UNDERFLOW
         if not keep.all():
-            idx, y, a, times, t, k, h, steps = (v[keep] for v in (idx, y, a, times, t, k, h, steps))
-            if not idx.numel():
+            s = s.select(keep)
+            if not len(s):
                 break
 
-        target = times.gather(1, k[:, None])[:, 0]
-        gap = target - t
-        landed = h >= gap
-        h_step = torch.minimum(h, gap)
-        y_new, err = _safe_step(step, y, a, h_step)
+        target = s.times.gather(1, s.k[:, None])[:, 0]
+        gap = target - s.t
+        landed = s.h >= gap
+        h_step = torch.minimum(s.h, gap)
+        y_new, err = _safe_step(step, s.y, s.args, h_step)
         with torch.no_grad():
-            norm = controller.error_norm(y.detach(), y_new.detach(), err.detach())
+            norm = controller.error_norm(s.y.detach(), y_new.detach(), err.detach())
             accepted = norm <= 1.0
             h_next = h_step * controller.factor(norm, method.order)
-            h = torch.where(accepted & landed, torch.maximum(h, h_next), h_next)
-            t = torch.where(accepted, torch.where(landed, target, t + h_step), t)
-        y = torch.where(accepted[:, None], y_new, y)
-        steps += 1
-        k = record(idx, y, t, k, times)
+            s.h = torch.where(accepted & landed, torch.maximum(s.h, h_next), h_next)
+            s.t = torch.where(accepted, torch.where(landed, target, s.t + h_step), s.t)
+        s.y = torch.where(accepted[:, None], y_new, s.y)
+        s.steps = s.steps + 1
+        record(s)
 
     out = torch.zeros(n_batch * n_obs, n_states, dtype=dtype, device=device)
     if positions:
