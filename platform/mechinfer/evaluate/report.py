@@ -23,6 +23,7 @@ import torch
 from .. import storage
 from ..data import format as ds_format
 from ..estimate.estimator import load_estimator, shipped_checkpoint
+from ..fit.bfgs import FitStatus
 from ..fit.mle import MAX_BATCH
 from ..machine import machine
 from ..models import get_model, likelihood
@@ -155,7 +156,7 @@ def _predict(m: Model, theta: np.ndarray, t, ch) -> np.ndarray:
     with torch.no_grad():
         mu, status = likelihood.predict(m, torch.as_tensor(theta), torch.as_tensor(t), torch.as_tensor(ch))
     mu = mu.numpy()
-    mu[status.numpy() != 0] = np.nan
+    mu[status.numpy() != SolveStatus.OK] = np.nan
     return mu
 
 
@@ -181,10 +182,10 @@ def start_costs(location: str) -> list[dict]:
                 "evaluations_max": int(ev.max()),
                 "seconds_mean": float(sec.mean()),
                 "seconds_median": float(np.median(sec)),
-                "converged": int((st == 0).sum()),
-                "iteration_limit": int((st == 1).sum()),
-                "no_decrease": int((st == 2).sum()),
-                "start_failed": int((st == 3).sum()),
+                "converged": int((st == FitStatus.CONVERGED).sum()),
+                "iteration_limit": int((st == FitStatus.MAX_ITER).sum()),
+                "no_decrease": int((st == FitStatus.LINE_SEARCH).sum()),
+                "start_failed": int((st == FitStatus.BAD_START).sum()),
             }
         )
     return out

@@ -29,6 +29,7 @@ from ..data.samples import TEST_SEED, spec_test_set
 from ..models import get_model
 from ..models.likelihood import r2
 from ..runtime import ensure_ray
+from ..solver import SolveStatus
 from . import checkpoint, losses, networks
 
 STAGES = ("proxy", "inference", "finetune")
@@ -336,7 +337,7 @@ def train_inference_and_report(
             train("finetune", model, data, out, epochs=finetune_epochs, init_checkpoint=stage1_out, **kwargs)
         )
     test = spec_test_set(m)
-    ok = test["status"] == 0
+    ok = test["status"] == SolveStatus.OK
     test = {k: v[ok] for k, v in test.items()}
     r2_truth = r2(m, test["clean"], test["channel"], test["value"])
     lines = [str(s) for s in summaries] + [

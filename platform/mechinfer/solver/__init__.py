@@ -5,8 +5,10 @@ one step (:class:`Rodas4`), a step-size controller (:class:`IController`) and th
 that drives them per sample (:func:`integrate`). ``solve`` picks a method by name:
 
 - ``"rodas4"``: stiff-capable Rosenbrock, per-sample steps (the E. coli default);
-- ``"dopri5"`` or any other torchdiffeq method name: torchdiffeq in rescaled time (the
-  default for non-stiff models), ``adjoint=True`` for its adjoint.
+- ``"dopri5"`` or any other torchdiffeq method name: torchdiffeq in rescaled time, for
+  non-stiff models, ``adjoint=True`` for its adjoint. torchdiffeq stays for what it does
+  well and Rodas4 does not do: explicit methods for non-stiff equations, and the adjoint
+  (gradients in memory independent of the number of steps).
 """
 
 from __future__ import annotations

@@ -152,20 +152,6 @@ def execute(p: dict, *, port: int = 8000, command: str = "") -> dict:
     return records
 
 
-def run_pipeline(
-    model: str,
-    run: str,
-    *,
-    preset: str = "small",
-    stages: list[str] | None = None,
-    overrides: dict | None = None,
-    port: int = 8000,
-    command: str = "",
-) -> dict:
-    """:func:`plan`, then :func:`execute`."""
-    return execute(plan(model, run, preset=preset, stages=stages, overrides=overrides), port=port, command=command)
-
-
 def _needs(records: dict, stage: str) -> dict:
     return records[stage]["outputs"]
 
