@@ -137,7 +137,10 @@ def test_bad_input_is_refused(tmp_path):
         (("--model", "ecoli", "--out", str(tmp_path / "b"), "--checkpoint", "mmk"), "is for 'mmk', not 'ecoli'"),
         (("--model", "mmk", "--out", str(tmp_path / "c"), "--starts", "0"), "starts must be a positive integer"),
         (("--model", "mmk", "--out", str(tmp_path / "d"), "--starts", "1,-2"), "starts must be a positive integer"),
-        (("--model", "mmk", "--out", str(tmp_path / "e"), "--starts", "two"), "--starts must be comma-separated"),
+        (
+            ("--model", "mmk", "--out", str(tmp_path / "e"), "--starts", "two"),
+            "argument --starts: must be comma-separated integers",
+        ),
         (("--model", "yeast", "--out", str(tmp_path / "f")), "unknown model 'yeast'"),
     ]
     simulate_dataset("mmk", 10, 0, str(tmp_path / "mmk-set"), chunk_size=10)

@@ -58,7 +58,8 @@ def test_killed_mid_stage_then_rerun_resumes(tmp_path):
 
     again = _pipeline(*SMALL, "--run", str(run), "--stages", "simulate,train-proxy")
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
-    assert "[simulate] done already" in again.stdout and "[train-proxy] done in" in again.stdout
+    log = again.stderr  # progress lines go to the log on standard error
+    assert "[simulate] done already" in log and "[train-proxy] done in" in log
     assert json.loads((run / "stages" / "simulate.json").read_text()) == simulated  # not redone
     proxy = json.loads((run / "stages" / "train-proxy.json").read_text())["outputs"]["checkpoint"]
     assert (Path(proxy) / "checkpoint.json").exists() and (Path(proxy) / "weights.pt").exists()
