@@ -1,7 +1,9 @@
 """Processes and ports for tests: find Ray processes by their command line (to kill one
 in fault tests, or to check none is left), and free TCP ports."""
 
+import shutil
 import socket
+import sys
 from pathlib import Path
 
 
@@ -32,3 +34,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def script(name: str) -> str | None:
+    """A console script (``ray``, ``serve``, ``mechinfer``) of the environment running the
+    tests, even when that environment's bin/ is not on PATH (``venv/bin/python -m pytest``)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)

@@ -2,10 +2,10 @@
 that mechinfer.config holds, and bad input ends in one line with exit status 2."""
 
 import dataclasses
-import shutil
 import subprocess
 
 import pytest
+from processes import script
 
 from mechinfer import cli, config
 
@@ -92,7 +92,7 @@ def test_presets_and_overrides():
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     """Through the installed console script, as a user runs it."""
-    exe = shutil.which("mechinfer") or pytest.skip("the mechinfer script is not on PATH")
+    exe = script("mechinfer") or pytest.skip("the mechinfer script is not on PATH")
     run = subprocess.run([exe, *(a.format(tmp=tmp_path) for a in args)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert message.format(tmp=tmp_path) in run.stderr

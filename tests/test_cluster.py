@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import free_port, pids_mentioning
+from processes import free_port, pids_mentioning, script
 
 from mechinfer.data import format as dataset
 
@@ -70,7 +70,7 @@ def head_node():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     proc = subprocess.Popen(
         [
-            "ray",
+            script("ray"),
             "start",
             "--head",
             "--block",

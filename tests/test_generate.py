@@ -183,7 +183,7 @@ def _job(*args):
 
 
 @pytest.mark.slow
-def test_job_cli(tmp_path):
+def test_job_cli(tmp_path, run_cli):
     out = tmp_path / "cli"
     run = _job("--model", "mmk", "--n", "200", "--seed", "0", "--out", str(out), "--chunk-size", "100")
     assert run.returncode == 0, run.stderr
@@ -194,7 +194,7 @@ def test_job_cli(tmp_path):
     again = _job("--model", "mmk", "--n", "200", "--seed", "0", "--out", str(out))
     assert again.returncode == 2 and "already holds a complete dataset" in again.stderr
     assert "Traceback" not in again.stderr
-    bad = _job("--model", "yeast", "--n", "10", "--out", str(tmp_path / "x"))
-    assert bad.returncode == 2 and "unknown model 'yeast'" in bad.stderr and "Traceback" not in bad.stderr
-    zero = _job("--model", "mmk", "--n", "0", "--out", str(tmp_path / "y"))
-    assert zero.returncode == 2 and "n must be a positive integer" in zero.stderr
+    status, _, err = run_cli("simulate", "--model", "yeast", "--n", "10", "--out", str(tmp_path / "x"))
+    assert status == 2 and "unknown model 'yeast'" in err and "Traceback" not in err
+    status, _, err = run_cli("simulate", "--model", "mmk", "--n", "0", "--out", str(tmp_path / "y"))
+    assert status == 2 and "n must be a positive integer" in err

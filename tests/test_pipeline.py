@@ -96,10 +96,10 @@ def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path):
         (["--address", "http://127.0.0.1:8265"], "is a job-submission (dashboard) address"),
     ],
 )
-def test_bad_input(tmp_path, extra, message):
+def test_bad_input(tmp_path, run_cli, extra, message):
     args = ["--model", "mmk", "--run", str(tmp_path / "run"), *extra]
     if "--model" in extra:
         args = args[2:]
-    r = _pipeline(*args, timeout=180)
-    assert r.returncode == 2 and message in r.stderr, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
+    status, _, err = run_cli("pipeline", *args)
+    assert status == 2 and message in err, err[-3000:]
+    assert "Traceback" not in err

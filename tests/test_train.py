@@ -18,6 +18,11 @@ from mechinfer.learn.trainer import train
 pytestmark = pytest.mark.slow
 
 
+# the proxy that later stages build on, trained on 1 worker; the DDP test trains the
+# same on 2 workers and compares (each Ray Train run costs ~20 s of start-up here)
+PROXY_SETTINGS = dict(epochs=2, batch_size=64, max_steps_per_epoch=6, seed=1)
+
+
 @pytest.fixture(scope="module")
 def mmk_data(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
@@ -27,10 +32,8 @@ def mmk_data(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def proxy(mmk_data):
-    summary = train(
-        "proxy", "mmk", str(mmk_data / "mmk"), str(mmk_data / "proxy"), epochs=2, batch_size=64, max_steps_per_epoch=5
-    )
-    assert summary.steps == 10 and np.isfinite(summary.val_loss)
+    summary = train("proxy", "mmk", str(mmk_data / "mmk"), str(mmk_data / "proxy"), **PROXY_SETTINGS)
+    assert summary.steps == 12 and summary.num_workers == 1 and np.isfinite(summary.val_loss)
     return mmk_data / "proxy"
 
 
@@ -128,35 +131,25 @@ def test_tune_writes_best_config_and_trials(mmk_data, proxy, tmp_path):
         tune_inference("ecoli", str(mmk_data / "mmk"), str(proxy), str(tmp_path / "t2"))
 
 
-def test_two_workers_ddp_match_one(mmk_data, tmp_path):
-    """DDP on 2 CPU workers: same global batch and steps as 1 worker, comparable loss."""
-    runs = {
-        w: train(
-            "proxy",
-            "mmk",
-            str(mmk_data / "mmk"),
-            str(tmp_path / f"w{w}"),
-            epochs=3,
-            batch_size=64,
-            num_workers=w,
-            max_steps_per_epoch=6,
-            seed=1,
-        )
-        for w in (1, 2)
-    }
-    assert runs[1].steps == runs[2].steps == 18
-    assert runs[2].num_workers == 2 and np.isfinite(runs[2].val_loss)
+def test_two_workers_ddp_match_one(mmk_data, proxy, tmp_path):
+    """DDP on 2 CPU workers: same global batch and steps as the 1-worker proxy, and as
+    much progress on the same validation rows."""
+    two = train("proxy", "mmk", str(mmk_data / "mmk"), str(tmp_path / "w2"), num_workers=2, **PROXY_SETTINGS)
+    assert two.steps == 12 and two.num_workers == 2 and np.isfinite(two.val_loss)
     # Each run reports the validation loss of its rank 0's shard (all 30 validation rows
     # with 1 worker, about half of them with 2), so compare both networks on the same rows.
     m = mechinfer.get_model("mmk")
     table = read_table(str(mmk_data / "mmk"))
     val = batch_tensors(table.filter(pa.array(table["sample_id"].to_numpy() % 20 == 0)))
+    paths = {1: str(proxy), 2: str(tmp_path / "w2")}
     with torch.no_grad():
-        losses = {w: float(proxy_loss(m, checkpoint.load(str(tmp_path / f"w{w}"))[0], val)) for w in (1, 2)}
-        untrained = float(proxy_loss(m, networks.build(checkpoint.load(str(tmp_path / "w1"))[1]["network"]), val))
+        losses = {w: float(proxy_loss(m, checkpoint.load(p)[0], val)) for w, p in paths.items()}
+        untrained = float(proxy_loss(m, networks.build(checkpoint.load(paths[1])[1]["network"]), val))
     assert len(val["z"]) == 30
     assert losses[1] < untrained and losses[2] < untrained, (losses, untrained)
-    assert losses[2] < 1.5 * losses[1], losses
+    # as much progress from the untrained loss (measured: 1 worker 22.6 -> 10.2 and
+    # 2 workers -> 10.8 in 18 steps)
+    assert abs(losses[2] - losses[1]) < 0.3 * (untrained - losses[1]), (losses, untrained)
 
 
 def _train_worker_pids():
@@ -178,7 +171,7 @@ def test_killed_train_worker_resumes_from_checkpoint(mmk_data, tmp_path):
                 "mmk",
                 str(mmk_data / "mmk"),
                 str(tmp_path / "ck"),
-                epochs=4,
+                epochs=3,
                 batch_size=16,
                 max_steps_per_epoch=25,
                 storage_path=str(storage),
@@ -196,5 +189,5 @@ def test_killed_train_worker_resumes_from_checkpoint(mmk_data, tmp_path):
     job.join(timeout=300)
     assert killed is not None, "a training worker was killed after the first checkpoint"
     summary = result["summary"]
-    assert summary.steps == 100, "resumed from the checkpoint: no epoch lost or repeated in the step count"
-    assert json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["metrics"]["epoch"] == 3
+    assert summary.steps == 75, "resumed from the checkpoint: no epoch lost or repeated in the step count"
+    assert json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["metrics"]["epoch"] == 2
