@@ -24,12 +24,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from mechinfer import __version__, list_models
 from mechinfer.config import ServeArgs
 from mechinfer.estimate.estimator import load_estimator
 from mechinfer.serve import handlers as service
+
+REFINE_GRACE_S = 5.0  # past the refine deadline, how long the Api still waits for the Refiner
 
 
 class Observation(BaseModel):
@@ -52,12 +55,19 @@ class Answer(BaseModel):
     z: list[float]
     nll: float | None
     refined: bool
+    refine_status: str = Field(
+        description="not_requested, converged, iteration_limit, deadline or failed (the network's estimate stands)"
+    )
     timing_ms: dict[str, float]
     checkpoint_id: str
 
 
+class CaseError(BaseModel):
+    error: str = Field(description="why this observation set could not be answered")
+
+
 class BatchAnswer(BaseModel):
-    results: list[Answer]
+    results: list[Answer | CaseError]
 
 
 class Parameter(BaseModel):
@@ -128,27 +138,65 @@ def _load(checkpoints: dict[str, str], compile: bool | None, refine: bool) -> di
     return estimators
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, counted while it streams: a body past ``limit`` bytes is refused
+    (413) as soon as it passes, whether or not it declared its length, and never held
+    whole in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise service.BadRequest(f"request body of {declared} bytes exceeds the limit of {limit}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise service.BadRequest(f"request body exceeds the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _per_model(cases: list[tuple], run, batch_key: str) -> list[dict]:
     """Answer a @serve.batch of cases (model name, (t, channel, value)[, z]): one call of
-    run(name, t, ch, v, z) per model on its cases, NaN-padded. (Run inline, not in a
+    run(name, t, ch, v, z) per model on its cases, NaN-padded; each case's dict holds its
+    row of every per-case field (arrays and lists of length B) that run returns. A call
+    that raises is retried case by case, so that one case that breaks it gets its own
+    {"error": ...} and never fails the other requests of its batch. (Run inline, not in a
     thread: a thread holding the GIL through the solver's Python loop starves the event
     loop that receives the requests; measured 3.5x fewer answers per second.)"""
     out: list[dict | None] = [None] * len(cases)
     for name in {c[0] for c in cases}:
         idx = [i for i, c in enumerate(cases) if c[0] == name]
-        t, ch, v = service.pad([cases[i][1] for i in idx])
-        z = np.stack([cases[i][2] for i in idx]) if len(cases[idx[0]]) > 2 else None
-        res = run(name, t, ch, v, z)
-        for j, i in enumerate(idx):
-            out[i] = {
-                "z": res["z"][j],
-                "nll": float(res["nll"][j]),
-                "timing_ms": {**res["timing_ms"], batch_key: len(idx)},
-            }
+        groups = [idx]
+        try:
+            results = [_run(run, name, [cases[i] for i in idx])]
+        except Exception:  # isolate the case that raised, below
+            groups, results = [[i] for i in idx], []
+            for i in idx:
+                try:
+                    results.append(_run(run, name, [cases[i]]))
+                except Exception as exc:  # this case's own error
+                    results.append({"error": [f"this observation set could not be answered: {exc}"]})
+        for group, res in zip(groups, results):
+            for j, i in enumerate(group):
+                case = {k: v[j] for k, v in res.items() if k != "timing_ms"}
+                case["timing_ms"] = {**res.get("timing_ms", {}), batch_key: len(group)}
+                out[i] = case
     return cast(list[dict], out)  # every case belongs to one model: no slot is left None
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+def _run(run, name: str, cases: list[tuple]) -> dict:
+    """run(name, t, ch, v, z, deadline) on cases (name, (t, ch, v)[, z, deadline])."""
+    t, ch, v = service.pad([c[1] for c in cases])
+    if len(cases[0]) > 2:
+        return run(name, t, ch, v, np.stack([c[2] for c in cases]), np.array([c[3] for c in cases]))
+    return run(name, t, ch, v, None, None)
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=64,
+    max_queued_requests=64,  # at each caller (an Api replica): past it, the Api answers 503
+    health_check_timeout_s=60,  # a refine batch holds the replica for up to refine_timeout_s
+)
 class Refiner:
     """One BFGS start per case from the network's estimate; concurrent cases of a model
     are fitted as one batch (each is its own problem, so batching changes no answer)."""
@@ -156,16 +204,27 @@ class Refiner:
     def __init__(self, checkpoints: dict[str, str], compile: bool | None = None):
         self.estimators, self.compile = _load(checkpoints, compile, refine=True), compile
 
+    def check_health(self) -> None:
+        if not self.estimators:
+            raise RuntimeError("no estimator loaded")
+
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
     async def __call__(self, cases: list[tuple]) -> list[dict]:
         return _per_model(
             cases,
-            lambda name, t, ch, v, z: service.refine(self.estimators[name], t, ch, v, z, compile=self.compile),
+            lambda name, t, ch, v, z, deadline: service.refine(
+                self.estimators[name], t, ch, v, z, compile=self.compile, deadline=deadline
+            ),
             "refine_batch_size",
         )
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=512)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=512,
+    max_queued_requests=512,  # at the HTTP proxy: past it, 503 with Retry-After
+    backpressure_config={"status_code": 503, "retry_after_s": 1},
+)
 @serve.ingress(app)
 class Api:
     """The ingress, and the networks: concurrent cases of a model (from one batch request
@@ -178,14 +237,50 @@ class Api:
         self.estimators, self.compile = _load(checkpoints, settings.compile, refine=False), settings.compile
         self.max_observations, self.max_batch = settings.max_observations, settings.max_batch
         self.max_body_bytes = settings.max_body_bytes
+        self.max_json_depth, self.max_number_chars = settings.max_json_depth, settings.max_number_chars
+        self.refine_timeout_s, self.max_refine_cases = settings.refine_timeout_s, settings.max_refine_cases
+        configured = settings.value_bounds or {}
+        self.bounds = {name: service.value_bounds(e, configured.get(name)) for name, e in self.estimators.items()}
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
     async def _infer(self, cases: list[tuple]) -> list[dict]:
         return _per_model(
             cases,
-            lambda name, t, ch, v, _: service.infer(self.estimators[name], t, ch, v, compile=self.compile),
+            lambda name, t, ch, v, *_: service.infer(self.estimators[name], t, ch, v, compile=self.compile),
             "batch_size",
         )
+
+    async def _refine(self, model: str, sets: list, results: list[dict]) -> None:
+        """Refine the answerable cases in place. Each fit stops at the request's deadline
+        (refine_timeout_s) with its best point; should the Refiner not answer even then
+        (a queue, a lost replica), the request stops waiting: those cases keep the
+        network's estimate with refine_status "deadline", and their calls are cancelled."""
+        todo = [i for i, r in enumerate(results) if r.get("error") is None]
+        deadline = time.time() + self.refine_timeout_s
+        calls = [self.refiner.remote((model, sets[i], results[i]["z"], deadline)) for i in todo]
+        try:
+            refined = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.refine_timeout_s + REFINE_GRACE_S)
+        except asyncio.TimeoutError:
+            for call in calls:
+                call.cancel()
+            refined = [{"refine_status": "deadline", "kept": True} for _ in todo]
+        except BackPressureError:
+            for call in calls:
+                call.cancel()
+            raise
+        for i, f in zip(todo, refined):
+            r = results[i]
+            timing = {**r["timing_ms"], **f.get("timing_ms", {})}
+            if f.get("error") is not None:
+                results[i] = {**r, "refine_status": "failed", "timing_ms": timing}
+            elif f["kept"]:  # the network's answer stands
+                results[i] = {**r, "refine_status": f["refine_status"], "timing_ms": timing}
+            else:
+                results[i] = {**f, "timing_ms": timing}
+
+    def check_health(self) -> None:
+        if not self.estimators:
+            raise RuntimeError("no estimator loaded")
 
     @app.get("/healthz")
     def healthz(self) -> dict:
@@ -215,15 +310,14 @@ class Api:
         est = self.estimators.get(model)
         if est is None:
             return _error(404, f"unknown model {model!r}; served models are {sorted(self.estimators)}")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return _error(413, f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes}")
-        raw = await request.body()
-        if len(raw) > self.max_body_bytes:
-            return _error(413, f"request body of {len(raw)} bytes exceeds the limit of {self.max_body_bytes}")
+        try:
+            raw = await _read_body(request, self.max_body_bytes)
+            service.check_json_shape(raw, self.max_json_depth, self.max_number_chars)
+        except service.BadRequest as exc:
+            return _error(exc.status, str(exc))
         try:
             payload = json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return _error(400, f"request body is not valid JSON: {exc}")
         try:
             req = InferRequest.model_validate(payload)
@@ -238,34 +332,50 @@ class Api:
             lists = req.batch
         if req.batch is not None and not 0 < len(req.batch) <= self.max_batch:
             return _error(422, f"batch holds {len(req.batch)} observation sets; it must hold 1 to {self.max_batch}")
-        try:
-            sets = [
-                service.to_arrays(
-                    est,
-                    [o.model_dump() for o in obs],
-                    self.max_observations,
-                    "observations" if req.batch is None else f"batch[{i}]",
-                )
-                for i, obs in enumerate(lists)
-            ]
-        except service.BadRequest as exc:
-            return _error(exc.status, str(exc))
+        # a set that breaks a rule is refused on its own: the request's 4xx for a single
+        # set, its own {"error": ...} entry in a batch (the other sets are answered)
+        checked: list = []
+        for i, obs in enumerate(lists):
+            try:
+                where = "observations" if req.batch is None else f"batch[{i}]"
+                dumped = [o.model_dump() for o in obs]
+                checked.append(service.to_arrays(est, dumped, self.max_observations, where, self.bounds[model]))
+            except service.BadRequest as exc:
+                if req.batch is None:
+                    return _error(exc.status, str(exc))
+                checked.append({"error": str(exc)})
+        sets = [c for c in checked if not isinstance(c, dict)]
+        if req.refine and len(sets) > self.max_refine_cases:
+            return _error(
+                422, f"refine asked for {len(sets)} observation sets; at most {self.max_refine_cases} per request"
+            )
         parsed = time.perf_counter()
-        results = await asyncio.gather(*[self._infer((model, s)) for s in sets])
+        answered = iter(await asyncio.gather(*[self._infer((model, s)) for s in sets]))
+        results = [c if isinstance(c, dict) else next(answered) for c in checked]
         if req.refine:
-            refined = await asyncio.gather(*[self.refiner.remote((model, s, r["z"])) for s, r in zip(sets, results)])
-            results = [{**f, "timing_ms": {**r["timing_ms"], **f["timing_ms"]}} for r, f in zip(results, refined)]
+            try:
+                await self._refine(model, checked, results)
+            except BackPressureError:
+                return JSONResponse(
+                    status_code=503,
+                    content={"error": "the refinement queue is full; retry later or ask without refine"},
+                    headers={"Retry-After": "1"},
+                )
         answers = [
-            service.answer(
+            {"error": r["error"]}
+            if r.get("error") is not None
+            else service.answer(
                 est,
                 r["z"],
                 r["nll"],
-                req.refine,
+                r.get("refine_status", "not_requested"),
                 {"parse": 1e3 * (parsed - start), **r["timing_ms"], "total": 1e3 * (time.perf_counter() - start)},
             )
             for r in results
         ]
-        return answers[0] if req.batch is None else {"results": answers}
+        if req.batch is None:
+            return _error(422, f"observations: {answers[0]['error']}") if "error" in answers[0] else answers[0]
+        return {"results": answers}
 
 
 def build(args: ServeArgs) -> serve.Application:
@@ -285,6 +395,10 @@ def application(args: ServeArgs | dict, deployment_options: dict[str, dict] | No
         est = load_estimator(source)  # fail at deploy time, not on the first request
         if est.model.name != name:
             raise ValueError(f"checkpoint {source} is for {est.model.name!r}, configured as {name!r}")
+        service.value_bounds(est, (settings.value_bounds or {}).get(name))
+    stray = set(settings.value_bounds or {}) - set(checkpoints)
+    if stray:
+        raise ValueError(f"value_bounds names {sorted(stray)}, which are not served; served: {sorted(checkpoints)}")
     options = deployment_options or {}
     unknown = set(options) - {"Api", "Refiner"}
     if unknown:

@@ -58,26 +58,23 @@ def test_a_broken_copy_fails_the_check(break_it, message):
         _validate(config)
 
 
-@pytest.fixture
-def head_node():
-    """A real `ray start --head --block` on free ports (every port: the suite's own local
-    Ray holds the defaults, e.g. the dashboard agent's 52365, and a job needs that agent),
-    in its own temp dir (so that ray.init() elsewhere in the session does not find it),
-    stopped by its pid."""
+@contextlib.contextmanager
+def _ray_head(flags: list[str], env: dict):
+    """A real `ray start --head --block` with ``flags`` on free ports (every port: the
+    suite's own local Ray holds the defaults, e.g. the dashboard agent's 52365, and a job
+    needs that agent), in its own temp dir (so that ray.init() elsewhere in the session
+    does not find it), stopped by its pid. Yields the dashboard's address."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    gcs, dashboard = free_port(), free_port()
-    token = secrets.token_hex(32)  # token authentication on, with a token of this test's own
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    dashboard = free_port()
     proc = subprocess.Popen(
         [
             script("ray"),
             "start",
             "--head",
             "--block",
-            f"--port={gcs}",
+            *flags,
+            f"--port={free_port()}",
             f"--dashboard-port={dashboard}",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=2",
             f"--temp-dir={temp}",
             "--include-dashboard=true",
             f"--ray-client-server-port={free_port()}",
@@ -93,7 +90,6 @@ def head_node():
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -104,7 +100,7 @@ def head_node():
                 raise RuntimeError(f"ray start exited: {proc.stdout.read().decode()[-2000:]}") from None
             time.sleep(1)
     try:
-        yield address, token
+        yield f"http://127.0.0.1:{dashboard}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its cluster on SIGTERM
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -116,6 +112,80 @@ def head_node():
             os.kill(pid, signal.SIGKILL)
         assert not leftovers, f"processes of the test cluster outlived its process group: {leftovers}"
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def head_node():
+    token = secrets.token_hex(32)  # token authentication on, with a token of this test's own
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    with _ray_head(["--dashboard-host=127.0.0.1", "--num-cpus=2"], env) as address:
+        yield address, token
+
+
+def test_cluster_yaml_comes_up_locked():
+    """Token authentication on every node, the token shipped to each; SSH from one range
+    only; least-privilege instance profiles; no tasks on the head."""
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    (rule,) = config["provider"]["security_group"]["IpPermissions"]
+    assert (rule["FromPort"], rule["ToPort"]) == (22, 22)
+    assert all(r["CidrIp"] != "0.0.0.0/0" for r in rule["IpRanges"])
+    types = config["available_node_types"]
+    assert types["head"]["resources"] == {"CPU": 0} and "--num-cpus=0" in config["head_start_ray_commands"][-1]
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Arn"] for name, t in types.items()}
+    assert profiles["head"].endswith("/mechinfer-head")
+    assert profiles["cpu_worker"] == profiles["gpu_worker"] and profiles["cpu_worker"].endswith("/mechinfer-worker")
+    worker = json.loads((REPO / "cluster" / "iam" / "worker-policy.json").read_text())
+    actions = {
+        a for st in worker["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    }
+    assert all(a.startswith("s3:") for a in actions), actions
+    assert all(st["Resource"].startswith("arn:aws:s3:::mechinfer-data") for st in worker["Statement"])
+    head = json.loads((REPO / "cluster" / "iam" / "head-policy.json").read_text())
+    assert not [st for st in head["Statement"] if st["Action"] in ("*", "s3:*", "ec2:*")]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_head_started_as_cluster_yaml_starts_it_refuses_strangers(tmp_path):
+    """`ray start --head` as cluster.yaml's head command runs it (its environment and
+    flags; free ports here, no autoscaler file), on a node with a fresh HOME that holds
+    only the shipped token file: a job client without the token is refused."""
+    import shlex
+
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    command = config["head_start_ray_commands"][-1].split(";")[-1]
+    words = shlex.split(command)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_AUTH_MODE", None)
+    while "=" in words[0]:  # the command's own environment (RAY_AUTH_MODE=token)
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    assert words[:3] == ["ray", "start", "--head"], command
+    flags = [w for w in words[3:] if not w.startswith(("--port=", "--object-manager-port=", "--autoscaling-config="))]
+    token = secrets.token_hex(32)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(token)  # what file_mounts ships
+    with _ray_head(flags, env) as address:
+        deadline = time.time() + 60
+        while True:  # the dashboard's port opens before its job API answers
+            try:
+                assert JobSubmissionClient(address, headers={"authorization": "Bearer " + token}).list_jobs() == []
+                break
+            except (ConnectionError, RuntimeError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        with pytest.raises(AuthenticationError):
+            JobSubmissionClient(address).list_jobs()
+        with pytest.raises(AuthenticationError):
+            JobSubmissionClient(address, headers={"authorization": "Bearer " + "0" * 64}).list_jobs()
 
 
 @pytest.mark.slow

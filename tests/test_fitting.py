@@ -54,6 +54,26 @@ def test_bad_start_and_iteration_limit_are_reported():
     assert r.iterations.tolist() == [0, 3, 3]
 
 
+def test_deadline_stops_a_problem_at_its_best_point_so_far():
+    import time
+
+    def slow(x, rows):  # 20 ms per evaluation
+        time.sleep(0.02)
+        return _rosenbrock(x, rows)
+
+    x0 = torch.tensor([[-1.2, 1.0]] * 3, dtype=torch.float64)
+    f0 = _rosenbrock(x0, None)[0][0]
+    now = time.time()
+    # one at a time: row 0 runs out of time mid-fit, row 1's deadline has passed before it
+    # starts, row 2 has time to converge
+    deadline = torch.tensor([now + 0.3, now - 1.0, now + 120.0], dtype=torch.float64)
+    r = bfgs.bfgs(slow, x0, deadline=deadline, max_batch=1)
+    assert r.status.tolist() == [FitStatus.DEADLINE, FitStatus.DEADLINE, FitStatus.CONVERGED]
+    assert r.iterations[0] > 0 and r.f[0] < f0, "the best point found by the deadline"
+    assert torch.isnan(r.f[1]) and torch.equal(r.x[1], x0[1]) and r.evaluations[1] == 0
+    assert r.f[2] < 1e-8
+
+
 @pytest.mark.parametrize("name", ["mmk", pytest.param("ecoli", marks=pytest.mark.slow)])
 def test_nll_gradient_used_by_bfgs_matches_central_differences(name):
     m = mechinfer.get_model(name)
@@ -71,6 +91,24 @@ def test_nll_gradient_used_by_bfgs_matches_central_differences(name):
     numeric = ((values[:p] - values[p:]) / (2 * eps)).T
     rel = (grad - numeric).norm(dim=1) / numeric.norm(dim=1)
     assert (rel < 1e-4).all(), rel
+
+
+@pytest.mark.slow
+def test_compiled_fit_matches_eager():
+    """What a fit runs by default (compiled solver steps; the suite runs eager unless a
+    test asks): the NLL, its gradient and the Gauss-Newton start agree with the eager ones."""
+    m = mechinfer.get_model("mmk")
+    rows, _ = baseline.load_test_set("mmk", None, 4)
+    t, ch, x = rows["t"], rows["channel"], rows["value"]
+    z = torch.as_tensor(fitting.prior_starts(m, range(4), 1, 3)[:, 0]) * 0.5
+    idx = torch.arange(4)
+    eager = fitting.objective(m, t, ch, x, compile=False)(z, idx)
+    compiled = fitting.objective(m, t, ch, x, compile=True)(z, idx)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-8)
+    h_eager = fitting.gauss_newton_h0(m, t, ch, x, compile=False)(z, idx)
+    h_compiled = fitting.gauss_newton_h0(m, t, ch, x, compile=True)(z, idx)
+    torch.testing.assert_close(h_compiled, h_eager, rtol=1e-6, atol=1e-8)
 
 
 @pytest.fixture(scope="module")

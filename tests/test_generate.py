@@ -198,3 +198,52 @@ def test_job_cli(tmp_path, run_cli):
     assert status == 2 and "unknown model 'yeast'" in err and "Traceback" not in err
     status, _, err = run_cli("simulate", "--model", "mmk", "--n", "0", "--out", str(tmp_path / "y"))
     assert status == 2 and "n must be a positive integer" in err
+
+
+def test_second_writer_is_refused_and_a_dead_ones_lock_taken_over(ray_local, tmp_path, caplog):
+    """A second job on an output directory in use is refused with the holder's name and
+    deletes nothing; the lock left by a killed job is taken over with a warning."""
+    import socket
+
+    from mechinfer import storage
+
+    out = tmp_path / "ds"
+    simulate_dataset("mmk", 20, 0, str(out), chunk_size=10)
+    before = sorted(p.name for p in out.iterdir())
+    with storage.lock(str(out), "dataset"):  # a writer at work (this process)
+        message = rf"in use by another dataset writer: pid {os.getpid()} on host"
+        with pytest.raises(storage.LocationInUse, match=message):
+            simulate_dataset("mmk", 30, 1, str(out), chunk_size=10, overwrite=True)
+        assert sorted(p.name for p in out.iterdir()) == sorted([*before, storage.LOCK])
+    assert sorted(p.name for p in out.iterdir()) == before, "the lock is released"
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (out / storage.LOCK).write_text(
+        json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": "earlier", "what": "dataset"})
+    )
+    with caplog.at_level("WARNING", logger="mechinfer.storage"):
+        simulate_dataset("mmk", 30, 1, str(out), chunk_size=10, overwrite=True)
+    assert f"taking over the lock of pid {gone.pid}" in caplog.text
+    assert dataset.read_table(str(out)).num_rows == 30 and not (out / storage.LOCK).exists()
+
+
+def test_a_running_jobs_directory_is_left_alone(tmp_path, run_cli):
+    """Through the CLI, as the issue's second `jobs/simulate.py` on the same --out: refused
+    with exit 2 and the holder named, the first job's files untouched."""
+    import socket
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "part-000000000000.parquet").write_bytes(b"being written")
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / "_lock.json").write_text(
+            json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "now", "what": "dataset"})
+        )
+        status, _, err = run_cli("simulate", "--model", "mmk", "--n", "10", "--seed", "2", "--out", str(out))
+        assert status == 2 and f"pid {holder.pid}" in err and "in use by another dataset writer" in err, err
+        assert (out / "part-000000000000.parquet").read_bytes() == b"being written"
+    finally:
+        holder.kill()
+        holder.wait()

@@ -135,3 +135,37 @@ def test_shipped_estimators_reach_the_true_parameters_r2(name, slack):
 def test_unknown_model_name_for_estimator():
     with pytest.raises(ValueError, match="not a mechinfer checkpoint|no pretrained"):
         mechinfer.load_estimator("yeast")
+
+
+def test_checkpoint_is_written_whole_and_uri_loads_clean_up(tmp_path):
+    """A save replaces a checkpoint whole or leaves it as it was; a load from a URI
+    deletes its download."""
+    import glob
+    import tempfile
+
+    m = mechinfer.get_model("mmk")
+    first = networks.build(networks.default_config(m, "inference", width=16, depth=1))
+    second = networks.build(networks.default_config(m, "inference", width=16, depth=1))
+    meta1 = checkpoint.save(str(tmp_path / "ck"), first, model="mmk", dataset_manifest=None)
+    meta2 = checkpoint.save(str(tmp_path / "ck"), second, model="mmk", dataset_manifest=None)
+    assert meta1["checkpoint_id"] != meta2["checkpoint_id"]
+    assert checkpoint.load(str(tmp_path / "ck"))[1]["checkpoint_id"] == meta2["checkpoint_id"]
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot be saved")
+
+    with pytest.raises(RuntimeError, match="cannot be saved"):  # fails after the weights are written
+        checkpoint.save(
+            str(tmp_path / "ck"), first, model="mmk", dataset_manifest=None, extra_files={"x.pt": Unpicklable()}
+        )
+    kept, kept_meta = checkpoint.load(str(tmp_path / "ck"))
+    assert kept_meta["checkpoint_id"] == meta2["checkpoint_id"], "the old checkpoint is intact"
+    for name, value in kept.state_dict().items():
+        torch.testing.assert_close(value, second.state_dict()[name])  # its weights too, not the new ones
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "no temporary directory left"
+
+    downloads = set(glob.glob(f"{tempfile.gettempdir()}/mechinfer-*"))
+    _, meta = checkpoint.load(f"file://{tmp_path / 'ck'}")
+    assert meta["checkpoint_id"] == meta2["checkpoint_id"]
+    assert set(glob.glob(f"{tempfile.gettempdir()}/mechinfer-*")) == downloads

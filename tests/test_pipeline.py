@@ -103,3 +103,14 @@ def test_bad_input(tmp_path, run_cli, extra, message):
     status, _, err = run_cli("pipeline", *args)
     assert status == 2 and message in err, err[-3000:]
     assert "Traceback" not in err
+
+
+def test_serve_stage_names_are_the_runs_own(tmp_path):
+    """Each run deploys under its own application name and route prefix, never the
+    production application's ("mechinfer" at "/")."""
+    from mechinfer.workflows.pipeline import serve_name
+
+    a, b = serve_name(str(tmp_path / "run one")), serve_name(str(tmp_path / "other" / "run one"))
+    assert a != b and a[0] != "mechinfer" and a[1] != "/"
+    assert a[0].startswith("mechinfer-run-run-one-") and a[1].startswith("/runs/run-one-")
+    assert serve_name(str(tmp_path / "run one") + "/") == a

@@ -13,6 +13,8 @@ from mechinfer.serve import handlers as service
 
 pytestmark = [pytest.mark.slow, pytest.mark.serve]
 
+REFINE_TIMEOUT_S = 2.0
+
 
 @pytest.fixture(scope="module")
 def server(ray_local):
@@ -25,10 +27,21 @@ def server(ray_local):
     # two ingress replicas (so one can be killed while the other answers), no compilation
     # (it would add ~1 min of replica start; the compiled solver is tested in test_fitting)
     app = application(
-        {"max_observations": 64, "max_batch": 16, "max_body_bytes": 65536, "compile": False},
+        {
+            "max_observations": 64,
+            "max_batch": 16,
+            "max_body_bytes": 65536,
+            "compile": False,
+            "refine_timeout_s": REFINE_TIMEOUT_S,
+            "max_refine_cases": 4,
+            # wide enough to let 3e38 through to the network (it overflows there): the
+            # per-case isolation behind the bounds is tested too
+            "value_bounds": {"mmk": {"P": [-1e39, 1e39]}},
+        },
         {
             "Api": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}},
-            "Refiner": {"ray_actor_options": {"num_cpus": 0.5}},
+            # a short queue, so that a test can flood it
+            "Refiner": {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 4, "max_queued_requests": 4},
         },
     )
     serve.run(app, name="mechinfer", route_prefix="/")
@@ -276,3 +289,142 @@ def test_killed_replica_is_restarted_and_answers_resume(server):
     assert during.count(200) >= 10, "the surviving replica kept answering during the restart"
     assert after and set(after) == {200}, "every request after the restart is answered"
     assert all(code in (200, 500, 502, 503, -1) for code in during)
+
+
+def _post(server, model, body, timeout=60):
+    return requests.post(f"{server}/v1/models/{model}/infer", json=body, timeout=timeout)
+
+
+def _with_value(obs, value, channel=None):
+    """The observation list with its first observation's value (and channel) replaced."""
+    first = {**obs[0], "value": value, **({"channel": channel} if channel else {})}
+    return [first, *obs[1:]]
+
+
+@pytest.mark.parametrize(
+    "model, bad",
+    [
+        (
+            "ecoli",
+            [
+                ({"channel": "A", "value": 1e38}, "outside the bounds"),
+                ({"channel": "X", "value": -1e300}, "outside the bounds"),
+            ],
+        ),
+        # within the configured bounds, but it overflows the network's input
+        ("mmk", [({"channel": "P", "value": 3e38}, "network's estimate is not finite")]),
+    ],
+)
+def test_one_bad_case_fails_no_other_request(server, model, bad):
+    """24 concurrent good requests and the bad ones on the same model (so they share
+    @serve.batch calls): every good one is answered as if alone, each bad one gets a 422."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = [_observations(model, i)[0] for i in range(24)]
+    alone = [_post(server, model, {"observations": o}).json()["parameters"] for o in good[:3]]
+    bad_sets = [_with_value(good[0], b["value"], b["channel"]) for b, _ in bad]
+    with ThreadPoolExecutor(len(good) + len(bad)) as pool:
+        answers = list(pool.map(lambda o: _post(server, model, {"observations": o}), [*good, *bad_sets]))
+    assert [r.status_code for r in answers[:24]] == [200] * 24, [r.text for r in answers if r.status_code != 200]
+    for r, (_, message) in zip(answers[24:], bad):
+        assert r.status_code == 422 and message in r.json()["error"], r.text
+    for want, got in zip(alone, answers[:3]):
+        np.testing.assert_allclose(list(got.json()["parameters"].values()), list(want.values()), rtol=1e-5)
+    # in one batch request: each bad set gets its own error entry, the others their answers
+    r = _post(server, model, {"batch": [good[1], *bad_sets, good[2]]})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    for entry, (_, message) in zip(results[1:-1], bad):
+        assert set(entry) == {"error"} and message in entry["error"], entry
+    for want, got in zip(alone[1:], (results[0], results[-1])):
+        np.testing.assert_allclose(list(got["parameters"].values()), list(want.values()), rtol=1e-5)
+
+
+def test_hostile_bodies_get_a_4xx(server):
+    url = f"{server}/v1/models/mmk/infer"
+    headers = {"content-type": "application/json"}
+    deep = requests.post(url, data="[" * 60_000, headers=headers, timeout=60)  # within max_body_bytes here
+    assert deep.status_code == 400 and "nests JSON deeper than 16 levels" in deep.json()["error"]
+    digits = '{"observations": [{"t": 0.1, "channel": "S", "value": ' + "7" * 5000 + "}]}"
+    long_number = requests.post(url, data=digits, headers=headers, timeout=60)
+    assert long_number.status_code == 400 and "number literal longer than" in long_number.json()["error"]
+
+    def chunks():  # 64 MiB sent chunked, without a length; the server stops reading early
+        for _ in range(1024):
+            yield b" " * 65536
+
+    try:
+        big = requests.post(url, data=chunks(), headers=headers, timeout=60)
+        assert big.status_code == 413 and "exceeds the limit of 65536 bytes" in big.json()["error"]
+    except requests.ConnectionError:
+        pytest.fail("the server closed the connection instead of answering 413")
+    assert _post(server, "mmk", {"observations": _observations("mmk", 0)[0]}).status_code == 200
+
+
+def test_refinement_is_bounded_and_reports_its_status(server):
+    import time
+
+    cases = [_observations("ecoli", i)[0] for i in range(4)]
+    plain = _post(server, "ecoli", {"batch": cases}).json()["results"]
+    start = time.perf_counter()
+    r = _post(server, "ecoli", {"batch": cases, "refine": True}, timeout=120)
+    took = time.perf_counter() - start
+    assert r.status_code == 200, r.text
+    refined = r.json()["results"]
+    # each fit stops at the deadline with its best point (answer time: the deadline, one
+    # BFGS iteration and the network's answer)
+    assert took < REFINE_TIMEOUT_S + 5.0, took
+    for p, f in zip(plain, refined):
+        assert f["refine_status"] in ("converged", "iteration_limit", "deadline"), f
+        assert f["refined"] is True and p["refine_status"] == "not_requested" and p["refined"] is False
+        assert f["nll"] <= p["nll"] + 1e-9
+    assert "deadline" in {f["refine_status"] for f in refined}, "E. coli fits take longer than 2 s here"
+    too_many = _post(server, "ecoli", {"batch": cases + cases[:1], "refine": True})
+    assert too_many.status_code == 422 and "at most 4 per request" in too_many.json()["error"]
+
+
+def test_refine_flood_is_refused_and_plain_inference_goes_on(server):
+    """6 clients at once, each refining 4 E. coli sets, past the Refiner's queue (4 at a
+    time, 4 queued per Api replica): each gets its answers or 503 with Retry-After, never
+    a 500, within the deadline plus a margin; plain mmk requests meanwhile keep answering
+    within 1 s; after the flood the server answers refinements normally."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [_observations("ecoli", i)[0] for i in range(4)]
+    plain_obs = _observations("mmk", 0)[0]
+    plain, stop = [], threading.Event()
+
+    def plain_client():
+        while not stop.is_set():
+            start = time.perf_counter()
+            code = _post(server, "mmk", {"observations": plain_obs}).status_code
+            plain.append((code, time.perf_counter() - start))
+
+    def refine_client(_):
+        start = time.perf_counter()
+        r = _post(server, "ecoli", {"batch": cases, "refine": True}, timeout=120)
+        return r, time.perf_counter() - start
+
+    watcher = threading.Thread(target=plain_client)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            floods = list(pool.map(refine_client, range(6)))
+    finally:
+        stop.set()
+        watcher.join(timeout=60)
+    codes = [r.status_code for r, _ in floods]
+    assert set(codes) <= {200, 503}, [r.text for r, _ in floods if r.status_code not in (200, 503)]
+    assert 503 in codes and 200 in codes, codes
+    for r, took in floods:
+        assert took < REFINE_TIMEOUT_S + 10.0, took
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "1" and "queue is full" in r.json()["error"]
+        else:
+            assert all(a["refine_status"] in ("converged", "iteration_limit", "deadline") for a in r.json()["results"])
+    assert plain and all(code == 200 for code, _ in plain), plain
+    assert max(took for _, took in plain) < 1.0, sorted(took for _, took in plain)[-5:]
+    after = _post(server, "ecoli", {"batch": cases[:1], "refine": True}, timeout=120)
+    assert after.status_code == 200 and after.json()["results"][0]["refined"] is True

@@ -216,6 +216,7 @@ def _evaluate(args: argparse.Namespace, command: str) -> None:
 
 
 def _pipeline(args: argparse.Namespace, command: str) -> None:
+    from . import storage
     from .runtime import ensure_ray
     from .workflows import pipeline
 
@@ -227,9 +228,10 @@ def _pipeline(args: argparse.Namespace, command: str) -> None:
         stages=stages,
         overrides={"n": args.n, "baseline_limit": args.baseline_limit},
     )
-    embedded = not os.environ.get("RAY_ADDRESS")
-    ensure_ray(log_to_driver=False, include_dashboard=False if embedded else None)
-    records = pipeline.execute(planned, port=args.port, command=command)
+    with storage.lock(planned["run"], "pipeline run"):  # one pipeline per run directory at a time
+        embedded = not os.environ.get("RAY_ADDRESS")
+        ensure_ray(log_to_driver=False, include_dashboard=False if embedded else None)
+        records = pipeline.execute(planned, port=args.port, command=command)
     if "evaluate" in records:
         print(f"Table 1 report: {records['evaluate']['outputs']['report']}")
     if "serve" in records and "answer" in records["serve"]["outputs"]:

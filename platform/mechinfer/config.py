@@ -179,6 +179,18 @@ class ServeArgs(BaseModel):
     max_observations: int = PydanticField(256, ge=1, description="observations per observation set, at most")
     max_batch: int = PydanticField(256, ge=1, description="observation sets per batch request, at most")
     max_body_bytes: int = PydanticField(1 << 20, ge=1, description="request body size, at most")
+    refine_timeout_s: float = PydanticField(
+        10.0, gt=0, description="seconds a refinement may take; then the best point so far is answered"
+    )
+    max_refine_cases: int = PydanticField(16, ge=1, description="observation sets one request may refine, at most")
+    max_json_depth: int = PydanticField(16, ge=4, description="nesting depth of the request's JSON, at most")
+    max_number_chars: int = PydanticField(64, ge=8, description="characters of one JSON number literal, at most")
+    value_bounds: dict[str, dict[str, tuple[float, float]]] | None = PydanticField(
+        None,
+        description="model name -> channel name -> [low, high]: observed values outside are refused (422) "
+        "before the network sees them (default per channel: the checkpoint's training mean +- 1000 "
+        "standard deviations of that channel's values)",
+    )
     compile: bool | None = PydanticField(
         None,
         description="compiled solver steps: each replica spends 20-60 s more starting, answers come 2-5x "

@@ -8,11 +8,15 @@ same thing to the simulation, training, baselines, reports and the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import socket
 import tempfile
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import pyarrow as pa
@@ -91,14 +95,17 @@ def write_local_json(path: str, data: dict) -> None:
     write_json(LOCAL, os.path.abspath(path), data)
 
 
-def local_copy(location: str) -> str:
-    """A local directory holding what ``location`` holds (downloaded when it is a URI)."""
+@contextlib.contextmanager
+def local_copy(location: str) -> Iterator[str]:
+    """``with local_copy(location) as path``: a local directory holding what ``location``
+    holds: the directory itself, or for a URI a download, deleted on leaving."""
     if not is_uri(location):
-        return absolute(location)
+        yield absolute(location)
+        return
     fs, root = resolve(location)
-    dest = tempfile.mkdtemp(prefix="mechinfer-")
-    pafs.copy_files(root, dest, source_filesystem=fs)
-    return dest
+    with tempfile.TemporaryDirectory(prefix="mechinfer-") as dest:
+        pafs.copy_files(root, dest, source_filesystem=fs)
+        yield dest
 
 
 def read_manifest(location: str, *, what: str = "dataset", model: str | None = None, kind: str | None = None) -> dict:
@@ -120,3 +127,88 @@ def read_manifest(location: str, *, what: str = "dataset", model: str | None = N
     if model is not None and manifest.get("model") != model:
         raise ValueError(f"{what} {location} holds {manifest.get('model')!r} samples, not {model!r}")
     return manifest
+
+
+LOCK = "_lock.json"
+log = logging.getLogger(__name__)
+
+
+class LocationInUse(ValueError):
+    """Another process is writing to the same output location."""
+
+
+@contextlib.contextmanager
+def lock(location: str, what: str) -> Iterator[None]:
+    """Hold ``location`` (a directory or URI, created if missing) for one writer: a lock
+    file names the holder (pid, host, start time). A second writer is refused with that
+    name; the lock of a process that is gone (same host, pid not running) is taken over
+    with a warning. Released (deleted) on leaving. On the local filesystem the lock file
+    is created exclusively (O_EXCL); object stores have no such operation, so there the
+    check is read-then-write, and a lock from another host is never presumed stale."""
+    fs, root = resolve(location)
+    if fs.get_file_info(root).type == pafs.FileType.File:
+        raise ValueError(f"output location {location} is a file, not a directory")
+    try:
+        fs.create_dir(root, recursive=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"cannot write to output location {location}: {exc}") from None
+    path = f"{root}/{LOCK}"
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "what": what,
+        "token": uuid.uuid4().hex,
+    }
+    _acquire(fs, path, me, location, what)
+    try:
+        yield
+    finally:
+        held = read_json(fs, path)
+        if held is not None and held.get("token") == me["token"]:  # ours still: release it
+            fs.delete_file(path)
+
+
+def _acquire(fs: pafs.FileSystem, path: str, me: dict, location: str, what: str) -> None:
+    data = (json.dumps(me, indent=2) + "\n").encode()
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return
+    holder = read_json(fs, path)
+    if holder is not None and not _gone(holder):
+        raise LocationInUse(
+            f"{location} is in use by another {holder.get('what', what)} writer: pid {holder.get('pid')} on host "
+            f"{holder.get('host')}, since {holder.get('started')} (its lock file {LOCK}; delete it only if that "
+            "process is gone)"
+        )
+    if holder is not None:
+        log.warning(
+            "%s: taking over the lock of pid %s on %s (since %s), which is no longer running",
+            location,
+            holder.get("pid"),
+            holder.get("host"),
+            holder.get("started"),
+        )
+    write_bytes(fs, path, data)
+    if (read_json(fs, path) or {}).get("token") != me["token"]:  # another writer took it at the same moment
+        holder = read_json(fs, path) or {}
+        raise LocationInUse(f"{location} is in use by another writer: pid {holder.get('pid')} on {holder.get('host')}")
+
+
+def _gone(holder: dict) -> bool:
+    """Whether the lock's process has ended (known only on this host)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return False
+    return False

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .. import SPEC_VERSION, __version__
 from ..models.base import Model
-from ..storage import MANIFEST, read_json, read_manifest, resolve, write_file, write_json
+from ..storage import LOCK, MANIFEST, read_json, read_manifest, resolve, write_file, write_json
 
 INTENT = "_simulation.json"  # parameters of an unfinished simulation, for resumption
 PART_PREFIX = "part-"
@@ -128,7 +128,7 @@ def prepare_location(
         fs.delete_file(f"{root}/{MANIFEST}")  # first, so it never looks complete again
     previous = read_json(fs, f"{root}/{intent}") if info.type == pafs.FileType.Directory else None
     entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    ours = {intent, *outputs}
+    ours = {intent, LOCK, *outputs}
     foreign = [
         e.base_name for e in entries if e.base_name not in ours and not e.base_name.startswith((PART_PREFIX, "_tmp-"))
     ]

@@ -101,58 +101,60 @@ def simulate_dataset(
         "chunk_size": chunk_size,
         "solver_options": solver_options,
     }
-    done = ds_format.prepare_location(fs, root, out, params, overwrite)
+    with storage.lock(out, "dataset"):  # one writer at a time; before anything is deleted
+        done = ds_format.prepare_location(fs, root, out, params, overwrite)
 
-    all_chunks = [(f, min(f + chunk_size, n)) for f in range(0, n, chunk_size)]
-    todo = [c for c in all_chunks if ds_format.part_name(c[0]) not in done]
-    start = time.perf_counter()
-    if todo:
-        ensure_ray()
-        items = [{"first": f, "last": last} for f, last in todo]
-        root_uri = storage.absolute(out)
-        written = ray.data.from_items(items, override_num_blocks=min(num_blocks or len(items), len(items))).map_batches(
-            # Ray's stubs type the function as taking the batch alone; fn_args supplies the rest
-            _write_chunks,  # type: ignore[arg-type]
-            batch_size=1,
-            num_cpus=1,
-            fn_args=(m.name, int(seed), root_uri, solver_options),
+        all_chunks = [(f, min(f + chunk_size, n)) for f in range(0, n, chunk_size)]
+        todo = [c for c in all_chunks if ds_format.part_name(c[0]) not in done]
+        start = time.perf_counter()
+        if todo:
+            ensure_ray()
+            items = [{"first": f, "last": last} for f, last in todo]
+            root_uri = storage.absolute(out)
+            blocks = min(num_blocks or len(items), len(items))
+            written = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+                # Ray's stubs type the function as taking the batch alone; fn_args supplies the rest
+                _write_chunks,  # type: ignore[arg-type]
+                batch_size=1,
+                num_cpus=1,
+                fn_args=(m.name, int(seed), root_uri, solver_options),
+            )
+            reported = 0
+            with Progress(len(todo), f"simulate {m.name}", "chunk") as progress:
+                for _ in written.iter_rows():
+                    reported += 1
+                    progress.update()
+            if reported != len(todo):
+                raise RuntimeError(f"{out}: {reported} of {len(todo)} chunks reported; dataset left incomplete")
+        failures = _verify(fs, root, out, n)
+        for leftover in fs.get_file_info(pafs.FileSelector(root)):
+            if leftover.base_name.startswith("_tmp-"):  # a write cut short by a killed worker
+                fs.delete_file(leftover.path)
+        wall = time.perf_counter() - start
+        summary = SimulationSummary(
+            model=m.name,
+            location=out,
+            samples=n,
+            failures=failures,
+            chunks=len(all_chunks),
+            chunks_resumed=len(all_chunks) - len(todo),
+            wall_s=wall,
+            samples_per_s=sum(b - a for a, b in todo) / max(wall, 1e-9),
         )
-        reported = 0
-        with Progress(len(todo), f"simulate {m.name}", "chunk") as progress:
-            for _ in written.iter_rows():
-                reported += 1
-                progress.update()
-        if reported != len(todo):
-            raise RuntimeError(f"{out}: {reported} of {len(todo)} chunks reported; dataset left incomplete")
-    failures = _verify(fs, root, out, n)
-    for leftover in fs.get_file_info(pafs.FileSelector(root)):
-        if leftover.base_name.startswith("_tmp-"):  # a write cut short by a killed worker
-            fs.delete_file(leftover.path)
-    wall = time.perf_counter() - start
-    summary = SimulationSummary(
-        model=m.name,
-        location=out,
-        samples=n,
-        failures=failures,
-        chunks=len(all_chunks),
-        chunks_resumed=len(all_chunks) - len(todo),
-        wall_s=wall,
-        samples_per_s=sum(b - a for a, b in todo) / max(wall, 1e-9),
-    )
-    manifest = ds_format.make_manifest(
-        m,
-        n,
-        seed,
-        {
-            "chunk_size": chunk_size,
-            "failures": failures,
-            "solver_options": solver_options,
-            "wall_s": round(wall, 3),
-        },
-    )
-    storage.write_json(fs, f"{root}/{storage.MANIFEST}", manifest)
-    fs.delete_file(f"{root}/{ds_format.INTENT}")
-    return summary
+        manifest = ds_format.make_manifest(
+            m,
+            n,
+            seed,
+            {
+                "chunk_size": chunk_size,
+                "failures": failures,
+                "solver_options": solver_options,
+                "wall_s": round(wall, 3),
+            },
+        )
+        storage.write_json(fs, f"{root}/{storage.MANIFEST}", manifest)
+        fs.delete_file(f"{root}/{ds_format.INTENT}")
+        return summary
 
 
 def _verify(fs: pafs.FileSystem, root: str, out: str, n: int) -> int:

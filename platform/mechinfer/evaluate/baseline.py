@@ -206,48 +206,49 @@ def run_baseline(
         "chunk_size": chunk_size,
         "max_iter": max_iter,
     }
-    done = ds_format.prepare_location(
-        fs, root, out, params, overwrite, intent=INTENT, outputs=(MULTISTART,), what="baseline"
-    )
-    chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
-    todo = [(a, b) for a, b in chunks if ds_format.part_name(int(rows["sample_id"][a])) not in done]
-    start = time.perf_counter()
-    if todo:
-        ensure_ray()
-        task = ray.remote(num_cpus=1, num_gpus=0, max_retries=3)(_run_chunk)
-        ckpt = checkpoint if checkpoint == m.name else storage.absolute(checkpoint)
-        root_uri = storage.absolute(out)
-        pending = [
-            task.remote(m.name, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed, max_iter, root_uri)
-            for a, b in todo
-        ]
-        chunk_times = _wait_with_progress(pending, f"baseline {m.name}")
-    else:
-        chunk_times = []
-    fits = _read_fits(fs, root, out, rows["sample_id"], starts[-1])
-    table = multistart_table(fits, starts)
-    storage.write_file(fs, f"{root}/{MULTISTART}", lambda f: pq.write_table(table, f))
-    wall = time.perf_counter() - start
-    manifest = ds_format.make_manifest(
-        m,
-        n,
-        seed,
-        {
-            **params,
-            "kind": "baseline",
-            "command": command,
-            "machine": machine(),
-            "threads_per_task": 1,
-            "wall_s": round(wall, 3),
-            "excluded_failed_rows": int((~usable).sum()),
-            "chunk_times": chunk_times,  # this run's chunks (resumed ones are not repeated)
-        },
-    )
-    storage.write_json(fs, f"{root}/{storage.MANIFEST}", manifest)
-    fs.delete_file(f"{root}/{INTENT}")
-    return BaselineSummary(
-        m.name, out, n, starts, len(chunks), len(chunks) - len(todo), wall, f"{out.rstrip('/')}/{MULTISTART}"
-    )
+    with storage.lock(out, "baseline"):  # one writer at a time; before anything is deleted
+        done = ds_format.prepare_location(
+            fs, root, out, params, overwrite, intent=INTENT, outputs=(MULTISTART,), what="baseline"
+        )
+        chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+        todo = [(a, b) for a, b in chunks if ds_format.part_name(int(rows["sample_id"][a])) not in done]
+        start = time.perf_counter()
+        if todo:
+            ensure_ray()
+            task = ray.remote(num_cpus=1, num_gpus=0, max_retries=3)(_run_chunk)
+            ckpt = checkpoint if checkpoint == m.name else storage.absolute(checkpoint)
+            root_uri = storage.absolute(out)
+            pending = [
+                task.remote(m.name, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed, max_iter, root_uri)
+                for a, b in todo
+            ]
+            chunk_times = _wait_with_progress(pending, f"baseline {m.name}")
+        else:
+            chunk_times = []
+        fits = _read_fits(fs, root, out, rows["sample_id"], starts[-1])
+        table = multistart_table(fits, starts)
+        storage.write_file(fs, f"{root}/{MULTISTART}", lambda f: pq.write_table(table, f))
+        wall = time.perf_counter() - start
+        manifest = ds_format.make_manifest(
+            m,
+            n,
+            seed,
+            {
+                **params,
+                "kind": "baseline",
+                "command": command,
+                "machine": machine(),
+                "threads_per_task": 1,
+                "wall_s": round(wall, 3),
+                "excluded_failed_rows": int((~usable).sum()),
+                "chunk_times": chunk_times,  # this run's chunks (resumed ones are not repeated)
+            },
+        )
+        storage.write_json(fs, f"{root}/{storage.MANIFEST}", manifest)
+        fs.delete_file(f"{root}/{INTENT}")
+        return BaselineSummary(
+            m.name, out, n, starts, len(chunks), len(chunks) - len(todo), wall, f"{out.rstrip('/')}/{MULTISTART}"
+        )
 
 
 def _wait_with_progress(pending, what: str) -> list:

@@ -35,6 +35,7 @@ class FitStatus(IntEnum):
     MAX_ITER = 1  # the iteration limit ran out
     LINE_SEARCH = 2  # no step along the search direction decreased f
     BAD_START = 3  # the start could not be evaluated (a failed solve, say)
+    DEADLINE = 4  # the problem's deadline passed; x is the best point found by then
 
 
 @dataclass
@@ -107,6 +108,7 @@ def bfgs(
     max_batch: int | None = None,
     h0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     use_h0: torch.Tensor | None = None,
+    deadline: torch.Tensor | None = None,
 ) -> BFGSResult:
     """Minimise each row of x0 (B, P) independently. ``fun(x, rows)`` takes the points of
     the problems being evaluated, (b, P), with their row indices into x0, (b,), and
@@ -117,7 +119,12 @@ def bfgs(
     ``h0(x, rows)``, when given, supplies the initial inverse Hessian (b, P, P) of the
     problems at their starts (a Gauss-Newton one, say), for the rows where ``use_h0``
     (B,) is true (default all); their first step is a full step along -H0 g. Other rows
-    start with H0 = I, scaled after the first step."""
+    start with H0 = I, scaled after the first step.
+
+    ``deadline`` (B,) float64, wall-clock times (``time.time()``): a problem still running
+    when its deadline passes stops with status DEADLINE at its best point so far, and one
+    not yet started by then stops at its start, unevaluated (f NaN). Online refinement
+    bounds its answer time with it."""
     x0 = x0.detach()
     n, p = x0.shape
     dtype, device = x0.dtype, x0.device
@@ -135,6 +142,12 @@ def bfgs(
 
     while len(run) or queued < n:
         tic = time.perf_counter()
+        if deadline is not None and queued < n:  # queued problems already past their deadline
+            while queued < n and deadline[queued] < time.time():
+                status[queued] = int(FitStatus.DEADLINE)
+                queued += 1
+            if not len(run) and queued >= n:
+                break
         if len(run) < max_batch and queued < n:  # refill from the queue
             new = torch.arange(queued, min(n, queued + max_batch - len(run)), device=device)
             queued += new.numel()
@@ -217,6 +230,8 @@ def bfgs(
         done = torch.where(r.fresh & ~finite, int(FitStatus.BAD_START), done)
         r.fresh = torch.zeros_like(r.fresh)
 
+        if deadline is not None:
+            done = torch.where((done < 0) & (deadline[r.idx] < time.time()), int(FitStatus.DEADLINE), done)
         x[r.idx], f[r.idx] = r.x, r.f
         status[r.idx] = done
         seconds[r.idx] += (time.perf_counter() - tic) / len(r)

@@ -123,6 +123,7 @@ def fit(
     max_batch: int = MAX_BATCH,
     hessian: str | Sequence[str] | np.ndarray = "gauss-newton",
     compile: bool | None = None,
+    deadline: float | Sequence[float] | np.ndarray | None = None,
     **solver_options,
 ) -> Fit:
     """One BFGS start per observation set: t, channel, value (B, N) (NaN-padded), z0 (B, P).
@@ -131,7 +132,9 @@ def fit(
     or "identity" (textbook BFGS), for all rows or per row (a sequence of B names).
     ``compile`` runs the solver's steps compiled (default, unless the environment sets
     MECHINFER_COMPILE=0): BFGS batches are hundreds of problems evaluated hundreds of
-    times, which repays the one-off compilation."""
+    times, which repays the one-off compilation. ``deadline``: wall-clock time
+    (``time.time()``), for all rows or per row, after which a fit stops at its best
+    point so far (status DEADLINE; see :func:`~mechinfer.fit.bfgs.bfgs`)."""
     if compile is None:
         compile = _compile_default()
     names = np.broadcast_to(np.asarray(hessian, dtype=object), (len(z0),))
@@ -144,7 +147,8 @@ def fit(
     fun = objective(model, t, channel, value, compile=compile, **solver_options)
     start = time.perf_counter()
     h0 = gauss_newton_h0(model, t, channel, value, compile=compile, **solver_options) if use_h0.any() else None
-    result = bfgs(fun, z0, max_iter=max_iter, gtol=gtol, max_batch=max_batch, h0=h0, use_h0=use_h0)
+    limit = None if deadline is None else torch.as_tensor(np.broadcast_to(deadline, (len(z0),)), dtype=torch.float64)
+    result = bfgs(fun, z0, max_iter=max_iter, gtol=gtol, max_batch=max_batch, h0=h0, use_h0=use_h0, deadline=limit)
     wall = time.perf_counter() - start
     z = result.x.numpy()
     return Fit(

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import torch
@@ -31,36 +33,62 @@ def save(
     training: dict | None = None,
     extra_files: dict | None = None,
 ) -> dict:
-    """Write a checkpoint into ``directory`` (created); the metadata file goes last."""
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
+    """Write a checkpoint as ``directory`` (replacing one there), whole or not at all:
+    every file goes into a temporary directory beside it, which is renamed into place
+    when complete, so a reader never sees new weights beside old metadata, or half a
+    checkpoint after a crash."""
+    path = Path(directory).absolute()
     state = {k: v.detach().cpu() for k, v in _unwrap(net).state_dict().items()}
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ValueError(f"refusing to save a checkpoint with non-finite weights ({k})")
-    _atomic_torch_save(state, path / WEIGHTS)
-    for name, obj in (extra_files or {}).items():
-        _atomic_torch_save(obj, path / name)
-    digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()[:12]
-    meta = {
-        "spec_version": SPEC_VERSION,
-        "model": model,
-        "network": _unwrap(net).config,
-        "checkpoint_id": f"{model}-{_unwrap(net).config['kind']}-{digest}",
-        "dataset": dataset_manifest,
-        "metrics": metrics or {},
-        "training": training or {},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    storage.write_local_json(str(path / META), meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"_tmp-{uuid.uuid4().hex}-{path.name}"
+    tmp.mkdir()
+    try:
+        torch.save(state, tmp / WEIGHTS)
+        for name, obj in (extra_files or {}).items():
+            torch.save(obj, tmp / name)
+        digest = hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()[:12]
+        meta = {
+            "spec_version": SPEC_VERSION,
+            "model": model,
+            "network": _unwrap(net).config,
+            "checkpoint_id": f"{model}-{_unwrap(net).config['kind']}-{digest}",
+            "dataset": dataset_manifest,
+            "metrics": metrics or {},
+            "training": training or {},
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        _replace_directory(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return meta
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; a directory already there is moved aside first and
+    deleted after (two renames: the gap between them shows no directory, never a mix)."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = target.parent / f"_old-{uuid.uuid4().hex}-{target.name}"
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load(source: str, *, model: str | None = None, kind: str | None = None, map_location="cpu"):
     """(network in eval mode, metadata) from a checkpoint directory or URI. Refuses a
     checkpoint of another model, kind or spec version with a message naming both."""
-    local = storage.local_copy(source)
-    meta_path = Path(local) / META
+    with storage.local_copy(source) as local:
+        return _load(source, Path(local), model, kind, map_location)
+
+
+def _load(source: str, local: Path, model: str | None, kind: str | None, map_location):
+    meta_path = local / META
     if not meta_path.exists():
         raise ValueError(f"{source} is not a mechinfer checkpoint: it has no {META}")
     meta = json.loads(meta_path.read_text())
@@ -74,16 +102,10 @@ def load(source: str, *, model: str | None = None, kind: str | None = None, map_
     if kind is not None and meta["network"].get("kind") != kind:
         raise ValueError(f"checkpoint {source} holds a {meta['network'].get('kind')} network, not a {kind} network")
     net = networks.build(meta["network"])
-    state = torch.load(Path(local) / WEIGHTS, map_location=map_location, weights_only=True)
+    state = torch.load(local / WEIGHTS, map_location=map_location, weights_only=True)
     net.load_state_dict(state)
     return net.eval(), meta
 
 
 def _unwrap(net):
     return getattr(net, "module", net)  # DistributedDataParallel holds the network as .module
-
-
-def _atomic_torch_save(obj, target: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    storage.write_local(str(target), lambda f: f.write(buffer.getvalue()))

@@ -4,7 +4,9 @@ shaping answers. The Ray Serve application in ``serving/app.py`` wraps these."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 import time
 
 import numpy as np
@@ -12,8 +14,10 @@ import numpy as np
 from ..config import ServeArgs
 from ..estimate.estimator import Estimator
 from ..fit import mle
+from ..fit.bfgs import FitStatus
 
 MAX_OBSERVATIONS = ServeArgs.model_fields["max_observations"].default  # unless configured otherwise
+BOUND_STDS = 1000.0  # default value bounds: the training mean +- this many standard deviations
 
 
 class BadRequest(ValueError):
@@ -24,12 +28,38 @@ class BadRequest(ValueError):
         self.status = status
 
 
+def value_bounds(est: Estimator, configured: dict[str, tuple[float, float]] | None = None) -> np.ndarray:
+    """(C, 2) bounds on each channel's observed values. By default the mean of the
+    checkpoint's training values +- 1000 of their standard deviations: far wider than
+    any plausible measurement, yet narrow enough that no value overflows the network's
+    float32 input scaling (a value of 1e38 once turned a whole batch's answers into NaN).
+    ``configured`` (channel name -> [low, high]) overrides channels by name."""
+    m = est.model
+    offset = np.asarray(est.meta["network"]["value_offset"], dtype=np.float64)
+    scale = np.asarray(est.meta["network"]["value_scale"], dtype=np.float64)
+    bounds = np.stack([offset - BOUND_STDS * scale, offset + BOUND_STDS * scale], axis=1)
+    for name, (low, high) in (configured or {}).items():
+        if name not in m.channels:
+            raise ValueError(f"value_bounds: unknown channel {name!r} for {m.name}; channels are {list(m.channels)}")
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"value_bounds for {m.name} channel {name!r} must be finite with low < high")
+        bounds[m.channels.index(name)] = (low, high)
+    return bounds
+
+
 def to_arrays(
-    est: Estimator, observations: list[dict], max_observations: int = MAX_OBSERVATIONS, where: str = "observations"
+    est: Estimator,
+    observations: list[dict],
+    max_observations: int = MAX_OBSERVATIONS,
+    where: str = "observations",
+    bounds: np.ndarray | None = None,
 ):
     """One observation list ({"t", "channel", "value"} dicts, channel by name) as
-    (t, channel index, value) arrays of shape (N,)."""
+    (t, channel index, value) arrays of shape (N,); values outside ``bounds`` (see
+    :func:`value_bounds`, the default) are refused."""
     m = est.model
+    if bounds is None:
+        bounds = value_bounds(est)
     if not observations:
         raise BadRequest(f"{where} is empty: give at least one observation")
     if len(observations) > max_observations:
@@ -48,8 +78,37 @@ def to_arrays(
                 raise BadRequest(f"{where}[{i}].{key} is not a finite number")
         if not 0.0 <= o["t"] <= m.T:
             raise BadRequest(f"{where}[{i}].t = {o['t']:g} h is outside [0, {m.T:g}] h for {m.name}")
-        t[i], ch[i], v[i] = o["t"], m.channels.index(name), o["value"]
+        c = m.channels.index(name)
+        low, high = bounds[c]
+        if not low <= o["value"] <= high:
+            raise BadRequest(
+                f"{where}[{i}].value = {o['value']:g} is outside the bounds [{low:g}, {high:g}] of channel "
+                f"{name!r} for {m.name} (value_bounds in the configuration)"
+            )
+        t[i], ch[i], v[i] = o["t"], c, o["value"]
     return t, ch, v
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def check_json_shape(raw: bytes, max_depth: int, max_number_chars: int) -> None:
+    """Refuse (400) a body whose JSON nests deeper than ``max_depth`` or holds a number
+    literal longer than ``max_number_chars``, before it is parsed: a parser's recursion
+    or a 5000-digit integer's conversion is work a client must not be able to demand."""
+    bare = _STRING.sub(b'""', raw)  # brackets and digits inside strings do not count
+    long_number = re.search(rb"[-+0-9.eE]{%d,}" % (max_number_chars + 1), bare)
+    if long_number:
+        raise BadRequest(
+            f"request body holds a number literal longer than {max_number_chars} characters "
+            f"({long_number.group()[:16].decode()}...)",
+            400,
+        )
+    brackets = _NOT_BRACKET.sub(b"", bare)
+    if brackets and max(itertools.accumulate(_DEPTH_STEP[b] for b in brackets)) > max_depth:
+        raise BadRequest(f"request body nests JSON deeper than {max_depth} levels", 400)
 
 
 def to_observations(model, t, channel, value) -> list[dict]:
@@ -74,22 +133,60 @@ def pad(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
 
 
 def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
-    """Network estimates and their NLL for padded (B, N) arrays, with stage timings."""
+    """Network estimates and their NLL for padded (B, N) arrays, with stage timings.
+    ``error`` (B,) holds a message for each case that cannot be answered (the network's
+    estimate is not finite, or the model cannot be solved there), else None: one such
+    case never changes the others' answers (each row is its own problem)."""
     start = time.perf_counter()
     z = est.estimate_z(t, ch, v)
     network = time.perf_counter()
-    nll = mle.nll(est.model, t, ch, v, z, compile=compile)
+    finite = np.isfinite(z).all(axis=1)
+    nll = np.full(len(z), np.nan)
+    if finite.any():
+        nll[finite] = mle.nll(est.model, t[finite], ch[finite], v[finite], z[finite], compile=compile)
+    error = [
+        None
+        if ok and np.isfinite(f)
+        else "the network's estimate is not finite for these observations"
+        if not ok
+        else "the model cannot be solved at the network's estimate for these observations"
+        for ok, f in zip(finite, nll)
+    ]
     return {
         "z": z,
         "nll": nll,
+        "error": error,
         "timing_ms": {"network": 1e3 * (network - start), "nll": 1e3 * (time.perf_counter() - network)},
     }
 
 
-def refine(est: Estimator, t, ch, v, z, compile: bool | None = None) -> dict:
+REFINE_STATUS = {
+    FitStatus.CONVERGED: "converged",
+    FitStatus.LINE_SEARCH: "converged",  # no step lowers the NLL further: a minimum to the solver's accuracy
+    FitStatus.MAX_ITER: "iteration_limit",
+    FitStatus.DEADLINE: "deadline",
+    FitStatus.BAD_START: "failed",
+}
+
+
+def refine(est: Estimator, t, ch, v, z, compile: bool | None = None, deadline=None) -> dict:
+    """One BFGS start per case from the network's z, each stopped at its ``deadline``
+    (wall-clock, see :func:`mechinfer.fit.mle.fit`). ``refine_status`` (B,) per SPEC 7;
+    ``kept`` (B,) marks cases answered with the network's z (the fit failed, or its
+    deadline passed before it started): their ``nll`` is NaN, the caller has the
+    network's."""
     start = time.perf_counter()
-    fit = est.refine(t, ch, v, z, compile=compile)
-    return {"z": fit.z, "nll": fit.nll, "timing_ms": {"refine": 1e3 * (time.perf_counter() - start)}}
+    fit = est.refine(t, ch, v, z, compile=compile, deadline=deadline)
+    status = [REFINE_STATUS.get(FitStatus(int(s)), "failed") for s in fit.status]
+    kept = ~np.isfinite(fit.nll) | ~np.isfinite(fit.z).all(axis=1)
+    status = ["failed" if k and s != "deadline" else s for s, k in zip(status, kept)]
+    return {
+        "z": np.where(kept[:, None], z, fit.z),
+        "nll": np.where(kept, np.nan, fit.nll),
+        "kept": kept,
+        "refine_status": status,
+        "timing_ms": {"refine": 1e3 * (time.perf_counter() - start)},
+    }
 
 
 def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
@@ -109,8 +206,9 @@ def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
     return time.perf_counter() - start
 
 
-def answer(est: Estimator, z: np.ndarray, nll: float, refined: bool, timing_ms: dict) -> dict:
-    """One case's answer (SPEC 7): parameters by name in physical units, z, NLL."""
+def answer(est: Estimator, z: np.ndarray, nll: float, refine_status: str, timing_ms: dict) -> dict:
+    """One case's answer (SPEC 7): parameters by name in physical units, z, NLL, and
+    whether (and how) it was refined."""
     m = est.model
     theta = m.from_z(z[None])[0]
     return {
@@ -118,7 +216,8 @@ def answer(est: Estimator, z: np.ndarray, nll: float, refined: bool, timing_ms: 
         "units": dict(zip(m.parameter_names, m.parameter_units)),
         "z": [float(x) for x in z],
         "nll": float(nll) if math.isfinite(nll) else None,
-        "refined": refined,
+        "refined": refine_status in ("converged", "iteration_limit", "deadline"),
+        "refine_status": refine_status,
         "timing_ms": {k: round(float(x), 3) for k, x in timing_ms.items()},
         "checkpoint_id": est.checkpoint_id,
     }

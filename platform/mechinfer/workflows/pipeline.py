@@ -13,9 +13,11 @@ the settings; a rerun with other ones is refused rather than mixing two runs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -266,6 +268,15 @@ def _evaluate(model, run, s, records, command, **_):
     return {"report": report}
 
 
+def serve_name(run: str) -> tuple[str, str]:
+    """The Serve application name and route prefix of a run's serve stage: its own, so
+    that deploying a run's network never replaces another application on the cluster
+    (the production one of serving/config.yaml is "mechinfer" at "/")."""
+    base = re.sub(r"[^A-Za-z0-9_-]+", "-", os.path.basename(os.path.normpath(run))).strip("-") or "run"
+    tag = hashlib.sha1(os.path.abspath(run).encode()).hexdigest()[:8]
+    return f"mechinfer-run-{base}-{tag}", f"/runs/{base}-{tag}"
+
+
 def _serve(model, run, s, records, port: int = 8000, **_):
     """Deploy the trained network on Ray Serve (the application at :data:`SERVE_APP`) and
     answer the first SPEC test sample through the live HTTP endpoint."""
@@ -278,12 +289,13 @@ def _serve(model, run, s, records, port: int = 8000, **_):
     module, _sep, name = SERVE_APP.partition(":")
     build = getattr(importlib.import_module(module), name)
     ckpt = _needs(records, "train-inference")["checkpoint"]
+    app, prefix = serve_name(run)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build({"checkpoints": {model: ckpt}, "compile": s["compile"]}), name="mechinfer", route_prefix="/")
+    serve.run(build({"checkpoints": {model: ckpt}, "compile": s["compile"]}), name=app, route_prefix=prefix)
     m = get_model(model)
     test = spec_test_set(m, 1)
     obs = handlers.to_observations(m, test["t"][0], test["channel"][0], test["value"][0])
-    url = f"http://127.0.0.1:{port}/v1/models/{model}/infer"
+    url = f"http://127.0.0.1:{port}{prefix}/v1/models/{model}/infer"
     r = requests.post(url, json={"observations": obs}, timeout=120)
     if r.status_code != 200:
         raise RuntimeError(f"the served endpoint {url} answered {r.status_code}: {r.text}")
