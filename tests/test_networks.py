@@ -141,6 +141,7 @@ def test_checkpoint_is_written_whole_and_uri_loads_clean_up(tmp_path):
     """A save replaces a checkpoint whole or leaves it as it was; a load from a URI
     deletes its download."""
     import glob
+    import shutil
     import tempfile
 
     m = mechinfer.get_model("mmk")
@@ -164,6 +165,21 @@ def test_checkpoint_is_written_whole_and_uri_loads_clean_up(tmp_path):
     for name, value in kept.state_dict().items():
         torch.testing.assert_close(value, second.state_dict()[name])  # its weights too, not the new ones
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "no temporary directory left"
+
+    # a checkpoint saved over the directory that holds the one it was trained from
+    # (train-inference: through-proxy/, then the fine-tuned one around it) keeps it
+    nested = checkpoint.save(str(tmp_path / "ft" / "through-proxy"), first, model="mmk", dataset_manifest=None)
+    for _ in range(2):
+        checkpoint.save(str(tmp_path / "ft"), second, model="mmk", dataset_manifest=None)
+        assert checkpoint.load(str(tmp_path / "ft" / "through-proxy"))[1]["checkpoint_id"] == nested["checkpoint_id"]
+        assert checkpoint.load(str(tmp_path / "ft"))[1]["checkpoint_id"] == meta2["checkpoint_id"]
+    shutil.rmtree(tmp_path / "ft")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files and is not a checkpoint"):
+        checkpoint.save(str(tmp_path / "mine"), first, model="mmk", dataset_manifest=None)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "mine"], "no temporary directory left"
 
     downloads = set(glob.glob(f"{tempfile.gettempdir()}/mechinfer-*"))
     _, meta = checkpoint.load(f"file://{tmp_path / 'ck'}")

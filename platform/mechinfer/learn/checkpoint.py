@@ -69,11 +69,19 @@ def save(
 
 
 def _replace_directory(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; a directory already there is moved aside first and
-    deleted after (two renames: the gap between them shows no directory, never a mix)."""
+    """Rename ``new`` to ``target``; a checkpoint already there is moved aside first and
+    deleted after (two renames: the gap between them shows no directory, never a mix).
+    Subdirectories of the old one that the new one lacks move into the new one first:
+    a checkpoint may hold the checkpoint it was trained from (``through-proxy/``)."""
     if not target.exists():
         os.rename(new, target)
         return
+    files = [p.name for p in target.iterdir() if not p.is_dir()]
+    if files and not (target / META).exists():
+        raise ValueError(f"{target} holds files and is not a checkpoint: refusing to replace it")
+    for sub in target.iterdir():
+        if sub.is_dir() and not (new / sub.name).exists():
+            os.rename(sub, new / sub.name)
     old = target.parent / f"_old-{uuid.uuid4().hex}-{target.name}"
     os.rename(target, old)
     os.rename(new, target)
