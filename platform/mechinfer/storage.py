@@ -129,6 +129,17 @@ def read_manifest(location: str, *, what: str = "dataset", model: str | None = N
     return manifest
 
 
+def make_directory(fs: pafs.FileSystem, root: str, location: str) -> None:
+    """Create the output directory ``root`` (``location`` as the user gave it) unless it
+    exists; a file in its place or an unwritable parent is refused with that message."""
+    if fs.get_file_info(root).type == pafs.FileType.File:
+        raise ValueError(f"output location {location} is a file, not a directory")
+    try:
+        fs.create_dir(root, recursive=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"cannot write to output location {location}: {exc}") from None
+
+
 LOCK = "_lock.json"
 log = logging.getLogger(__name__)
 
@@ -146,12 +157,7 @@ def lock(location: str, what: str) -> Iterator[None]:
     is created exclusively (O_EXCL); object stores have no such operation, so there the
     check is read-then-write, and a lock from another host is never presumed stale."""
     fs, root = resolve(location)
-    if fs.get_file_info(root).type == pafs.FileType.File:
-        raise ValueError(f"output location {location} is a file, not a directory")
-    try:
-        fs.create_dir(root, recursive=True)
-    except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"cannot write to output location {location}: {exc}") from None
+    make_directory(fs, root, location)
     path = f"{root}/{LOCK}"
     me = {
         "pid": os.getpid(),

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .. import SPEC_VERSION, __version__
 from ..models.base import Model
-from ..storage import LOCK, MANIFEST, read_json, read_manifest, resolve, write_file, write_json
+from ..storage import LOCK, MANIFEST, make_directory, read_json, read_manifest, resolve, write_file, write_json
 
 INTENT = "_simulation.json"  # parameters of an unfinished simulation, for resumption
 PART_PREFIX = "part-"
@@ -115,10 +115,8 @@ def prepare_location(
     manifest: refuse a complete result unless ``overwrite``; keep the parts of an
     unfinished run with the same ``params`` (recorded in the ``intent`` file) and return
     their names; delete everything else of ours; refuse foreign files."""
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.File:
-        raise ValueError(f"output location {out} is a file, not a directory")
-    manifest = read_json(fs, f"{root}/{MANIFEST}") if info.type == pafs.FileType.Directory else None
+    make_directory(fs, root, out)
+    manifest = read_json(fs, f"{root}/{MANIFEST}")
     if manifest is not None:
         if not overwrite:
             raise FileExistsError(
@@ -126,8 +124,8 @@ def prepare_location(
                 f"{manifest.get('n_samples')} samples); pass overwrite (--overwrite) to replace it"
             )
         fs.delete_file(f"{root}/{MANIFEST}")  # first, so it never looks complete again
-    previous = read_json(fs, f"{root}/{intent}") if info.type == pafs.FileType.Directory else None
-    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    previous = read_json(fs, f"{root}/{intent}")
+    entries = fs.get_file_info(pafs.FileSelector(root))
     ours = {intent, LOCK, *outputs}
     foreign = [
         e.base_name for e in entries if e.base_name not in ours and not e.base_name.startswith((PART_PREFIX, "_tmp-"))
@@ -145,7 +143,6 @@ def prepare_location(
         ):
             fs.delete_file(e.path)
     try:
-        fs.create_dir(root, recursive=True)
         write_json(fs, f"{root}/{intent}", params)
     except OSError as exc:
         raise ValueError(f"cannot write to output location {out}: {exc}") from None

@@ -60,7 +60,7 @@ def save(
             "training": training or {},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        storage.write_local_json(str(tmp / META), meta)
         _replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
