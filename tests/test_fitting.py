@@ -95,20 +95,25 @@ def test_nll_gradient_used_by_bfgs_matches_central_differences(name):
 
 @pytest.mark.slow
 def test_compiled_fit_matches_eager():
-    """What a fit runs by default (compiled solver steps; the suite runs eager unless a
-    test asks): the NLL, its gradient and the Gauss-Newton start agree with the eager ones."""
+    """A fit's NLL, gradient and Gauss-Newton start agree between the native solver (the
+    CPU default: forward sensitivities) and the torch steps, eager and compiled (the GPU
+    path: autograd through the steps; the suite runs them eager unless a test asks)."""
     m = mechinfer.get_model("mmk")
     rows, _ = baseline.load_test_set("mmk", None, 4)
     t, ch, x = rows["t"], rows["channel"], rows["value"]
     z = torch.as_tensor(fitting.prior_starts(m, range(4), 1, 3)[:, 0]) * 0.5
     idx = torch.arange(4)
-    eager = fitting.objective(m, t, ch, x, compile=False)(z, idx)
-    compiled = fitting.objective(m, t, ch, x, compile=True)(z, idx)
-    for e, c in zip(eager, compiled):
-        torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-8)
-    h_eager = fitting.gauss_newton_h0(m, t, ch, x, compile=False)(z, idx)
-    h_compiled = fitting.gauss_newton_h0(m, t, ch, x, compile=True)(z, idx)
-    torch.testing.assert_close(h_compiled, h_eager, rtol=1e-6, atol=1e-8)
+    native = fitting.objective(m, t, ch, x, backend="native")(z, idx)
+    eager = fitting.objective(m, t, ch, x, backend="torch", compile=False)(z, idx)
+    compiled = fitting.objective(m, t, ch, x, backend="torch", compile=True)(z, idx)
+    for n, e, c in zip(native, eager, compiled):
+        torch.testing.assert_close(e, n, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(c, n, rtol=1e-6, atol=1e-8)
+    h_native = fitting.gauss_newton_h0(m, t, ch, x, backend="native")(z, idx)
+    h_eager = fitting.gauss_newton_h0(m, t, ch, x, backend="torch", compile=False)(z, idx)
+    h_compiled = fitting.gauss_newton_h0(m, t, ch, x, backend="torch", compile=True)(z, idx)
+    torch.testing.assert_close(h_eager, h_native, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(h_compiled, h_native, rtol=1e-6, atol=1e-8)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,10 @@ from mechinfer.serve import handlers as service
 
 pytestmark = [pytest.mark.slow, pytest.mark.serve]
 
-REFINE_TIMEOUT_S = 2.0
+# Short enough that some of the first 4 E. coli test sets' fits (60-160 BFGS iterations,
+# 0.6 s for the 4 in-process here) run into it, so that deadlines are answered and a flood
+# of refinements fills the Refiner's queue.
+REFINE_TIMEOUT_S = 0.2
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +381,7 @@ def test_refinement_is_bounded_and_reports_its_status(server):
         assert f["refine_status"] in ("converged", "iteration_limit", "deadline"), f
         assert f["refined"] is True and p["refine_status"] == "not_requested" and p["refined"] is False
         assert f["nll"] <= p["nll"] + 1e-9
-    assert "deadline" in {f["refine_status"] for f in refined}, "E. coli fits take longer than 2 s here"
+    assert "deadline" in {f["refine_status"] for f in refined}, "some E. coli fits take longer than 0.2 s"
     too_many = _post(server, "ecoli", {"batch": cases + cases[:1], "refine": True})
     assert too_many.status_code == 422 and "at most 4 per request" in too_many.json()["error"]
 

@@ -8,20 +8,22 @@ from reference import mmk_closed_form, radau
 import mechinfer
 from mechinfer.models import priors
 from mechinfer.models.design import draw_experiments
-from mechinfer.models.simulate import simulate_observed, simulate_states
-from mechinfer.solver import IController, ODETerm, Rodas4, integrate
+from mechinfer.models.simulate import simulate_observed, simulate_states, states_and_jacobian
+from mechinfer.solver import IController, ODETerm, Rodas4, integrate, solve
 
 N_DRAWS = 300
 
 
 @pytest.mark.parametrize("name", ["mmk", pytest.param("ecoli", marks=pytest.mark.slow)])
 def test_accuracy_against_reference(name):
-    """Within 1% of the channel's noise sigma at every point, no failed solve; both the
-    eager step and the compiled one that large batches (the dataset job) use."""
+    """Within 1% of the channel's noise sigma at every point, no failed solve: the native
+    solver (the CPU default), and the torch steps, eager and compiled (the GPU path),
+    which run the same algorithm and agree with it to round-off."""
     m = mechinfer.get_model(name)
     d = draw_experiments(m, 2024, np.arange(N_DRAWS))
-    y = m.simulate(d["theta"], d["t"], compile=False)
-    np.testing.assert_allclose(m.simulate(d["theta"], d["t"], compile=True), y, rtol=1e-6, atol=1e-6)
+    y = m.simulate(d["theta"], d["t"], backend="native")
+    np.testing.assert_allclose(m.simulate(d["theta"], d["t"], backend="torch", compile=False), y, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(m.simulate(d["theta"], d["t"], backend="torch", compile=True), y, rtol=1e-6, atol=1e-6)
     assert not np.isnan(y).any(), "no failed solve"
     worst = 0.0
     for i in range(N_DRAWS):
@@ -114,6 +116,43 @@ def test_gradient_matches_finite_differences(name):
     scale = fd.abs().max(dim=1, keepdim=True).values
     rel = ((grad - fd).abs() / (fd.abs() + 1e-3 * scale)).max().item()
     assert rel < 1e-3, f"relative gradient error {rel:.2e}"
+
+
+@pytest.mark.parametrize("name", ["mmk", "ecoli"])
+def test_native_sensitivities_equal_autograd_through_the_torch_steps(name):
+    """The native solver's forward sensitivities are the derivatives of the discrete
+    method along its steps: the same numbers reverse-mode autograd gives through the
+    torch steps (oxygen-limited E. coli draws included), for states and gradients."""
+    m = mechinfer.get_model(name)
+    ids = np.concatenate([_stiff_draws(m, 2), [1, 2]]) if name == "ecoli" else np.arange(4)
+    d = draw_experiments(m, 0, ids)
+    t = torch.from_numpy(np.sort(d["t"], axis=1))
+    weights = torch.randn(
+        len(ids), t.shape[1], len(m.states), dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    got = {}
+    for backend in ("native", "torch"):
+        theta = torch.from_numpy(d["theta"]).clone().requires_grad_()
+        states, status = simulate_states(m, theta, t, backend=backend, compile=False)
+        assert (status == 0).all()
+        (grad,) = torch.autograd.grad((states * weights).sum(), theta)
+        got[backend] = (states.detach(), grad)
+    torch.testing.assert_close(got["native"][0], got["torch"][0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got["native"][1], got["torch"][1], rtol=1e-8, atol=1e-10)
+    # the Jacobian the Gauss-Newton start reads off the same sensitivities
+    states, jac, status = states_and_jacobian(m, torch.from_numpy(d["theta"]), t)
+    row = torch.einsum("bnsp,bns->bp", jac, weights)
+    torch.testing.assert_close(row, got["torch"][1], rtol=1e-8, atol=1e-10)
+
+
+def test_native_backend_refuses_what_it_cannot_run():
+    m = mechinfer.get_model("mmk")
+    theta = torch.from_numpy(m.sample_prior(2, seed=0))
+    with pytest.raises(ValueError, match="unknown solver backend 'fortran'"):
+        simulate_states(m, theta, torch.linspace(0, 1, 3), backend="fortran")
+    term = ODETerm(m.rhs)  # no native form
+    with pytest.raises(ValueError, match="native solver backend needs"):
+        solve(term, m.initial_state(theta), theta, torch.linspace(0, 1, 3).expand(2, -1), backend="native")
 
 
 def test_rodas4_is_fourth_order():

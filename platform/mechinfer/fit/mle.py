@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import solver as _solver
 from ..config import BaselineConfig
-from ..models import likelihood
+from ..models import likelihood, priors
 from ..models.base import Model
 from ..solver import SolveStatus
 from .bfgs import bfgs
@@ -62,17 +63,67 @@ def _tensors(t, channel, value):
 
 def objective(model: Model, t, channel, value, **solver_options):
     """fun(z, rows) -> (NLL, dNLL/dz) for the observation sets ``rows`` (a long tensor of
-    row indices into t, channel, value). NaN NLL where the solver failed."""
+    row indices into t, channel, value). NaN NLL (and a zero gradient) where the solver
+    failed. With the native solver the gradient is J^T r from the forward sensitivities
+    (no autograd); with the torch steps, reverse mode through them."""
     t, channel, value = _tensors(t, channel, value)
 
     def fun(z: torch.Tensor, rows: torch.Tensor):
-        z = z.detach().requires_grad_(True)
+        z = z.detach()
+        solved = residuals(model, z, t[rows], channel[rows], value[rows], **solver_options)
+        if solved is not None:
+            r, jac, ok = solved
+            f = torch.where(ok, 0.5 * r.square().sum(-1), torch.nan)
+            return f, torch.where(ok[:, None], (jac * r[..., None]).sum(1), 0.0)
+        z = z.requires_grad_(True)
         with torch.enable_grad():
             f = likelihood.nll(model, model.from_z(z), t[rows], channel[rows], value[rows], **solver_options)
             (g,) = torch.autograd.grad(torch.nan_to_num(f, nan=0.0).sum(), z)
         return f.detach(), g
 
     return fun
+
+
+def residuals(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
+    """(r, J, ok) from the native solver's forward sensitivities, or ``None`` where it
+    does not apply: r (B, N) the sigma-scaled residuals (x_i - mu_i) / sigma_i (0 where
+    padded), J (B, N, P) their Jacobian in z, ok (B,) rows whose solve succeeded with
+    finite values (others get r = J = 0)."""
+    theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z.detach())
+    solved = likelihood.predict_jacobian(model, theta, t, channel, **solver_options)
+    if solved is None:
+        return None
+    mu, dmu, status = solved
+    sigma = torch.as_tensor(model.sigma)[channel]
+    mask = likelihood.observed_mask(t, value)
+    r = torch.where(mask, (value - mu) / sigma, 0.0)
+    jac = torch.where(mask[..., None], -dmu * dtheta_dz[:, None, :] / sigma[..., None], 0.0)
+    ok = (status == SolveStatus.OK) & torch.isfinite(r).all(-1) & torch.isfinite(jac).all(-1).all(-1)
+    return torch.where(ok[:, None], r, 0.0), torch.where(ok[:, None, None], jac, 0.0), ok
+
+
+def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
+    """J (B, N, P), the Jacobian in z of the sigma-scaled residuals (padded entries 0),
+    and ok (B,): rows whose solve succeeded with a finite J (others get J = 0). From
+    :func:`residuals` where the native solver applies; otherwise by one backward pass
+    through the torch steps over the sets repeated once per observation (copy i
+    differentiates residual i, so compiled backward graphs run once rather than N times)."""
+    solved = residuals(model, z, t, channel, value, **solver_options)
+    if solved is not None:
+        return solved[1], solved[2]
+    sigma = torch.as_tensor(model.sigma)
+    b, n = t.shape
+    mask = likelihood.observed_mask(t, value)
+    rep = torch.arange(b).repeat_interleave(n)
+    zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
+    with torch.enable_grad():
+        mu, status = likelihood.predict(model, model.from_z(zz), t[rep], channel[rep], **solver_options)
+        scaled = torch.where(mask[rep], -mu / sigma[channel[rep]], torch.zeros_like(mu))  # (b n, n)
+        pick = scaled.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, residual i
+        (jac,) = torch.autograd.grad(pick.sum(), zz)
+    jac = jac.reshape(b, n, -1)
+    ok = (status.reshape(b, n) == SolveStatus.OK).all(1) & torch.isfinite(jac).all(-1).all(-1)
+    return torch.where(ok[:, None, None], jac, torch.zeros_like(jac)), ok
 
 
 def gauss_newton_h0(model: Model, t, channel, value, **solver_options):
@@ -83,29 +134,14 @@ def gauss_newton_h0(model: Model, t, channel, value, **solver_options):
     (the curvature of the N(0, 1) prior in z) bounds the steps along directions the
     observations do not determine. A row whose solve fails gets the identity."""
     t, channel, value = _tensors(t, channel, value)
-    sigma = torch.as_tensor(model.sigma)
 
     def h0(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        n = t.shape[1]
-        step = max(1, JACOBIAN_ROWS // n)
+        step = max(1, JACOBIAN_ROWS // t.shape[1])
         return torch.cat([_h0(z[i : i + step], rows[i : i + step]) for i in range(0, len(rows), step)])
 
     def _h0(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        # J by one backward pass over the sets repeated once per observation (copy i
-        # differentiates residual i), not N passes: compiled backward graphs run once
-        b, n = len(rows), t.shape[1]
-        rep = rows.repeat_interleave(n)
-        zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
-        with torch.enable_grad():
-            mu, status = likelihood.predict(model, model.from_z(zz), t[rep], channel[rep], **solver_options)
-            mask = likelihood.observed_mask(t[rep], value[rep])
-            scaled = torch.where(mask, mu / sigma[channel[rep]], torch.zeros_like(mu))  # (b n, n)
-            pick = scaled.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, residual i
-            (jac,) = torch.autograd.grad(pick.sum(), zz)
-        jac = jac.reshape(b, n, -1)
-        ok = (status.reshape(b, n) == SolveStatus.OK).all(1) & torch.isfinite(jac).all(-1).all(-1)
-        jac = torch.where(ok[:, None, None], jac, torch.zeros_like(jac))
-        eye = torch.eye(z.shape[1], dtype=z.dtype)
+        jac, _ = residual_jacobian(model, z, t[rows], channel[rows], value[rows], **solver_options)
+        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
         return torch.linalg.inv(jac.transpose(1, 2) @ jac + eye)
 
     return h0
@@ -186,15 +222,24 @@ def nll(model: Model, t, channel, value, z, *, compile: bool | None = None, **so
     return f.numpy()
 
 
+def uses_native_solver(**solver_options) -> bool:
+    """Whether fits with these options run the native CPU solver (then there are no torch
+    graphs to compile: only the model's native code to load, or to compile once per
+    machine)."""
+    return solver_options.get("backend", "auto") != "torch" and _solver.native.available()
+
+
 def warm_up(model: Model, t, channel, value, *, gradient: bool = True, **solver_options) -> float:
-    """Compile the solver step for fits (``gradient``: one NLL + gradient evaluation) or
-    for :func:`nll`, at batch sizes 1 and 2 (the second compiles the batch-size-generic
-    graph), so that the one-off compilation is not timed as part of the first fit or
-    request. Returns seconds; 0 when compilation is off."""
+    """Make the first fit or request as fast as the next: load (the first time on a
+    machine, compile) the model's native solver and run one evaluation; or, for the torch
+    backend, compile its steps for fits (``gradient``: one NLL + gradient evaluation) or
+    for :func:`nll` at batch sizes 1 and 2 (the second compiles the batch-size-generic
+    graph). Returns seconds; 0 when there is nothing to prepare (torch, compilation off)."""
     start = time.perf_counter()
-    if not _compile_default():
+    native = uses_native_solver(**solver_options)
+    if not native and not _compile_default():
         return 0.0
-    for n in sorted({1, min(2, len(t))}):
+    for n in [1] if native else sorted({1, min(2, len(t))}):
         rows = torch.arange(n)
         z = torch.zeros(n, model.n_parameters, dtype=torch.float64)
         if gradient:

@@ -13,6 +13,8 @@ numpy arrays in the scipy reference used by the tests.
 from __future__ import annotations
 
 import collections
+import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,8 @@ import numpy as np
 import torch
 
 from ..arrays import as_tensor, like_input, positive_int
+from ..solver import native as _native
+from ..solver import symbolic as _symbolic
 from ..solver.dual import Dual
 from ..solver.dual import value_and_jacobian as dual_value_and_jacobian
 from . import priors as _priors
@@ -106,9 +110,11 @@ class Model:
 
     # ---------------------------------------------------------------- equations
     def initial_state(self, theta: torch.Tensor) -> torch.Tensor:
-        p = self._namespace(self.parameter_names, theta)
+        return torch.stack(self._initial(self._namespace(self.parameter_names, theta)), dim=-1)
+
+    def _initial(self, p) -> list:
         init = self.initial(p) if self.initial else {s: getattr(p, f"{s}_0") for s in self.states}
-        return torch.stack([init[s] for s in self.states], dim=-1)
+        return [init[s] for s in self.states]
 
     def rhs(self, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """dy/dt for states y (..., S) and quantities theta (..., P)."""
@@ -121,6 +127,43 @@ class Model:
         p = _record_type(self.parameter_names)(*(Dual.constant(theta[..., i]) for i in range(self.n_parameters)))
         d = self.rates(s, p, self._constants())
         return dual_value_and_jacobian([d[name] for name in self.states])
+
+    def native_system(self) -> _native.NativeSystem:
+        """The rate laws compiled for the CPU solver with forward sensitivities: generated
+        from ``rates`` itself (symbolic derivatives, :mod:`mechinfer.solver.symbolic`),
+        once per machine, and loaded once per process."""
+        n_states, n_args = len(self.states), self.n_parameters
+
+        def symbolic_rates(y, a):
+            d = self.rates(_record_type(self.states)(*y), _record_type(self.parameter_names)(*a), self._constants())
+            return [d[name] for name in self.states]
+
+        def symbolic_initial(a):
+            return self._initial(_record_type(self.parameter_names)(*a))
+
+        return _native.system(
+            self.name,
+            self._fingerprint(),
+            n_states,
+            n_args,
+            lambda: _symbolic.source(symbolic_rates, n_states, n_args, symbolic_initial),
+        )
+
+    def _fingerprint(self) -> str | None:
+        """What the generated code depends on: the source of the rate laws and initial
+        states, the states, quantities and constants (None when the source cannot be
+        read, e.g. a function typed at a prompt). Computed once per model and process:
+        reading the source costs a millisecond."""
+        key = (self.name, self.rates)
+        if key not in _FINGERPRINTS:
+            try:
+                code = inspect.getsource(self.rates) + (inspect.getsource(self.initial) if self.initial else "")
+            except (OSError, TypeError):
+                _FINGERPRINTS[key] = None
+            else:
+                text = repr((code, self.states, self.parameter_names, sorted(self.constants.items())))
+                _FINGERPRINTS[key] = hashlib.sha256(text.encode()).hexdigest()
+        return _FINGERPRINTS[key]
 
     def _rates(self, s, theta):
         return self.rates(s, self._namespace(self.parameter_names, theta), self._constants())
@@ -189,6 +232,7 @@ class Model:
 
 
 _RECORD_TYPES: dict[tuple[str, ...], type] = {}
+_FINGERPRINTS: dict[tuple, str | None] = {}
 
 
 def _record_type(names: tuple[str, ...]):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..solver import SolveStatus
-from .simulate import simulate_observed
+from .simulate import simulate_observed, states_and_jacobian
 
 if TYPE_CHECKING:
     from .base import Model
@@ -32,6 +32,21 @@ def predict(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.T
     t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
     y, status = simulate_observed(model, theta, t_filled, **solver_options)
     return y.gather(2, channel.long().unsqueeze(-1)).squeeze(-1), status
+
+
+def predict_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, **solver_options):
+    """mu (B, N) as :func:`predict` gives it, its Jacobian in theta (B, N, P) and the
+    status (B,), from the native solver's sensitivities; ``None`` where that solver does
+    not apply (then differentiate :func:`predict`)."""
+    t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+    solved = states_and_jacobian(model, theta, t_filled, **solver_options)
+    if solved is None:
+        return None
+    states, jac, status = solved
+    pick = torch.as_tensor(model.channel_states, device=channel.device)[channel.long()]  # (B, N) state index
+    mu = states.gather(2, pick[..., None])[..., 0]
+    dmu = jac.gather(2, pick[..., None, None].expand(*pick.shape, 1, jac.shape[-1]))[:, :, 0]
+    return mu, dmu, status
 
 
 def nll_from_mu(

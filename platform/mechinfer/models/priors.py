@@ -28,6 +28,10 @@ class Uniform:
     def from_u(self, u: torch.Tensor) -> torch.Tensor:
         return self.low + u * (self.high - self.low)
 
+    def dx_du(self, x: torch.Tensor) -> torch.Tensor:
+        """d from_u / du at x = from_u(u)."""
+        return torch.full_like(x, self.high - self.low)
+
     def describe(self) -> str:
         return f"uniform({self.low:g}, {self.high:g})"
 
@@ -42,6 +46,10 @@ class LogUniform:
 
     def from_u(self, u: torch.Tensor) -> torch.Tensor:
         return torch.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+
+    def dx_du(self, x: torch.Tensor) -> torch.Tensor:
+        """d from_u / du at x = from_u(u)."""
+        return x * (math.log(self.high) - math.log(self.low))
 
     def describe(self) -> str:
         return f"log-uniform({self.low:g}, {self.high:g})"
@@ -63,6 +71,14 @@ def to_z(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
 def from_z(priors: tuple[Prior, ...], z: torch.Tensor) -> torch.Tensor:
     u = torch.special.ndtr(z)
     return torch.stack([p.from_u(u[..., i]) for i, p in enumerate(priors)], dim=-1)
+
+
+def from_z_and_derivative(priors: tuple[Prior, ...], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """theta = from_z(z) and d theta / d z, per parameter (the map acts on each alone)."""
+    theta = from_z(priors, z)
+    density = torch.exp(-0.5 * z.square()) / math.sqrt(2 * math.pi)  # d u / d z
+    dx_du = torch.stack([p.dx_du(theta[..., i]) for i, p in enumerate(priors)], dim=-1)
+    return theta, dx_du * density
 
 
 def from_u(priors: tuple[Prior, ...], u: torch.Tensor) -> torch.Tensor:

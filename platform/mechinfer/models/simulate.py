@@ -37,13 +37,32 @@ def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solve
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
     t_sorted = torch.gather(t, 1, order)
-    term = _solver.ODETerm(model.rhs, model.rhs_and_jacobian)
+    term = _solver.ODETerm(model.rhs, model.rhs_and_jacobian, native=model.native_system)
     states, status = _solver.solve(
         term, model.initial_state(theta), theta, t_sorted, method=solver or model.solver, **options
     )
     unsort = torch.argsort(order, dim=1)
     states = torch.gather(states, 1, unsort[:, :, None].expand_as(states))
     return states, status
+
+
+def states_and_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, **options):
+    """All states at times t (any order), (B, N, S), their Jacobian in theta (B, N, S, P)
+    from the native solver's forward sensitivities, and status (B,); ``None`` where the
+    native solver does not apply (see :func:`mechinfer.solver.jacobian`)."""
+    theta = theta.detach()
+    model.check_theta(theta)
+    t = check_times(model, t.to(theta.dtype), theta.shape[0])
+    order = torch.argsort(t, dim=1)
+    term = _solver.ODETerm(model.rhs, model.rhs_and_jacobian, native=model.native_system)
+    solved = _solver.jacobian(term, theta, torch.gather(t, 1, order), **options)
+    if solved is None:
+        return None
+    states, jac, status = solved
+    unsort = torch.argsort(order, dim=1)
+    states = torch.gather(states, 1, unsort[:, :, None].expand_as(states))
+    jac = torch.gather(jac, 1, unsort[:, :, None, None].expand_as(jac))
+    return states.to(theta.dtype), jac.to(theta.dtype), status
 
 
 def simulate_observed(model: Model, theta: torch.Tensor, t: torch.Tensor, **kwargs):

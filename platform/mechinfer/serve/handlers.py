@@ -190,16 +190,18 @@ def refine(est: Estimator, t, ch, v, z, compile: bool | None = None, deadline=No
 
 
 def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
-    """Run :func:`infer` (and :func:`refine`) on made-up observation sets of batch 1 and
-    2, so that a new replica compiles the solver before its first request, not during
-    it. Returns seconds; 0 when compilation is off (nothing to warm up)."""
-    if not (mle._compile_default() if compile is None else compile):
+    """Run :func:`infer` (and :func:`refine`) on made-up observation sets, so that a new
+    replica loads (or compiles) its solver before its first request, not during it: batch
+    1 for the native solver, batch 1 and 2 for compiled torch steps. Returns seconds; 0
+    when there is nothing to prepare (torch steps, compilation off)."""
+    native = mle.uses_native_solver()
+    if not native and not (mle._compile_default() if compile is None else compile):
         return 0.0
     start = time.perf_counter()
     m = est.model
     t = np.tile(np.linspace(0.0, m.T, m.n_obs), (2, 1))
     ch = np.tile(np.arange(m.n_obs) % len(m.channels), (2, 1))
-    for n in (1, 2):
+    for n in (1,) if native else (1, 2):
         done = infer(est, t[:n], ch[:n], np.ones_like(t[:n]), compile=compile)
         if refine:  # a few iterations compile every graph a fit runs
             est.refine(t[:n], ch[:n], np.ones_like(t[:n]), done["z"], compile=compile, max_iter=3)

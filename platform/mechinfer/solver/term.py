@@ -20,9 +20,17 @@ class ODETerm:
     method itself (what BFGS and fine-tuning need).
     """
 
-    def __init__(self, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], jacobian: Callable | None = None):
+    def __init__(
+        self,
+        f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        jacobian: Callable | None = None,
+        native: Callable | None = None,
+    ):
         self.f = f
         self.jacobian = jacobian  # optional (y, args) -> (f, J), e.g. by dual numbers
+        # optional () -> mechinfer.solver.native.NativeSystem: the same equations compiled
+        # for the CPU solver with forward sensitivities (built on first use)
+        self.native = native
 
     def __call__(self, y: torch.Tensor, args: torch.Tensor) -> torch.Tensor:
         return self.f(y, args)
