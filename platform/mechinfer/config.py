@@ -115,7 +115,7 @@ class PipelineConfig:
     tune_samples: int = _opt(4, "Tune trials")
     baseline_limit: int | None = _opt(64, "test samples in the baseline (None: all 1024)")
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts in the baseline")
-    compile: bool = _opt(False, "compiled solver steps in the served application")
+    compile: bool = _opt(False, "torch.compile'd solver steps in the served application (torch backend only)")
 
 
 # "small": the whole pipeline in minutes on a 2-core machine (a smoke run of the
@@ -193,6 +193,7 @@ class ServeArgs(BaseModel):
     )
     compile: bool | None = PydanticField(
         None,
-        description="compiled solver steps: each replica spends 20-60 s more starting, answers come 2-5x "
-        "faster (default: on unless MECHINFER_COMPILE=0)",
+        description="torch.compile'd solver steps for the torch backend (a GPU, or MECHINFER_NATIVE=0): each "
+        "replica spends 20-60 s more starting, answers come 2-5x faster (default: on unless "
+        "MECHINFER_COMPILE=0); the CPU's native solver is compiled code either way",
     )

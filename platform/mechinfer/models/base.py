@@ -204,19 +204,34 @@ class Model:
                 f"({', '.join(self.parameter_names)}), got shape {tuple(theta.shape)}"
             )
         values = theta.detach().reshape(-1, self.n_parameters)
+        lo, hi = self._bounds(values)
+        # one comparison for all columns (NaN compares false: not inside)
+        inside = (values >= lo) & (values <= hi)
+        if bool(inside.all()):
+            return
         if not torch.isfinite(values).all():
             raise ValueError(f"{self.name}.{what}: theta holds NaN or infinite values")
-        for i, q in enumerate(self.quantities):
-            lo, hi = q.prior.low, q.prior.high
-            slack = _BOUND_SLACK * max(abs(lo), abs(hi))
-            col = values[:, i]
-            bad = (col < lo - slack) | (col > hi + slack)
-            if bad.any():
-                v = col[bad][0].item()
-                raise ValueError(
-                    f"{self.name}.{what}: {q.name} = {v:g} is outside its prior "
-                    f"{q.prior.describe()} ({int(bad.sum())} value(s) out of range)"
-                )
+        i = int((~inside).any(dim=0).nonzero()[0, 0])
+        col = values[:, i]
+        q = self.quantities[i]
+        bad = ~inside[:, i]
+        raise ValueError(
+            f"{self.name}.{what}: {q.name} = {col[bad][0].item():g} is outside its prior "
+            f"{q.prior.describe()} ({int(bad.sum())} value(s) out of range)"
+        )
+
+    def _bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior bounds (with their slack) per column, as tensors like ``like``."""
+        key = (self.name, self.parameter_names, like.dtype, like.device)
+        if key not in _BOUNDS:
+            slack = [_BOUND_SLACK * max(abs(q.prior.low), abs(q.prior.high)) for q in self.quantities]
+            lo = [q.prior.low - s for q, s in zip(self.quantities, slack)]
+            hi = [q.prior.high + s for q, s in zip(self.quantities, slack)]
+            _BOUNDS[key] = (
+                torch.tensor(lo, dtype=like.dtype, device=like.device),
+                torch.tensor(hi, dtype=like.dtype, device=like.device),
+            )
+        return _BOUNDS[key]
 
     # ---------------------------------------------------------------- simulation
     def simulate(self, theta, t, *, solver: str | None = None, **options) -> np.ndarray:
@@ -233,6 +248,7 @@ class Model:
 
 _RECORD_TYPES: dict[tuple[str, ...], type] = {}
 _FINGERPRINTS: dict[tuple, str | None] = {}
+_BOUNDS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _record_type(names: tuple[str, ...]):

@@ -1,8 +1,11 @@
 """Priors of the inferred quantities and the z map of SPEC section 3.
 
 Each prior maps a quantity to ``u`` in [0, 1] (its CDF) and back; ``z = Phi^-1(u)``.
-The transforms are written once, in torch, so that the same code serves numpy callers
-(through :mod:`mechinfer.arrays`), training and BFGS (differentiable in z).
+Both kinds of prior are uniform in a space w = x (uniform) or w = log x (log-uniform):
+w = a + u b. The transforms are written once, in torch, for all columns at once (one
+sequence of tensor operations whatever the number of parameters: fits call them every
+evaluation), and serve numpy callers (through :mod:`mechinfer.arrays`), training and
+BFGS (differentiable in z).
 """
 
 from __future__ import annotations
@@ -21,16 +24,7 @@ U_EPS = 1e-15
 class Uniform:
     low: float
     high: float
-
-    def to_u(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.low) / (self.high - self.low)
-
-    def from_u(self, u: torch.Tensor) -> torch.Tensor:
-        return self.low + u * (self.high - self.low)
-
-    def dx_du(self, x: torch.Tensor) -> torch.Tensor:
-        """d from_u / du at x = from_u(u)."""
-        return torch.full_like(x, self.high - self.low)
+    log = False
 
     def describe(self) -> str:
         return f"uniform({self.low:g}, {self.high:g})"
@@ -40,16 +34,7 @@ class Uniform:
 class LogUniform:
     low: float
     high: float
-
-    def to_u(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.log(x) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
-
-    def from_u(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-
-    def dx_du(self, x: torch.Tensor) -> torch.Tensor:
-        """d from_u / du at x = from_u(u)."""
-        return x * (math.log(self.high) - math.log(self.low))
+    log = True
 
     def describe(self) -> str:
         return f"log-uniform({self.low:g}, {self.high:g})"
@@ -63,23 +48,50 @@ def around_nominal(nominal: float, factor: float = 2.0) -> LogUniform:
     return LogUniform(nominal / factor, nominal * factor)
 
 
-def to_z(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
-    u = torch.stack([p.to_u(theta[..., i]) for i, p in enumerate(priors)], dim=-1)
-    return torch.special.ndtri(u.clamp(U_EPS, 1.0 - U_EPS))
+_AFFINE: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def from_z(priors: tuple[Prior, ...], z: torch.Tensor) -> torch.Tensor:
-    u = torch.special.ndtr(z)
-    return torch.stack([p.from_u(u[..., i]) for i, p in enumerate(priors)], dim=-1)
+def _affine(priors: tuple[Prior, ...], like: torch.Tensor):
+    """(a, b, is_log) per column, as tensors like ``like``: w = a + u b, x = exp(w) where
+    is_log else w."""
+    key = (priors, like.dtype, like.device)
+    if key not in _AFFINE:
+        lows = [math.log(p.low) if p.log else p.low for p in priors]
+        highs = [math.log(p.high) if p.log else p.high for p in priors]
+        _AFFINE[key] = (
+            torch.tensor(lows, dtype=like.dtype, device=like.device),
+            torch.tensor([h - lo for h, lo in zip(highs, lows)], dtype=like.dtype, device=like.device),
+            torch.tensor([p.log for p in priors], device=like.device),
+        )
+    return _AFFINE[key]
 
 
-def from_z_and_derivative(priors: tuple[Prior, ...], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """theta = from_z(z) and d theta / d z, per parameter (the map acts on each alone)."""
-    theta = from_z(priors, z)
-    density = torch.exp(-0.5 * z.square()) / math.sqrt(2 * math.pi)  # d u / d z
-    dx_du = torch.stack([p.dx_du(theta[..., i]) for i, p in enumerate(priors)], dim=-1)
-    return theta, dx_du * density
+def to_u(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
+    a, b, is_log = _affine(priors, theta)
+    # the log is taken of log-uniform columns only (a uniform quantity may be <= 0)
+    w = torch.where(is_log, torch.log(torch.where(is_log, theta, torch.ones_like(theta))), theta)
+    return (w - a) / b
 
 
 def from_u(priors: tuple[Prior, ...], u: torch.Tensor) -> torch.Tensor:
-    return torch.stack([p.from_u(u[..., i]) for i, p in enumerate(priors)], dim=-1)
+    a, b, is_log = _affine(priors, u)
+    w = a + u * b
+    # exp of log-uniform columns only (no overflow, and no NaN gradient, from the others)
+    return torch.where(is_log, torch.exp(torch.where(is_log, w, torch.zeros_like(w))), w)
+
+
+def to_z(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
+    return torch.special.ndtri(to_u(priors, theta).clamp(U_EPS, 1.0 - U_EPS))
+
+
+def from_z(priors: tuple[Prior, ...], z: torch.Tensor) -> torch.Tensor:
+    return from_u(priors, torch.special.ndtr(z))
+
+
+def from_z_and_derivative(priors: tuple[Prior, ...], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """theta = from_z(z) and d theta / d z, per parameter (the map acts on each alone):
+    d theta / d u is b (uniform) or theta b (log-uniform), d u / d z the normal density."""
+    _, b, is_log = _affine(priors, z)
+    theta = from_z(priors, z)
+    density = torch.exp(-0.5 * z.square()) * (1.0 / math.sqrt(2 * math.pi))
+    return theta, torch.where(is_log, theta * b, b) * density
