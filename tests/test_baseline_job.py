@@ -43,6 +43,13 @@ def test_baseline_and_report(ray_local, tmp_path):
     assert sorted(ids[method == "prior"].tolist()) == sorted(list(range(8)) * 8)
     assert sorted(ids[method == "network"].tolist()) == list(range(8))
     assert all(s > 0 for s in fits["seconds"]) and all(e >= i for e, i in zip(fits["evaluations"], fits["iterations"]))
+    # each method timed as it runs: a chunk's network starts are a fit of their own (4
+    # problems), not passengers in the prior starts' rounds (32 problems)
+    problems = np.array(fits["problems"])
+    assert (problems[method == "network"] == 4).all() and (problems[method == "prior"] == 32).all()
+    # the Gauss-Newton start's Jacobian is counted: one evaluation more than the BFGS rounds
+    evals, iters = np.array(fits["evaluations"]), np.array(fits["iterations"])
+    assert (evals[method == "network"] >= iters[method == "network"] + 2).all()
 
     multi = pq.read_table(out / "multistart.parquet").to_pydict()
     assert len(multi["sample_id"]) == 8 * 5
@@ -84,6 +91,7 @@ def test_baseline_and_report(ray_local, tmp_path):
     ]
     for r in rows:
         assert 0.5 < float(r["R2"]) <= 1 and 0 < float(r["R2 stderr"]) < 0.5 and float(r["time per sample CPU (s)"]) > 0
+        assert float(r["one experiment alone CPU (s)"]) > 0, r  # the online figure, batch 1
     md = (report / "table1.md").read_text()
     assert "Cost of one BFGS start" in md and "| network estimate | 8 |" in md and "| prior draw | 64 |" in md
     assert "python jobs/evaluate.py --baseline" in md and "CPUs; GPU:" in md

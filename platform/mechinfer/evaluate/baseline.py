@@ -1,9 +1,11 @@
 """The BFGS baselines of Table 1 over a test set, fanned out as Ray tasks (SPEC 6.5).
 
-Each task is one batched fit (CPU only, one thread) of a chunk of test samples: for each
-sample, ``max(starts)`` starts drawn from the prior and one start from the network's
-estimate (Deep Inference + BFGS), all in the same queue and the same batches, so every
-start is measured under the same conditions. Prior starts use textbook BFGS (H0 = I);
+Each task fits a chunk of test samples (CPU only, one thread), each method as a user
+would run it: the ``max(starts)`` starts drawn from the prior of every sample as one
+batched BFGS, then the one start from the network's estimate of every sample (Deep
+Inference + BFGS) as another, so neither method's time depends on the other's problems
+(they used to share one queue, where network starts rode in rounds of thousands of
+prior starts and were charged a small share of each). Prior starts use textbook BFGS (H0 = I);
 network starts begin with the Gauss-Newton inverse Hessian, which suits a start near
 the optimum (on 64 mmk test samples it made prior starts slower and worse: 37.5 s vs
 16.1 s, summed NLL 921 vs 553; network starts faster: 4.5 s vs 12.6 s). Each task writes
@@ -13,8 +15,9 @@ never reported twice. The k-start results are the best of a sample's first k sta
 (seed, sample_id) only), derived by the driver into ``multistart.parquet``; the manifest
 is written last.
 
-Time: each start's share of its fit's wall-clock (every round of the batched BFGS split
-evenly over the problems evaluated in it; the shares add up to the wall-clock), so the
+Time: each start's share of its own method's fit's wall-clock (every round of the batched
+BFGS split evenly over the problems evaluated in it, the Gauss-Newton Jacobians of the
+network starts included; the shares add up to the wall-clock), so the
 k-start time of a sample is the sum over its first k starts. A start that is still
 running when few others are left pays for nearly whole rounds: the tail of a batch is
 charged to the slow starts that make it.
@@ -78,44 +81,33 @@ def _padded(column, dtype) -> np.ndarray:
 
 
 def fit_chunk(model: str, rows: dict, checkpoint: str, n_starts: int, seed: int, max_iter: int) -> pa.Table:
-    """One batched fit of a chunk of test rows: ``n_starts`` prior starts and one network
-    start per sample, all in the same batches. One table row per (sample, start)."""
+    """The fits of a chunk of test rows, each method as a user would run it: the
+    ``n_starts`` prior starts of every sample as one batched BFGS, then the network
+    starts of every sample as another (Deep Inference + BFGS run alone: its Gauss-Newton
+    starts inside its own time). One table row per (sample, start)."""
     from ..estimate.estimator import load_estimator
 
     m = get_model(model)
     ids, t, ch, value = rows["sample_id"], rows["t"], rows["channel"], rows["value"]
-    n, p, per = len(ids), m.n_parameters, n_starts + 1
+    n, p = len(ids), m.n_parameters
     est = load_estimator(checkpoint)
-    z0 = np.concatenate(
-        [mle.prior_starts(m, ids, n_starts, seed), est.estimate_z(t, ch, value)[:, None]], axis=1
-    ).reshape(-1, p)  # sample-major
-    kind = np.tile(np.array([PRIOR] * n_starts + [NETWORK]), n)
-    rep = lambda a: np.repeat(a, per, axis=0)
-    result = mle.fit(
-        m,
-        rep(t),
-        rep(ch),
-        rep(value),
-        z0,
-        max_iter=max_iter,
-        hessian=np.where(kind == NETWORK, "gauss-newton", "identity"),
-    )
-    size = n * per
+    rep = lambda a: np.repeat(a, n_starts, axis=0)
+    prior_z0 = mle.prior_starts(m, ids, n_starts, seed).reshape(-1, p)  # sample-major
+    prior = mle.fit(m, rep(t), rep(ch), rep(value), prior_z0, max_iter=max_iter, hessian="identity")
+    net_z0 = est.estimate_z(t, ch, value)
+    network = mle.fit(m, t, ch, value, net_z0, max_iter=max_iter, hessian="gauss-newton")
     cols = {
-        "sample_id": rep(ids).astype(np.int64),
-        "method": kind,
-        "start": np.tile(np.r_[np.arange(n_starts), 0], n).astype(np.int16),
-        "z0": z0,
-        "z": result.z,
-        "theta": result.theta,
-        "nll": result.nll,
-        "iterations": result.iterations.astype(np.int32),
-        "evaluations": result.evaluations.astype(np.int32),
-        "status": result.status,
-        "problems": np.full(size, size, dtype=np.int32),
-        "fit_wall_s": np.full(size, result.wall_s),
-        "seconds": result.seconds,
+        "sample_id": np.r_[rep(ids), ids].astype(np.int64),
+        "method": np.r_[np.full(n * n_starts, PRIOR), np.full(n, NETWORK)],
+        "start": np.r_[np.tile(np.arange(n_starts), n), np.zeros(n, dtype=int)].astype(np.int16),
+        "z0": np.concatenate([prior_z0, net_z0]),
     }
+    for name in ("z", "theta", "nll", "iterations", "evaluations", "status", "seconds"):
+        cols[name] = np.concatenate([getattr(prior, name), getattr(network, name)])
+    cols["iterations"] = cols["iterations"].astype(np.int32)
+    cols["evaluations"] = cols["evaluations"].astype(np.int32)
+    cols["problems"] = np.r_[np.full(n * n_starts, n * n_starts), np.full(n, n)].astype(np.int32)
+    cols["fit_wall_s"] = np.r_[np.full(n * n_starts, prior.wall_s), np.full(n, network.wall_s)]
     return _fits_table(cols, est.checkpoint_id)
 
 

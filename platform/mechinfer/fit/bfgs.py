@@ -44,7 +44,7 @@ class BFGSResult:
     x: torch.Tensor  # (B, P) best point
     f: torch.Tensor  # (B,) value there (NaN if the start could not be evaluated)
     iterations: torch.Tensor  # (B,) accepted steps
-    evaluations: torch.Tensor  # (B,) function + gradient evaluations
+    evaluations: torch.Tensor  # (B,) function + gradient evaluations, and one for an h0
     status: torch.Tensor  # (B,) FitStatus
     seconds: torch.Tensor  # (B,) the problem's share of the wall-clock: each round's time
     # split evenly over the problems evaluated in it (sums to the total)
@@ -174,6 +174,7 @@ def bfgs(
                 assert h0 is not None  # `given` is all false without h0
                 rows = new[given]
                 H_new[given] = h0(to_device(x0n[rows]), to_device(rows)).detach().to("cpu", torch.float64).numpy()
+                evaluations[rows] += 1  # a Jacobian of the residuals costs about one evaluation
             run = run.cat(_Running.start(new, x0n[new], H_new, given))
 
         r = run

@@ -54,22 +54,25 @@ def _compile_default() -> bool:
     return os.environ.get("MECHINFER_COMPILE", "1") != "0"
 
 
-def _tensors(t, channel, value):
-    t, channel, value = (torch.as_tensor(np.array(a)) for a in (t, channel, value))
+def _tensors(t, channel, value, device=None):
+    """float64 t, value and long channel tensors on ``device`` (default the CPU); the
+    channel of a padded entry (NaN t) is 0."""
+    t, channel, value = (torch.as_tensor(np.array(a), device=device) for a in (t, channel, value))
     t, value = t.double(), value.double()
     channel = torch.where(torch.isfinite(t), channel.long(), torch.zeros_like(channel.long()))
     return t, channel, value
 
 
-def objective(model: Model, t, channel, value, **solver_options):
+def objective(model: Model, t, channel, value, device=None, **solver_options):
     """fun(z, rows) -> (NLL, dNLL/dz) for the observation sets ``rows`` (a long tensor of
     row indices into t, channel, value). NaN NLL (and a zero gradient) where the solver
     failed. With the native solver the gradient is J^T r from the forward sensitivities
-    (no autograd); with the torch steps, reverse mode through them."""
-    t, channel, value = _tensors(t, channel, value)
+    (no autograd); with the torch steps, reverse mode through them. ``device``: where the
+    observations live and the NLL is evaluated (a CUDA device runs the torch steps)."""
+    t, channel, value = _tensors(t, channel, value, device)
 
     def fun(z: torch.Tensor, rows: torch.Tensor):
-        z = z.detach()
+        z = z.detach().to(t.device)
         solved = residuals(model, z, t[rows], channel[rows], value[rows], **solver_options)
         if solved is not None:
             r, jac, ok = solved
@@ -94,7 +97,7 @@ def residuals(model: Model, z: torch.Tensor, t, channel, value, **solver_options
     if solved is None:
         return None
     mu, dmu, status = solved
-    sigma = torch.as_tensor(model.sigma)[channel]
+    sigma = torch.as_tensor(model.sigma, device=t.device)[channel]
     mask = likelihood.observed_mask(t, value)
     r = torch.where(mask, (value - mu) / sigma, 0.0)
     jac = torch.where(mask[..., None], -dmu * dtheta_dz[:, None, :] / sigma[..., None], 0.0)
@@ -111,10 +114,10 @@ def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver
     solved = residuals(model, z, t, channel, value, **solver_options)
     if solved is not None:
         return solved[1], solved[2]
-    sigma = torch.as_tensor(model.sigma)
+    sigma = torch.as_tensor(model.sigma, device=t.device)
     b, n = t.shape
     mask = likelihood.observed_mask(t, value)
-    rep = torch.arange(b).repeat_interleave(n)
+    rep = torch.arange(b, device=t.device).repeat_interleave(n)
     zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
     with torch.enable_grad():
         mu, status = likelihood.predict(model, model.from_z(zz), t[rep], channel[rep], **solver_options)
@@ -126,16 +129,17 @@ def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver
     return torch.where(ok[:, None, None], jac, torch.zeros_like(jac)), ok
 
 
-def gauss_newton_h0(model: Model, t, channel, value, **solver_options):
+def gauss_newton_h0(model: Model, t, channel, value, device=None, **solver_options):
     """h0(z, rows) for :func:`bfgs`: the inverse of the Gauss-Newton Hessian of the NLL
     plus the identity, (J^T J + I)^-1 with J the Jacobian of the sigma-scaled residuals
     in z. Near a fit the Gauss-Newton Hessian is close to the true one, so BFGS starts
     with the curvature it would otherwise spend ~P iterations learning; the identity
     (the curvature of the N(0, 1) prior in z) bounds the steps along directions the
     observations do not determine. A row whose solve fails gets the identity."""
-    t, channel, value = _tensors(t, channel, value)
+    t, channel, value = _tensors(t, channel, value, device)
 
     def h0(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        z, rows = z.to(t.device), rows.to(t.device)
         step = max(1, JACOBIAN_ROWS // t.shape[1])
         return torch.cat([_h0(z[i : i + step], rows[i : i + step]) for i in range(0, len(rows), step)])
 
@@ -160,6 +164,7 @@ def fit(
     hessian: str | Sequence[str] | np.ndarray = "gauss-newton",
     compile: bool | None = None,
     deadline: float | Sequence[float] | np.ndarray | None = None,
+    device: str | torch.device | None = None,
     **solver_options,
 ) -> Fit:
     """One BFGS start per observation set: t, channel, value (B, N) (NaN-padded), z0 (B, P).
@@ -170,7 +175,9 @@ def fit(
     MECHINFER_COMPILE=0): BFGS batches are hundreds of problems evaluated hundreds of
     times, which repays the one-off compilation. ``deadline``: wall-clock time
     (``time.time()``), for all rows or per row, after which a fit stops at its best
-    point so far (status DEADLINE; see :func:`~mechinfer.fit.bfgs.bfgs`)."""
+    point so far (status DEADLINE; see :func:`~mechinfer.fit.bfgs.bfgs`). ``device``:
+    where the NLL and its gradient are evaluated (default the CPU, with the native
+    solver; a CUDA device runs the batched torch steps there)."""
     if compile is None:
         compile = _compile_default()
     names = np.broadcast_to(np.asarray(hessian, dtype=object), (len(z0),))
@@ -178,19 +185,19 @@ def fit(
     if bad:
         raise ValueError(f"hessian must be 'gauss-newton' or 'identity', got {sorted(bad)}")
     use_h0 = torch.tensor([n == "gauss-newton" for n in names], dtype=torch.bool)
-    z0 = torch.as_tensor(np.asarray(z0, dtype=np.float64))
+    z0 = torch.as_tensor(np.asarray(z0, dtype=np.float64), device=device)
     solver_options = _fit_options(solver_options)
-    fun = objective(model, t, channel, value, compile=compile, **solver_options)
+    fun = objective(model, t, channel, value, device, compile=compile, **solver_options)
     start = time.perf_counter()
-    h0 = gauss_newton_h0(model, t, channel, value, compile=compile, **solver_options) if use_h0.any() else None
+    h0 = gauss_newton_h0(model, t, channel, value, device, compile=compile, **solver_options) if use_h0.any() else None
     limit = None if deadline is None else torch.as_tensor(np.broadcast_to(deadline, (len(z0),)), dtype=torch.float64)
     result = bfgs(fun, z0, max_iter=max_iter, gtol=gtol, max_batch=max_batch, h0=h0, use_h0=use_h0, deadline=limit)
     wall = time.perf_counter() - start
-    z = result.x.numpy()
+    z = result.x.cpu().numpy()
     return Fit(
         z=z,
         theta=model.from_z(z),
-        nll=result.f.numpy(),
+        nll=result.f.cpu().numpy(),
         iterations=result.iterations.numpy(),
         evaluations=result.evaluations.numpy(),
         status=result.status.numpy().astype(np.int8),
