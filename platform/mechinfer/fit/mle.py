@@ -66,18 +66,22 @@ def _tensors(t, channel, value, device=None):
 def objective(model: Model, t, channel, value, device=None, **solver_options):
     """fun(z, rows) -> (NLL, dNLL/dz) for the observation sets ``rows`` (a long tensor of
     row indices into t, channel, value). NaN NLL (and a zero gradient) where the solver
-    failed. With the native solver the gradient is J^T r from the forward sensitivities
-    (no autograd); with the torch steps, reverse mode through them. ``device``: where the
-    observations live and the NLL is evaluated (a CUDA device runs the torch steps)."""
+    failed. With the native solver the gradient comes from its discrete adjoint (one
+    forward and one backward pass per set, no autograd); with the torch steps, reverse
+    mode through them. ``device``: where the observations live and the NLL is evaluated
+    (a CUDA device runs the torch steps)."""
     t, channel, value = _tensors(t, channel, value, device)
+    native = t.device.type == "cpu" and uses_native_solver(**solver_options)
+    sorted_obs = likelihood.SortedObservations.of(model, t, channel, value) if native else None
 
     def fun(z: torch.Tensor, rows: torch.Tensor):
         z = z.detach().to(t.device)
-        solved = residuals(model, z, t[rows], channel[rows], value[rows], **solver_options)
-        if solved is not None:
-            r, jac, ok = solved
-            f = torch.where(ok, 0.5 * r.square().sum(-1), torch.nan)
-            return f, torch.where(ok[:, None], (jac * r[..., None]).sum(1), 0.0)
+        if sorted_obs is not None:
+            theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z)
+            solved = likelihood.nll_and_gradient(model, theta, sorted_obs, rows.cpu().numpy(), **solver_options)
+            assert solved is not None  # the native solver applies (checked above)
+            f, g, _ = solved
+            return f.to(z.dtype), (g * dtheta_dz).to(z.dtype)
         z = z.requires_grad_(True)
         with torch.enable_grad():
             f = likelihood.nll(model, model.from_z(z), t[rows], channel[rows], value[rows], **solver_options)

@@ -49,6 +49,43 @@ def predict_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, channel
     return mu, dmu, status
 
 
+@dataclass
+class SortedObservations:
+    """Observation sets prepared once for repeated NLL + gradient evaluations (a fit):
+    per row, times sorted (padding first, at t = 0), the observed state's index, the
+    value and its weight 1 / sigma^2 (0 for padding). The NLL does not depend on the
+    order of a set's observations."""
+
+    t: np.ndarray
+    state: np.ndarray
+    value: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def of(cls, model: Model, t: torch.Tensor, channel: torch.Tensor, value: torch.Tensor) -> SortedObservations:
+        mask = observed_mask(t, value).numpy()
+        t_np = np.where(mask, t.numpy(), 0.0)
+        order = np.argsort(t_np, axis=1, kind="stable")
+        pick = lambda a: np.take_along_axis(a, order, axis=1)
+        states = np.asarray(model.channel_states)[channel.numpy()]
+        weight = np.where(mask, 1.0 / model.sigma[channel.numpy()] ** 2, 0.0)
+        return cls(pick(t_np), pick(states), pick(np.where(mask, value.numpy(), 0.0)), pick(weight))
+
+
+def nll_and_gradient(model: Model, theta: torch.Tensor, obs: SortedObservations, rows: np.ndarray, **solver_options):
+    """NLL (B,) of theta (B, P) for the sets ``rows`` of ``obs``, its gradient in theta
+    (B, P) and the status (B,), by the native solver's discrete adjoint; ``None`` where
+    that solver does not apply. theta must come from the z map (inside the prior, by
+    construction), so it is not checked here."""
+    from ..solver import ODETerm
+    from ..solver import nll_and_gradient as solver_nll_and_gradient
+
+    term = ODETerm(model.rhs, model.rhs_and_jacobian, native=model.native_system)
+    return solver_nll_and_gradient(
+        term, theta, obs.t[rows], obs.state[rows], obs.value[rows], obs.weight[rows], **solver_options
+    )
+
+
 def nll_from_mu(
     model: Model, mu: torch.Tensor, channel: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:

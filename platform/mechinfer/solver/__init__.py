@@ -37,6 +37,7 @@ __all__ = [
     "TorchdiffeqRescaled",
     "integrate",
     "jacobian",
+    "nll_and_gradient",
     "solve",
 ]
 
@@ -79,6 +80,29 @@ def _use_native(term: ODETerm, y0: torch.Tensor, backend: str) -> bool:
     if backend == "native" and not usable:
         raise ValueError("the native solver backend needs a CPU tensor, numba and a term with a native form")
     return usable
+
+
+def nll_and_gradient(term: ODETerm, args: torch.Tensor, t_obs, state, value, weight, **options):
+    """From the term's own initial state (a function of args): the weighted least-squares
+    loss 1/2 sum_k weight_k (value_k - y(t_k)[state_k])^2 of each row (B,), its gradient
+    in args (B, P) and status (B,), by the native solver's discrete adjoint (one forward
+    and one backward pass, whatever the number of parameters). t_obs, state, value,
+    weight: (B, N) numpy arrays, times sorted per row. ``None`` where the native solver
+    does not apply."""
+    if not _use_native(term, args, options.get("backend", "auto")):
+        return None
+    assert term.native is not None  # checked by _use_native
+    nll, grad, status = term.native().nll_and_gradient(
+        args.detach().cpu().numpy(),
+        t_obs,
+        state,
+        value,
+        weight,
+        rtol=options.get("rtol", 1e-6),
+        atol=options.get("atol", 1e-6),
+        max_steps=options.get("max_steps", 20_000),
+    )
+    return torch.from_numpy(nll), torch.from_numpy(grad), torch.from_numpy(status)
 
 
 def jacobian(term: ODETerm, args: torch.Tensor, t_obs: torch.Tensor, **options):

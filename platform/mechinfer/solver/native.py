@@ -128,6 +128,53 @@ class NativeSystem:
         )
         return out, status, (sens if sensitivities else None)
 
+    def vjp(self, y0, args, t_obs, w_out, *, rtol, atol, max_steps):
+        """States (B, N, S), status and, for w_out (B, N, S) (the derivative of a loss in
+        the states), the loss's derivatives in y0 (B, S) and args (B, P): one forward
+        pass recorded, one adjoint pass back (cost independent of P)."""
+        y0, args, t_obs, w_out = (np.ascontiguousarray(x, dtype=np.float64) for x in (y0, args, t_obs, w_out))
+        n_batch, n_obs = t_obs.shape
+        out = np.full((n_batch, n_obs, self.n_states), np.nan)
+        g_y0, g_args = np.zeros((n_batch, self.n_states)), np.zeros((n_batch, self.n_args))
+        status = np.zeros(n_batch, dtype=np.int8)
+        self._module.vjp_batch(
+            y0, args, t_obs, w_out, float(rtol), float(atol), int(max_steps), _A, _C, out, g_y0, g_args, status
+        )
+        return out, status, g_y0, g_args
+
+    def nll_and_gradient(self, args, t_obs, state, value, weight, *, rtol, atol, max_steps):
+        """From the system's own initial state, for observations of state ``state``
+        (B, N) int at sorted times t_obs (B, N) with values and weights 1/sigma^2 (0 for
+        padding): the NLL (B,), its gradient in args (B, P) and status (B,)."""
+        args = np.ascontiguousarray(args, dtype=np.float64)
+        n_batch = len(args)
+        y0 = np.empty((n_batch, self.n_states))
+        seeds = np.empty((n_batch, self.n_states, self.n_args))
+        self._module.initial_batch(args, y0, seeds)
+        t_obs, value, weight = (np.ascontiguousarray(x, dtype=np.float64) for x in (t_obs, value, weight))
+        state = np.ascontiguousarray(state, dtype=np.int64)
+        nll = np.empty(n_batch)
+        grad = np.zeros((n_batch, self.n_args))
+        status = np.zeros(n_batch, dtype=np.int8)
+        self._module.nll_gradient_batch(
+            y0,
+            seeds,
+            args,
+            t_obs,
+            state,
+            value,
+            weight,
+            float(rtol),
+            float(atol),
+            int(max_steps),
+            _A,
+            _C,
+            nll,
+            grad,
+            status,
+        )
+        return nll, grad, status
+
     def solve_from_args(self, args, t_obs, *, rtol, atol, max_steps):
         """From the model's own initial state: states (B, N, S), their Jacobian in the
         arguments (B, N, S, P) (the initial state's dependence included) and status."""
@@ -177,45 +224,47 @@ def system(name: str, fingerprint: str | None, n_states: int, n_args: int, make_
         return _SYSTEMS[key]
 
 
-CODEGEN_VERSION = "1"  # bump when mechinfer.solver.symbolic prints different code
+CODEGEN_VERSION = "2"  # bump when mechinfer.solver.symbolic prints different code
 
 
 # ---------------------------------------------------------------- torch interface
 class _Solve(torch.autograd.Function):
     """States at the observation times as a differentiable function of (y0, args): the
-    forward pass computes the sensitivities with the states, the backward pass contracts
-    them with the incoming gradient (vector-Jacobian product, no tape)."""
+    forward pass solves; the backward pass solves again, recording its steps, and runs
+    the discrete adjoint with the incoming gradient (a vector-Jacobian product whose cost
+    does not grow with the number of parameters; no tape is kept between the passes)."""
 
     @staticmethod
-    def forward(ctx, y0, args, t_obs, native, options, need_sens):
-        out, status, sens = native.solve(
+    def forward(ctx, y0, args, t_obs, native, options):
+        out, status, _ = native.solve(
             y0.detach().cpu().numpy(),
             args.detach().cpu().numpy(),
             t_obs.detach().cpu().numpy(),
-            sensitivities=need_sens,
+            sensitivities=False,
             **options,
         )
-        states = torch.from_numpy(out).to(y0.dtype)
         status_t = torch.from_numpy(status)
         ctx.mark_non_differentiable(status_t)
-        ctx.n_states = y0.shape[-1]
-        ctx.save_for_backward(torch.from_numpy(sens) if need_sens else torch.zeros(0))
-        return states, status_t
+        ctx.native, ctx.options = native, options
+        ctx.save_for_backward(y0, args, t_obs)
+        return torch.from_numpy(out).to(y0.dtype), status_t
 
     @staticmethod
     def backward(ctx, grad_states, _grad_status):
-        (sens,) = ctx.saved_tensors
-        g = torch.einsum("bns,bnsq->bq", torch.nan_to_num(grad_states.double(), nan=0.0), sens)
-        s = ctx.n_states
-        return g[:, :s].to(grad_states.dtype), g[:, s:].to(grad_states.dtype), None, None, None, None
+        y0, args, t_obs = ctx.saved_tensors
+        w = torch.nan_to_num(grad_states.detach(), nan=0.0).cpu().numpy()
+        _, _, g_y0, g_args = ctx.native.vjp(
+            y0.detach().cpu().numpy(), args.detach().cpu().numpy(), t_obs.detach().cpu().numpy(), w, **ctx.options
+        )
+        dtype = grad_states.dtype
+        return torch.from_numpy(g_y0).to(dtype), torch.from_numpy(g_args).to(dtype), None, None, None
 
 
 def solve(native: NativeSystem, y0: torch.Tensor, args: torch.Tensor, t_obs: torch.Tensor, *, rtol, atol, max_steps):
     """(states (B, N, S), status (B,)) as :func:`mechinfer.solver.integrate.integrate`
     returns them, differentiable in y0 and args when gradients are being recorded."""
     options = {"rtol": rtol, "atol": atol, "max_steps": max_steps}
-    need_sens = torch.is_grad_enabled() and (y0.requires_grad or args.requires_grad)
-    return _Solve.apply(y0, args, t_obs, native, options, need_sens)
+    return _Solve.apply(y0, args, t_obs, native, options)
 
 
 def jacobian(native: NativeSystem, args: torch.Tensor, t_obs: torch.Tensor, *, rtol, atol, max_steps):
@@ -364,7 +413,13 @@ def _sensitivity_step(y, a, h, A, C, w, piv, u, k, Y, col_a, dk, du, rhs_m, f, J
 
 
 @numba.njit(cache=True)
-def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, out, sens):
+def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, out, sens, tape_y, tape_h, after):
+    """Integrate one sample from y0 to its sorted observation times (states into out,
+    with ``want_sens`` their derivatives into sens). With a tape (``tape_y`` of at least
+    one row), every accepted step's start state and size are recorded, and ``after[k]``
+    is the accepted step after which observation k was reached (-1: at t = 0), for the
+    adjoint pass. Returns (status, accepted steps, tape_y, tape_h): the tape grows as
+    needed."""
     n = y0.shape[0]
     n_obs = times.shape[0]
     p = a.shape[0]
@@ -385,6 +440,7 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
     du = _np.empty((n, q))
     rhs_m = _np.empty((n, q))
     y_new = _np.empty(n)
+    taping = tape_y.shape[0] > 0
 
     # Hairer's starting step (IController.initial_step)
     rhs(y, a, f)
@@ -405,16 +461,18 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
     t = 0.0
     kk = 0
     steps = 0
+    n_acc = 0
     while kk < n_obs and times[kk] <= t:
         out[kk] = y
         if want_sens:
             sens[kk] = Y
+        after[kk] = -1
         kk += 1
     while kk < n_obs:
         if steps >= max_steps:
-            return _MAX_STEPS
+            return _MAX_STEPS, n_acc, tape_y, tape_h
         if h < _MIN_STEP:
-            return _UNDERFLOW
+            return _UNDERFLOW, n_acc, tape_y, tape_h
         target = times[kk]
         gap = target - t
         landed = h >= gap
@@ -437,6 +495,15 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
         h_next = hs * min(max(raw, _FACTOR_MIN), upper)
         if accepted and want_sens:
             _sensitivity_step(y, a, hs, A, C, w, piv, u, k, Y, col_a, dk, du, rhs_m, f, J, Fa, Gy, Ga)
+        if accepted and taping:
+            if n_acc == tape_y.shape[0]:  # grow the tape
+                grown_y = _np.empty((2 * n_acc, n))
+                grown_h = _np.empty(2 * n_acc)
+                grown_y[:n_acc] = tape_y
+                grown_h[:n_acc] = tape_h
+                tape_y, tape_h = grown_y, grown_h
+            tape_y[n_acc] = y
+            tape_h[n_acc] = hs
         if accepted and landed:
             h = max(h, h_next)
         else:
@@ -445,13 +512,102 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
             t = target if landed else t + hs
             for i in range(n):
                 y[i] = y_new[i]
+            n_acc += 1
         steps += 1
         while kk < n_obs and times[kk] <= t:
             out[kk] = y
             if want_sens:
                 sens[kk] = Y
+            after[kk] = n_acc - 1
             kk += 1
-    return _OK
+    return _OK, n_acc, tape_y, tape_h
+
+
+@numba.njit(cache=True)
+def _transpose_solve(w, piv, b):
+    """Solve W^T x = b in place for a vector b, with the factors of _lu (P W = L U, so
+    W^T = U^T L^T P: forward with U^T, backward with L^T, then the swaps undone)."""
+    n = b.shape[0]
+    for i in range(n):
+        acc = b[i]
+        for j in range(i):
+            acc -= w[j, i] * b[j]
+        b[i] = acc / w[i, i]
+    for i in range(n - 1, -1, -1):
+        acc = b[i]
+        for j in range(i + 1, n):
+            acc -= w[j, i] * b[j]
+        b[i] = acc
+    for c in range(n - 1, -1, -1):
+        pc = piv[c]
+        if pc != c:
+            tmp = b[c]
+            b[c] = b[pc]
+            b[pc] = tmp
+
+
+@numba.njit(cache=True)
+def _adjoint(a, A, C, tape_y, tape_h, n_acc, after, w_obs, lam, ga):
+    """The discrete adjoint of the recorded solve: given w_obs (N, S), the derivative of
+    a loss in the states at the observations, accumulate its derivative in the initial
+    state into lam (S,) and in the arguments into ga (P,). Each accepted step is
+    re-taken from its recorded start (the same stages, bit for bit) and reversed:
+    r_s = W^-T kbar_s; ybar += Gy(y; k_s)^T r_s (W depends on y through J);
+    ubar_s = J(u_s)^T r_s; kbar_j += (C_sj / h) r_s + A_sj ubar_s; ybar += ubar_s."""
+    n = lam.shape[0]
+    p = a.shape[0]
+    f = _np.empty(n)
+    J = _np.empty(n * n)
+    Fa = _np.empty(n * p)
+    w = _np.empty((n, n))
+    piv = _np.empty(n, dtype=_np.int64)
+    u = _np.empty((6, n))
+    k = _np.empty((6, n))
+    rhs_col = _np.empty((n, 1))
+    kbar = _np.empty((6, n))
+    ybar = _np.empty(n)
+    ubar = _np.empty(n)
+    r = _np.empty(n)
+    gy = _np.empty(n)
+    gp = _np.empty(p)
+    kk = w_obs.shape[0] - 1
+    for j in range(n_acc - 1, -1, -1):
+        while kk >= 0 and after[kk] == j:  # observations of the state after step j
+            for i in range(n):
+                lam[i] += w_obs[kk, i]
+            kk -= 1
+        y = tape_y[j]
+        h = tape_h[j]
+        _trial_step(y, a, h, A, C, f, J, Fa, w, piv, u, k, rhs_col)
+        for i in range(n):
+            for s in range(6):
+                kbar[s, i] = 0.0
+            kbar[5, i] = lam[i]
+            ybar[i] = 0.0
+        for s in range(5, -1, -1):
+            for i in range(n):
+                r[i] = kbar[s, i]
+            _transpose_solve(w, piv, r)
+            vjp_jvp(y, a, k[s], r, gy, gp)
+            for i in range(n):
+                ybar[i] += gy[i]
+            for i in range(p):
+                ga[i] += gp[i]
+            vjp_rhs(u[s], a, r, gy, gp)
+            for i in range(p):
+                ga[i] += gp[i]
+            for i in range(n):
+                ubar[i] = gy[i] + (lam[i] if s == 5 else 0.0)
+                ybar[i] += ubar[i]
+            for jj in range(s):
+                for i in range(n):
+                    kbar[jj, i] += (C[s, jj] / h) * r[i] + A[s, jj] * ubar[i]
+        for i in range(n):
+            lam[i] = ybar[i]
+    while kk >= 0:  # observations at t = 0
+        for i in range(n):
+            lam[i] += w_obs[kk, i]
+        kk -= 1
 
 
 @numba.njit(cache=True)
@@ -460,15 +616,89 @@ def solve_batch(y0, Y0, col_a, args, t_obs, rtol, atol, max_steps, want_sens, A,
     n_obs = t_obs.shape[1]
     n = y0.shape[1]
     q = Y0.shape[2]
+    no_tape_y = _np.empty((0, n))
+    no_tape_h = _np.empty(0)
+    after = _np.empty(n_obs, dtype=_np.int64)
     for b in range(y0.shape[0]):
         o = _np.empty((n_obs, n))
         s = _np.empty((n_obs, n, q) if want_sens else (0, 0, 0))
-        code = _solve_one(y0[b], Y0[b], col_a, args[b], t_obs[b], rtol, atol, max_steps, want_sens, A, C, o, s)
+        code, _, _, _ = _solve_one(
+            y0[b], Y0[b], col_a, args[b], t_obs[b], rtol, atol, max_steps, want_sens, A, C, o, s,
+            no_tape_y, no_tape_h, after,
+        )
         status[b] = code
         if code == _OK:
             out[b] = o
             if want_sens:
                 sens[b] = s
+
+
+@numba.njit(cache=True)
+def vjp_batch(y0, args, t_obs, w_out, rtol, atol, max_steps, A, C, out, g_y0, g_args, status):
+    """States (into out) and, for w_out (B, N, S) the derivative of a loss in them, its
+    derivative in y0 (g_y0) and args (g_args), by the discrete adjoint; zero for rows
+    whose solve failed."""
+    n_obs = t_obs.shape[1]
+    n = y0.shape[1]
+    no_sens_seed = _np.empty((n, 0))
+    no_sens = _np.empty((0, 0, 0))
+    after = _np.empty(n_obs, dtype=_np.int64)
+    tape_y = _np.empty((64, n))
+    tape_h = _np.empty(64)
+    for b in range(y0.shape[0]):
+        o = _np.empty((n_obs, n))
+        code, n_acc, tape_y, tape_h = _solve_one(
+            y0[b], no_sens_seed, 0, args[b], t_obs[b], rtol, atol, max_steps, False, A, C, o, no_sens,
+            tape_y, tape_h, after,
+        )
+        status[b] = code
+        if code == _OK:
+            out[b] = o
+            _adjoint(args[b], A, C, tape_y, tape_h, n_acc, after, w_out[b], g_y0[b], g_args[b])
+
+
+@numba.njit(cache=True)
+def nll_gradient_batch(y0, Y0, args, t_obs, state, value, weight, rtol, atol, max_steps, A, C, nll, grad, status):
+    """NLL = 1/2 sum_k weight_k (value_k - y(t_k)[state_k])^2 (weight 1/sigma^2, 0 for
+    padding) of each row and its gradient in the arguments, the initial state y0 (B, S)
+    with its Jacobian Y0 (B, S, P) in them included, by the discrete adjoint; NaN NLL
+    and a zero gradient where the solve failed. t_obs sorted per row."""
+    n_batch, n_obs = t_obs.shape
+    n = y0.shape[1]
+    p = args.shape[1]
+    after = _np.empty(n_obs, dtype=_np.int64)
+    no_sens_seed = _np.empty((n, 0))
+    no_sens = _np.empty((0, 0, 0))
+    tape_y = _np.empty((64, n))
+    tape_h = _np.empty(64)
+    w_obs = _np.empty((n_obs, n))
+    o = _np.empty((n_obs, n))
+    lam = _np.empty(n)
+    for b in range(n_batch):
+        code, n_acc, tape_y, tape_h = _solve_one(
+            y0[b], no_sens_seed, 0, args[b], t_obs[b], rtol, atol, max_steps, False, A, C, o, no_sens,
+            tape_y, tape_h, after,
+        )
+        status[b] = code
+        for q in range(p):
+            grad[b, q] = 0.0
+        if code != _OK:
+            nll[b] = _np.nan
+            continue
+        total = 0.0
+        for kk in range(n_obs):
+            for i in range(n):
+                w_obs[kk, i] = 0.0
+            resid = value[b, kk] - o[kk, state[b, kk]]
+            total += 0.5 * weight[b, kk] * resid * resid
+            w_obs[kk, state[b, kk]] = -weight[b, kk] * resid
+        nll[b] = total
+        for i in range(n):
+            lam[i] = 0.0
+        _adjoint(args[b], A, C, tape_y, tape_h, n_acc, after, w_obs, lam, grad[b])
+        for q in range(p):
+            for i in range(n):
+                grad[b, q] += Y0[b, i, q] * lam[i]
 
 
 @numba.njit(cache=True)

@@ -97,6 +97,7 @@ def derivatives(f: Callable[[list, list], Sequence], n_states: int, n_args: int,
     y = sympy.symbols(f"y0:{n_states}", real=True)
     a = sympy.symbols(f"a0:{n_args}", real=True)
     v = sympy.symbols(f"v0:{n_states}", real=True)
+    w = sympy.symbols(f"w0:{n_states}", real=True)
     rates = [_expr(r) for r in f([Sym(s) for s in y], [Sym(s) for s in a])]
     if len(rates) != n_states:
         raise ValueError(f"the rate function returned {len(rates)} derivatives for {n_states} states")
@@ -105,8 +106,16 @@ def derivatives(f: Callable[[list, list], Sequence], n_states: int, n_args: int,
         raise ValueError(f"the initial-state function returned {len(y0)} values for {n_states} states")
     jac = [[sympy.diff(r, s) for s in y] for r in rates]
     jv = [sum((jac[i][j] * v[j] for j in range(n_states)), sympy.S.Zero) for i in range(n_states)]
+    # vector-Jacobian products, for the discrete adjoint: gradients of the scalars w.f and
+    # w.(J v) (S + P expressions each, instead of the S (S + P) entries of the matrices)
+    wf = sum((w[i] * rates[i] for i in range(n_states)), sympy.S.Zero)
+    wjv = sum((w[i] * jv[i] for i in range(n_states)), sympy.S.Zero)
     return {
-        "symbols": (y, a, v),
+        "symbols": (y, a, v, w),
+        "wJ": [sympy.diff(wf, s) for s in y],
+        "wFa": [sympy.diff(wf, s) for s in a],
+        "wGy": [sympy.diff(wjv, s) for s in y],
+        "wGa": [sympy.diff(wjv, s) for s in a],
         "f": rates,
         "J": [e for row in jac for e in row],
         "Fa": [sympy.diff(r, s) for r in rates for s in a],
@@ -137,16 +146,20 @@ def _function(name: str, inputs: dict[str, Sequence], outputs: dict[str, list]) 
 
 
 def source(f: Callable[[list, list], Sequence], n_states: int, n_args: int, initial: Callable) -> str:
-    """Python source of four scalar functions over flat float64 arrays: ``rhs(y, a, f)``,
+    """Python source of six scalar functions over flat float64 arrays: ``rhs(y, a, f)``,
     ``linearise(y, a, f, J, Fa)``, ``jvp_derivatives(y, a, v, Gy, Ga)`` and
-    ``initial(a, y0, Y0)`` (see :func:`derivatives`)."""
+    ``initial(a, y0, Y0)``, and the vector-Jacobian products of the adjoint,
+    ``vjp_rhs(y, a, w, gy, ga)`` (gy = J^T w, ga = Fa^T w) and ``vjp_jvp(y, a, v, w, gy, ga)``
+    (gy = Gy^T w, ga = Ga^T w) (see :func:`derivatives`)."""
     d = derivatives(f, n_states, n_args, initial)
-    y, a, v = d["symbols"]
+    y, a, v, w = d["symbols"]
     return "\n\n\n".join(
         [
             _function("rhs", {"y": y, "a": a}, {"f": d["f"]}),
             _function("linearise", {"y": y, "a": a}, {"f": d["f"], "J": d["J"], "Fa": d["Fa"]}),
             _function("jvp_derivatives", {"y": y, "a": a, "v": v}, {"Gy": d["Gy"], "Ga": d["Ga"]}),
             _function("initial", {"a": a}, {"y0": d["y0"], "Y0": d["Y0"]}),
+            _function("vjp_rhs", {"y": y, "a": a, "w": w}, {"gy": d["wJ"], "ga": d["wFa"]}),
+            _function("vjp_jvp", {"y": y, "a": a, "v": v, "w": w}, {"gy": d["wGy"], "ga": d["wGa"]}),
         ]
     )
