@@ -67,6 +67,15 @@ def test_same_rows_whatever_the_blocks(ray_local, tmp_path):
     assert len(set(one["sample_id"])) == 400
 
 
+def test_same_rows_whatever_the_chunk_size(ray_local, tmp_path):
+    """Chunks of 1024 and more (where the torch steps were compiled) and smaller ones give
+    the same rows: the CPU solver integrates each sample on its own."""
+    simulate_dataset("ecoli", 2048, 5, str(tmp_path / "big"), chunk_size=2048, num_blocks=1)
+    simulate_dataset("ecoli", 2048, 5, str(tmp_path / "small"), chunk_size=512, num_blocks=2)
+    big, small = _rows(tmp_path / "big"), _rows(tmp_path / "small")
+    assert big == small and len(set(big["sample_id"])) == 2048
+
+
 def test_unsolvable_draws_are_flagged_and_counted(ray_local, tmp_path):
     out = tmp_path / "fail"
     summary = simulate_dataset("ecoli", 50, 0, str(out), chunk_size=25, solver_options={"max_steps": 3})

@@ -94,7 +94,9 @@ class BaselineConfig:
 
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts to report")
     seed: int = _opt(0, "seed of the prior starts")
-    chunk_size: int = _opt(256, "test samples per Ray task (each fits all their starts as one batch)")
+    chunk_size: int = _opt(
+        256, "test samples per Ray task (its prior starts one batched fit, its network starts another)"
+    )
     max_iter: int = _opt(1024, "BFGS iterations per start, at most (SPEC 6.5)")
     limit: int | None = _opt(None, "fit only the first LIMIT test samples")
 

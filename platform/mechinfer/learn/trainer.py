@@ -104,6 +104,7 @@ def _loop(cfg: dict) -> None:
             with open(os.path.join(d, "progress.json")) as f:
                 state = json.load(f)
             start_epoch, steps = state["epoch"] + 1, state["steps"]
+    resumed_steps = steps
     net = ray.train.torch.prepare_model(net)
     gen = torch.Generator().manual_seed(cfg["seed"])
     world = ray.train.get_context().get_world_size()
@@ -119,6 +120,7 @@ def _loop(cfg: dict) -> None:
 
     for epoch in range(start_epoch, cfg["epochs"]):
         start, seen, epoch_steps = time.perf_counter(), 0, 0
+        seen_ids: list[np.ndarray] = []
         net.train()
         # batch_size is the global batch: with W workers each takes batch_size / W rows a
         # step, so one worker and several take the same steps over the same data.
@@ -141,6 +143,7 @@ def _loop(cfg: dict) -> None:
             steps += 1
             epoch_steps += 1
             seen += len(batch["z"])
+            seen_ids.append(np.asarray(table["sample_id"]))
             if cfg.get("max_steps_per_epoch") and epoch_steps >= cfg["max_steps_per_epoch"]:
                 break
         net.eval()
@@ -151,11 +154,19 @@ def _loop(cfg: dict) -> None:
                 if len(batch["z"]):
                     total += float(loss_of(batch, subsets=False).detach()) * len(batch["z"])
                     count += len(batch["z"])
+        adam: dict = next(iter(opt.state.values()), {})
+        workers = _workers_agree(net, seen_ids, world)
         metrics = {
             "epoch": epoch,
             "steps": steps,
             "val_loss": total / max(count, 1),
             "samples_per_s": seen * world / max(time.perf_counter() - start, 1e-9),
+            # what shows a resumed run: the epoch it continued from (0: a fresh start), the
+            # steps this attempt took, and the optimizer's own step count (restored with it)
+            "resumed_from_epoch": start_epoch,
+            "attempt_steps": steps - resumed_steps,
+            "optimizer_steps": int(adam["step"]) if "step" in adam else 0,
+            **workers,
         }
         if ray.train.get_context().get_world_rank() == 0:
             with tempfile.TemporaryDirectory() as d:
@@ -173,6 +184,26 @@ def _loop(cfg: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+
+
+def _workers_agree(net, seen_ids: list, world: int) -> dict:
+    """DDP's two promises, checked at the end of each epoch: every worker holds the same
+    weights (the largest difference from rank 0's), and the workers trained on disjoint
+    shards (rows seen by more than one worker; rows each worker saw)."""
+    ids = np.concatenate(seen_ids) if seen_ids else np.zeros(0, dtype=np.int64)
+    if world == 1:
+        return {"workers_max_weight_diff": 0.0, "shard_overlap": 0, "shard_rows": [len(ids)]}
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    weights = [torch.zeros_like(flat) for _ in range(world)]
+    torch.distributed.all_gather(weights, flat)
+    shards: list = [None] * world
+    torch.distributed.all_gather_object(shards, ids.tolist())
+    everything = np.concatenate([np.asarray(s, dtype=np.int64) for s in shards])
+    return {
+        "workers_max_weight_diff": float(max((w - weights[0]).abs().max() for w in weights).cpu()),
+        "shard_overlap": int(len(everything) - len(np.unique(everything))),
+        "shard_rows": [len(s) for s in shards],
+    }
 
 
 ERROR_FILE = "error.json"
