@@ -1,9 +1,11 @@
 """Maximum-likelihood fits of observation sets by BFGS in z space (SPEC 3, 4): the
 multi-start baseline and the refinement of a network's estimate.
 
-The NLL's gradient is exact: reverse-mode autograd through the batched solver (never
-finite differences). Every observation set of a batch is its own problem; they are
-solved together by :func:`mechinfer.fit.bfgs.bfgs`.
+The NLL's gradient is exact for the discrete solver (never finite differences): on the
+CPU the native solver's discrete adjoint, and its forward sensitivities for the
+Gauss-Newton start; with the torch backend (a GPU), reverse-mode autograd through the
+batched steps. Every observation set of a batch is its own problem; they are solved
+together by :func:`mechinfer.fit.bfgs.bfgs`.
 """
 
 from __future__ import annotations
@@ -175,9 +177,9 @@ def fit(
 
     ``hessian``: the initial inverse Hessian, "gauss-newton" (see :func:`gauss_newton_h0`)
     or "identity" (textbook BFGS), for all rows or per row (a sequence of B names).
-    ``compile`` runs the solver's steps compiled (default, unless the environment sets
-    MECHINFER_COMPILE=0): BFGS batches are hundreds of problems evaluated hundreds of
-    times, which repays the one-off compilation. ``deadline``: wall-clock time
+    ``compile`` (the torch backend only) runs the solver's steps compiled (default, unless
+    the environment sets MECHINFER_COMPILE=0): BFGS batches are hundreds of problems
+    evaluated hundreds of times, which repays the one-off compilation. ``deadline``: wall-clock time
     (``time.time()``), for all rows or per row, after which a fit stops at its best
     point so far (status DEADLINE; see :func:`~mechinfer.fit.bfgs.bfgs`). ``device``:
     where the NLL and its gradient are evaluated (default the CPU, with the native
