@@ -5,10 +5,11 @@ Why not scipy's BFGS: one call per round for all problems shares the Python over
 a round (the native solver's NLL + gradient costs the same per sample at any batch size,
 ~0.4 ms for E. coli, but the glue around it does not), and the torch backend on a GPU
 is fast only when thousands of problems share each step. Each problem keeps its own
-state (x, f, g, inverse Hessian H, step length) and sits either at the start of an iteration or inside its line search; every
-round evaluates all running problems at their trial points at once. Batching is
-continuous: a finished problem leaves and a queued one takes its place, so the batch
-stays full until the queue is empty and slow problems do not hold up the rest.
+state (x, f, g, inverse Hessian H, step length) and sits either at the start of an
+iteration or inside its line search; every round evaluates all running problems at
+their trial points at once. Batching is continuous: a finished problem leaves and a
+queued one takes its place, so the batch stays full until the queue is empty and slow
+problems do not hold up the rest.
 
 The iteration is BFGS as in Nocedal & Wright (Algorithm 6.1): direction -H g, a
 backtracking line search on the Armijo condition (quadratic interpolation, factor kept
