@@ -105,7 +105,8 @@ def _ray_head(flags: list[str], env: dict):
         os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its cluster on SIGTERM
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        os.killpg(proc.pid, signal.SIGKILL)  # what is left of the process group, at once
+        with contextlib.suppress(ProcessLookupError):  # the whole group may have exited already
+            os.killpg(proc.pid, signal.SIGKILL)  # what is left of the process group, at once
         proc.wait()
         leftovers = pids_mentioning(temp)
         for pid in leftovers:
