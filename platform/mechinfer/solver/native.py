@@ -96,10 +96,9 @@ class NativeSystem:
     def solve(self, y0, args, t_obs, *, rtol, atol, max_steps, sensitivities, seeds=None, col_a=None):
         """y0 (B, S), args (B, P), t_obs (B, N) sorted -> states (B, N, S) (NaN rows where
         the solve failed), status (B,) int8 and, with ``sensitivities``, the derivatives
-        of the states in Q input directions, (B, N, S, Q), zero for failed rows.
-        ``seeds`` (B, S, Q) are the initial state's derivatives and columns ``col_a`` ..
-        ``col_a + P - 1`` the arguments' directions; by default Q = S + P: the first S
-        columns are d/dy0 and the rest d/dargs."""
+        of the states in Q input directions, (B, N, S, Q), zero for failed rows:
+        ``seeds`` (B, S, Q) are the initial state's derivatives in them, and columns
+        ``col_a`` .. ``col_a + P - 1`` are the arguments' directions."""
         y0, args, t_obs = (np.ascontiguousarray(x, dtype=np.float64) for x in (y0, args, t_obs))
         n_batch, n_obs = t_obs.shape
         if y0.shape != (n_batch, self.n_states) or args.shape != (n_batch, self.n_args):
@@ -109,10 +108,8 @@ class NativeSystem:
             )
         if not sensitivities:
             seeds, col_a = np.zeros((n_batch, self.n_states, 0)), 0
-        elif seeds is None:
-            seeds = np.zeros((n_batch, self.n_states, self.n_states + self.n_args))
-            seeds[:, np.arange(self.n_states), np.arange(self.n_states)] = 1.0
-            col_a = self.n_states
+        elif seeds is None or col_a is None:
+            raise ValueError("sensitivities need their seeds and the arguments' first column")
         seeds = np.ascontiguousarray(seeds, dtype=np.float64)
         out = np.full((n_batch, n_obs, self.n_states), np.nan)
         sens = np.zeros((n_batch, n_obs, self.n_states, seeds.shape[2]) if sensitivities else (0, 0, 0, 0))
