@@ -93,45 +93,32 @@ def objective(model: Model, t, channel, value, device=None, **solver_options):
     return fun
 
 
-def residuals(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
-    """(r, J, ok) from the native solver's forward sensitivities, or ``None`` where it
-    does not apply: r (B, N) the sigma-scaled residuals (x_i - mu_i) / sigma_i (0 where
-    padded), J (B, N, P) their Jacobian in z, ok (B,) rows whose solve succeeded with
-    finite values (others get r = J = 0)."""
+def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
+    """J (B, N, P), the Jacobian in z of the sigma-scaled residuals (x_i - mu_i) / sigma_i
+    (padded entries 0), and ok (B,): rows whose solve succeeded with a finite J (others
+    get J = 0). From the native solver's forward sensitivities where it applies;
+    otherwise by one backward pass through the torch steps over the sets repeated once
+    per observation (copy i differentiates residual i, so compiled backward graphs run
+    once rather than N times)."""
+    sigma = torch.as_tensor(model.sigma, device=t.device)
+    mask = likelihood.observed_mask(t, value)
     theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z.detach())
     solved = likelihood.predict_jacobian(model, theta, t, channel, **solver_options)
-    if solved is None:
-        return None
-    mu, dmu, status = solved
-    sigma = torch.as_tensor(model.sigma, device=t.device)[channel]
-    mask = likelihood.observed_mask(t, value)
-    r = torch.where(mask, (value - mu) / sigma, 0.0)
-    jac = torch.where(mask[..., None], -dmu * dtheta_dz[:, None, :] / sigma[..., None], 0.0)
-    ok = (status == SolveStatus.OK) & torch.isfinite(r).all(-1) & torch.isfinite(jac).all(-1).all(-1)
-    return torch.where(ok[:, None], r, 0.0), torch.where(ok[:, None, None], jac, 0.0), ok
-
-
-def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
-    """J (B, N, P), the Jacobian in z of the sigma-scaled residuals (padded entries 0),
-    and ok (B,): rows whose solve succeeded with a finite J (others get J = 0). From
-    :func:`residuals` where the native solver applies; otherwise by one backward pass
-    through the torch steps over the sets repeated once per observation (copy i
-    differentiates residual i, so compiled backward graphs run once rather than N times)."""
-    solved = residuals(model, z, t, channel, value, **solver_options)
     if solved is not None:
-        return solved[1], solved[2]
-    sigma = torch.as_tensor(model.sigma, device=t.device)
-    b, n = t.shape
-    mask = likelihood.observed_mask(t, value)
-    rep = torch.arange(b, device=t.device).repeat_interleave(n)
-    zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
-    with torch.enable_grad():
-        mu, status = likelihood.predict(model, model.from_z(zz), t[rep], channel[rep], **solver_options)
-        scaled = torch.where(mask[rep], -mu / sigma[channel[rep]], torch.zeros_like(mu))  # (b n, n)
-        pick = scaled.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, residual i
-        (jac,) = torch.autograd.grad(pick.sum(), zz)
-    jac = jac.reshape(b, n, -1)
-    ok = (status.reshape(b, n) == SolveStatus.OK).all(1) & torch.isfinite(jac).all(-1).all(-1)
+        _, dmu, status = solved
+        jac = torch.where(mask[..., None], -dmu * dtheta_dz[:, None, :] / sigma[channel][..., None], 0.0)
+    else:
+        b, n = t.shape
+        rep = torch.arange(b, device=t.device).repeat_interleave(n)
+        zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
+        with torch.enable_grad():
+            mu, status = likelihood.predict(model, model.from_z(zz), t[rep], channel[rep], **solver_options)
+            scaled = torch.where(mask[rep], -mu / sigma[channel[rep]], torch.zeros_like(mu))  # (b n, n)
+            pick = scaled.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, residual i
+            (jac,) = torch.autograd.grad(pick.sum(), zz)
+        jac = jac.reshape(b, n, -1)
+        status = status.reshape(b, n).amax(1)  # a row fails if any of its copies failed
+    ok = (status == SolveStatus.OK) & torch.isfinite(jac).all(-1).all(-1)
     return torch.where(ok[:, None, None], jac, torch.zeros_like(jac)), ok
 
 

@@ -110,43 +110,41 @@ class Model:
 
     # ---------------------------------------------------------------- equations
     def initial_state(self, theta: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self._initial(self._namespace(self.parameter_names, theta)), dim=-1)
+        return torch.stack(self._initial(theta.unbind(-1)), dim=-1)
 
-    def _initial(self, p) -> list:
+    def _initial(self, quantities) -> list:
+        """The initial states from P quantity values of any kind, in state order."""
+        p = _record_type(self.parameter_names)(*quantities)
         init = self.initial(p) if self.initial else {s: getattr(p, f"{s}_0") for s in self.states}
         return [init[s] for s in self.states]
 
     def rhs(self, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """dy/dt for states y (..., S) and quantities theta (..., P)."""
-        d = self._rates(self._namespace(self.states, y), theta)
-        return torch.stack([d[name] for name in self.states], dim=-1)
+        return torch.stack(self._derivatives(y.unbind(-1), theta.unbind(-1)), dim=-1)
 
     def rhs_and_jacobian(self, y: torch.Tensor, theta: torch.Tensor):
         """dy/dt (B, S) and its Jacobian in y (B, S, S), by forward-mode dual numbers."""
-        s = _record_type(self.states)(*Dual.seed(y))
-        p = _record_type(self.parameter_names)(*(Dual.constant(theta[..., i]) for i in range(self.n_parameters)))
-        d = self.rates(s, p, self._constants())
-        return dual_value_and_jacobian([d[name] for name in self.states])
+        p = [Dual.constant(theta[..., i]) for i in range(self.n_parameters)]
+        return dual_value_and_jacobian(self._derivatives(Dual.seed(y), p))
+
+    def _derivatives(self, states, quantities) -> list:
+        """The rate laws on S state values and P quantity values of any kind (tensors,
+        dual numbers, symbols): the S derivatives, in state order."""
+        s = _record_type(self.states)(*states)
+        d = self.rates(s, _record_type(self.parameter_names)(*quantities), self._constants())
+        return [d[name] for name in self.states]
 
     def native_system(self) -> _native.NativeSystem:
-        """The rate laws compiled for the CPU solver with forward sensitivities: generated
+        """The rate laws compiled for the CPU solver with their exact derivatives: generated
         from ``rates`` itself (symbolic derivatives, :mod:`mechinfer.solver.symbolic`),
         once per machine, and loaded once per process."""
         n_states, n_args = len(self.states), self.n_parameters
-
-        def symbolic_rates(y, a):
-            d = self.rates(_record_type(self.states)(*y), _record_type(self.parameter_names)(*a), self._constants())
-            return [d[name] for name in self.states]
-
-        def symbolic_initial(a):
-            return self._initial(_record_type(self.parameter_names)(*a))
-
         return _native.system(
             self.name,
             self._fingerprint(),
             n_states,
             n_args,
-            lambda: _symbolic.source(symbolic_rates, n_states, n_args, symbolic_initial),
+            lambda: _symbolic.source(self._derivatives, n_states, n_args, self._initial),
         )
 
     def _fingerprint(self) -> str | None:
@@ -165,15 +163,8 @@ class Model:
                 _FINGERPRINTS[key] = hashlib.sha256(text.encode()).hexdigest()
         return _FINGERPRINTS[key]
 
-    def _rates(self, s, theta):
-        return self.rates(s, self._namespace(self.parameter_names, theta), self._constants())
-
     def _constants(self):
         return _record_type(tuple(self.constants))(*self.constants.values())
-
-    @staticmethod
-    def _namespace(names, values):
-        return _record_type(names)(*(values[..., i] for i in range(len(names))))
 
     # ---------------------------------------------------------------- priors, z map
     def sample_prior(self, n: int, seed: int = 0) -> np.ndarray:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .. import solver as _solver
 from ..solver import SolveStatus
-from .simulate import simulate_observed, states_and_jacobian
+from .simulate import simulate_observed, states_and_jacobian, term
 
 if TYPE_CHECKING:
     from .base import Model
@@ -77,12 +78,8 @@ def nll_and_gradient(model: Model, theta: torch.Tensor, obs: SortedObservations,
     (B, P) and the status (B,), by the native solver's discrete adjoint; ``None`` where
     that solver does not apply. theta must come from the z map (inside the prior, by
     construction), so it is not checked here."""
-    from ..solver import ODETerm
-    from ..solver import nll_and_gradient as solver_nll_and_gradient
-
-    term = ODETerm(model.rhs, model.rhs_and_jacobian, native=model.native_system)
-    return solver_nll_and_gradient(
-        term, theta, obs.t[rows], obs.state[rows], obs.value[rows], obs.weight[rows], **solver_options
+    return _solver.nll_and_gradient(
+        term(model), theta, obs.t[rows], obs.state[rows], obs.value[rows], obs.weight[rows], **solver_options
     )
 
 

@@ -30,6 +30,12 @@ def check_times(model: Model, t: torch.Tensor, n_batch: int) -> torch.Tensor:
     return t
 
 
+def term(model: Model) -> _solver.ODETerm:
+    """The model's equations for the solver: f, its Jacobian by dual numbers, and the
+    native (compiled) form."""
+    return _solver.ODETerm(model.rhs, model.rhs_and_jacobian, native=model.native_system)
+
+
 def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solver: str | None = None, **options):
     """All states at times t (any order): theta (B, P), t (B, N) -> (B, N, S), status (B,).
     Differentiable in theta."""
@@ -37,9 +43,8 @@ def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solve
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
     t_sorted = torch.gather(t, 1, order)
-    term = _solver.ODETerm(model.rhs, model.rhs_and_jacobian, native=model.native_system)
     states, status = _solver.solve(
-        term, model.initial_state(theta), theta, t_sorted, method=solver or model.solver, **options
+        term(model), model.initial_state(theta), theta, t_sorted, method=solver or model.solver, **options
     )
     unsort = torch.argsort(order, dim=1)
     states = torch.gather(states, 1, unsort[:, :, None].expand_as(states))
@@ -54,8 +59,7 @@ def states_and_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, **op
     model.check_theta(theta)
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
-    term = _solver.ODETerm(model.rhs, model.rhs_and_jacobian, native=model.native_system)
-    solved = _solver.jacobian(term, theta, torch.gather(t, 1, order), **options)
+    solved = _solver.jacobian(term(model), theta, torch.gather(t, 1, order), **options)
     if solved is None:
         return None
     states, jac, status = solved

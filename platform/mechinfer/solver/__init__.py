@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _STEPPERS = {"rodas4": Rodas4}
+RTOL, ATOL, MAX_STEPS = 1e-6, 1e-6, 20_000  # the solver's defaults, wherever it is called
 
 
 def solve(
@@ -51,10 +52,10 @@ def solve(
     t_obs: torch.Tensor,
     *,
     method: str = "rodas4",
-    rtol: float = 1e-6,
-    atol: float = 1e-6,
+    rtol: float = RTOL,
+    atol: float = ATOL,
     adjoint: bool = False,
-    max_steps: int = 20_000,
+    max_steps: int = MAX_STEPS,
     compile: bool | None = None,
     backend: str = "auto",
 ):
@@ -82,6 +83,16 @@ def _use_native(term: ODETerm, y0: torch.Tensor, backend: str) -> bool:
     return usable
 
 
+def _native_with(term: ODETerm, like: torch.Tensor, options: dict):
+    """(the term's native system, its tolerance and step options) where the native solver
+    applies to these options, else None."""
+    if not _use_native(term, like, options.get("backend", "auto")):
+        return None
+    assert term.native is not None  # checked by _use_native
+    tolerances = {"rtol": RTOL, "atol": ATOL, "max_steps": MAX_STEPS}
+    return term.native(), {k: options.get(k, default) for k, default in tolerances.items()}
+
+
 def nll_and_gradient(term: ODETerm, args: torch.Tensor, t_obs, state, value, weight, **options):
     """From the term's own initial state (a function of args): the weighted least-squares
     loss 1/2 sum_k weight_k (value_k - y(t_k)[state_k])^2 of each row (B,), its gradient
@@ -89,19 +100,11 @@ def nll_and_gradient(term: ODETerm, args: torch.Tensor, t_obs, state, value, wei
     and one backward pass, whatever the number of parameters). t_obs, state, value,
     weight: (B, N) numpy arrays, times sorted per row. ``None`` where the native solver
     does not apply."""
-    if not _use_native(term, args, options.get("backend", "auto")):
+    found = _native_with(term, args, options)
+    if found is None:
         return None
-    assert term.native is not None  # checked by _use_native
-    nll, grad, status = term.native().nll_and_gradient(
-        args.detach().cpu().numpy(),
-        t_obs,
-        state,
-        value,
-        weight,
-        rtol=options.get("rtol", 1e-6),
-        atol=options.get("atol", 1e-6),
-        max_steps=options.get("max_steps", 20_000),
-    )
+    native, tolerances = found
+    nll, grad, status = native.nll_and_gradient(args.detach().cpu().numpy(), t_obs, state, value, weight, **tolerances)
     return torch.from_numpy(nll), torch.from_numpy(grad), torch.from_numpy(status)
 
 
@@ -110,14 +113,8 @@ def jacobian(term: ODETerm, args: torch.Tensor, t_obs: torch.Tensor, **options):
     function of args), their Jacobian in args (B, N, S, P) and status (B,), by the native
     solver's forward sensitivities; ``None`` where it does not apply (a GPU tensor, no
     native form): callers then differentiate :func:`solve`."""
-    if not _use_native(term, args, options.get("backend", "auto")):
+    found = _native_with(term, args, options)
+    if found is None:
         return None
-    assert term.native is not None  # checked by _use_native
-    return _native.jacobian(
-        term.native(),
-        args,
-        t_obs,
-        rtol=options.get("rtol", 1e-6),
-        atol=options.get("atol", 1e-6),
-        max_steps=options.get("max_steps", 20_000),
-    )
+    native, tolerances = found
+    return _native.jacobian(native, args, t_obs, **tolerances)
