@@ -80,6 +80,20 @@ def _padded(column, dtype) -> np.ndarray:
     return np.array([v + [fill] * (width - len(v)) for v in lists], dtype=dtype)
 
 
+def fit_prior_starts(m, t, ch, value, z0: np.ndarray, max_iter: int) -> mle.Fit:
+    """BFGS with k starts drawn from the prior: z0 (B, k, P), the k starts of every set
+    as one batched fit with textbook BFGS (H0 = I); the fit's rows are sample-major."""
+    k = z0.shape[1]
+    rep = lambda a: np.repeat(a, k, axis=0)
+    return mle.fit(m, rep(t), rep(ch), rep(value), z0.reshape(-1, z0.shape[2]), max_iter=max_iter, hessian="identity")
+
+
+def fit_network_starts(m, t, ch, value, z0: np.ndarray, max_iter: int) -> mle.Fit:
+    """Deep Inference + BFGS: one start per set from the network's estimate z0 (B, P),
+    with the Gauss-Newton initial inverse Hessian."""
+    return mle.fit(m, t, ch, value, z0, max_iter=max_iter, hessian="gauss-newton")
+
+
 def fit_chunk(model: str, rows: dict, checkpoint: str, n_starts: int, seed: int, max_iter: int) -> pa.Table:
     """The fits of a chunk of test rows, each method as a user would run it: the
     ``n_starts`` prior starts of every sample as one batched BFGS, then the network
@@ -92,10 +106,11 @@ def fit_chunk(model: str, rows: dict, checkpoint: str, n_starts: int, seed: int,
     n, p = len(ids), m.n_parameters
     est = load_estimator(checkpoint)
     rep = lambda a: np.repeat(a, n_starts, axis=0)
-    prior_z0 = mle.prior_starts(m, ids, n_starts, seed).reshape(-1, p)  # sample-major
-    prior = mle.fit(m, rep(t), rep(ch), rep(value), prior_z0, max_iter=max_iter, hessian="identity")
+    prior_z0 = mle.prior_starts(m, ids, n_starts, seed)
+    prior = fit_prior_starts(m, t, ch, value, prior_z0, max_iter)
+    prior_z0 = prior_z0.reshape(-1, p)  # sample-major, as the fit's rows
     net_z0 = est.estimate_z(t, ch, value)
-    network = mle.fit(m, t, ch, value, net_z0, max_iter=max_iter, hessian="gauss-newton")
+    network = fit_network_starts(m, t, ch, value, net_z0, max_iter)
     cols = {
         "sample_id": np.r_[rep(ids), ids].astype(np.int64),
         "method": np.r_[np.full(n * n_starts, PRIOR), np.full(n, NETWORK)],

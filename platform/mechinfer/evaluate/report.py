@@ -88,18 +88,17 @@ def online_seconds(m: Model, est_net, est_ft, rows: dict, starts, seed: int, max
     mle.warm_up(m, rows["t"][:2], rows["channel"][:2], rows["value"][:2])  # not timed: once per process
     for i in range(min(n, len(rows["sample_id"]))):
         t, ch, x = (rows[k][i : i + 1] for k in ("t", "channel", "value"))
-        z_prior = mle.prior_starts(m, rows["sample_id"][i : i + 1], max(starts), seed)[0]
+        z_prior = mle.prior_starts(m, rows["sample_id"][i : i + 1], max(starts), seed)
         for k in starts:
             tic = time.perf_counter()
-            tk, chk, xk = (np.repeat(a, k, axis=0) for a in (t, ch, x))
-            mle.fit(m, tk, chk, xk, z_prior[:k], max_iter=max_iter, hessian="identity")
+            baseline.fit_prior_starts(m, t, ch, x, z_prior[:, :k], max_iter)
             times.setdefault(f"BFGS, {k} start{'s' if k > 1 else ''}", []).append(time.perf_counter() - tic)
         for method, est in (("Deep Inference", est_net), ("Deep Inference + MM", est_ft)):
             tic = time.perf_counter()
             est.estimate(t, ch, x)
             times.setdefault(method, []).append(time.perf_counter() - tic)
         tic = time.perf_counter()
-        mle.fit(m, t, ch, x, est_ft.estimate_z(t, ch, x), max_iter=max_iter, hessian="gauss-newton")
+        baseline.fit_network_starts(m, t, ch, x, est_ft.estimate_z(t, ch, x), max_iter)
         times.setdefault("Deep Inference + BFGS", []).append(time.perf_counter() - tic)
     return {k: float(np.median(v)) for k, v in times.items()}
 
