@@ -1,4 +1,4 @@
-"""Exact NLL gradients through the solver: the native solver (forward sensitivities,
+"""Exact NLL gradients through the solver: the native solver (discrete adjoint,
 compiled per model) against autograd through the torch steps, measured in one run.
 
     python bench/gradient_speed.py [--models mmk ecoli] [--cases 64] [--torch-cases 2]
