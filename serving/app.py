@@ -17,12 +17,12 @@ deployments: ``@serve.deployment`` pickles the class when it decorates it.)
 import asyncio
 import json
 import time
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -46,17 +46,26 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     observations: list[Observation] | None = Field(None, description="one observation set")
     batch: list[list[Observation]] | None = Field(None, description="several observation sets")
-    refine: bool = Field(False, description="polish each estimate by one BFGS start")
+    refine: StrictBool | Literal["auto"] = Field(
+        False,
+        description="polish each estimate by one BFGS start: true, false, or 'auto' (only the cases whose "
+        "network estimate fails the goodness-of-fit check, gof_pvalue below the configured auto_pvalue)",
+    )
+    level: float = Field(0.95, ge=0.5, le=0.999, description="confidence level of the intervals")
 
 
 class Answer(BaseModel):
     parameters: dict[str, float]
     units: dict[str, str]
     z: list[float]
+    intervals: dict[str, list[float]] = Field(description="[low, high] per parameter, physical units, at level")
+    level: float
+    gof_pvalue: float | None = Field(description="chi-square goodness of fit of the estimate (SPEC 9)")
     nll: float | None
     refined: bool
     refine_status: str = Field(
-        description="not_requested, converged, iteration_limit, deadline or failed (the network's estimate stands)"
+        description="not_requested, skipped (refine 'auto': the network's estimate fits), converged, "
+        "iteration_limit, deadline or failed (the network's estimate stands)"
     )
     timing_ms: dict[str, float]
     checkpoint_id: str
@@ -239,6 +248,7 @@ class Api:
         self.max_body_bytes = settings.max_body_bytes
         self.max_json_depth, self.max_number_chars = settings.max_json_depth, settings.max_number_chars
         self.refine_timeout_s, self.max_refine_cases = settings.refine_timeout_s, settings.max_refine_cases
+        self.auto_pvalue = settings.auto_pvalue
         configured = settings.value_bounds or {}
         self.bounds = {name: service.value_bounds(e, configured.get(name)) for name, e in self.estimators.items()}
 
@@ -250,12 +260,18 @@ class Api:
             "batch_size",
         )
 
-    async def _refine(self, model: str, sets: list, results: list[dict]) -> None:
-        """Refine the answerable cases in place. Each fit stops at the request's deadline
-        (refine_timeout_s) with its best point; should the Refiner not answer even then
-        (a queue, a lost replica), the request stops waiting: those cases keep the
-        network's estimate with refine_status "deadline", and their calls are cancelled."""
+    async def _refine(self, model: str, sets: list, results: list[dict], auto: bool) -> None:
+        """Refine the answerable cases in place (``auto``: only those whose network
+        estimate fails the goodness-of-fit check; the others are "skipped"). Each fit
+        stops at the request's deadline (refine_timeout_s) with its best point; should
+        the Refiner not answer even then (a queue, a lost replica), the request stops
+        waiting: those cases keep the network's estimate with refine_status "deadline",
+        and their calls are cancelled."""
         todo = [i for i, r in enumerate(results) if r.get("error") is None]
+        if auto:
+            for i in todo:
+                results[i]["refine_status"] = "skipped"
+            todo = [i for i in todo if not results[i]["gof_pvalue"] >= self.auto_pvalue]  # NaN: cannot judge
         deadline = time.time() + self.refine_timeout_s
         calls = [self.refiner.remote((model, sets[i], results[i]["z"], deadline)) for i in todo]
         try:
@@ -354,7 +370,7 @@ class Api:
         results = [c if isinstance(c, dict) else next(answered) for c in checked]
         if req.refine:
             try:
-                await self._refine(model, checked, results)
+                await self._refine(model, checked, results, auto=req.refine == "auto")
             except BackPressureError:
                 return JSONResponse(
                     status_code=503,
@@ -366,8 +382,8 @@ class Api:
             if r.get("error") is not None
             else service.answer(
                 est,
-                r["z"],
-                r["nll"],
+                r,
+                req.level,
                 r.get("refine_status", "not_requested"),
                 {"parse": 1e3 * (parsed - start), **r["timing_ms"], "total": 1e3 * (time.perf_counter() - start)},
             )

@@ -100,8 +100,69 @@ def test_answers_agree_with_the_estimator(server, model):
     want = est.estimate(rows["t"][2:3], rows["channel"][2:3], rows["value"][2:3])[0]
     np.testing.assert_allclose([got["parameters"][n] for n in est.model.parameter_names], want, rtol=1e-5)
     assert got["refined"] is False and got["checkpoint_id"] == est.checkpoint_id
-    assert np.isfinite(got["nll"]) and {"network", "nll", "total"} <= set(got["timing_ms"])
+    assert np.isfinite(got["nll"]) and {"network", "nll_and_intervals", "total"} <= set(got["timing_ms"])
     assert set(got["units"]) == set(est.model.parameter_names)
+    # intervals at the default level, as the Python API gives them
+    res = est.infer(rows["t"][2:3], rows["channel"][2:3], rows["value"][2:3])
+    assert got["level"] == 0.95 and list(got["intervals"]) == list(est.model.parameter_names)
+    np.testing.assert_allclose(
+        [got["intervals"][n] for n in est.model.parameter_names], np.stack([res.lower[0], res.upper[0]], 1), rtol=1e-5
+    )
+    np.testing.assert_allclose(got["gof_pvalue"], res.gof_pvalue[0], rtol=1e-4)
+    assert all(lo < hi for lo, hi in got["intervals"].values())
+    wider = requests.post(
+        f"{server}/v1/models/{model}/infer", json={"observations": obs, "level": 0.99}, timeout=60
+    ).json()
+    assert all(
+        wider["intervals"][n][0] < got["intervals"][n][0] and got["intervals"][n][1] < wider["intervals"][n][1]
+        for n in est.model.parameter_names
+    )
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"level": 0.2}, "level"),
+        ({"level": 1.0}, "level"),
+        ({"level": "high"}, "level"),
+        ({"refine": "sometimes"}, "refine"),
+        ({"refine": 1}, "refine"),
+    ],
+)
+def test_bad_level_or_refine_is_422(server, body, message):
+    obs, _ = _observations("mmk", 0)
+    r = requests.post(f"{server}/v1/models/mmk/infer", json={"observations": obs, **body}, timeout=60)
+    assert r.status_code == 422 and message in r.json()["error"], r.text
+
+
+def test_auto_refines_only_the_cases_that_fail_the_fit_check(server):
+    from mechinfer.config import AUTO_PVALUE
+
+    est = mechinfer.load_estimator("mmk")
+    rows, _ = baseline.load_test_set("mmk", None, 64)
+    gof = est.infer(rows["t"], rows["channel"], rows["value"]).gof_pvalue
+    misfit, fits = int(np.argmax(gof < AUTO_PVALUE)), int(np.argmax(gof >= AUTO_PVALUE))
+    assert gof[misfit] < AUTO_PVALUE <= gof[fits]
+    cases = [
+        service.to_observations(est.model, rows["t"][i], rows["channel"][i], rows["value"][i]) for i in (misfit, fits)
+    ]
+    r = requests.post(f"{server}/v1/models/mmk/infer", json={"batch": cases, "refine": "auto"}, timeout=300)
+    assert r.status_code == 200, r.text
+    refined, skipped = r.json()["results"]
+    assert skipped["refine_status"] == "skipped" and skipped["refined"] is False
+    # the module's refine deadline is short (REFINE_TIMEOUT_S): a loaded machine may stop the fit early
+    assert refined["refine_status"] in ("converged", "deadline") and refined["refined"] is True
+    assert refined["gof_pvalue"] > gof[misfit] and "refine" in refined["timing_ms"]
+    if refined["refine_status"] == "deadline":
+        return
+    want = est.infer(
+        rows["t"][[misfit, fits]], rows["channel"][[misfit, fits]], rows["value"][[misfit, fits]], refine="auto"
+    )
+    assert list(want.refine_status) == ["converged", "skipped"]
+    for got, theta, low, high in zip((refined, skipped), want.theta, want.lower, want.upper):
+        names = est.model.parameter_names
+        np.testing.assert_allclose([got["parameters"][n] for n in names], theta, rtol=1e-4)
+        np.testing.assert_allclose([got["intervals"][n] for n in names], np.stack([low, high], 1), rtol=1e-3)
 
 
 def test_batch_answers_every_case_in_order(server):

@@ -181,6 +181,12 @@ class ServeArgs(BaseModel):
     max_observations: int = PydanticField(256, ge=1, description="observations per observation set, at most")
     max_batch: int = PydanticField(256, ge=1, description="observation sets per batch request, at most")
     max_body_bytes: int = PydanticField(1 << 20, ge=1, description="request body size, at most")
+# refine="auto" refines the cases whose network estimate has a gof_pvalue below this (or
+# none: too few observations to judge); ``mechinfer evaluate`` reports what it costs and
+# gains on the SPEC test set (results/auto_refine.md)
+AUTO_PVALUE = 0.05
+
+
     refine_timeout_s: float = PydanticField(
         10.0, gt=0, description="seconds a refinement may take; then the best point so far is answered"
     )
@@ -198,4 +204,10 @@ class ServeArgs(BaseModel):
         description="torch.compile'd solver steps for the torch backend (a GPU, or MECHINFER_NATIVE=0): each "
         "replica spends 20-60 s more starting, answers come 2-5x faster (default: on unless "
         "MECHINFER_COMPILE=0); the CPU's native solver is compiled code either way",
+    )
+    auto_pvalue: float = PydanticField(
+        AUTO_PVALUE,
+        gt=0,
+        lt=1,
+        description='refine "auto" refines the cases whose network estimate has a gof_pvalue below this',
     )

@@ -2,14 +2,68 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 import torch
 
+from ..config import AUTO_PVALUE
 from ..fit import mle
+from ..fit.bfgs import FitStatus
 from ..learn import checkpoint
 from ..models import get_model, list_models, priors
+from . import uncertainty
+from .uncertainty import Laplace
+
+REFINE_STATUS = {  # SPEC 7's refine_status of a fit that ended so
+    FitStatus.CONVERGED: "converged",
+    FitStatus.LINE_SEARCH: "converged",  # no step lowers the NLL further: a minimum to the solver's accuracy
+    FitStatus.MAX_ITER: "iteration_limit",
+    FitStatus.DEADLINE: "deadline",
+    FitStatus.BAD_START: "failed",
+}
+
+
+@dataclass
+class Inference:
+    """What :meth:`Estimator.infer` returns for B observation sets (SPEC 8, 9)."""
+
+    theta: np.ndarray  # (B, P) physical units: the network's or the refined estimate
+    z: np.ndarray  # (B, P) the same in z space
+    lower: np.ndarray  # (B, P) physical units, at ``level``
+    upper: np.ndarray  # (B, P)
+    cov_z: np.ndarray  # (B, P, P) covariance in z the intervals come from
+    nll: np.ndarray  # (B,) at the estimate (NaN where the model cannot be solved there)
+    gof_pvalue: np.ndarray  # (B,) NaN where undefined (SPEC 9)
+    p_eff: np.ndarray  # (B,) parameters the observations determine (gof's degrees of freedom)
+    n_observations: np.ndarray  # (B,)
+    refine_status: np.ndarray  # (B,) str: not_requested, skipped, converged, iteration_limit, deadline, failed
+    level: float
+
+
+@dataclass
+class Refined:
+    """Refined estimates with the Laplace approximation for their intervals."""
+
+    z: np.ndarray  # (B, P) the maximum-likelihood fit, or the start where ``kept``
+    nll: np.ndarray  # (B,) at z
+    kept: np.ndarray  # (B,) bool: the fit failed (or never started): z is the start
+    refine_status: list[str]
+    laplace: Laplace  # at the maximum a posteriori point (its centre and covariance)
+    gof_pvalue: np.ndarray  # (B,) of the fit's NLL against laplace.p_eff
+
+
+def refine_mode(refine) -> str:
+    """False / True / "auto" as "never" / "always" / "auto" (the bulk job's names are
+    accepted too)."""
+    if refine is False or refine is None or refine == "never":
+        return "never"
+    if refine is True or refine == "always":
+        return "always"
+    if refine == "auto":
+        return "auto"
+    raise ValueError(f"refine must be False, True or 'auto', got {refine!r}")
 
 
 class Estimator:
@@ -32,16 +86,93 @@ class Estimator:
             .numpy()
         )
 
-    def estimate(self, t, channel, value, refine: bool = False) -> np.ndarray:
+    def estimate(self, t, channel, value, refine: bool | str = False) -> np.ndarray:
         """t, value (B, N) float; channel (B, N) int index into model.channels; rows with
         fewer observations padded with NaN values -> theta (B, P), physical units.
 
         ``refine=True`` polishes each estimate by one BFGS start from it (the paper's
-        Deep Inference + BFGS): the maximum-likelihood fit near the network's answer."""
+        Deep Inference + BFGS): the maximum-likelihood fit near the network's answer.
+        ``"auto"``: only where the network's estimate fails the goodness-of-fit check
+        (see :meth:`infer`)."""
+        if refine_mode(refine) == "auto":
+            return self.infer(t, channel, value, refine="auto").theta
         z = self.estimate_z(t, channel, value)
-        if refine:
+        if refine_mode(refine) == "always":
             z = self.refine(t, channel, value, z).z
         return priors.from_z(self.model.priors, torch.from_numpy(z)).numpy()
+
+    def infer(
+        self,
+        t,
+        channel,
+        value,
+        refine: bool | str = False,
+        level: float = 0.95,
+        *,
+        auto_pvalue: float = AUTO_PVALUE,
+        deadline=None,
+        **fit_options,
+    ) -> Inference:
+        """Estimates with intervals at ``level``, their covariance in z, the NLL and the
+        goodness of fit (SPEC 9; the method is in :mod:`mechinfer.estimate.uncertainty`).
+        ``refine``: False, True, or "auto" (refine the cases whose network estimate has
+        ``gof_pvalue < auto_pvalue`` or none). ``deadline`` and ``fit_options`` go to
+        the refinement (see :meth:`refine`)."""
+        mode = refine_mode(refine)
+        level = uncertainty.check_level(level)
+        t, channel, value = self._check(t, channel, value)
+        z = self.estimate_z(t, channel, value)
+        lap = uncertainty.laplace(self.model, t, channel, value, z)
+        nll, gof, status = lap.nll.copy(), lap.gof_pvalue.copy(), np.full(len(z), "not_requested", dtype=object)
+        if mode != "never":
+            todo = np.ones(len(z), bool) if mode == "always" else ~(gof >= auto_pvalue)
+            status[~todo] = "skipped"
+            if todo.any():
+                r = self.polish(t[todo], channel[todo], value[todo], z[todo], deadline=deadline, **fit_options)
+                status[todo] = r.refine_status
+                z[todo], nll[todo], gof[todo] = r.z, r.nll, r.gof_pvalue
+                for name in ("center", "cov_z", "p_eff"):
+                    getattr(lap, name)[todo] = getattr(r.laplace, name)
+        lower, upper = lap.intervals(self.model, level)
+        return Inference(
+            theta=self.model.from_z(z),
+            z=z,
+            lower=lower,
+            upper=upper,
+            cov_z=lap.cov_z,
+            nll=nll,
+            gof_pvalue=gof,
+            p_eff=lap.p_eff,
+            n_observations=lap.n_observations,
+            refine_status=status,
+            level=level,
+        )
+
+    def polish(self, t, channel, value, z, deadline=None, **fit_options) -> Refined:
+        """Refine z (B, P), the network's estimates, into maximum-likelihood fits (one
+        BFGS start each), and find the maximum a posteriori point from each fit (a
+        second BFGS start, the N(0, I) prior added) for the Laplace approximation that
+        gives the intervals: centred on that point, the intervals are calibrated where
+        the same approximation at the maximum-likelihood fit covers the truth less often
+        than its level (measured on the SPEC test set; see
+        :mod:`mechinfer.estimate.uncertainty`). Both fits stop at ``deadline``."""
+        fit = self.refine(t, channel, value, z, deadline=deadline, **fit_options)
+        status = [REFINE_STATUS.get(FitStatus(int(s)), "failed") for s in fit.status]
+        kept = ~np.isfinite(fit.nll) | ~np.isfinite(fit.z).all(axis=1)
+        status = ["failed" if k and s != "deadline" else s for s, k in zip(status, kept)]
+        z_ml = np.where(kept[:, None], z, fit.z)
+        posterior = self.refine(t, channel, value, z_ml, deadline=deadline, prior=True, **fit_options)
+        z_map = np.where(np.isfinite(posterior.nll)[:, None], posterior.z, z_ml)
+        lap = uncertainty.laplace(self.model, t, channel, value, z_map)
+        nll = np.where(kept, mle.nll(self.model, t, channel, value, z_ml), fit.nll)
+        return Refined(
+            z=z_ml,
+            nll=nll,
+            kept=kept,
+            refine_status=status,
+            laplace=lap,
+            gof_pvalue=uncertainty.gof_pvalue(nll, lap.n_observations, lap.p_eff),
+        )
 
     def refine(self, t, channel, value, z, **fit_options) -> mle.Fit:
         """One BFGS start per observation set from z (B, P), the network's estimate. A row

@@ -65,19 +65,24 @@ def _tensors(t, channel, value, device=None):
     return t, channel, value
 
 
-def objective(model: Model, t, channel, value, device=None, **solver_options):
+def objective(model: Model, t, channel, value, device=None, prior: bool = False, **solver_options):
     """fun(z, rows) -> (NLL, dNLL/dz) for the observation sets ``rows`` (a long tensor of
     row indices into t, channel, value). NaN NLL (and a zero gradient) where the solver
     failed. With the native solver the gradient comes from its discrete adjoint (one
     forward and one backward pass per set, no autograd); with the torch steps, reverse
     mode through them. ``device``: where the observations live and the NLL is evaluated
-    (a CUDA device runs the torch steps)."""
+    (a CUDA device runs the torch steps). ``prior``: add the N(0, I) prior's |z|^2 / 2, so
+    the minimum is the maximum a posteriori point rather than the maximum-likelihood one."""
     t, channel, value = _tensors(t, channel, value, device)
     native = t.device.type == "cpu" and uses_native_solver(**solver_options)
     sorted_obs = likelihood.SortedObservations.of(model, t, channel, value) if native else None
 
     def fun(z: torch.Tensor, rows: torch.Tensor):
         z = z.detach().to(t.device)
+        f, g = likelihood_fun(z, rows)
+        return (f + 0.5 * z.square().sum(-1), g + z) if prior else (f, g)
+
+    def likelihood_fun(z: torch.Tensor, rows: torch.Tensor):
         if sorted_obs is not None:
             theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z)
             solved = likelihood.nll_and_gradient(model, theta, sorted_obs, rows.cpu().numpy(), **solver_options)
@@ -94,32 +99,38 @@ def objective(model: Model, t, channel, value, device=None, **solver_options):
 
 
 def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
-    """J (B, N, P), the Jacobian in z of the sigma-scaled residuals (x_i - mu_i) / sigma_i
-    (padded entries 0), and ok (B,): rows whose solve succeeded with a finite J (others
-    get J = 0). From the native solver's forward sensitivities where it applies;
-    otherwise by one backward pass through the torch steps over the sets repeated once
-    per observation (copy i differentiates residual i, so compiled backward graphs run
-    once rather than N times)."""
-    sigma = torch.as_tensor(model.sigma, device=t.device)
+    """r (B, N), the sigma-scaled residuals (x_i - mu_i) / sigma_i at z, J (B, N, P), their
+    Jacobian in z (padded entries 0 in both), and ok (B,): rows whose solve succeeded
+    with a finite J (others get r = J = 0). From the native solver's forward
+    sensitivities where it applies; otherwise by one backward pass through the torch
+    steps over the sets repeated once per observation (copy i differentiates residual i,
+    so compiled backward graphs run once rather than N times)."""
+    sigma = torch.as_tensor(model.sigma, device=t.device)[channel]
     mask = likelihood.observed_mask(t, value)
     theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z.detach())
     solved = likelihood.predict_jacobian(model, theta, t, channel, **solver_options)
     if solved is not None:
-        _, dmu, status = solved
-        jac = torch.where(mask[..., None], -dmu * dtheta_dz[:, None, :] / sigma[channel][..., None], 0.0)
+        mu, dmu, status = solved
+        jac = torch.where(mask[..., None], -dmu * dtheta_dz[:, None, :] / sigma[..., None], 0.0)
     else:
         b, n = t.shape
         rep = torch.arange(b, device=t.device).repeat_interleave(n)
         zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
         with torch.enable_grad():
-            mu, status = likelihood.predict(model, model.from_z(zz), t[rep], channel[rep], **solver_options)
-            scaled = torch.where(mask[rep], -mu / sigma[channel[rep]], torch.zeros_like(mu))  # (b n, n)
+            mu_rep, status = likelihood.predict(model, model.from_z(zz), t[rep], channel[rep], **solver_options)
+            scaled = torch.where(mask[rep], -mu_rep / sigma[rep], torch.zeros_like(mu_rep))  # (b n, n)
             pick = scaled.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, residual i
             (jac,) = torch.autograd.grad(pick.sum(), zz)
+        mu = mu_rep.detach().reshape(b, n, n)[:, 0]
         jac = jac.reshape(b, n, -1)
         status = status.reshape(b, n).amax(1)  # a row fails if any of its copies failed
-    ok = (status == SolveStatus.OK) & torch.isfinite(jac).all(-1).all(-1)
-    return torch.where(ok[:, None, None], jac, torch.zeros_like(jac)), ok
+    r = torch.where(mask, (value - mu) / sigma, torch.zeros_like(mu))
+    ok = (status == SolveStatus.OK) & torch.isfinite(jac).all(-1).all(-1) & torch.isfinite(r).all(-1)
+    return (
+        torch.where(ok[:, None], r, torch.zeros_like(r)),
+        torch.where(ok[:, None, None], jac, torch.zeros_like(jac)),
+        ok,
+    )
 
 
 def gauss_newton_h0(model: Model, t, channel, value, device=None, **solver_options):
@@ -137,7 +148,7 @@ def gauss_newton_h0(model: Model, t, channel, value, device=None, **solver_optio
         return torch.cat([_h0(z[i : i + step], rows[i : i + step]) for i in range(0, len(rows), step)])
 
     def _h0(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        jac, _ = residual_jacobian(model, z, t[rows], channel[rows], value[rows], **solver_options)
+        _, jac, _ = residual_jacobian(model, z, t[rows], channel[rows], value[rows], **solver_options)
         eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
         return torch.linalg.inv(jac.transpose(1, 2) @ jac + eye)
 
@@ -158,6 +169,7 @@ def fit(
     compile: bool | None = None,
     deadline: float | Sequence[float] | np.ndarray | None = None,
     device: str | torch.device | None = None,
+    prior: bool = False,
     **solver_options,
 ) -> Fit:
     """One BFGS start per observation set: t, channel, value (B, N) (NaN-padded), z0 (B, P).
@@ -170,7 +182,9 @@ def fit(
     (``time.time()``), for all rows or per row, after which a fit stops at its best
     point so far (status DEADLINE; see :func:`~mechinfer.fit.bfgs.bfgs`). ``device``:
     where the NLL and its gradient are evaluated (default the CPU, with the native
-    solver; a CUDA device runs the batched torch steps there)."""
+    solver; a CUDA device runs the batched torch steps there). ``prior``: fit the maximum
+    a posteriori point in z (the NLL plus the N(0, I) prior's |z|^2 / 2) instead of the
+    maximum-likelihood one; ``nll`` then holds that sum."""
     if compile is None:
         compile = _compile_default()
     names = np.broadcast_to(np.asarray(hessian, dtype=object), (len(z0),))
@@ -180,7 +194,7 @@ def fit(
     use_h0 = torch.tensor([n == "gauss-newton" for n in names], dtype=torch.bool)
     z0 = torch.as_tensor(np.asarray(z0, dtype=np.float64), device=device)
     solver_options = _fit_options(solver_options)
-    fun = objective(model, t, channel, value, device, compile=compile, **solver_options)
+    fun = objective(model, t, channel, value, device, prior, compile=compile, **solver_options)
     start = time.perf_counter()
     h0 = gauss_newton_h0(model, t, channel, value, device, compile=compile, **solver_options) if use_h0.any() else None
     limit = None if deadline is None else torch.as_tensor(np.broadcast_to(deadline, (len(z0),)), dtype=torch.float64)

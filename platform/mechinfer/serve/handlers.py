@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from ..config import ServeArgs
+from ..estimate import uncertainty
 from ..estimate.estimator import Estimator
 from ..fit import mle
-from ..fit.bfgs import FitStatus
 
 MAX_OBSERVATIONS = ServeArgs.model_fields["max_observations"].default  # unless configured otherwise
 BOUND_STDS = 1000.0  # default value bounds: the training mean +- this many standard deviations
@@ -133,58 +133,61 @@ def pad(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
 
 
 def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
-    """Network estimates and their NLL for padded (B, N) arrays, with stage timings.
-    ``error`` (B,) holds a message for each case that cannot be answered (the network's
-    estimate is not finite, or the model cannot be solved there), else None: one such
-    case never changes the others' answers (each row is its own problem)."""
+    """Network estimates for padded (B, N) arrays, with their NLL and Laplace
+    approximation (one solve with sensitivities gives both; see
+    :mod:`mechinfer.estimate.uncertainty`) and stage timings. ``error`` (B,) holds a
+    message for each case that cannot be answered (the network's estimate is not finite,
+    or the model cannot be solved there), else None: one such case never changes the
+    others' answers (each row is its own problem). ``compile`` applies to the torch
+    backend's steps only (a GPU, or MECHINFER_NATIVE=0)."""
     start = time.perf_counter()
     z = est.estimate_z(t, ch, v)
     network = time.perf_counter()
     finite = np.isfinite(z).all(axis=1)
-    nll = np.full(len(z), np.nan)
+    p = z.shape[1]
+    lap = {
+        "center": np.where(finite[:, None], z, 0.0),
+        "cov_z": np.broadcast_to(np.eye(p), (len(z), p, p)).copy(),
+        "nll": np.full(len(z), np.nan),
+        "gof_pvalue": np.full(len(z), np.nan),
+    }
     if finite.any():
-        nll[finite] = mle.nll(est.model, t[finite], ch[finite], v[finite], z[finite], compile=compile)
+        at = uncertainty.laplace(est.model, t[finite], ch[finite], v[finite], z[finite], compile=compile)
+        for name in lap:
+            lap[name][finite] = getattr(at, name)
     error = [
         None
         if ok and np.isfinite(f)
         else "the network's estimate is not finite for these observations"
         if not ok
         else "the model cannot be solved at the network's estimate for these observations"
-        for ok, f in zip(finite, nll)
+        for ok, f in zip(finite, lap["nll"])
     ]
     return {
         "z": z,
-        "nll": nll,
+        **lap,
         "error": error,
-        "timing_ms": {"network": 1e3 * (network - start), "nll": 1e3 * (time.perf_counter() - network)},
+        "timing_ms": {"network": 1e3 * (network - start), "nll_and_intervals": 1e3 * (time.perf_counter() - network)},
     }
 
 
-REFINE_STATUS = {
-    FitStatus.CONVERGED: "converged",
-    FitStatus.LINE_SEARCH: "converged",  # no step lowers the NLL further: a minimum to the solver's accuracy
-    FitStatus.MAX_ITER: "iteration_limit",
-    FitStatus.DEADLINE: "deadline",
-    FitStatus.BAD_START: "failed",
-}
-
-
 def refine(est: Estimator, t, ch, v, z, compile: bool | None = None, deadline=None) -> dict:
-    """One BFGS start per case from the network's z, each stopped at its ``deadline``
-    (wall-clock, see :func:`mechinfer.fit.mle.fit`). ``refine_status`` (B,) per SPEC 7;
-    ``kept`` (B,) marks cases answered with the network's z (the fit failed, or its
-    deadline passed before it started): their ``nll`` is NaN, the caller has the
-    network's."""
+    """One BFGS start per case from the network's z, and the maximum a posteriori point
+    for its intervals (:meth:`~mechinfer.estimate.estimator.Estimator.polish`), each
+    stopped at its ``deadline`` (wall-clock, see :func:`mechinfer.fit.mle.fit`).
+    ``refine_status`` (B,) per SPEC 7; ``kept`` (B,) marks cases answered with the
+    network's z (the fit failed, or its deadline passed before it started): the caller
+    keeps its network answer for those."""
     start = time.perf_counter()
-    fit = est.refine(t, ch, v, z, compile=compile, deadline=deadline)
-    status = [REFINE_STATUS.get(FitStatus(int(s)), "failed") for s in fit.status]
-    kept = ~np.isfinite(fit.nll) | ~np.isfinite(fit.z).all(axis=1)
-    status = ["failed" if k and s != "deadline" else s for s, k in zip(status, kept)]
+    r = est.polish(t, ch, v, z, compile=compile, deadline=deadline)
     return {
-        "z": np.where(kept[:, None], z, fit.z),
-        "nll": np.where(kept, np.nan, fit.nll),
-        "kept": kept,
-        "refine_status": status,
+        "z": r.z,
+        "nll": r.nll,
+        "center": r.laplace.center,
+        "cov_z": r.laplace.cov_z,
+        "gof_pvalue": r.gof_pvalue,
+        "kept": r.kept,
+        "refine_status": r.refine_status,
         "timing_ms": {"refine": 1e3 * (time.perf_counter() - start)},
     }
 
@@ -208,16 +211,23 @@ def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
     return time.perf_counter() - start
 
 
-def answer(est: Estimator, z: np.ndarray, nll: float, refine_status: str, timing_ms: dict) -> dict:
-    """One case's answer (SPEC 7): parameters by name in physical units, z, NLL, and
-    whether (and how) it was refined."""
+def answer(est: Estimator, case: dict, level: float, refine_status: str, timing_ms: dict) -> dict:
+    """One case's answer (SPEC 7): parameters by name in physical units, z, their
+    intervals at ``level``, NLL, goodness of fit, and whether (and how) it was refined.
+    ``case`` holds one row of what :func:`infer` (or :func:`refine`) returns."""
     m = est.model
+    z = case["z"]
     theta = m.from_z(z[None])[0]
+    lower, upper = uncertainty.intervals(m, case["center"][None], case["cov_z"][None], level)
+    gof = float(case["gof_pvalue"])
     return {
         "parameters": {name: float(x) for name, x in zip(m.parameter_names, theta)},
         "units": dict(zip(m.parameter_names, m.parameter_units)),
         "z": [float(x) for x in z],
-        "nll": float(nll) if math.isfinite(nll) else None,
+        "intervals": {name: [float(lo), float(hi)] for name, lo, hi in zip(m.parameter_names, lower[0], upper[0])},
+        "level": level,
+        "gof_pvalue": gof if math.isfinite(gof) else None,
+        "nll": float(case["nll"]) if math.isfinite(case["nll"]) else None,
         "refined": refine_status in ("converged", "iteration_limit", "deadline"),
         "refine_status": refine_status,
         "timing_ms": {k: round(float(x), 3) for k, x in timing_ms.items()},
