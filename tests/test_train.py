@@ -1,6 +1,7 @@
 """Ray Train stages on a small dataset: they run, checkpoint, load, and refuse bad input."""
 
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,7 @@ import mechinfer
 from mechinfer.data.format import read_table
 from mechinfer.data.generate import simulate_dataset
 from mechinfer.learn import checkpoint, networks
+from mechinfer.learn.devices import GPUsUnavailable
 from mechinfer.learn.losses import batch_tensors, proxy_loss
 from mechinfer.learn.trainer import train
 
@@ -92,6 +94,20 @@ def test_bad_inputs(mmk_data, tmp_path):
     simulate_dataset("mmk", 30, 0, str(failed), chunk_size=30, solver_options={"max_steps": 1})
     with pytest.raises(ValueError, match="0 usable samples"):
         train("proxy", "mmk", str(failed), str(tmp_path / "x"))
+
+
+def test_gpu_workers_that_never_come_are_a_clear_error(mmk_data, tmp_path):
+    """--device gpu on a cluster without GPUs (the local Ray: 2 CPUs) asks for them,
+    waits, then says so in one line, before any training starts."""
+    start = time.perf_counter()
+    message = (
+        "asked for 1 GPU worker; the cluster has 0 GPUs after waiting 1 s: "
+        "check the gpu_worker node type in cluster.yaml or use --device cpu"
+    )
+    with pytest.raises(GPUsUnavailable, match=f"^{message}$"):
+        train("proxy", "mmk", str(mmk_data / "mmk"), str(tmp_path / "x"), device="gpu", gpu_timeout_s=1)
+    assert 1 <= time.perf_counter() - start < 15
+    assert not (tmp_path / "x").exists()
 
 
 def test_nan_loss_stops_without_a_checkpoint(mmk_data, tmp_path):

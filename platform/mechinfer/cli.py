@@ -226,7 +226,7 @@ def _pipeline(args: argparse.Namespace, command: str) -> None:
         args.run,
         preset=args.preset,
         stages=stages,
-        overrides={"n": args.n, "baseline_limit": args.baseline_limit},
+        overrides={"n": args.n, "baseline_limit": args.baseline_limit, "device": args.device},
     )
     with storage.lock(planned["run"], "pipeline run"):  # one pipeline per run directory at a time
         embedded = not os.environ.get("RAY_ADDRESS")
@@ -356,6 +356,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, default=None, help="override the preset's number of samples")
     p.add_argument("--baseline-limit", type=int, default=None, help="override the preset's test samples to fit")
+    p.add_argument(
+        "--device",
+        default=None,
+        choices=config.DEVICES,
+        help="override the preset's device of the training stages (presets: auto; see train-proxy --help)",
+    )
     _address_flag(p)
     return parser
 

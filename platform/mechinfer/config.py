@@ -53,11 +53,20 @@ class NetworkConfig:
 NETWORK_KEYS = tuple(f.name for f in dataclasses.fields(NetworkConfig))
 
 
+DEVICES = ("auto", "cpu", "gpu")
+DEVICE_HELP = (
+    "where Ray Train workers run: gpu (one GPU per worker, asked of the cluster, whose autoscaler starts GPU "
+    "nodes for it), cpu, or auto (GPU workers when the GPUs present, or the autoscaler's node types, provide one "
+    "per worker; CPU workers otherwise)"
+)
+GPU_TIMEOUT_HELP = "seconds to wait for the GPUs of GPU workers to join the cluster before giving up"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Stages 2-3: Ray Train of one network (proxy, Deep Set through the proxy)."""
 
-    num_workers: int = _opt(1, "Ray Train workers (GPU workers when the cluster has as many GPUs)")
+    num_workers: int = _opt(1, "Ray Train workers (see --device: one GPU each, or CPUs)")
     epochs: int = _opt(5, "epochs over the training split")
     batch_size: int = _opt(256, "global batch size (split over the workers)")
     lr: float = _opt(1e-3, "Adam learning rate")
@@ -65,6 +74,8 @@ class TrainConfig:
     max_steps_per_epoch: int | None = _opt(None, "cap on the steps of an epoch")
     seed: int = _opt(0, "seed of initialisation and subsets")
     max_failures: int = _opt(2, "worker failures survived by resuming from the last checkpoint")
+    device: str = _opt("auto", DEVICE_HELP, choices=DEVICES)
+    gpu_timeout_s: float = _opt(600.0, GPU_TIMEOUT_HELP)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,8 @@ class PipelineConfig:
     baseline_limit: int | None = _opt(64, "test samples in the baseline (None: all 1024)")
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts in the baseline")
     compile: bool = _opt(False, "torch.compile'd solver steps in the served application (torch backend only)")
+    device: str = _opt("auto", DEVICE_HELP, choices=DEVICES)
+    gpu_timeout_s: float = _opt(600.0, GPU_TIMEOUT_HELP)
 
 
 # "small": the whole pipeline in minutes on a 2-core machine (a smoke run of the
@@ -154,6 +167,8 @@ class PretrainConfig:
     width: int = _opt(128, "network width")
     depth: int = _opt(3, "network depth")
     num_workers: int = _opt(1, "Ray Train workers")
+    device: str = _opt("auto", DEVICE_HELP, choices=DEVICES)
+    gpu_timeout_s: float = _opt(600.0, GPU_TIMEOUT_HELP)
 
 
 def replace(config: Any, **overrides: Any) -> Any:
@@ -164,6 +179,12 @@ def replace(config: Any, **overrides: Any) -> Any:
     if unknown:
         raise ValueError(f"unknown setting {unknown[0]!r}; settings are {sorted(names)}")
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# refine="auto" refines the cases whose network estimate has a gof_pvalue below this (or
+# none: too few observations to judge); ``mechinfer evaluate`` reports what it costs and
+# gains on the SPEC test set (results/auto_refine.md)
+AUTO_PVALUE = 0.05
 
 
 class ServeArgs(BaseModel):
@@ -181,16 +202,16 @@ class ServeArgs(BaseModel):
     max_observations: int = PydanticField(256, ge=1, description="observations per observation set, at most")
     max_batch: int = PydanticField(256, ge=1, description="observation sets per batch request, at most")
     max_body_bytes: int = PydanticField(1 << 20, ge=1, description="request body size, at most")
-# refine="auto" refines the cases whose network estimate has a gof_pvalue below this (or
-# none: too few observations to judge); ``mechinfer evaluate`` reports what it costs and
-# gains on the SPEC test set (results/auto_refine.md)
-AUTO_PVALUE = 0.05
-
-
     refine_timeout_s: float = PydanticField(
         10.0, gt=0, description="seconds a refinement may take; then the best point so far is answered"
     )
     max_refine_cases: int = PydanticField(16, ge=1, description="observation sets one request may refine, at most")
+    auto_pvalue: float = PydanticField(
+        AUTO_PVALUE,
+        gt=0,
+        lt=1,
+        description='refine "auto" refines the cases whose network estimate has a gof_pvalue below this',
+    )
     max_json_depth: int = PydanticField(16, ge=4, description="nesting depth of the request's JSON, at most")
     max_number_chars: int = PydanticField(64, ge=8, description="characters of one JSON number literal, at most")
     value_bounds: dict[str, dict[str, tuple[float, float]]] | None = PydanticField(
@@ -204,10 +225,4 @@ AUTO_PVALUE = 0.05
         description="torch.compile'd solver steps for the torch backend (a GPU, or MECHINFER_NATIVE=0): each "
         "replica spends 20-60 s more starting, answers come 2-5x faster (default: on unless "
         "MECHINFER_COMPILE=0); the CPU's native solver is compiled code either way",
-    )
-    auto_pvalue: float = PydanticField(
-        AUTO_PVALUE,
-        gt=0,
-        lt=1,
-        description='refine "auto" refines the cases whose network estimate has a gof_pvalue below this',
     )

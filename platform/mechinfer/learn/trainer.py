@@ -4,8 +4,8 @@ One loop serves the three stages: ``proxy`` (fit the proxy to the noise-free out
 ``inference`` (the Deep Set, minimising the NLL through the frozen proxy) and
 ``finetune`` (the Deep Set again, through the differentiable mechanistic solver). The
 dataset streams from Parquet through Ray Data shards; every epoch ends with a checkpoint,
-and a worker failure resumes from the last one (``FailureConfig``). GPUs are used when
-the cluster has them, with the same code.
+and a worker failure resumes from the last one (``FailureConfig``). The workers run on
+GPUs or CPUs (``device``: :mod:`.devices`), with the same code.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..models import get_model
 from ..models.likelihood import r2
 from ..runtime import ensure_ray
 from ..solver import SolveStatus
-from . import checkpoint, losses, networks
+from . import checkpoint, devices, losses, networks
 
 STAGES = ("proxy", "inference", "finetune")
 VALIDATION_EVERY = 20  # sample_id % 20 == 0 is the validation split (never the SPEC test set)
@@ -241,8 +241,12 @@ def train(
     storage_path: str | None = None,
     seed: int = TrainConfig.seed,
     max_failures: int = TrainConfig.max_failures,
+    device: str = TrainConfig.device,
+    gpu_timeout_s: float = TrainConfig.gpu_timeout_s,
 ) -> TrainSummary:
-    """Train one stage with Ray Train's TorchTrainer and copy its last checkpoint to ``out``."""
+    """Train one stage with Ray Train's TorchTrainer and copy its last checkpoint to ``out``.
+    ``device``: ``gpu`` (one GPU per worker, waited for up to ``gpu_timeout_s``), ``cpu``,
+    or ``auto`` (GPUs when the cluster can provide one per worker; see :mod:`.devices`)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -262,6 +266,10 @@ def train(
         positive_int(name, value)
 
     ensure_ray()
+    scaling = devices.scaling_for(device, num_workers, ray.cluster_resources(), devices.node_type_gpus())
+    if scaling["use_gpu"]:  # CPUs per worker from the cluster the GPU nodes joined
+        scaling = devices.scaling_for("gpu", num_workers, devices.wait_for_gpus(num_workers, gpu_timeout_s), None)
+    use_gpu = scaling["use_gpu"]
     fs, root = storage.resolve(data)
     parts = ds_format.list_parts(fs, root)
     ds = ray.data.read_parquet(parts, filesystem=fs)
@@ -270,11 +278,6 @@ def train(
     net_config = networks.default_config(m, kind, value_offset=offsets, value_scale=scales, **(network or {}))
     if init_checkpoint:
         net_config = checkpoint.load(init_checkpoint, model=m.name, kind="inference")[1]["network"]
-    resources = ray.cluster_resources()
-    use_gpu = resources.get("GPU", 0) >= num_workers
-    # Leave a CPU for Ray Data's readers: 2 workers on a 2-CPU machine would otherwise
-    # hold every CPU and the dataset shards they wait on could never be read.
-    cpus_per_worker = max(0.25, min(1.0, (resources.get("CPU", 1) - 1) / num_workers))
     cfg = {
         "stage": stage,
         "model": m.name,
@@ -293,9 +296,7 @@ def train(
     trainer = TorchTrainer(
         _loop,
         train_loop_config=cfg,
-        scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
-        ),
+        scaling_config=ScalingConfig(**scaling),
         run_config=RunConfig(
             name=f"{m.name}-{stage}-{int(time.time())}",
             storage_path=storage_path or os.path.abspath(os.path.join(out, os.pardir, "ray_results")),

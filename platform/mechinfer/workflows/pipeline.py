@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from .. import SPEC_VERSION
-from ..config import NETWORK_KEYS, PRESETS, replace
+from ..config import DEVICES, NETWORK_KEYS, PRESETS, replace
 from ..models import get_model
 from ..storage import read_local_json as _read_json
 from ..storage import write_local_json as _write_json
@@ -50,6 +50,8 @@ def settings_for(preset: str, overrides: dict | None = None) -> dict:
             isinstance(settings[key], bool) or not isinstance(settings[key], int) or settings[key] < 1
         ):
             raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
+    if settings["device"] not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {settings['device']!r}")
     return settings
 
 
@@ -186,11 +188,16 @@ def _train_proxy(model, run, s, records, **_):
         epochs=s["proxy_epochs"],
         batch_size=s["batch_size"],
         network={"width": s["width"], "depth": s["depth"]},
-        num_workers=s["num_workers"],
         storage_path=os.path.join(out, "ray_results"),
+        **_workers(s),
     )
     log.info("%s", summary)
     return {"checkpoint": summary.checkpoint, "val_loss": float(summary.val_loss)}
+
+
+def _workers(s: dict) -> dict:
+    """The Ray Train workers of a training stage: how many, and where they run."""
+    return {"num_workers": s["num_workers"], "device": s["device"], "gpu_timeout_s": s["gpu_timeout_s"]}
 
 
 def _training_settings(run: str, s: dict) -> dict:
@@ -215,8 +222,8 @@ def _train_inference(model, run, s, records, **_):
         epochs=s["epochs"],
         finetune_epochs=1,
         finetune_steps_per_epoch=s["finetune_steps"],
-        num_workers=s["num_workers"],
         storage_path=os.path.join(out, "ray_results"),
+        **_workers(s),
         **_training_settings(run, s),
     )
     log.info("%s", report["text"])

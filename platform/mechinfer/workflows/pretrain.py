@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 from importlib import resources
+from typing import Any
 
 from .. import storage
 from ..config import PretrainConfig
@@ -34,6 +35,8 @@ def build_pretrained(
     width: int = _D.width,
     depth: int = _D.depth,
     num_workers: int = _D.num_workers,
+    device: str = _D.device,
+    gpu_timeout_s: float = _D.gpu_timeout_s,
     install: bool = True,
     command: str = "",
 ) -> dict:
@@ -53,6 +56,7 @@ def build_pretrained(
             raise
         log.info("%s", simulate_dataset(model, n, seed, data))
     network = {"width": width, "depth": depth}
+    workers: dict[str, Any] = {"num_workers": num_workers, "device": device, "gpu_timeout_s": gpu_timeout_s}
     proxy = os.path.join(work, "proxy")
     proxy_summary = train(
         "proxy",
@@ -62,7 +66,7 @@ def build_pretrained(
         epochs=proxy_epochs,
         batch_size=batch_size,
         network=network,
-        num_workers=num_workers,
+        **workers,
     )
     log.info("%s", proxy_summary)
     out = os.path.join(work, "inference")
@@ -76,7 +80,7 @@ def build_pretrained(
         finetune_steps_per_epoch=finetune_steps,
         batch_size=batch_size,
         network=network,
-        num_workers=num_workers,
+        **workers,
     )
     report["command"] = command
     report["proxy"] = proxy_summary.__dict__
