@@ -97,7 +97,26 @@ def test_baseline_and_report(ray_local, tmp_path):
     assert "python jobs/evaluate.py --baseline" in md and "CPUs; GPU:" in md
     for name in ("trajectories_mmk.png", "landscape_mmk.png", "bfgs_starts.csv", "report.json"):
         assert (report / name).stat().st_size > 0
-    assert json.loads((report / "report.json").read_text())["models"][0]["model"] == "mmk"
+    model = json.loads((report / "report.json").read_text())["models"][0]
+    assert model["model"] == "mmk"
+    # the calibration of the intervals: per parameter and level, a coverage made from the
+    # 8 samples (a share of 8), growing with the level; the auto-refine comparison
+    cal = model["calibration"]
+    assert cal["levels"] == [0.5, 0.68, 0.9, 0.95, 0.99] and cal["parameters"] == ["Vmax", "Km", "S_0", "P_0"]
+    for kind in ("network", "refined"):
+        cov = np.array(cal["coverage"][kind])
+        assert cov.shape == (5, 4) and np.allclose(cov * 8, np.round(cov * 8)) and (np.diff(cov, axis=0) >= 0).all()
+        assert cov[-1].mean() > 0.5, cov  # 99% intervals that miss most truths are broken
+    auto = cal["auto"]
+    assert (
+        0 <= auto["share_refined"] <= 1 and auto["seconds_per_sample"]["always"] > auto["seconds_per_sample"]["never"]
+    )
+    assert auto["r2"]["always"]["value"] >= auto["r2"]["never"]["value"]
+    cal_rows = list(csv.DictReader((report / "calibration.csv").open()))
+    assert {r["estimate"] for r in cal_rows} >= {"network", "refined"} and len({r["parameter"] for r in cal_rows}) == 4
+    assert 'refine="auto"' in (report / "calibration.md").read_text()
+    for name in ("calibration_mmk.png", "interval_widths_mmk.png", "bands_mmk.png"):
+        assert (report / name).stat().st_size > 0 and name in model["calibration_figures"]
 
 
 def test_killed_worker_chunk_is_retried(ray_local, tmp_path):

@@ -33,6 +33,7 @@ class Inference:
     z: np.ndarray  # (B, P) the same in z space
     lower: np.ndarray  # (B, P) physical units, at ``level``
     upper: np.ndarray  # (B, P)
+    center: np.ndarray  # (B, P) the z the intervals are centred on (the maximum a posteriori point)
     cov_z: np.ndarray  # (B, P, P) covariance in z the intervals come from
     nll: np.ndarray  # (B,) at the estimate (NaN where the model cannot be solved there)
     gof_pvalue: np.ndarray  # (B,) NaN where undefined (SPEC 9)
@@ -40,6 +41,10 @@ class Inference:
     n_observations: np.ndarray  # (B,)
     refine_status: np.ndarray  # (B,) str: not_requested, skipped, converged, iteration_limit, deadline, failed
     level: float
+
+    def intervals(self, model, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) (B, P) at another ``level``, from the same approximation."""
+        return uncertainty.intervals(model, self.center, self.cov_z, level)
 
 
 @dataclass
@@ -139,6 +144,7 @@ class Estimator:
             z=z,
             lower=lower,
             upper=upper,
+            center=lap.center,
             cov_z=lap.cov_z,
             nll=nll,
             gof_pvalue=gof,

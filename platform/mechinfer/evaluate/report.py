@@ -30,7 +30,7 @@ from ..machine import machine
 from ..models import get_model, likelihood
 from ..models.base import Model
 from ..solver import SolveStatus
-from . import baseline
+from . import baseline, calibration
 
 REPORT = "report.json"
 NETWORK_BATCHES = (1, 64, 256, 1024)
@@ -167,6 +167,8 @@ def evaluate_model(
         }
         table.append(row)
     truth = _predict(m, rows["theta"], t, ch)
+    uncertainty = calibration.calibrate(m, est_ft, rows, n_boot=n_boot)
+    runs = uncertainty.pop("_runs")
     return {
         "model": m.name,
         "rows": table,
@@ -180,6 +182,8 @@ def evaluate_model(
             for k in ("command", "machine", "starts", "seed", "max_iter", "chunk_size", "wall_s", "threads_per_task")
         },
         "start_costs": start_costs(location),
+        "calibration": uncertainty,
+        "_plot_calibration": {"m": m, "rows": rows, "res": runs["always"], "calibration": uncertainty},
         "_plot": {
             "m": m,
             "rows": rows,
@@ -247,6 +251,16 @@ def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
             path = os.path.join(out, f"{name}_{r['model']}.png")
             _write(path, lambda f, fig=fig: fig.savefig(f, dpi=110, bbox_inches="tight"), binary=True)
             written.append(os.path.basename(path))
+        c = r.pop("_plot_calibration")
+        r["calibration_figures"] = []
+        for name, fig in (
+            ("calibration", calibration.plot_calibration(c["m"], c["calibration"])),
+            ("interval_widths", calibration.plot_widths(c["m"], c["calibration"])),
+            ("bands", calibration.plot_bands(c["m"], c["rows"], c["res"])),
+        ):
+            path = os.path.join(out, f"{name}_{r['model']}.png")
+            _write(path, lambda f, fig=fig: fig.savefig(f, dpi=110, bbox_inches="tight"), binary=True)
+            r["calibration_figures"].append(os.path.basename(path))
 
     header = [
         "model",
@@ -286,6 +300,23 @@ def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
     )
     md = markdown(results, mach, threads, command, written)
     _write(os.path.join(out, "table1.md"), lambda f: f.write(md))
+    cal_md = calibration.markdown(results)
+    _write(os.path.join(out, "calibration.md"), lambda f: f.write(cal_md))
+    _write(
+        os.path.join(out, "calibration.csv"),
+        lambda f: csv.writer(f).writerows(
+            [
+                ["model", "estimate", "parameter", *[f"coverage at {lv}" for lv in calibration.LEVELS]],
+                *[
+                    [r["model"], kind, name, *[f"{row[j]:.4f}" for row in r["calibration"]["coverage"][kind]]]
+                    for r in results
+                    for kind in r["calibration"]["coverage"]
+                    for j, name in enumerate(r["calibration"]["parameters"])
+                ],
+            ]
+        ),
+    )
+    cal_figures = [f for r in results for f in r["calibration_figures"]]
     report = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
@@ -298,7 +329,15 @@ def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
             }
             for r in results
         ],
-        "files": ["table1.md", "table1.csv", "bfgs_starts.csv", *written],
+        "files": [
+            "table1.md",
+            "table1.csv",
+            "bfgs_starts.csv",
+            *written,
+            "calibration.md",
+            "calibration.csv",
+            *cal_figures,
+        ],
     }
     _write(os.path.join(out, REPORT), lambda f: json.dump(report, f, indent=2))
     return report
@@ -340,6 +379,10 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
     for line in dict.fromkeys([r["baseline"]["command"] for r in results] + [command]):  # in order, once each
         w(f"{line}\n")
     w("```\n\n")
+    w(
+        'Intervals with every estimate, their calibration on the same test set and what `refine="auto"` '
+        "saves: [calibration.md](calibration.md).\n\n"
+    )
     for r in results:
         rt = r["r2_of_true_parameters"]
         source, seed = r["test_set"]["source"], r["test_set"]["seed"]
