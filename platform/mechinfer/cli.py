@@ -200,18 +200,20 @@ def _baseline(args: argparse.Namespace, command: str) -> None:
 
 
 def _evaluate(args: argparse.Namespace, command: str) -> None:
-    from .evaluate.report import evaluate
+    from . import storage
+    from .evaluate.report import REPORT, evaluate
 
-    report = evaluate(
-        args.baseline,
-        args.out,
-        networks=_by_model(args.network, "--network"),
-        finetuned=_by_model(args.finetuned, "--finetuned"),
-        n_boot=args.bootstrap,
-        command=command,
-    )
-    with open(os.path.join(args.out, "table1.md")) as f:
-        print(f.read())
+    with storage.output_directory(args.out, last=REPORT) as out:  # a URI: written here, then uploaded
+        report = evaluate(
+            args.baseline,
+            out,
+            networks=_by_model(args.network, "--network"),
+            finetuned=_by_model(args.finetuned, "--finetuned"),
+            n_boot=args.bootstrap,
+            command=command,
+        )
+        with open(os.path.join(out, "table1.md")) as f:
+            print(f.read())
     print(f"report: {args.out}/table1.md ({len(report['files'])} files)")
 
 
@@ -321,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", _evaluate, "Table 1 from baseline results, as Markdown, CSV and figures (SPEC 6.6)")
     p.add_argument("--baseline", nargs="+", required=True, help="baseline result locations (`mechinfer baseline`)")
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--out", required=True, help="report directory or pyarrow filesystem URI")
     p.add_argument(
         "--network",
         action="append",

@@ -12,11 +12,13 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
@@ -33,6 +35,13 @@ def absolute(location: str) -> str:
     """A URI as it is, a local path made absolute (Ray workers and submitted jobs run in
     other working directories)."""
     return location if is_uri(location) else os.path.abspath(os.path.expanduser(location))
+
+
+def beside(location: str, name: str) -> str:
+    """The location ``name`` in the same directory (or URI prefix) as ``location``."""
+    if is_uri(location):
+        return f"{location.rstrip('/').rsplit('/', 1)[0]}/{name}"
+    return os.path.join(os.path.dirname(absolute(location).rstrip(os.sep)), name)
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
@@ -93,6 +102,46 @@ def read_local_json(path: str) -> dict | None:
 
 def write_local_json(path: str, data: dict) -> None:
     write_json(LOCAL, os.path.abspath(path), data)
+
+
+def write_json_to(location: str, data: dict) -> None:
+    """:func:`write_json` at a local path or URI."""
+    fs, path = resolve(location)
+    write_json(fs, path, data)
+
+
+def upload_directory(local: str, location: str, *, last: str | None = None) -> None:
+    """Copy every file under the local directory ``local`` to ``location`` (a URI or a
+    path), each written whole (:func:`write_file`); the file named ``last`` (at the top)
+    after all the others, so that its presence says the rest is there."""
+    fs, root = resolve(location)
+    make_directory(fs, root, location)
+    files = sorted(p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file())
+    if last in files:
+        files.remove(last)
+        files.append(last)
+    for name in files:
+        if "/" in name:
+            fs.create_dir(f"{root}/{name.rsplit('/', 1)[0]}", recursive=True)
+        with open(os.path.join(local, name), "rb") as src:
+
+            def copy(dest: IO[bytes], src: IO[bytes] = src) -> None:
+                shutil.copyfileobj(src, dest)
+
+            write_file(fs, f"{root}/{name}", copy)
+
+
+@contextlib.contextmanager
+def output_directory(location: str, *, last: str | None = None) -> Iterator[str]:
+    """``with output_directory(location) as path``: a local directory for outputs that
+    end up at ``location``: the directory itself, or for a URI a temporary one whose
+    files are uploaded (``last`` after the others) when the block ends without an error."""
+    if not is_uri(location):
+        yield absolute(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="mechinfer-") as local:
+        yield local
+        upload_directory(local, location, last=last)
 
 
 @contextlib.contextmanager

@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
 from .. import SPEC_VERSION, storage
@@ -36,7 +38,22 @@ def save(
     """Write a checkpoint as ``directory`` (replacing one there), whole or not at all:
     every file goes into a temporary directory beside it, which is renamed into place
     when complete, so a reader never sees new weights beside old metadata, or half a
-    checkpoint after a crash."""
+    checkpoint after a crash. At a URI (an object store has no renames of directories)
+    the old checkpoint's metadata goes first, so it no longer loads, and the new one's
+    last, after the weights: a checkpoint loads only when its writer finished."""
+    if storage.is_uri(directory):
+        with tempfile.TemporaryDirectory(prefix="mechinfer-") as d:
+            meta = save(
+                os.path.join(d, "checkpoint"),
+                net,
+                model=model,
+                dataset_manifest=dataset_manifest,
+                metrics=metrics,
+                training=training,
+                extra_files=extra_files,
+            )
+            _upload(os.path.join(d, "checkpoint"), directory)
+        return meta
     path = Path(directory).absolute()
     state = {k: v.detach().cpu() for k, v in _unwrap(net).state_dict().items()}
     for k, v in state.items():
@@ -86,6 +103,18 @@ def _replace_directory(new: Path, target: Path) -> None:
     os.rename(target, old)
     os.rename(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _upload(local: str, location: str) -> None:
+    """The checkpoint directory ``local`` to the URI ``location``, replacing the files
+    (never the nested checkpoints) of one there; anything else there is refused."""
+    fs, root = storage.resolve(location)
+    old = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)) if i.type == pafs.FileType.File]
+    if old and META not in {i.base_name for i in old}:
+        raise ValueError(f"{location} holds files and is not a checkpoint: refusing to replace it")
+    for i in sorted(old, key=lambda i: i.base_name != META):  # the metadata first
+        fs.delete_file(i.path)
+    storage.upload_directory(local, location, last=META)
 
 
 def load(source: str, *, model: str | None = None, kind: str | None = None, map_location="cpu"):

@@ -299,7 +299,7 @@ def train(
         scaling_config=ScalingConfig(**scaling),
         run_config=RunConfig(
             name=f"{m.name}-{stage}-{int(time.time())}",
-            storage_path=storage_path or os.path.abspath(os.path.join(out, os.pardir, "ray_results")),
+            storage_path=storage_path or storage.beside(out, "ray_results"),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -385,6 +385,6 @@ def train_inference_and_report(
         r2_net = losses.evaluate(m, net, test, fractions=(0.25, 0.5, 1.0))
         lines += [f"  R2 of the network {label}, {int(f * 100)}% of n_obs: {r}" for f, r in r2_net.items()]
         report[f"r2_network ({label})"] = {f"{int(f * 100)}%": r.__dict__ for f, r in r2_net.items()}
-    storage.write_local_json(os.path.join(out, "training_summary.json"), report)
+    storage.write_json_to(os.path.join(out, "training_summary.json"), report)
     report["text"] = "\n".join(lines)
     return report
