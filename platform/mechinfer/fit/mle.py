@@ -65,22 +65,27 @@ def _tensors(t, channel, value, device=None):
     return t, channel, value
 
 
-def objective(model: Model, t, channel, value, device=None, prior: bool = False, **solver_options):
+def objective(model: Model, t, channel, value, device=None, prior=False, **solver_options):
     """fun(z, rows) -> (NLL, dNLL/dz) for the observation sets ``rows`` (a long tensor of
     row indices into t, channel, value). NaN NLL (and a zero gradient) where the solver
     failed. With the native solver the gradient comes from its discrete adjoint (one
     forward and one backward pass per set, no autograd); with the torch steps, reverse
     mode through them. ``device``: where the observations live and the NLL is evaluated
-    (a CUDA device runs the torch steps). ``prior``: add the N(0, I) prior's |z|^2 / 2, so
-    the minimum is the maximum a posteriori point rather than the maximum-likelihood one."""
+    (a CUDA device runs the torch steps). ``prior`` (for all sets, or per set: a (B,) bool
+    array): add the N(0, I) prior's |z|^2 / 2, so the minimum is the maximum a posteriori
+    point rather than the maximum-likelihood one."""
     t, channel, value = _tensors(t, channel, value, device)
+    with_prior = torch.as_tensor(np.broadcast_to(np.asarray(prior, dtype=bool), (t.shape[0],)).copy())
     native = t.device.type == "cpu" and uses_native_solver(**solver_options)
     sorted_obs = likelihood.SortedObservations.of(model, t, channel, value) if native else None
 
     def fun(z: torch.Tensor, rows: torch.Tensor):
         z = z.detach().to(t.device)
         f, g = likelihood_fun(z, rows)
-        return (f + 0.5 * z.square().sum(-1), g + z) if prior else (f, g)
+        add = with_prior.to(z.device)[rows]
+        if not add.any():
+            return f, g
+        return f + torch.where(add, 0.5 * z.square().sum(-1), 0.0), g + torch.where(add[:, None], z, 0.0)
 
     def likelihood_fun(z: torch.Tensor, rows: torch.Tensor):
         if sorted_obs is not None:
@@ -169,7 +174,7 @@ def fit(
     compile: bool | None = None,
     deadline: float | Sequence[float] | np.ndarray | None = None,
     device: str | torch.device | None = None,
-    prior: bool = False,
+    prior: bool | Sequence[bool] | np.ndarray = False,
     **solver_options,
 ) -> Fit:
     """One BFGS start per observation set: t, channel, value (B, N) (NaN-padded), z0 (B, P).
@@ -182,9 +187,9 @@ def fit(
     (``time.time()``), for all rows or per row, after which a fit stops at its best
     point so far (status DEADLINE; see :func:`~mechinfer.fit.bfgs.bfgs`). ``device``:
     where the NLL and its gradient are evaluated (default the CPU, with the native
-    solver; a CUDA device runs the batched torch steps there). ``prior``: fit the maximum
-    a posteriori point in z (the NLL plus the N(0, I) prior's |z|^2 / 2) instead of the
-    maximum-likelihood one; ``nll`` then holds that sum."""
+    solver; a CUDA device runs the batched torch steps there). ``prior`` (for all rows or
+    per row): fit the maximum a posteriori point in z (the NLL plus the N(0, I) prior's
+    |z|^2 / 2) instead of the maximum-likelihood one; ``nll`` then holds that sum."""
     if compile is None:
         compile = _compile_default()
     names = np.broadcast_to(np.asarray(hessian, dtype=object), (len(z0),))
