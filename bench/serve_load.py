@@ -108,7 +108,7 @@ def _in_process(model: str, rows) -> None:
         t, ch, v = rows["t"][:b], rows["channel"][:b], rows["value"][:b]
         for what, fn in (
             ("est.estimate", lambda t=t, ch=ch, v=v: est.estimate(t, ch, v)),
-            ("network + NLL (an answer)", lambda t=t, ch=ch, v=v: service.infer(est, t, ch, v)),
+            ("network + NLL + intervals (an answer)", lambda t=t, ch=ch, v=v: service.infer(est, t, ch, v)),
         ):
             fn()
             reps = max(3, 256 // b)
