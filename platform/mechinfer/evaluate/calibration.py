@@ -50,9 +50,7 @@ def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pva
     runs, seconds = {}, {}
     for mode in ("never", "always", "auto"):
         tic = time.perf_counter()
-        runs[mode] = est.infer(
-            t, ch, x, refine={"never": False, "always": True, "auto": "auto"}[mode], auto_pvalue=auto_pvalue
-        )
+        runs[mode] = est.infer(t, ch, x, refine=mode, auto_pvalue=auto_pvalue)
         seconds[mode] = (time.perf_counter() - tic) / len(t)
     mu = {mode: _predict(m, r.theta, t, ch) for mode, r in runs.items()}
     r2 = {mode: likelihood.r2(m, mu[mode], ch, x, n_boot=n_boot) for mode in runs}
