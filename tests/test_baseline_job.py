@@ -150,6 +150,34 @@ def test_killed_worker_chunk_is_retried(ray_local, tmp_path):
     np.testing.assert_allclose(np.array(_fits(again)["z"].to_pylist()), np.array(fits["z"]), rtol=1e-9, atol=1e-12)
 
 
+def test_interrupted_baseline_resumes_on_rerun(ray_local, tmp_path):
+    """A rerun of a baseline job killed before its last chunk and its outputs (its intent
+    file and finished part files left behind) fits only that chunk and ends with the
+    result of an uninterrupted run."""
+    settings = dict(limit=6, chunk_size=2, starts=[1, 2], max_iter=20)
+    out = tmp_path / "baseline"
+    baseline.run_baseline("mmk", str(out), **settings)
+    whole, multistart = _fits(out), pq.read_table(out / baseline.MULTISTART)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("manifest.json", baseline.MULTISTART, "part-000000000004.parquet"):
+        (out / name).unlink()
+    intent = ("model", "checkpoint_id", "test_set", "starts", "seed", "chunk_size", "max_iter")
+    (out / baseline.INTENT).write_text(json.dumps({k: manifest[k] for k in intent}))
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert sorted(kept) == ["part-000000000000.parquet", "part-000000000002.parquet"]
+
+    summary = baseline.run_baseline("mmk", str(out), **settings)
+    assert (summary.chunks, summary.chunks_resumed) == (3, 2)
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # not fitted again
+    again = _fits(out)
+    for column in ("sample_id", "method", "start", "iterations", "evaluations", "status", "checkpoint_id"):
+        assert again[column].equals(whole[column]), column
+    for column in ("z", "nll"):
+        np.testing.assert_allclose(np.array(again[column].to_pylist()), np.array(whole[column].to_pylist()), rtol=1e-9)
+    assert pq.read_table(out / baseline.MULTISTART).drop(["seconds"]).equals(multistart.drop(["seconds"]))
+    assert (out / "manifest.json").exists() and not (out / baseline.INTENT).exists()
+
+
 def _job(name, *args):
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / name), *args], capture_output=True, text=True, timeout=300, cwd=REPO

@@ -134,9 +134,21 @@ class PipelineConfig:
 
 
 # "small": the whole pipeline in minutes on a 2-core machine (a smoke run of the
-# platform, not the paper's numbers); "paper": the paper's scale, for a cluster.
+# platform, not the paper's numbers); "paper": the paper's scale, for a cluster; "tiny":
+# every stage on the least that exercises it, in minutes (what the tests run).
 PRESETS: dict[str, PipelineConfig] = {
     "small": PipelineConfig(),
+    "tiny": PipelineConfig(
+        n=2000,
+        proxy_epochs=2,
+        epochs=1,
+        finetune_steps=2,
+        batch_size=64,
+        width=16,
+        depth=1,
+        baseline_limit=4,
+        starts=(1, 2),
+    ),
     "paper": PipelineConfig(
         n=1_000_000,
         proxy_epochs=4,
