@@ -21,6 +21,17 @@ from mechinfer.fit import mle
 from mechinfer.machine import machine
 
 
+def _plain(m, est, t, ch, v):
+    """A plain answer before intervals: the network and the NLL at its estimate."""
+    return mle.nll(m, t, ch, v, est.estimate_z(t, ch, v))
+
+
+def _with_intervals(m, est, t, ch, v):
+    """A plain answer now: the network and the Laplace approximation (NLL, intervals, gof)."""
+    lap = uncertainty.laplace(m, t, ch, v, est.estimate_z(t, ch, v))
+    return lap.intervals(m, 0.95)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=32)
@@ -35,20 +46,11 @@ def main() -> None:
         t, ch, v = d["t"], d["channel"], d["value"]
         mle.warm_up(m, t, ch, v)
 
-        def plain():
-            z = est.estimate_z(t, ch, v)
-            return mle.nll(m, t, ch, v, z)
-
-        def with_intervals():
-            z = est.estimate_z(t, ch, v)
-            lap = uncertainty.laplace(m, t, ch, v, z)
-            return lap.intervals(m, 0.95)
-
         times: dict[str, list[float]] = {"plain": [], "intervals": []}
         for _ in range(args.repeats):
-            for label, fn in (("plain", plain), ("intervals", with_intervals)):
+            for label, fn in (("plain", _plain), ("intervals", _with_intervals)):
                 tic = time.perf_counter()
-                fn()
+                fn(m, est, t, ch, v)
                 times[label].append((time.perf_counter() - tic) / args.batch)
         a, b = np.median(times["plain"]), np.median(times["intervals"])
         print(
