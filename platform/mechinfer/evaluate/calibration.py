@@ -48,6 +48,7 @@ def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pva
     """Coverage, widths and the auto-refine comparison on the test rows (solved ones)."""
     t, ch, x, theta = (rows[k] for k in ("t", "channel", "value", "theta"))
     runs, seconds = {}, {}
+    est.infer(t[:2], ch[:2], x[:2], refine=True)  # not timed: what a process does once (loading the solver)
     for mode in ("never", "always", "auto"):
         tic = time.perf_counter()
         runs[mode] = est.infer(t, ch, x, refine=mode, auto_pvalue=auto_pvalue)
