@@ -9,7 +9,17 @@ from processes import script
 
 from mechinfer import cli, config
 
-COMMANDS = ("simulate", "train-proxy", "tune", "train-inference", "pretrain", "baseline", "evaluate", "pipeline")
+COMMANDS = (
+    "simulate",
+    "train-proxy",
+    "tune",
+    "train-inference",
+    "pretrain",
+    "baseline",
+    "evaluate",
+    "estimate",
+    "pipeline",
+)
 
 
 def _help(*args) -> None:
@@ -34,6 +44,7 @@ def test_help_lists_every_command(capsys):
         ("train-inference", [config.TrainConfig, config.FinetuneConfig, config.NetworkConfig]),
         ("pretrain", [config.PretrainConfig]),
         ("baseline", [config.BaselineConfig]),
+        ("estimate", [config.EstimateConfig]),
     ],
 )
 def test_every_setting_is_a_flag_with_its_default(capsys, command, settings):

@@ -217,6 +217,22 @@ def _evaluate(args: argparse.Namespace, command: str) -> None:
     print(f"report: {args.out}/table1.md ({len(report['files'])} files)")
 
 
+def _estimate(args: argparse.Namespace, command: str) -> None:
+    from .estimate.bulk import estimate_table
+
+    summary = estimate_table(
+        args.model,
+        args.input,
+        args.output,
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
+        command=command,
+        **dataclasses.asdict(_settings(config.EstimateConfig, args)),
+    )
+    print(summary)
+    print(json.dumps(summary.as_dict()))
+
+
 def _pipeline(args: argparse.Namespace, command: str) -> None:
     from . import storage
     from .runtime import ensure_ray
@@ -341,6 +357,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for standard errors (default: 1000, SPEC 4)"
     )
+
+    p = command("estimate", _estimate, "estimate every experiment of a long table with Ray Data (SPEC 10)")
+    _model_flag(p)
+    p.add_argument(
+        "--input",
+        required=True,
+        help="Parquet or CSV file, or a directory of them (path or URI): experiment, t, channel, value",
+    )
+    p.add_argument(
+        "--output", required=True, help="output directory or pyarrow filesystem URI (Parquet, one row per experiment)"
+    )
+    p.add_argument("--checkpoint", default=None, help="inference checkpoint (default: the one shipped for --model)")
+    p.add_argument("--overwrite", action="store_true", help="replace a complete result at --output")
+    _add_settings(p, config.EstimateConfig)
+    _address_flag(p)
 
     from .workflows.pipeline import STAGES
 

@@ -198,6 +198,27 @@ def replace(config: Any, **overrides: Any) -> Any:
 # gains on the SPEC test set (results/auto_refine.md)
 AUTO_PVALUE = 0.05
 
+REFINE_MODES = ("never", "auto", "always")
+
+
+@dataclass(frozen=True)
+class EstimateConfig:
+    """Bulk estimation of a long table of experiments (SPEC 10)."""
+
+    refine: str = _opt(
+        "never",
+        "refine the network's estimates by BFGS: never, always, or auto (the experiments whose fit fails the check)",
+        choices=REFINE_MODES,
+    )
+    level: float = _opt(0.95, "confidence level of the intervals (0.5 to 0.999)")
+    auto_pvalue: float = _opt(AUTO_PVALUE, "--refine auto refines experiments whose gof_pvalue is below this")
+    chunk_size: int = _opt(2048, "experiments per output part (one unit of work and of resumption)")
+    actors: int | None = _opt(
+        None, "estimator actors; None: one per CPU (one fewer with refinement), at most one per 2048 experiments"
+    )
+    batch_size: int = _opt(256, "experiments per network call in an estimator actor")
+    refine_batch: int = _opt(32, "experiments per refinement task (one batched BFGS fit)")
+
 
 class ServeArgs(BaseModel):
     """The Serve application's ``args`` (``serving/config.yaml``), validated by Serve
