@@ -80,3 +80,18 @@ def test_refine_auto_and_bad_arguments():
         est.infer(t, ch, value, level=1.0)
     with pytest.raises(ValueError, match="refine"):
         est.infer(t, ch, value, refine="sometimes")
+
+
+def test_a_case_the_network_cannot_answer_leaves_the_others_alone():
+    """Values that overflow the network's input give a non-finite estimate: that row gets
+    NaN and, asked to refine, "failed"; the other rows are answered as they are alone."""
+    m = mechinfer.get_model("mmk")
+    est = mechinfer.load_estimator("mmk")
+    t, ch, value = _design(m, 14)
+    bad = np.full_like(value, 3e38)
+    alone = est.infer(t, ch, value, refine=True)
+    both = est.infer(np.vstack([t, t]), np.vstack([ch, ch]), np.vstack([bad, value]), refine=True)
+    assert list(both.refine_status) == ["failed", "converged"]
+    assert np.isnan(both.theta[0]).all() and np.isnan(both.nll[0])
+    np.testing.assert_allclose(both.theta[1], alone.theta[0], rtol=1e-6)
+    np.testing.assert_allclose(both.upper[1], alone.upper[0], rtol=1e-6)

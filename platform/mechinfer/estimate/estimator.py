@@ -132,6 +132,9 @@ class Estimator:
         if mode != "never":
             todo = np.ones(len(z), bool) if mode == "always" else ~(gof >= auto_pvalue)
             status[~todo] = "skipped"
+            finite = np.isfinite(z).all(axis=1)
+            status[todo & ~finite] = "failed"  # no fit starts from a non-finite estimate
+            todo &= finite
             if todo.any():
                 r = self.polish(t[todo], channel[todo], value[todo], z[todo], deadline=deadline, **fit_options)
                 status[todo] = r.refine_status

@@ -74,7 +74,15 @@ def laplace(model: Model, t, channel, value, z, **solver_options) -> Laplace:
     ``solver_options`` say otherwise."""
     t, channel, value = mle._tensors(t, channel, value)
     z = torch.as_tensor(np.asarray(z, dtype=np.float64))
-    r, jac, ok = mle.residual_jacobian(model, z, t, channel, value, **mle._fit_options(solver_options))
+    finite = torch.isfinite(z).all(-1)  # a non-finite estimate (an overflowing network input) has no solve
+    n, p = z.shape
+    r, jac = torch.zeros_like(value), torch.zeros(n, value.shape[1], p, dtype=z.dtype)
+    ok = torch.zeros(n, dtype=torch.bool)
+    if finite.any():
+        rows = torch.where(finite)[0]
+        r[rows], jac[rows], ok[rows] = mle.residual_jacobian(
+            model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options)
+        )
     eye = torch.eye(z.shape[1], dtype=z.dtype).expand(len(z), -1, -1)
     cov = torch.linalg.inv(jac.transpose(1, 2) @ jac + eye)  # the identity where ok is False (J = 0)
     gradient = (jac.transpose(1, 2) @ r[..., None])[..., 0] + z  # of NLL + |z|^2 / 2
