@@ -11,26 +11,17 @@ import io
 import time
 
 import numpy as np
-import torch
 
 from ..config import AUTO_PVALUE
 from ..estimate import uncertainty
 from ..estimate.estimator import Estimator
 from ..models import likelihood
 from ..models.base import Model
-from ..solver import SolveStatus
+from .common import draw_observations, predict
 
 LEVELS = (0.5, 0.68, 0.9, 0.95, 0.99)
 SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # auto thresholds estimated from the always/never runs
 BAND_DRAWS = 200
-
-
-def _predict(m: Model, theta: np.ndarray, t, ch) -> np.ndarray:
-    with torch.no_grad():
-        mu, status = likelihood.predict(m, torch.as_tensor(theta), torch.as_tensor(t), torch.as_tensor(ch))
-    mu = mu.numpy()
-    mu[status.numpy() != SolveStatus.OK] = np.nan
-    return mu
 
 
 def coverage(m: Model, res, theta_true: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
@@ -53,7 +44,7 @@ def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pva
         tic = time.perf_counter()
         runs[mode] = est.infer(t, ch, x, refine=mode, auto_pvalue=auto_pvalue)
         seconds[mode] = (time.perf_counter() - tic) / len(t)
-    mu = {mode: _predict(m, r.theta, t, ch) for mode, r in runs.items()}
+    mu = {mode: predict(m, r.theta, t, ch) for mode, r in runs.items()}
     r2 = {mode: likelihood.r2(m, mu[mode], ch, x, n_boot=n_boot) for mode in runs}
     r2_true = {mode: likelihood.r2(m, mu[mode], ch, rows["clean"], n_boot=n_boot) for mode in runs}
     never, always = runs["never"], runs["always"]
@@ -66,7 +57,7 @@ def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pva
             {
                 "threshold": thr,
                 "share_refined": share,
-                "r2": likelihood.r2(m, _predict(m, theta_mix, t, ch), ch, x, n_boot=n_boot).value,
+                "r2": likelihood.r2(m, predict(m, theta_mix, t, ch), ch, x, n_boot=n_boot).value,
                 "seconds": seconds["never"] + share * (seconds["always"] - seconds["never"]),
             }
         )
@@ -247,22 +238,7 @@ def plot_bands(m: Model, rows: dict, res, n_show: int = 3, seed: int = 0):
             ax.fill_between(grid, low[:, c], high[:, c], color="tab:red", alpha=0.25, lw=0, label="95% band")
             ax.plot(grid, fit[:, c], color="tab:red", lw=1.2, label="refined fit")
             ax.plot(grid, truth[:, c], "k--", lw=1.0, label="truth")
-            sel = (rows["channel"][i] == c) & np.isfinite(rows["value"][i])
-            ax.errorbar(
-                rows["t"][i][sel],
-                rows["value"][i][sel],
-                yerr=m.sigma[c],
-                fmt="o",
-                ms=3,
-                color="tab:green",
-                label="observations",
-            )
-            if i == 0:
-                ax.set_title(m.channels[c])
-            if i == n_show - 1:
-                ax.set_xlabel("t (h)")
-            if c == 0:
-                ax.set_ylabel(f"sample {int(rows['sample_id'][i])}")
+            draw_observations(ax, m, rows, i, c, n_show)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{m.name}: refined fits with 95% bands from the parameter covariance")
     fig.tight_layout()

@@ -31,6 +31,7 @@ from ..models import get_model, likelihood
 from ..models.base import Model
 from ..solver import SolveStatus
 from . import baseline, calibration
+from .common import draw_observations, predict
 
 REPORT = "report.json"
 NETWORK_BATCHES = (1, 64, 256, 1024)
@@ -154,7 +155,7 @@ def evaluate_model(
         m, est_net, est_ft, rows, manifest["starts"], manifest["seed"], manifest["max_iter"], online_samples
     )
     for method, (theta, cpu_s, gpu_s, bfgs_cost) in estimates.items():
-        mu = _predict(m, theta, t, ch)
+        mu = predict(m, theta, t, ch)
         row = {
             "model": m.name,
             "method": method,
@@ -166,7 +167,7 @@ def evaluate_model(
             "evaluations": None if bfgs_cost is None else float(bfgs_cost["evaluations"].mean()),
         }
         table.append(row)
-    truth = _predict(m, rows["theta"], t, ch)
+    truth = predict(m, rows["theta"], t, ch)
     uncertainty = calibration.calibrate(m, est_ft, rows, n_boot=n_boot)
     runs = uncertainty.pop("_runs")
     return {
@@ -191,14 +192,6 @@ def evaluate_model(
             "z_net": est_ft.estimate_z(t, ch, x),
         },
     }
-
-
-def _predict(m: Model, theta: np.ndarray, t, ch) -> np.ndarray:
-    with torch.no_grad():
-        mu, status = likelihood.predict(m, torch.as_tensor(theta), torch.as_tensor(t), torch.as_tensor(ch))
-    mu = mu.numpy()
-    mu[status.numpy() != SolveStatus.OK] = np.nan
-    return mu
 
 
 def start_costs(location: str) -> list[dict]:
@@ -459,22 +452,7 @@ def plot_trajectories(m: Model, rows: dict, estimates: dict, z_net, n_show: int 
             ax = axes[i, c]
             for k, y in curves.items():
                 ax.plot(grid, y[i, :, c], label=k, **styles[k])
-            sel = (rows["channel"][i] == c) & np.isfinite(rows["value"][i])
-            ax.errorbar(
-                rows["t"][i][sel],
-                rows["value"][i][sel],
-                yerr=m.sigma[c],
-                fmt="o",
-                ms=3,
-                color="tab:green",
-                label="observations",
-            )
-            if i == 0:
-                ax.set_title(m.channels[c])
-            if i == n_show - 1:
-                ax.set_xlabel("t (h)")
-            if c == 0:
-                ax.set_ylabel(f"sample {int(rows['sample_id'][i])}")
+            draw_observations(ax, m, rows, i, c, n_show)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{m.name}: fitted trajectories on test samples")
     fig.tight_layout()

@@ -1,0 +1,41 @@
+"""What Table 1 (:mod:`.report`) and the calibration report (:mod:`.calibration`) both
+use: predictions at estimates, and the observation markers and labels of a
+trajectory panel."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..models import likelihood
+from ..models.base import Model
+from ..solver import SolveStatus
+
+
+def predict(m: Model, theta: np.ndarray, t, ch) -> np.ndarray:
+    """mu (B, N) at the observations; NaN rows where the solve failed."""
+    with torch.no_grad():
+        mu, status = likelihood.predict(m, torch.as_tensor(theta), torch.as_tensor(t), torch.as_tensor(ch))
+    mu = mu.numpy()
+    mu[status.numpy() != SolveStatus.OK] = np.nan
+    return mu
+
+
+def draw_observations(ax, m: Model, rows: dict, i: int, c: int, n_show: int) -> None:
+    """Test sample i's observations of channel c with +- sigma bars, and the grid's labels."""
+    sel = (rows["channel"][i] == c) & np.isfinite(rows["value"][i])
+    ax.errorbar(
+        rows["t"][i][sel],
+        rows["value"][i][sel],
+        yerr=m.sigma[c],
+        fmt="o",
+        ms=3,
+        color="tab:green",
+        label="observations",
+    )
+    if i == 0:
+        ax.set_title(m.channels[c])
+    if i == n_show - 1:
+        ax.set_xlabel("t (h)")
+    if c == 0:
+        ax.set_ylabel(f"sample {int(rows['sample_id'][i])}")
