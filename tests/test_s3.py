@@ -1,20 +1,24 @@
 """s3:// locations through pyarrow's S3 filesystem against a real S3 endpoint (a moto
 server on 127.0.0.1, the `s3` fixture): a dataset simulated and resumed, training
-checkpoints (Ray Train's and the final one), a baseline and its Table 1 report."""
+checkpoints (Ray Train's and the final one), a baseline and its Table 1 report, bulk
+estimates of a table on S3 (interrupted before the manifest, then resumed)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from mechinfer import cli
 from mechinfer.data import format as dataset
 from mechinfer.data.generate import simulate_dataset
+from mechinfer.estimate import bulk
 from mechinfer.evaluate import report as report_module
 from mechinfer.evaluate.baseline import run_baseline
 from mechinfer.learn import checkpoint
 from mechinfer.learn.trainer import train
 
 pytestmark = pytest.mark.slow
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mmk_experiments.csv"
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +87,34 @@ def test_baseline_and_report_on_s3(ray_local, s3, tmp_path, monkeypatch):
     with s3.fs.open_input_stream(f"{report.removeprefix('s3://')}/report.json") as f:
         assert json.loads(f.read())["models"][0]["model"] == "mmk"
     assert not list(tmp_path.iterdir())
+
+
+def test_bulk_estimates_on_s3_resume(ray_local, s3, tmp_path, tmp_path_factory, monkeypatch):
+    """The mmk example table read from s3://, its estimates written to s3://: a run
+    interrupted before its manifest keeps its parts, the rerun writes the missing part
+    once; the result equals the same job's on local paths."""
+    source, out = s3.uri("tables", "mmk_experiments.csv"), s3.uri("estimates")
+    with s3.fs.open_output_stream(source.removeprefix("s3://")) as f:
+        f.write(EXAMPLE.read_bytes())
+    monkeypatch.chdir(tmp_path)  # where a URI taken for a local path would land
+    write_json = bulk.storage.write_json
+
+    def interrupted(fs, path, data):
+        if path.endswith("/manifest.json"):
+            raise KeyboardInterrupt("interrupted before the manifest")
+        write_json(fs, path, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(bulk.storage, "write_json", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            bulk.estimate_table("mmk", source, out, chunk_size=4)
+    parts = sorted(name for name in s3.files(out) if name.startswith("part-"))
+    assert len(parts) == 3 and bulk.INTENT in s3.files(out) and "manifest.json" not in s3.files(out)
+    s3.fs.delete_file(f"{out.removeprefix('s3://')}/{parts[-1]}")  # as if killed before the last part
+    summary = bulk.estimate_table("mmk", source, out, chunk_size=4)
+    assert (summary.parts, summary.parts_resumed, summary.estimated, summary.errors) == (3, 2, 11, 1)
+    assert sorted(s3.files(out)) == ["manifest.json", *parts]  # no intent, lock or temporary file left
+    assert not list(tmp_path.iterdir())
+    local = tmp_path_factory.mktemp("local") / "estimates"
+    bulk.estimate_table("mmk", str(EXAMPLE), str(local), chunk_size=4)
+    assert bulk.read_estimates(out).to_pydict() == bulk.read_estimates(str(local)).to_pydict()
