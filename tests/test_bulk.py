@@ -1,6 +1,7 @@
 """Bulk estimation (SPEC 10) and ``mechinfer.observations_from_frame`` (SPEC 8): long
 tables into est.infer's arrays with per-experiment errors; the Ray Data job on the
-example tables (embedded and submitted to a `ray start --head` cluster), refine auto,
+example tables (embedded here; submitted to a `ray start --head` cluster in
+test_cluster.py, on S3 in test_s3.py), refine auto,
 resumption after a killed job, a killed estimator actor, and bad input."""
 
 import json
@@ -20,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from processes import pids_of
-from test_cluster import head_node  # noqa: F401  (the fixture: a real `ray start --head`)
 
 import mechinfer
 from mechinfer import cli
@@ -324,42 +324,6 @@ def test_killed_estimator_actor_leaves_each_experiment_once(ray_local, tmp_path)
     assert killed is not None and parts_then < 40, "an estimator actor was killed mid-job"
     assert result["summary"].parts == 40 and result["summary"].estimated == 600
     _once_each(out, 600)
-
-
-@pytest.mark.slow
-@pytest.mark.cluster
-def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):  # noqa: F811
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    address, token = head_node
-    client = JobSubmissionClient(address, headers={"authorization": "Bearer " + token})
-    out = tmp_path / "submitted"
-    deadline = time.time() + 120
-    while True:  # the dashboard answers before the head's job agent is up
-        try:
-            job = client.submit_job(
-                entrypoint=f"{sys.executable} jobs/estimate.py --model ecoli --input examples/ecoli_experiments.csv "
-                f"--output {out} --chunk-size 8",  # the example travels in the working dir
-                runtime_env={
-                    "working_dir": str(REPO),
-                    "excludes": [".git", ".hypothesis", "runs", "data", "results", "*.egg-info"],
-                },
-            )
-            break
-        except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.time() > deadline:
-                raise
-            time.sleep(2)
-    deadline = time.time() + 300
-    status = client.get_job_status(job)
-    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
-        time.sleep(2)
-        status = client.get_job_status(job)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    assert "estimated 17 of 20 ecoli experiments" in logs
-    rows = _rows(out)
-    assert rows.error.notna().sum() == 3 and len(rows) == 20
 
 
 # ------------------------------------------------------------------ bad input

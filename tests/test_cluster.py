@@ -1,25 +1,23 @@
-"""cluster.yaml against Ray's own cluster-config schema, and a job submitted to a real
-`ray start --head` cluster through Ray's JobSubmissionClient with --working-dir."""
+"""cluster.yaml against Ray's own cluster-config schema, and jobs (simulate, bulk
+estimation) submitted to a real `ray start --head` cluster through Ray's
+JobSubmissionClient with --working-dir."""
 
-import contextlib
 import copy
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from processes import free_port, pids_mentioning, script
+from processes import free_port, ray_head, submit_job
 
+import mechinfer
 from mechinfer.data import format as dataset
+from mechinfer.estimate import bulk
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,71 +54,6 @@ def test_a_broken_copy_fails_the_check(break_it, message):
     break_it(config)
     with pytest.raises(Exception, match=message):
         _validate(config)
-
-
-@contextlib.contextmanager
-def _ray_head(flags: list[str], env: dict):
-    """A real `ray start --head --block` with ``flags`` on free ports (every port: the
-    suite's own local Ray holds the defaults, e.g. the dashboard agent's 52365, and a job
-    needs that agent), in its own temp dir (so that ray.init() elsewhere in the session
-    does not find it), stopped by its pid. Yields the dashboard's address."""
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    dashboard = free_port()
-    proc = subprocess.Popen(
-        [
-            script("ray"),
-            "start",
-            "--head",
-            "--block",
-            *flags,
-            f"--port={free_port()}",
-            f"--dashboard-port={dashboard}",
-            f"--temp-dir={temp}",
-            "--include-dashboard=true",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", dashboard), timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {proc.stdout.read().decode()[-2000:]}") from None
-            time.sleep(1)
-    try:
-        yield f"http://127.0.0.1:{dashboard}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its cluster on SIGTERM
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # the whole group may have exited already
-            os.killpg(proc.pid, signal.SIGKILL)  # what is left of the process group, at once
-        proc.wait()
-        leftovers = pids_mentioning(temp)
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        assert not leftovers, f"processes of the test cluster outlived its process group: {leftovers}"
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.fixture
-def head_node():
-    token = secrets.token_hex(32)  # token authentication on, with a token of this test's own
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    with _ray_head(["--dashboard-host=127.0.0.1", "--num-cpus=2"], env) as address:
-        yield address, token
 
 
 def test_cluster_yaml_comes_up_locked():
@@ -173,7 +106,7 @@ def test_head_started_as_cluster_yaml_starts_it_refuses_strangers(tmp_path):
     token = secrets.token_hex(32)
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text(token)  # what file_mounts ships
-    with _ray_head(flags, env) as address:
+    with ray_head(flags, env) as address:
         deadline = time.time() + 60
         while True:  # the dashboard's port opens before its job API answers
             try:
@@ -189,44 +122,53 @@ def test_head_started_as_cluster_yaml_starts_it_refuses_strangers(tmp_path):
             JobSubmissionClient(address, headers={"authorization": "Bearer " + "0" * 64}).list_jobs()
 
 
+@pytest.fixture(scope="module")
+def head_node():
+    """One `ray start --head` (token authentication on, a token of its own) for the jobs
+    submitted in this module."""
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    with ray_head(["--dashboard-host=127.0.0.1", "--num-cpus=2"], env) as address:
+        yield address, token
+
+
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
     from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
 
     address, token = head_node
     with pytest.raises(AuthenticationError):  # token authentication stays on
         JobSubmissionClient(address, headers={"authorization": "Bearer " + "0" * 64}).list_jobs()
-    client = JobSubmissionClient(address, headers={"authorization": "Bearer " + token})
     out = tmp_path / "mmk-job"
-    deadline = time.time() + 120
-    while True:  # the dashboard answers before the head's job agent is up
-        try:
-            job = client.submit_job(
-                entrypoint=f"python jobs/simulate.py --model mmk --n 300 --seed 0 --chunk-size 100 --out {out}",
-                runtime_env={
-                    "working_dir": str(REPO),
-                    "excludes": [".git", ".hypothesis", "runs", "data", "results", "*.egg-info"],
-                },
-            )
-            break
-        except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.time() > deadline:
-                raise
-            time.sleep(2)
-    deadline = time.time() + 300
-    status = client.get_job_status(job)
-    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
-        time.sleep(2)
-        status = client.get_job_status(job)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    entrypoint = f"python jobs/simulate.py --model mmk --n 300 --seed 0 --chunk-size 100 --out {out}"
+    status, logs = submit_job(address, token, entrypoint)
+    assert status == "SUCCEEDED", logs[-3000:]
     assert "simulated 300 mmk samples" in logs
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "mmk" and manifest["n_samples"] == 300
     ids = dataset.read_table(str(out), columns=["sample_id"]).column("sample_id").to_numpy()
     assert sorted(ids.tolist()) == list(range(300))
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_bulk_estimate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
+    """The E. coli example table (it travels in the working dir), 3 bad experiments."""
+    address, token = head_node
+    out = tmp_path / "submitted"
+    entrypoint = (
+        f"{sys.executable} jobs/estimate.py --model ecoli --input examples/ecoli_experiments.csv "
+        f"--output {out} --chunk-size 8"
+    )
+    status, logs = submit_job(address, token, entrypoint)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "estimated 17 of 20 ecoli experiments" in logs
+    rows = bulk.read_estimates(str(out)).to_pandas()
+    assert sorted(rows.experiment) == [f"run-{i:02d}" for i in range(1, 21)]
+    names = list(mechinfer.get_model("ecoli").parameter_names)
+    assert rows.error.notna().sum() == 3 and rows.loc[rows.error.isna(), names].notna().all().all()
 
 
 @pytest.mark.slow

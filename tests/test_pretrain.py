@@ -3,12 +3,14 @@ checkpoint's training summary records, run at a tiny size, gives a summary of th
 make-up, the shipped R2 of the true parameters (the SPEC test set's, whatever the size)
 and the numbers this size gives: training on CPU is deterministic (one worker, the same
 rows in the same order, seeded initialisation and subsets); the shipped checkpoint is
-left as it is (--no-install)."""
+left as it is (--no-install). The fine-tuned checkpoint it writes loads as an estimator
+and answers (the test of the three Ray Train stages run in turn)."""
 
 import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mechinfer
@@ -47,4 +49,11 @@ def test_pretrain_reproduces_a_shipped_summary_at_a_tiny_size(ray_local, tmp_pat
         assert summary[f"r2_network ({label})"]["100%"]["value"] == pytest.approx(r2, rel=1e-4)
     assert (out / "training_summary.txt").read_text().startswith(f"$ python jobs/pretrain.py {shlex.join(args)}\n")
     assert (out / "through-proxy" / "weights.pt").exists()
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert (meta["model"], meta["training"]["stage"]) == ("mmk", "finetune")
+    assert meta["dataset"]["n_samples"] == 400
+    est = mechinfer.load_estimator(str(out))
+    t = np.sort(np.random.default_rng(0).uniform(0, 2, (5, 14)), axis=1)
+    theta = est.estimate(t, np.zeros((5, 14), int), np.full((5, 14), 5.0))
+    assert theta.shape == (5, 4) and np.isfinite(theta).all()
     assert {str(p): p.stat().st_mtime_ns for p in shipped.rglob("*")} == before

@@ -39,39 +39,6 @@ def proxy(mmk_data):
     return mmk_data / "proxy"
 
 
-def test_stages_run_and_the_estimator_loads(mmk_data, proxy):
-    data = str(mmk_data / "mmk")
-    inf = train(
-        "inference",
-        "mmk",
-        data,
-        str(mmk_data / "inf"),
-        epochs=1,
-        batch_size=64,
-        max_steps_per_epoch=5,
-        proxy_checkpoint=str(proxy),
-    )
-    ft = train(
-        "finetune",
-        "mmk",
-        data,
-        str(mmk_data / "ft"),
-        epochs=1,
-        batch_size=64,
-        max_steps_per_epoch=2,
-        init_checkpoint=str(mmk_data / "inf"),
-        lr=1e-4,
-    )
-    assert inf.steps == 5 and ft.steps == 2
-    meta = json.loads((mmk_data / "ft" / "checkpoint.json").read_text())
-    assert meta["model"] == "mmk" and meta["dataset"]["n_samples"] == 600 and meta["training"]["stage"] == "finetune"
-    est = mechinfer.load_estimator(str(mmk_data / "ft"))
-    m = mechinfer.get_model("mmk")
-    t = np.sort(np.random.default_rng(0).uniform(0, 2, (5, 14)), axis=1)
-    theta = est.estimate(t, np.zeros((5, 14), int), np.full((5, 14), 5.0))
-    assert theta.shape == (5, m.n_parameters) and np.isfinite(theta).all()
-
-
 def test_bad_inputs(mmk_data, tmp_path):
     data = str(mmk_data / "mmk")
     with pytest.raises(ValueError, match="holds 'mmk' samples, not 'ecoli'"):
