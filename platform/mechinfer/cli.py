@@ -166,6 +166,16 @@ def _train_inference(args: argparse.Namespace, command: str) -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "text"}))
 
 
+def _calibrate(args: argparse.Namespace, command: str) -> None:
+    from .arrays import positive_int
+    from .estimate.estimator import load_estimator, shipped_checkpoint
+    from .learn.trainer import calibrate_checkpoint
+
+    target = shipped_checkpoint(args.checkpoint) if args.checkpoint in list_models() else args.checkpoint
+    load_estimator(target)  # a clear error for what is not an inference checkpoint, before the simulations
+    print(calibrate_checkpoint(target, positive_int("samples", args.samples)))
+
+
 def _pretrain(args: argparse.Namespace, command: str) -> None:
     from .workflows.pretrain import build_pretrained
 
@@ -356,6 +366,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for standard errors (default: 1000, SPEC 4)"
+    )
+
+    p = command(
+        "calibrate",
+        _calibrate,
+        "recalibrate an inference checkpoint's intervals on simulated experiments (written beside its weights)",
+    )
+    p.add_argument("--checkpoint", required=True, help="inference checkpoint (path or URI), or a model name (shipped)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=config.FinetuneConfig.recalibration_samples,
+        help=f"simulated experiments (default: {config.FinetuneConfig.recalibration_samples})",
     )
 
     p = command("estimate", _estimate, "estimate every experiment of a long table with Ray Data (SPEC 10)")

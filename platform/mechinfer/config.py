@@ -85,6 +85,9 @@ class FinetuneConfig:
     finetune_epochs: int = _opt(1, "epochs through the mechanistic model (0: skip)")
     finetune_lr: float = _opt(1e-4, "learning rate of the fine-tuning")
     finetune_steps_per_epoch: int | None = _opt(None, "cap on the steps of a fine-tuning epoch")
+    recalibration_samples: int = _opt(
+        2048, "simulated experiments that recalibrate the checkpoint's intervals (0: none, the normal quantile)"
+    )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -13,7 +14,7 @@ from ..fit import mle
 from ..fit.bfgs import FitStatus
 from ..learn import checkpoint
 from ..models import get_model, list_models, priors
-from . import uncertainty
+from . import recalibration, uncertainty
 from .uncertainty import Laplace
 
 REFINE_STATUS = {  # SPEC 7's refine_status of a fit that ended so
@@ -41,10 +42,11 @@ class Inference:
     n_observations: np.ndarray  # (B,)
     refine_status: np.ndarray  # (B,) str: not_requested, skipped, converged, iteration_limit, deadline, failed
     level: float
+    scale: Callable[[float, np.ndarray], np.ndarray] | None = None  # the recalibration (None: normal quantile)
 
     def intervals(self, model, level: float) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) (B, P) at another ``level``, from the same approximation."""
-        return uncertainty.intervals(model, self.center, self.cov_z, level)
+        return uncertainty.intervals(model, self.center, self.cov_z, level, self.scale)
 
 
 @dataclass
@@ -74,11 +76,22 @@ def refine_mode(refine) -> str:
 class Estimator:
     """Maps observation sets to parameter estimates with a trained Deep Set network."""
 
-    def __init__(self, net: torch.nn.Module, meta: dict):
+    def __init__(self, net: torch.nn.Module, meta: dict, recalibrated: recalibration.Recalibration | None = None):
         self.net = net
         self.meta = meta
         self.model = get_model(meta["model"])
         self.checkpoint_id = meta["checkpoint_id"]
+        self.recalibration = recalibrated
+
+    def interval_scale(self, refined) -> Callable[[float, np.ndarray], np.ndarray] | None:
+        """(level, sd (B, P)) -> (B, P) multipliers of the sd for rows that were
+        (``refined`` (B,) True) or were not refined, from the checkpoint's
+        recalibration; None (the normal quantile) for a checkpoint without one."""
+        rec = self.recalibration
+        if rec is None:
+            return None
+        refined = np.asarray(refined, bool).copy()
+        return lambda level, sd: rec.scale(level, sd, refined)
 
     @torch.no_grad()
     def estimate_z(self, t, channel, value) -> np.ndarray:
@@ -129,6 +142,7 @@ class Estimator:
         z = self.estimate_z(t, channel, value)
         lap = uncertainty.laplace(self.model, t, channel, value, z)
         nll, gof, status = lap.nll.copy(), lap.gof_pvalue.copy(), np.full(len(z), "not_requested", dtype=object)
+        refined = np.zeros(len(z), bool)  # rows whose intervals come from the refinement's approximation
         if mode != "never":
             todo = np.ones(len(z), bool) if mode == "always" else ~(gof >= auto_pvalue)
             status[~todo] = "skipped"
@@ -141,6 +155,8 @@ class Estimator:
                 z[todo], nll[todo], gof[todo] = r.z, r.nll, r.gof_pvalue
                 for name in ("center", "cov_z", "p_eff"):
                     getattr(lap, name)[todo] = getattr(r.laplace, name)
+                refined = todo
+        lap.scale = self.interval_scale(refined)
         lower, upper = lap.intervals(self.model, level)
         return Inference(
             theta=self.model.from_z(z),
@@ -155,6 +171,7 @@ class Estimator:
             n_observations=lap.n_observations,
             refine_status=status,
             level=level,
+            scale=lap.scale,
         )
 
     def polish(self, t, channel, value, z, deadline=None, **fit_options) -> Refined:
@@ -176,6 +193,7 @@ class Estimator:
         z_ml = np.where(kept[:, None], z, fits.z[:b])
         z_map = np.where(np.isfinite(fits.nll[b:])[:, None], fits.z[b:], z_ml)
         lap = uncertainty.laplace(self.model, t, channel, value, z_map)
+        lap.scale = self.interval_scale(np.ones(b, bool))
         nll = np.where(kept, mle.nll(self.model, t, channel, value, z_ml), fits.nll[:b])
         return Refined(
             z=z_ml,
@@ -230,4 +248,5 @@ def load_estimator(source: str) -> Estimator:
             raise ValueError(f"no pretrained checkpoint for {source!r} is shipped with this build")
         source = path
     net, meta = checkpoint.load(source, kind="inference")
-    return Estimator(net, meta)
+    n_parameters = get_model(meta["model"]).n_parameters
+    return Estimator(net, meta, recalibration.load(source, meta["checkpoint_id"], n_parameters))

@@ -23,11 +23,15 @@ observation always leaves less, as p_eff > 0 for the direction it determines: th
 determined parameters can match it exactly, so a misfit cannot be judged) or the solve
 failed.
 
-The intervals map to physical units through the monotone per-parameter z map.
+The intervals map to physical units through the monotone per-parameter z map. Their
+half-width is a multiple of the standard deviation in z: the normal quantile, or, for a
+checkpoint that carries a recalibration (:mod:`mechinfer.estimate.recalibration`), the
+multiplier measured on simulated experiments, which corrects the Gaussian tails.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,10 +52,11 @@ class Laplace:
     n_observations: np.ndarray  # (B,)
     p_eff: np.ndarray  # (B,) parameters the observations determine (see the module docstring)
     gof_pvalue: np.ndarray  # (B,) NaN where undefined
+    scale: Callable[[float, np.ndarray], np.ndarray] | None = None  # (level, sd) -> multipliers; None: normal
 
     def intervals(self, model: Model, level: float) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper), each (B, P) in physical units, at confidence ``level``."""
-        return intervals(model, self.center, self.cov_z, level)
+        return intervals(model, self.center, self.cov_z, level, self.scale)
 
 
 def check_level(level: float) -> float:
@@ -61,10 +66,14 @@ def check_level(level: float) -> float:
     return level
 
 
-def intervals(model: Model, center: np.ndarray, cov_z: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Central intervals at ``level``, centre +- q sd in z mapped to physical units."""
-    q = special.ndtri(0.5 + 0.5 * check_level(level))
+def intervals(
+    model: Model, center: np.ndarray, cov_z: np.ndarray, level: float, scale: Callable | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Central intervals at ``level``, centre +- q sd in z mapped to physical units; q is
+    the normal quantile, or ``scale(level, sd)`` ((B, P) multipliers, a recalibration)."""
+    level = check_level(level)
     sd = np.sqrt(np.clip(np.diagonal(cov_z, axis1=-2, axis2=-1), 0.0, None))
+    q = special.ndtri(0.5 + 0.5 * level) if scale is None else scale(level, sd)
     return model.from_z(center - q * sd), model.from_z(center + q * sd)
 
 

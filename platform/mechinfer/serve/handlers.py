@@ -218,7 +218,9 @@ def answer(est: Estimator, case: dict, level: float, refine_status: str, timing_
     m = est.model
     z = case["z"]
     theta = m.from_z(z[None])[0]
-    lower, upper = uncertainty.intervals(m, case["center"][None], case["cov_z"][None], level)
+    refined = refine_status in ("converged", "iteration_limit", "deadline")
+    scale = est.interval_scale([refined])  # the refined approximation's, as in est.infer
+    lower, upper = uncertainty.intervals(m, case["center"][None], case["cov_z"][None], level, scale)
     gof = float(case["gof_pvalue"])
     return {
         "parameters": {name: float(x) for name, x in zip(m.parameter_names, theta)},
@@ -228,7 +230,7 @@ def answer(est: Estimator, case: dict, level: float, refine_status: str, timing_
         "level": level,
         "gof_pvalue": gof if math.isfinite(gof) else None,
         "nll": float(case["nll"]) if math.isfinite(case["nll"]) else None,
-        "refined": refine_status in ("converged", "iteration_limit", "deadline"),
+        "refined": refined,
         "refine_status": refine_status,
         "timing_ms": {k: round(float(x), 3) for k, x in timing_ms.items()},
         "checkpoint_id": est.checkpoint_id,
