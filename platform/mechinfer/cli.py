@@ -142,6 +142,7 @@ def _tune(args: argparse.Namespace, command: str) -> None:
 
 
 def _train_inference(args: argparse.Namespace, command: str) -> None:
+    from .estimate.recalibration import calibrate_checkpoint
     from .learn.trainer import train_inference_and_report
 
     t = dataclasses.asdict(_settings(config.TrainConfig, args))
@@ -153,15 +154,11 @@ def _train_inference(args: argparse.Namespace, command: str) -> None:
             raise ValueError(f"{args.config} was tuned for {best.get('model')!r}, not {args.model!r}")
         network = {k: best[k] for k in config.NETWORK_KEYS}
         t.update(lr=best["lr"], batch_size=best["batch_size"])
-    report = train_inference_and_report(
-        args.model,
-        args.data,
-        args.proxy,
-        args.out,
-        network=network,
-        **dataclasses.asdict(_settings(config.FinetuneConfig, args)),
-        **t,
-    )
+    finetune = dataclasses.asdict(_settings(config.FinetuneConfig, args))
+    samples = finetune.pop("recalibration_samples")
+    report = train_inference_and_report(args.model, args.data, args.proxy, args.out, network=network, **finetune, **t)
+    if samples > 0:
+        report["text"] += "\n" + calibrate_checkpoint(args.out, samples)
     print(report["text"])
     print(json.dumps({k: v for k, v in report.items() if k != "text"}))
 
@@ -169,7 +166,7 @@ def _train_inference(args: argparse.Namespace, command: str) -> None:
 def _calibrate(args: argparse.Namespace, command: str) -> None:
     from .arrays import positive_int
     from .estimate.estimator import load_estimator, shipped_checkpoint
-    from .learn.trainer import calibrate_checkpoint
+    from .estimate.recalibration import calibrate_checkpoint
 
     target = shipped_checkpoint(args.checkpoint) if args.checkpoint in list_models() else args.checkpoint
     load_estimator(target)  # a clear error for what is not an inference checkpoint, before the simulations

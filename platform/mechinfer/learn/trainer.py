@@ -352,14 +352,12 @@ def train_inference_and_report(
     finetune_epochs: int = FinetuneConfig.finetune_epochs,
     finetune_lr: float = FinetuneConfig.finetune_lr,
     finetune_steps_per_epoch: int | None = FinetuneConfig.finetune_steps_per_epoch,
-    recalibration_samples: int = FinetuneConfig.recalibration_samples,
     **kwargs,
 ) -> dict:
     """Stage 3 in full: the Deep Set through the proxy, then (``finetune_epochs`` > 0)
     through the solver; then R^2 on the SPEC test set at 25/50/100% of n_obs beside the
-    R^2 of the true parameters, written to ``training_summary.json`` in the checkpoint;
-    then the intervals' recalibration on ``recalibration_samples`` simulated
-    experiments (:mod:`mechinfer.estimate.recalibration`), written beside the weights."""
+    R^2 of the true parameters, written to ``training_summary.json`` in the checkpoint.
+    (Callers then recalibrate its intervals: :func:`mechinfer.estimate.recalibration.calibrate_checkpoint`.)"""
     m = get_model(model)
     stage1_out = out if finetune_epochs == 0 else os.path.join(out, "through-proxy")
     summaries = [
@@ -389,24 +387,5 @@ def train_inference_and_report(
         lines += [f"  R2 of the network {label}, {int(f * 100)}% of n_obs: {r}" for f, r in r2_net.items()]
         report[f"r2_network ({label})"] = {f"{int(f * 100)}%": r.__dict__ for f, r in r2_net.items()}
     storage.write_json_to(os.path.join(out, "training_summary.json"), report)
-    if recalibration_samples > 0:
-        lines.append(calibrate_checkpoint(out, recalibration_samples))
     report["text"] = "\n".join(lines)
     return report
-
-
-def calibrate_checkpoint(checkpoint: str, samples: int = FinetuneConfig.recalibration_samples) -> str:
-    """Recalibrate the intervals of the inference checkpoint at ``checkpoint`` on
-    ``samples`` simulated experiments and store the tables with it; returns a line that
-    says so."""
-    from ..estimate import recalibration
-    from ..estimate.estimator import load_estimator
-
-    est = load_estimator(checkpoint)
-    rec = recalibration.recalibrate(est, samples)
-    where = recalibration.save(checkpoint, rec)
-    at95 = rec.scale(0.95, np.zeros((1, est.model.n_parameters)), [True])[0]
-    return (
-        f"intervals recalibrated on {rec.samples} simulated experiments ({where}); 95% multipliers "
-        f"of a well-determined refined parameter {np.min(at95):.2f}-{np.max(at95):.2f} (normal: 1.96)"
-    )

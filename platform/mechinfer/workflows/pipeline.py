@@ -209,6 +209,7 @@ def _training_settings(run: str, s: dict) -> dict:
 
 
 def _train_inference(model, run, s, records, **_):
+    from ..estimate.recalibration import calibrate_checkpoint
     from ..learn.trainer import train_inference_and_report
 
     data = _needs(records, "simulate")["data"]
@@ -228,6 +229,7 @@ def _train_inference(model, run, s, records, **_):
     )
     log.info("%s", report["text"])
     ckpt = os.path.join(out, "checkpoint")
+    log.info("%s", calibrate_checkpoint(ckpt))
     return {
         "checkpoint": ckpt,
         "through_proxy": os.path.join(ckpt, "through-proxy"),

@@ -13,6 +13,7 @@ from typing import Any
 from .. import storage
 from ..config import PretrainConfig
 from ..data.generate import simulate_dataset
+from ..estimate.recalibration import calibrate_checkpoint
 from ..learn import checkpoint
 from ..learn.trainer import train, train_inference_and_report
 
@@ -84,7 +85,7 @@ def build_pretrained(
     )
     report["command"] = command
     report["proxy"] = proxy_summary.__dict__
-    report["text"] = f"{proxy_summary}\n{report['text']}"
+    report["text"] = f"{proxy_summary}\n{report['text']}\n{calibrate_checkpoint(out)}"
     storage.write_local_json(
         os.path.join(out, "training_summary.json"), {k: v for k, v in report.items() if k != "text"}
     )
