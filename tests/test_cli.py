@@ -14,6 +14,7 @@ COMMANDS = (
     "train-proxy",
     "tune",
     "train-inference",
+    "calibrate",
     "pretrain",
     "baseline",
     "evaluate",
