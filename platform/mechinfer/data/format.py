@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from .. import SPEC_VERSION, __version__
 from ..models.base import Model
+from ..runtime import Progress
 from ..storage import LOCK, MANIFEST, make_directory, read_json, read_manifest, resolve, write_file, write_json
 
 INTENT = "_simulation.json"  # parameters of an unfinished simulation, for resumption
@@ -158,3 +159,23 @@ def read_table(location: str, columns: list[str] | None = None) -> pa.Table:
     if "sample_id" in table.column_names:
         table = table.sort_by("sample_id")
     return table
+
+
+def drain_written(written, expected: int, location: str, what: str, unit: str, count=lambda batch: 1) -> None:
+    """Run a Ray Data pipeline whose batches report the parts it wrote (``count(batch)``
+    parts each), with progress ("<what>", "<unit>"); fewer reports than ``expected`` is
+    an error (the location is left incomplete, for a rerun to resume)."""
+    reported = 0
+    with Progress(expected, what, unit) as progress:
+        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
+            reported += count(batch)
+            progress.update(count(batch))
+    if reported != expected:
+        raise RuntimeError(f"{location}: {reported} of {expected} {unit}s reported; result left incomplete")
+
+
+def remove_partial_writes(fs: pafs.FileSystem, root: str) -> None:
+    """Delete the temporary files of writes cut short (a killed worker's) under ``root``."""
+    for leftover in fs.get_file_info(pafs.FileSelector(root)):
+        if leftover.base_name.startswith("_tmp-"):
+            fs.delete_file(leftover.path)

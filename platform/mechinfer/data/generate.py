@@ -25,7 +25,7 @@ from .. import storage
 from ..arrays import positive_int
 from ..config import SimulateConfig
 from ..models import get_model
-from ..runtime import Progress, ensure_ray
+from ..runtime import ensure_ray
 from ..solver import SolveStatus
 from . import format as ds_format
 from .samples import simulate_chunk
@@ -119,17 +119,9 @@ def simulate_dataset(
                 num_cpus=1,
                 fn_args=(m.name, int(seed), root_uri, solver_options),
             )
-            reported = 0
-            with Progress(len(todo), f"simulate {m.name}", "chunk") as progress:
-                for _ in written.iter_rows():
-                    reported += 1
-                    progress.update()
-            if reported != len(todo):
-                raise RuntimeError(f"{out}: {reported} of {len(todo)} chunks reported; dataset left incomplete")
+            ds_format.drain_written(written, len(todo), out, f"simulate {m.name}", "chunk", lambda b: b.num_rows)
         failures = _verify(fs, root, out, n)
-        for leftover in fs.get_file_info(pafs.FileSelector(root)):
-            if leftover.base_name.startswith("_tmp-"):  # a write cut short by a killed worker
-                fs.delete_file(leftover.path)
+        ds_format.remove_partial_writes(fs, root)
         wall = time.perf_counter() - start
         summary = SimulationSummary(
             model=m.name,

@@ -83,7 +83,7 @@ from ..data import format as ds_format
 from ..machine import machine
 from ..models import get_model
 from ..models.base import Model
-from ..runtime import Progress, ensure_ray
+from ..runtime import ensure_ray
 from . import frame
 from .estimator import load_estimator, refine_mode
 from .uncertainty import check_level
@@ -582,18 +582,10 @@ def estimate_table(
                     fn_args=(m.name, ckpt, level, mode, auto_pvalue, refine_batch, root_uri),
                     num_cpus=1,
                 )
-            reported = 0
-            with Progress(len(todo), f"estimate {m.name}", "part") as progress:
-                for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    reported += batch.num_rows
-                    progress.update(batch.num_rows)
-            if reported != len(todo):
-                raise RuntimeError(f"{output}: {reported} of {len(todo)} parts reported; result left incomplete")
+            ds_format.drain_written(parts, len(todo), output, f"estimate {m.name}", "part", lambda b: b.num_rows)
         run_wall = time.perf_counter() - run_start
         counts = _verify(fs, root, output, ids)
-        for leftover in fs.get_file_info(pafs.FileSelector(root)):
-            if leftover.base_name.startswith("_tmp-"):  # a write cut short by a killed worker
-                fs.delete_file(leftover.path)
+        ds_format.remove_partial_writes(fs, root)
         wall = time.perf_counter() - start
         summary = EstimateSummary(
             model=m.name,
