@@ -59,6 +59,8 @@ DEVICE_HELP = (
     "nodes for it), cpu, or auto (GPU workers when the GPUs present, or the autoscaler's node types, provide one "
     "per worker; CPU workers otherwise)"
 )
+# the train-inference stage's last step (mechinfer.estimate.recalibration), in every config that runs it
+RECALIBRATION = (2048, "simulated experiments that recalibrate the trained checkpoint's intervals (0: none)")
 GPU_TIMEOUT_HELP = "seconds to wait for the GPUs of GPU workers to join the cluster before giving up"
 
 
@@ -85,9 +87,7 @@ class FinetuneConfig:
     finetune_epochs: int = _opt(1, "epochs through the mechanistic model (0: skip)")
     finetune_lr: float = _opt(1e-4, "learning rate of the fine-tuning")
     finetune_steps_per_epoch: int | None = _opt(None, "cap on the steps of a fine-tuning epoch")
-    recalibration_samples: int = _opt(
-        2048, "simulated experiments that recalibrate the checkpoint's intervals (0: none, the normal quantile)"
-    )
+    recalibration_samples: int = _opt(*RECALIBRATION)
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ class PipelineConfig:
     proxy_epochs: int = _opt(3, "epochs of the proxy")
     epochs: int = _opt(3, "epochs of the Deep Set through the proxy")
     finetune_steps: int = _opt(40, "steps of the fine-tuning through the solver")
+    recalibration_samples: int = _opt(*RECALIBRATION)
     batch_size: int = _opt(256, "training batch size")
     width: int = _opt(64, "network width (unless tune ran)")
     depth: int = _opt(2, "network depth (unless tune ran)")
@@ -151,6 +152,7 @@ PRESETS: dict[str, PipelineConfig] = {
         depth=1,
         baseline_limit=4,
         starts=(1, 2),
+        recalibration_samples=256,
     ),
     "paper": PipelineConfig(
         n=1_000_000,
@@ -178,6 +180,7 @@ class PretrainConfig:
     epochs: int = _opt(3, "epochs of the Deep Set through the proxy")
     finetune_epochs: int = _opt(1, "epochs through the mechanistic model (0: skip)")
     finetune_steps: int | None = _opt(200, "steps of each fine-tuning epoch")
+    recalibration_samples: int = _opt(*RECALIBRATION)
     batch_size: int = _opt(256, "training batch size")
     width: int = _opt(128, "network width")
     depth: int = _opt(3, "network depth")

@@ -229,7 +229,8 @@ def _train_inference(model, run, s, records, **_):
     )
     log.info("%s", report["text"])
     ckpt = os.path.join(out, "checkpoint")
-    log.info("%s", calibrate_checkpoint(ckpt))
+    if s["recalibration_samples"] > 0:
+        log.info("%s", calibrate_checkpoint(ckpt, s["recalibration_samples"]))
     return {
         "checkpoint": ckpt,
         "through_proxy": os.path.join(ckpt, "through-proxy"),

@@ -38,6 +38,7 @@ def build_pretrained(
     num_workers: int = _D.num_workers,
     device: str = _D.device,
     gpu_timeout_s: float = _D.gpu_timeout_s,
+    recalibration_samples: int = _D.recalibration_samples,
     install: bool = True,
     command: str = "",
 ) -> dict:
@@ -85,7 +86,7 @@ def build_pretrained(
     )
     report["command"] = command
     report["proxy"] = proxy_summary.__dict__
-    report["text"] = f"{proxy_summary}\n{report['text']}\n{calibrate_checkpoint(out)}"
+    report["text"] = f"{proxy_summary}\n{report['text']}\n{calibrate_checkpoint(out, recalibration_samples)}"
     storage.write_local_json(
         os.path.join(out, "training_summary.json"), {k: v for k, v in report.items() if k != "text"}
     )
