@@ -155,5 +155,11 @@ def test_a_checkpoint_carries_its_recalibration(tmp_path, run_cli, caplog):
     (ckpt / recalibration.FILE).write_text(json.dumps({**data, "network": data["network"][:3]}))
     with pytest.raises(ValueError, match="does not hold"):
         mechinfer.load_estimator(str(ckpt))
+    (ckpt / recalibration.FILE).write_text(json.dumps({"checkpoint_id": data["checkpoint_id"]}))
+    with pytest.raises(ValueError, match="lacks its tables"):
+        mechinfer.load_estimator(str(ckpt))
+    (ckpt / recalibration.FILE).write_text('{"checkpoint_id": ')
+    with pytest.raises(ValueError, match="is not readable JSON"):
+        mechinfer.load_estimator(str(ckpt))
     status, _, err = run_cli("calibrate", "--checkpoint", str(tmp_path / "none"))
     assert status == 2 and "is not a mechinfer checkpoint" in err and "Traceback" not in err

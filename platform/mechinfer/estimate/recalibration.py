@@ -66,7 +66,7 @@ class Recalibration:
         n_l = special.ndtri(0.5 + 0.5 * level)
         pick = lambda table: np.array([np.interp(level, self.levels, col) for col in table.T])
         q = np.where(np.asarray(refined, bool)[:, None], pick(self.refined), pick(self.network))
-        return n_l + (q - n_l) * data_share(sd)
+        return np.maximum(n_l + (q - n_l) * data_share(sd), 0.0)
 
     def as_dict(self) -> dict:
         return {
@@ -128,7 +128,10 @@ def load(checkpoint: str, checkpoint_id: str, n_parameters: int) -> Recalibratio
     or they were made for another checkpoint id (then with a warning: the weights changed
     after the calibration)."""
     fs, root = storage.resolve(checkpoint)
-    data = storage.read_json(fs, f"{root.rstrip('/')}/{FILE}")
+    try:
+        data = storage.read_json(fs, f"{root.rstrip('/')}/{FILE}")
+    except ValueError as exc:  # json's decode error is a ValueError
+        raise ValueError(f"{checkpoint}/{FILE} is not readable JSON: {exc}") from None
     if data is None:
         return None
     if data.get("checkpoint_id") != checkpoint_id:
@@ -140,12 +143,16 @@ def load(checkpoint: str, checkpoint_id: str, n_parameters: int) -> Recalibratio
             checkpoint_id,
         )
         return None
-    levels, network, refined = (np.asarray(data[k], dtype=np.float64) for k in ("levels", "network", "refined"))
+    try:
+        levels, network, refined = (np.asarray(data[k], dtype=np.float64) for k in ("levels", "network", "refined"))
+        samples = int(data["samples"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{checkpoint}/{FILE} lacks its tables or holds non-numbers ({exc})") from None
     if network.shape != (len(levels), n_parameters) or refined.shape != network.shape:
         raise ValueError(f"{checkpoint}/{FILE} does not hold ({len(levels)}, {n_parameters}) tables")
     if not (np.isfinite(network).all() and np.isfinite(refined).all() and math.isclose(levels[0], 0.5)):
         raise ValueError(f"{checkpoint}/{FILE} holds non-finite multipliers or does not start at level 0.5")
-    return Recalibration(checkpoint_id, int(data["samples"]), levels, network, refined)
+    return Recalibration(checkpoint_id, samples, levels, network, refined)
 
 
 def calibrate_checkpoint(checkpoint: str, samples: int = SAMPLES) -> str:
