@@ -145,7 +145,9 @@ def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
     entrypoint = f"python jobs/simulate.py --model mmk --n 300 --seed 0 --chunk-size 100 --out {out}"
     status, logs = submit_job(address, token, entrypoint)
     assert status == "SUCCEEDED", logs[-3000:]
-    assert "simulated 300 mmk samples" in logs
+    assert "simulated 300 mmk samples" in logs and "0 failed solves" in logs
+    summary = json.loads([line for line in logs.splitlines() if line.startswith('{"')][-1])  # its summary line
+    assert summary["samples"] == 300 and summary["samples_per_s"] > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "mmk" and manifest["n_samples"] == 300
     ids = dataset.read_table(str(out), columns=["sample_id"]).column("sample_id").to_numpy()

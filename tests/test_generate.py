@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -181,23 +180,25 @@ def test_killed_worker_loses_no_sample(ray_local, tmp_path):
     assert _rows(out) == _rows(again)
 
 
-def _job(*args):
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "simulate.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-
-
 @pytest.mark.slow
-def test_job_cli(tmp_path, run_cli):
+def test_job_cli(ray_local, tmp_path, run_cli, capsys):
+    """`mechinfer simulate` in this process, on the session's Ray (jobs/simulate.py runs as
+    a process of its own in test_cluster.py, submitted to a `ray start --head`)."""
+    import logging
+
+    from mechinfer import cli
+
     out = tmp_path / "cli"
-    run = _job("--model", "mmk", "--n", "200", "--seed", "0", "--out", str(out), "--chunk-size", "100")
-    assert run.returncode == 0, run.stderr
-    assert "simulated 200 mmk samples" in run.stdout and "0 failed solves" in run.stdout
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    handlers = logging.getLogger().handlers[:]
+    try:
+        args = ["--model", "mmk", "--n", "200", "--seed", "0", "--out", str(out), "--chunk-size", "100"]
+        status = cli.main(["simulate", *args])
+    finally:  # cli.main's log handler writes to this test's captured stderr: not beyond it
+        logging.getLogger().handlers[:] = handlers
+    stdout = capsys.readouterr().out
+    assert status == 0
+    assert "simulated 200 mmk samples" in stdout and "0 failed solves" in stdout
+    summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["samples"] == 200 and summary["samples_per_s"] > 0
     assert pq.read_table(out / "part-000000000100.parquet").num_rows == 100
     status, _, err = run_cli("simulate", "--model", "mmk", "--n", "200", "--seed", "0", "--out", str(out))

@@ -219,7 +219,9 @@ def answer(est: Estimator, case: dict, level: float, refine_status: str, timing_
     z = case["z"]
     theta = m.from_z(z[None])[0]
     refined = refine_status in ("converged", "iteration_limit", "deadline")
-    scale = est.interval_scale([refined])  # the refined approximation's, as in est.infer
+    # the recalibration of the approximation the centre comes from: the refinement's for a
+    # case :func:`refine` answered (its "kept" is False), the network's otherwise
+    scale = est.interval_scale([case.get("kept") is not None and not case["kept"]])
     lower, upper = uncertainty.intervals(m, case["center"][None], case["cov_z"][None], level, scale)
     gof = float(case["gof_pvalue"])
     return {

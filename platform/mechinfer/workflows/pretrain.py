@@ -86,7 +86,9 @@ def build_pretrained(
     )
     report["command"] = command
     report["proxy"] = proxy_summary.__dict__
-    report["text"] = f"{proxy_summary}\n{report['text']}\n{calibrate_checkpoint(out, recalibration_samples)}"
+    report["text"] = f"{proxy_summary}\n{report['text']}"
+    if recalibration_samples > 0:
+        report["text"] += "\n" + calibrate_checkpoint(out, recalibration_samples)
     storage.write_local_json(
         os.path.join(out, "training_summary.json"), {k: v for k, v in report.items() if k != "text"}
     )
