@@ -161,15 +161,15 @@ def read_table(location: str, columns: list[str] | None = None) -> pa.Table:
     return table
 
 
-def drain_written(written, expected: int, location: str, what: str, unit: str, count=lambda batch: 1) -> None:
-    """Run a Ray Data pipeline whose batches report the parts it wrote (``count(batch)``
-    parts each), with progress ("<what>", "<unit>"); fewer reports than ``expected`` is
-    an error (the location is left incomplete, for a rerun to resume)."""
+def drain_written(written, expected: int, location: str, what: str, unit: str) -> None:
+    """Run a Ray Data pipeline whose rows report the parts it wrote (one row per part),
+    with progress ("<what>", "<unit>"); fewer reports than ``expected`` is an error (the
+    location is left incomplete, for a rerun to resume)."""
     reported = 0
     with Progress(expected, what, unit) as progress:
         for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
-            reported += count(batch)
-            progress.update(count(batch))
+            reported += batch.num_rows
+            progress.update(batch.num_rows)
     if reported != expected:
         raise RuntimeError(f"{location}: {reported} of {expected} {unit}s reported; result left incomplete")
 

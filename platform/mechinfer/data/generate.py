@@ -119,7 +119,7 @@ def simulate_dataset(
                 num_cpus=1,
                 fn_args=(m.name, int(seed), root_uri, solver_options),
             )
-            ds_format.drain_written(written, len(todo), out, f"simulate {m.name}", "chunk", lambda b: b.num_rows)
+            ds_format.drain_written(written, len(todo), out, f"simulate {m.name}", "chunk")
         failures = _verify(fs, root, out, n)
         ds_format.remove_partial_writes(fs, root)
         wall = time.perf_counter() - start

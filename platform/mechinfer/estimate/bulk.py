@@ -582,7 +582,7 @@ def estimate_table(
                     fn_args=(m.name, ckpt, level, mode, auto_pvalue, refine_batch, root_uri),
                     num_cpus=1,
                 )
-            ds_format.drain_written(parts, len(todo), output, f"estimate {m.name}", "part", lambda b: b.num_rows)
+            ds_format.drain_written(parts, len(todo), output, f"estimate {m.name}", "part")
         run_wall = time.perf_counter() - run_start
         counts = _verify(fs, root, output, ids)
         ds_format.remove_partial_writes(fs, root)

@@ -34,6 +34,7 @@ import numpy as np
 from scipy import special
 
 from .. import storage
+from ..config import RECALIBRATION
 from ..data.samples import simulate_chunk
 from .uncertainty import check_level
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 FILE = "calibration.json"
 SEED = 9_000_001  # the calibration set's: not the SPEC test set's (20231205), not a training seed
-SAMPLES = 2048
+SAMPLES = RECALIBRATION[0]  # the stages' default (mechinfer.config)
 MIN_SHARE = 0.19  # w = 1 - sd^2 >= 0.19: sd <= 0.9
 MIN_CASES = 64
 LEVELS = np.round(np.concatenate([np.arange(0.50, 0.99, 0.01), np.arange(0.990, 0.9995, 0.001)]), 3)
