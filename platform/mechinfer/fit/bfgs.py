@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import IntEnum
 
+import numba
 import numpy as np
 import torch
 
@@ -58,9 +59,8 @@ class _Running:
     value, gradient, search direction, trial step length, inverse Hessian, failed trials
     of the current line search, whether H is still the unscaled start (``first``), and
     whether the problem is yet to be evaluated (``fresh``: its trial point is its start).
-    Problems join with :meth:`cat` and leave with :meth:`select`, all fields at once.
-    numpy arrays: a round's bookkeeping is ~100 operations on (b, P) arrays, which numpy
-    runs several times faster than torch at the small batches of online refinement."""
+    Problems join with :meth:`cat` and leave with :meth:`select`, all fields at once;
+    between those, :func:`_round` updates them in place."""
 
     idx: np.ndarray
     x: np.ndarray
@@ -101,8 +101,140 @@ class _Running:
         return _Running(*(getattr(self, k.name)[keep] for k in fields(self)))
 
 
-def _matvec(H: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return np.einsum("bij,bj->bi", H, v)
+_CONVERGED, _MAX_ITER, _LINE_SEARCH, _BAD_START = (
+    int(s) for s in (FitStatus.CONVERGED, FitStatus.MAX_ITER, FitStatus.LINE_SEARCH, FitStatus.BAD_START)
+)
+
+
+@numba.njit(cache=True)
+def _descent(H, g, d):
+    """d = -H g."""
+    p = len(g)
+    for j in range(p):
+        acc = 0.0
+        for k in range(p):
+            acc += H[j, k] * g[k]
+        d[j] = -acc
+
+
+@numba.njit(cache=True)
+def _update(H, s, y, sy):
+    """The BFGS inverse-Hessian update (Nocedal & Wright eq. 6.17) in place,
+    (I - rho s y^T) H (I - rho y s^T) + rho s s^T with rho = 1 / s.y, expanded into
+    rank-one terms (u = H y, w = H^T y: exact for an H that rounding left not quite
+    symmetric)."""
+    p = len(s)
+    rho = 1.0 / sy
+    u = np.zeros(p)
+    w = np.zeros(p)
+    for j in range(p):
+        for k in range(p):
+            u[j] += H[j, k] * y[k]
+            w[j] += H[k, j] * y[k]
+    yHy = y @ u
+    c = rho * rho * yHy + rho
+    for j in range(p):
+        for k in range(p):
+            H[j, k] += -rho * (s[j] * w[k] + u[j] * s[k]) + c * s[j] * s[k]
+
+
+@numba.njit(cache=True)
+def _round(
+    x,
+    f,
+    g,
+    d,
+    alpha,
+    H,
+    trials,
+    first,
+    fresh,
+    iterations,
+    x_try,
+    f_try,
+    g_try,
+    c1,
+    gtol,
+    ftol,
+    max_trials,
+    max_iter,
+    done,
+):
+    """One round's bookkeeping, in place, for each running problem i that was just
+    evaluated at its trial point x_try[i] (value f_try[i], gradient g_try[i]); done[i]
+    gets its FitStatus or -1 (still running). Compiled: at the batch of one online
+    refinement, the same steps as ~100 numpy operations on (b, P) arrays cost ~0.4 ms a
+    round, ten times the mmk solve they wait on.
+
+    A fresh problem (its trial point is its start) takes its value and the direction
+    -H0 g; with H0 = I a first step of inf-norm <= 1, with a given H0 a full step. A
+    trial point that satisfies the Armijo condition is accepted: BFGS update of H
+    (skipped when the curvature s.y is not positive; H0 = I scaled by s.y / y.y before
+    the first update), then the new direction (-g, with H reset, if -H g is not a
+    descent direction). A rejected one shortens the step by safeguarded quadratic
+    interpolation (0.25 of it where f or g is not finite)."""
+    n, p = x.shape
+    for i in range(n):
+        slope = 0.0
+        for j in range(p):
+            slope += g[i, j] * d[i, j]
+        finite = np.isfinite(f_try[i])
+        for j in range(p):
+            finite = finite and np.isfinite(g_try[i, j])
+        done[i] = -1
+        if fresh[i]:
+            fresh[i] = False
+            x[i] = x_try[i]
+            f[i] = f_try[i]
+            if finite:
+                g[i] = g_try[i]
+            _descent(H[i], g[i], d[i])
+            trials[i] = 0
+            alpha[i] = min(1.0 / max(np.abs(g[i]).max(), 1e-12), 1.0) if first[i] else 1.0
+            if not finite:
+                done[i] = _BAD_START
+            elif np.abs(g[i]).max() <= gtol:
+                done[i] = _CONVERGED
+            elif iterations[i] >= max_iter:
+                done[i] = _MAX_ITER
+            continue
+        f_before = f[i]
+        if finite and f_try[i] <= f_before + c1 * alpha[i] * slope:
+            s = x_try[i] - x[i]
+            y = g_try[i] - g[i]
+            sy = s @ y
+            if sy > 1e-10 * np.sqrt(s @ s) * np.sqrt(y @ y):
+                if first[i]:
+                    H[i] *= sy / max(y @ y, 1e-300)
+                    first[i] = False
+                _update(H[i], s, y, sy)
+            decrease = f_before - f_try[i]
+            x[i] = x_try[i]
+            f[i] = f_try[i]
+            g[i] = g_try[i]
+            iterations[i] += 1
+            _descent(H[i], g[i], d[i])
+            if g[i] @ d[i] >= 0:  # not a descent direction: start again from H = I
+                H[i] = np.eye(p)
+                d[i] = -g[i]
+            alpha[i] = 1.0
+            trials[i] = 0
+            if decrease <= ftol * max(abs(f_before), abs(f_try[i]), 1.0) or np.abs(g[i]).max() <= gtol:
+                done[i] = _CONVERGED
+            elif iterations[i] >= max_iter:
+                done[i] = _MAX_ITER
+        else:
+            a = alpha[i]
+            if finite:
+                quad = -slope * a * a / (2.0 * (f_try[i] - f_before - slope * a))
+                alpha[i] = min(max(quad if np.isfinite(quad) else 0.5 * a, 0.1 * a), 0.5 * a)
+            else:
+                alpha[i] = 0.25 * a
+            trials[i] += 1
+            if trials[i] >= max_trials:
+                done[i] = _LINE_SEARCH
+            elif iterations[i] >= max_iter:
+                done[i] = _MAX_ITER
 
 
 def bfgs(
@@ -180,69 +312,35 @@ def bfgs(
             run = run.cat(_Running.start(new, x0n[new], H_new, given))
 
         r = run
-        slope = (r.g * r.d).sum(-1)
         x_try = r.x + r.alpha[:, None] * r.d  # fresh rows: alpha = 0, their start
         f_t, g_t = fun(to_device(x_try), to_device(r.idx))
-        f_try = f_t.detach().to("cpu", torch.float64).numpy()
-        g_try = g_t.detach().to("cpu", torch.float64).numpy()
+        f_try = np.ascontiguousarray(f_t.detach().to("cpu", torch.float64).numpy())
+        g_try = np.ascontiguousarray(g_t.detach().to("cpu", torch.float64).numpy())
         evaluations[r.idx] += 1
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            finite = np.isfinite(f_try) & np.isfinite(g_try).all(-1)
-
-            # fresh rows: their start's value, direction -H0 g, with H0 = I a first step of
-            # inf-norm <= 1, with a given H0 a full step
-            r.x = np.where(r.fresh[:, None], x_try, r.x)
-            r.f = np.where(r.fresh, f_try, r.f)
-            r.g = np.where(r.fresh[:, None] & finite[:, None], g_try, r.g)
-            r.d = np.where(r.fresh[:, None], -_matvec(r.H, r.g), r.d)
-            start_alpha = np.where(r.first, np.minimum(1.0 / np.maximum(np.abs(r.g).max(-1), 1e-12), 1.0), 1.0)
-
-            accept = ~r.fresh & finite & (f_try <= r.f + c1 * r.alpha * slope)
-            # accepted: BFGS update of H, new direction
-            s = x_try - r.x
-            y = np.where(accept[:, None], g_try - r.g, 0.0)
-            sy = (s * y).sum(-1)
-            update = accept & (sy > 1e-10 * np.linalg.norm(s, axis=-1) * np.linalg.norm(y, axis=-1))
-            scale = np.where(update & r.first, sy / np.maximum((y * y).sum(-1), 1e-300), 1.0)
-            r.H = r.H * scale[:, None, None]
-            rho = np.where(update, 1.0 / np.maximum(sy, 1e-300), 0.0)
-            left = eye - rho[:, None, None] * s[:, :, None] * y[:, None, :]
-            r.H = np.where(
-                update[:, None, None],
-                left @ r.H @ left.transpose(0, 2, 1) + rho[:, None, None] * s[:, :, None] * s[:, None, :],
-                r.H,
-            )
-            r.first &= ~update
-            f_before = r.f
-            decrease = f_before - f_try
-            r.x = np.where(accept[:, None], x_try, r.x)
-            r.f = np.where(accept, f_try, r.f)
-            r.g = np.where(accept[:, None], g_try, r.g)
-            iterations[r.idx] += accept
-            d_new = -_matvec(r.H, r.g)
-            not_descent = (r.g * d_new).sum(-1) >= 0
-            r.H = np.where((accept & not_descent)[:, None, None], eye, r.H)
-            r.d = np.where(accept[:, None], np.where(not_descent[:, None], -r.g, d_new), r.d)
-
-            # rejected: shorter step by safeguarded quadratic interpolation
-            alpha = r.alpha
-            quad = -slope * alpha**2 / (2 * (f_try - f_before - slope * alpha))
-            shorter = np.where(
-                finite,
-                np.clip(np.where(np.isfinite(quad), quad, 0.5 * alpha), 0.1 * alpha, 0.5 * alpha),
-                0.25 * alpha,
-            )
-            r.alpha = np.where(r.fresh, start_alpha, np.where(accept, 1.0, shorter))
-            r.trials = np.where(accept | r.fresh, 0, r.trials + 1)
-
-            done = np.full(len(r), -1, dtype=np.int64)
-            converged = accept & (decrease <= ftol * np.maximum(np.maximum(np.abs(f_before), np.abs(f_try)), 1.0))
-            done = np.where(converged, int(FitStatus.CONVERGED), done)
-            done = np.where((accept | r.fresh) & (np.abs(r.g).max(-1) <= gtol), int(FitStatus.CONVERGED), done)
-            done = np.where((done < 0) & (iterations[r.idx] >= max_iter), int(FitStatus.MAX_ITER), done)
-            done = np.where(~accept & ~r.fresh & (r.trials >= max_trials), int(FitStatus.LINE_SEARCH), done)
-            done = np.where(r.fresh & ~finite, int(FitStatus.BAD_START), done)
-        r.fresh = np.zeros_like(r.fresh)
+        its = iterations[r.idx]
+        done = np.empty(len(r), dtype=np.int64)
+        _round(
+            r.x,
+            r.f,
+            r.g,
+            r.d,
+            r.alpha,
+            r.H,
+            r.trials,
+            r.first,
+            r.fresh,
+            its,
+            x_try,
+            f_try,
+            g_try,
+            c1,
+            gtol,
+            ftol,
+            max_trials,
+            max_iter,
+            done,
+        )
+        iterations[r.idx] = its
 
         if limit is not None:
             done = np.where((done < 0) & (limit[r.idx] < time.time()), int(FitStatus.DEADLINE), done)

@@ -75,30 +75,36 @@ def objective(model: Model, t, channel, value, device=None, prior=False, **solve
     array): add the N(0, I) prior's |z|^2 / 2, so the minimum is the maximum a posteriori
     point rather than the maximum-likelihood one."""
     t, channel, value = _tensors(t, channel, value, device)
-    with_prior = torch.as_tensor(np.broadcast_to(np.asarray(prior, dtype=bool), (t.shape[0],)).copy())
-    native = t.device.type == "cpu" and uses_native_solver(**solver_options)
-    sorted_obs = likelihood.SortedObservations.of(model, t, channel, value) if native else None
+    with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (t.shape[0],)).copy()
+    if t.device.type == "cpu" and uses_native_solver(**solver_options):
+        obs = likelihood.SortedObservations.of(model, t, channel, value)
+
+        # numpy between the calls: at the batch of one online refinement, torch's
+        # per-operation cost (~5 us each) would exceed the mmk solve itself
+        def native_fun(z: torch.Tensor, rows: torch.Tensor):
+            z_np, r = z.detach().cpu().numpy(), rows.cpu().numpy()
+            theta, dtheta_dz = priors.from_z_and_derivative(model.priors, torch.from_numpy(z_np))
+            solved = likelihood.nll_and_gradient(model, theta, obs, r, **solver_options)
+            assert solved is not None  # the native solver applies (checked above)
+            f, g = solved[0].numpy(), solved[1].numpy() * dtheta_dz.numpy()
+            add = with_prior[r]
+            if add.any():
+                f = f + np.where(add, 0.5 * (z_np * z_np).sum(-1), 0.0)
+                g = g + np.where(add[:, None], z_np, 0.0)
+            return torch.from_numpy(f), torch.from_numpy(g)
+
+        return native_fun
+    add_prior = torch.from_numpy(with_prior).to(t.device)
 
     def fun(z: torch.Tensor, rows: torch.Tensor):
-        z = z.detach().to(t.device)
-        f, g = likelihood_fun(z, rows)
-        add = with_prior.to(z.device)[rows]
-        if not add.any():
-            return f, g
-        return f + torch.where(add, 0.5 * z.square().sum(-1), 0.0), g + torch.where(add[:, None], z, 0.0)
-
-    def likelihood_fun(z: torch.Tensor, rows: torch.Tensor):
-        if sorted_obs is not None:
-            theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z)
-            solved = likelihood.nll_and_gradient(model, theta, sorted_obs, rows.cpu().numpy(), **solver_options)
-            assert solved is not None  # the native solver applies (checked above)
-            f, g, _ = solved
-            return f.to(z.dtype), (g * dtheta_dz).to(z.dtype)
-        z = z.requires_grad_(True)
+        rows = rows.to(t.device)
+        z = z.detach().to(t.device).requires_grad_(True)
         with torch.enable_grad():
             f = likelihood.nll(model, model.from_z(z), t[rows], channel[rows], value[rows], **solver_options)
             (g,) = torch.autograd.grad(torch.nan_to_num(f, nan=0.0).sum(), z)
-        return f.detach(), g
+        f, z = f.detach(), z.detach()
+        add = add_prior[rows]
+        return f + torch.where(add, 0.5 * z.square().sum(-1), 0.0), g + torch.where(add[:, None], z, 0.0)
 
     return fun
 

@@ -13,6 +13,7 @@ numpy arrays in the scipy reference used by the tests.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import inspect
 from collections.abc import Callable
@@ -78,8 +79,9 @@ class Model:
     def parameter_units(self) -> tuple[str, ...]:
         return tuple(q.unit for q in self.quantities)
 
-    @property
+    @functools.cached_property
     def priors(self) -> tuple[_priors.Prior, ...]:
+        # one tuple for the model's life: the z map's constants are cached by its identity
         return tuple(q.prior for q in self.quantities)
 
     @property

@@ -48,22 +48,27 @@ def around_nominal(nominal: float, factor: float = 2.0) -> LogUniform:
     return LogUniform(nominal / factor, nominal * factor)
 
 
-_AFFINE: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_AFFINE: dict[tuple, tuple[tuple[Prior, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
 
 
 def _affine(priors: tuple[Prior, ...], like: torch.Tensor):
     """(a, b, is_log) per column, as tensors like ``like``: w = a + u b, x = exp(w) where
-    is_log else w."""
-    key = (priors, like.dtype, like.device)
-    if key not in _AFFINE:
+    is_log else w. Cached by the tuple's identity (a model's priors are one tuple for
+    its life; hashing P dataclasses cost more than the map at the batch of one fit)."""
+    key = (id(priors), like.dtype, like.device)
+    found = _AFFINE.get(key)
+    if found is None or found[0] is not priors:
         lows = [math.log(p.low) if p.log else p.low for p in priors]
         highs = [math.log(p.high) if p.log else p.high for p in priors]
-        _AFFINE[key] = (
-            torch.tensor(lows, dtype=like.dtype, device=like.device),
-            torch.tensor([h - lo for h, lo in zip(highs, lows)], dtype=like.dtype, device=like.device),
-            torch.tensor([p.log for p in priors], device=like.device),
+        found = _AFFINE[key] = (
+            priors,
+            (
+                torch.tensor(lows, dtype=like.dtype, device=like.device),
+                torch.tensor([h - lo for h, lo in zip(highs, lows)], dtype=like.dtype, device=like.device),
+                torch.tensor([p.log for p in priors], device=like.device),
+            ),
         )
-    return _AFFINE[key]
+    return found[1]
 
 
 def to_u(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
