@@ -76,17 +76,19 @@ def objective(model: Model, t, channel, value, device=None, prior=False, **solve
     point rather than the maximum-likelihood one."""
     t, channel, value = _tensors(t, channel, value, device)
     with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (t.shape[0],)).copy()
+    solve = None
     if t.device.type == "cpu" and uses_native_solver(**solver_options):
-        obs = likelihood.SortedObservations.of(model, t, channel, value)
-
+        solve = likelihood.nll_and_gradient(
+            model, likelihood.SortedObservations.of(model, t, channel, value), **solver_options
+        )
+    if solve is not None:
         # numpy between the calls: at the batch of one online refinement, torch's
         # per-operation cost (~5 us each) would exceed the mmk solve itself
         def native_fun(z: torch.Tensor, rows: torch.Tensor):
             z_np, r = z.detach().cpu().numpy(), rows.cpu().numpy()
-            theta, dtheta_dz = priors.from_z_and_derivative(model.priors, torch.from_numpy(z_np))
-            solved = likelihood.nll_and_gradient(model, theta, obs, r, **solver_options)
-            assert solved is not None  # the native solver applies (checked above)
-            f, g = solved[0].numpy(), solved[1].numpy() * dtheta_dz.numpy()
+            theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z_np)
+            f, g, _ = solve(theta, r)
+            g = g * dtheta_dz
             add = with_prior[r]
             if add.any():
                 f = f + np.where(add, 0.5 * (z_np * z_np).sum(-1), 0.0)

@@ -73,14 +73,19 @@ class SortedObservations:
         return cls(pick(t_np), pick(states), pick(np.where(mask, value.numpy(), 0.0)), pick(weight))
 
 
-def nll_and_gradient(model: Model, theta: torch.Tensor, obs: SortedObservations, rows: np.ndarray, **solver_options):
-    """NLL (B,) of theta (B, P) for the sets ``rows`` of ``obs``, its gradient in theta
-    (B, P) and the status (B,), by the native solver's discrete adjoint; ``None`` where
-    that solver does not apply. theta must come from the z map (inside the prior, by
-    construction), so it is not checked here."""
-    return _solver.nll_and_gradient(
-        term(model), theta, obs.t[rows], obs.state[rows], obs.value[rows], obs.weight[rows], **solver_options
-    )
+def nll_and_gradient(model: Model, obs: SortedObservations, **solver_options):
+    """``fn(theta, rows) -> (NLL (b,), its gradient in theta (b, P), status (b,))`` for
+    the sets ``rows`` of ``obs``, numpy arrays in and out, by the native solver's
+    discrete adjoint; ``None`` where that solver does not apply. theta must come from
+    the z map (inside the prior, by construction), so it is not checked here."""
+    solve = _solver.nll_and_gradient(term(model), **solver_options)
+    if solve is None:
+        return None
+
+    def fn(theta: np.ndarray, rows: np.ndarray):
+        return solve(theta, obs.t[rows], obs.state[rows], obs.value[rows], obs.weight[rows])
+
+    return fn
 
 
 def nll_from_mu(

@@ -19,6 +19,8 @@ that drives them per sample (:func:`integrate`). ``solve`` picks a method by nam
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import native as _native
@@ -93,19 +95,19 @@ def _native_with(term: ODETerm, like: torch.Tensor, options: dict):
     return term.native(), {k: options.get(k, default) for k, default in tolerances.items()}
 
 
-def nll_and_gradient(term: ODETerm, args: torch.Tensor, t_obs, state, value, weight, **options):
-    """From the term's own initial state (a function of args): the weighted least-squares
-    loss 1/2 sum_k weight_k (value_k - y(t_k)[state_k])^2 of each row (B,), its gradient
-    in args (B, P) and status (B,), by the native solver's discrete adjoint (one forward
-    and one backward pass, whatever the number of parameters). t_obs, state, value,
-    weight: (B, N) numpy arrays, times sorted per row. ``None`` where the native solver
-    does not apply."""
-    found = _native_with(term, args, options)
+def nll_and_gradient(term: ODETerm, **options):
+    """The weighted least-squares loss from the term's own initial state (a function of
+    args), by the native solver's discrete adjoint (one forward and one backward pass,
+    whatever the number of parameters), as a function of numpy arrays:
+    ``fn(args (B, P), t_obs, state, value, weight (B, N)) -> (loss (B,), its gradient in
+    args (B, P), status (B,))``, loss = 1/2 sum_k weight_k (value_k - y(t_k)[state_k])^2,
+    times sorted per row. The system and its tolerances are looked up once: a fit calls
+    the function every evaluation. ``None`` where the native solver does not apply."""
+    found = _native_with(term, torch.empty(0), options)  # numpy arrays: the CPU
     if found is None:
         return None
     native, tolerances = found
-    nll, grad, status = native.nll_and_gradient(args.detach().cpu().numpy(), t_obs, state, value, weight, **tolerances)
-    return torch.from_numpy(nll), torch.from_numpy(grad), torch.from_numpy(status)
+    return functools.partial(native.nll_and_gradient, **tolerances)
 
 
 def jacobian(term: ODETerm, args: torch.Tensor, t_obs: torch.Tensor, **options):

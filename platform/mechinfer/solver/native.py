@@ -57,10 +57,13 @@ _MIN_STEP = 1e-12
 _SAFETY, _FACTOR_MIN, _FACTOR_MAX, _ORDER = 0.9, 0.2, 6.0, 4.0
 
 
+_HAVE_NUMBA = importlib.util.find_spec("numba") is not None  # looked up once: fits ask every evaluation
+
+
 def available() -> bool:
     """Whether the native solver may be used: numba is installed (a dependency) and the
     environment does not turn it off (``MECHINFER_NATIVE=0``: the torch steps everywhere)."""
-    return os.environ.get("MECHINFER_NATIVE", "1") != "0" and importlib.util.find_spec("numba") is not None
+    return _HAVE_NUMBA and os.environ.get("MECHINFER_NATIVE", "1") != "0"
 
 
 # ---------------------------------------------------------------- generated equations
