@@ -25,11 +25,14 @@ follow the state's steps (E. coli: 4-5x the plain solve's time, 43 accepted step
 see :func:`_sensitivity_step`).
 
 A gradient (what BFGS and fine-tuning need) is cheaper by the discrete adjoint, the
-same equations transposed: one forward pass recording each accepted step's start and
-size (S + 1 numbers a step), then each step re-taken from its start and reversed with
-vector-Jacobian products w^T J, w^T F_a and the gradient of w^T (J v), generated like the
-rest. Its cost does not grow with the number of parameters (E. coli: 0.4 ms for NLL and
-gradient against 1.4 ms by forward sensitivities; bench/gradient_speed.py).
+same equations transposed: one forward pass recording each accepted step (its start,
+size, stages and the LU factors of W: 13 S + S^2 + 1 numbers a step), then each step
+reversed from its record with vector-Jacobian products w^T J, w^T F_a and, once a step
+for all six stages, the gradient of M:J, generated like the rest. Its cost does not
+grow with the number of parameters. E. coli, NLL and gradient at batch 256, one thread
+(measured side by side): 0.29 ms a sample when each step was re-taken from its start
+and each stage had its own second-derivative product, 0.16 ms now; 1.4 ms by forward
+sensitivities.
 
 The algorithm (step-size control, landing on observation times, statuses) is the one
 of :func:`mechinfer.solver.integrate.integrate`, so both give the same solution within
@@ -235,7 +238,7 @@ def system(name: str, fingerprint: str | None, n_states: int, n_args: int, make_
         return _SYSTEMS[key]
 
 
-CODEGEN_VERSION = "2"  # bump when mechinfer.solver.symbolic prints different code
+CODEGEN_VERSION = "3"  # bump when mechinfer.solver.symbolic prints different code
 
 
 # ---------------------------------------------------------------- torch interface
@@ -500,12 +503,13 @@ def _sensitivity_step(y, a, h, A, C, w, piv, u, k, Y, q, col_a, dk, du, b, winv,
 
 
 @numba.njit(cache=True)
-def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, out, sens, tape_y, tape_h, after):
+def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, out, sens, tape, tape_piv, after):
     """Integrate one sample from y0 to its sorted observation times (states into out,
-    with ``want_sens`` their derivatives into sens). With a tape (``tape_y`` of at least
-    one row), every accepted step's start state and size are recorded, and ``after[k]``
+    with ``want_sens`` their derivatives into sens). With a tape (``tape`` of at least
+    one row, see :func:`_tape_width`), every accepted step is recorded (its start state,
+    size, stages and the factors of W, the pivots into ``tape_piv``), and ``after[k]``
     is the accepted step after which observation k was reached (-1: at t = 0), for the
-    adjoint pass. Returns (status, accepted steps, tape_y, tape_h): the tape grows as
+    adjoint pass. Returns (status, accepted steps, tape, tape_piv): the tape grows as
     needed."""
     n = y0.shape[0]
     n_obs = times.shape[0]
@@ -529,7 +533,7 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
     b_sens = _np.empty(n * q)
     winv = _np.empty(n * n)
     y_new = _np.empty(n)
-    taping = tape_y.shape[0] > 0
+    taping = tape.shape[0] > 0
 
     # Hairer's starting step (IController.initial_step)
     rhs(y, a, f)
@@ -559,9 +563,9 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
         kk += 1
     while kk < n_obs:
         if steps >= max_steps:
-            return _MAX_STEPS, n_acc, tape_y, tape_h
+            return _MAX_STEPS, n_acc, tape, tape_piv
         if h < _MIN_STEP:
-            return _UNDERFLOW, n_acc, tape_y, tape_h
+            return _UNDERFLOW, n_acc, tape, tape_piv
         target = times[kk]
         gap = target - t
         landed = h >= gap
@@ -585,14 +589,15 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
         if accepted and want_sens:
             _sensitivity_step(y, a, hs, A, C, w, piv, u, k, Y, q, col_a, dk, du, b_sens, winv, f, J, Fa, Gy, Ga)
         if accepted and taping:
-            if n_acc == tape_y.shape[0]:  # grow the tape
-                grown_y = _np.empty((2 * n_acc, n))
-                grown_h = _np.empty(2 * n_acc)
-                grown_y[:n_acc] = tape_y
-                grown_h[:n_acc] = tape_h
-                tape_y, tape_h = grown_y, grown_h
-            tape_y[n_acc] = y
-            tape_h[n_acc] = hs
+            if n_acc == tape.shape[0]:  # grow the tape
+                grown = _np.empty((2 * n_acc, tape.shape[1]))
+                grown_piv = _np.empty((2 * n_acc, n), dtype=_np.int64)
+                grown[:n_acc] = tape[:n_acc]
+                grown_piv[:n_acc] = tape_piv[:n_acc]
+                tape, tape_piv = grown, grown_piv
+            _record(tape[n_acc], y, hs, u, k, w)
+            for i in range(n):
+                tape_piv[n_acc, i] = piv[i]
         if accepted and landed:
             h = max(h, h_next)
         else:
@@ -609,7 +614,33 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
                 sens[kk] = Y2
             after[kk] = n_acc - 1
             kk += 1
-    return _OK, n_acc, tape_y, tape_h
+    return _OK, n_acc, tape, tape_piv
+
+
+@numba.njit(cache=True)
+def _tape_width(n):
+    """Floats per accepted step on the tape: start state (n), step size, stage points u
+    (6 n), increments k (6 n) and the LU factors of W (n n). Keeping the stages costs
+    memory (~1 KB a step for E. coli) but spares the adjoint re-taking every step: the
+    reverse pass then costs only its own products."""
+    return n + 1 + 12 * n + n * n
+
+
+@numba.njit(cache=True)
+def _record(row, y, h, u, k, w):
+    n = y.shape[0]
+    for i in range(n):
+        row[i] = y[i]
+    row[n] = h
+    at = n + 1
+    for s in range(6):
+        for i in range(n):
+            row[at + s * n + i] = u[s, i]
+            row[at + 6 * n + s * n + i] = k[s, i]
+    at += 12 * n
+    for i in range(n):
+        for j in range(n):
+            row[at + i * n + j] = w[i, j]
 
 
 @numba.njit(cache=True)
@@ -636,52 +667,50 @@ def _transpose_solve(w, piv, b):
 
 
 @numba.njit(cache=True)
-def _adjoint(a, A, C, tape_y, tape_h, n_acc, after, w_obs, lam, ga):
+def _adjoint(a, A, C, tape, tape_piv, n_acc, after, w_obs, lam, ga):
     """The discrete adjoint of the recorded solve: given w_obs (N, S), the derivative of
     a loss in the states at the observations, accumulate its derivative in the initial
     state into lam (S,) and in the arguments into ga (P,). Each accepted step is
-    re-taken from its recorded start (the same stages, bit for bit) and reversed:
-    r_s = W^-T kbar_s; ybar += Gy(y; k_s)^T r_s (W depends on y through J);
+    reversed from its recorded stages (those the forward pass took, bit for bit):
+    r_s = W^-T kbar_s; ybar += Gy(y; k_s)^T r_s (W depends on y through J), summed over
+    the stages as the gradient of M:J(y) with M = sum_s r_s k_s^T (one call a step);
     ubar_s = J(u_s)^T r_s; kbar_j += (C_sj / h) r_s + A_sj ubar_s; ybar += ubar_s."""
     n = lam.shape[0]
     p = a.shape[0]
-    f = _np.empty(n)
-    J = _np.empty(n * n)
-    Fa = _np.empty(n * p)
-    w = _np.empty((n, n))
-    piv = _np.empty(n, dtype=_np.int64)
-    u = _np.empty((6, n))
-    k = _np.empty((6, n))
-    rhs_col = _np.empty((n, 1))
     kbar = _np.empty((6, n))
     ybar = _np.empty(n)
     ubar = _np.empty(n)
     r = _np.empty(n)
     gy = _np.empty(n)
     gp = _np.empty(p)
+    m = _np.empty(n * n)
     kk = w_obs.shape[0] - 1
     for j in range(n_acc - 1, -1, -1):
         while kk >= 0 and after[kk] == j:  # observations of the state after step j
             for i in range(n):
                 lam[i] += w_obs[kk, i]
             kk -= 1
-        y = tape_y[j]
-        h = tape_h[j]
-        _trial_step(y, a, h, A, C, f, J, Fa, w, piv, u, k, rhs_col)
+        row = tape[j]
+        y = row[:n]
+        h = row[n]
+        u = row[n + 1 : 7 * n + 1].reshape((6, n))
+        k = row[7 * n + 1 : 13 * n + 1].reshape((6, n))
+        w = row[13 * n + 1 : 13 * n + 1 + n * n].reshape((n, n))
+        piv = tape_piv[j]
         for i in range(n):
             for s in range(6):
                 kbar[s, i] = 0.0
             kbar[5, i] = lam[i]
             ybar[i] = 0.0
+        for i in range(n * n):
+            m[i] = 0.0
         for s in range(5, -1, -1):
             for i in range(n):
                 r[i] = kbar[s, i]
             _transpose_solve(w, piv, r)
-            vjp_jvp(y, a, k[s], r, gy, gp)
-            for i in range(n):
-                ybar[i] += gy[i]
-            for i in range(p):
-                ga[i] += gp[i]
+            for i in range(n):  # r_s^T J(y) k_s, for all stages at once below
+                for jj in range(n):
+                    m[i * n + jj] += r[i] * k[s, jj]
             vjp_rhs(u[s], a, r, gy, gp)
             for i in range(p):
                 ga[i] += gp[i]
@@ -691,8 +720,11 @@ def _adjoint(a, A, C, tape_y, tape_h, n_acc, after, w_obs, lam, ga):
             for jj in range(s):
                 for i in range(n):
                     kbar[jj, i] += (C[s, jj] / h) * r[i] + A[s, jj] * ubar[i]
+        vjp_jac(y, a, m, gy, gp)
         for i in range(n):
-            lam[i] = ybar[i]
+            lam[i] = ybar[i] + gy[i]
+        for i in range(p):
+            ga[i] += gp[i]
     while kk >= 0:  # observations at t = 0
         for i in range(n):
             lam[i] += w_obs[kk, i]
@@ -705,15 +737,15 @@ def solve_batch(y0, Y0, col_a, args, t_obs, rtol, atol, max_steps, want_sens, A,
     n_obs = t_obs.shape[1]
     n = y0.shape[1]
     q = Y0.shape[2]
-    no_tape_y = _np.empty((0, n))
-    no_tape_h = _np.empty(0)
+    no_tape = _np.empty((0, _tape_width(n)))
+    no_tape_piv = _np.empty((0, n), dtype=_np.int64)
     after = _np.empty(n_obs, dtype=_np.int64)
     for b in range(y0.shape[0]):
         o = _np.empty((n_obs, n))
         s = _np.empty((n_obs, n, q) if want_sens else (0, 0, 0))
         code, _, _, _ = _solve_one(
             y0[b], Y0[b], col_a, args[b], t_obs[b], rtol, atol, max_steps, want_sens, A, C, o, s,
-            no_tape_y, no_tape_h, after,
+            no_tape, no_tape_piv, after,
         )
         status[b] = code
         if code == _OK:
@@ -732,18 +764,18 @@ def vjp_batch(y0, args, t_obs, w_out, rtol, atol, max_steps, A, C, out, g_y0, g_
     no_sens_seed = _np.empty((n, 0))
     no_sens = _np.empty((0, 0, 0))
     after = _np.empty(n_obs, dtype=_np.int64)
-    tape_y = _np.empty((64, n))
-    tape_h = _np.empty(64)
+    tape = _np.empty((64, _tape_width(n)))
+    tape_piv = _np.empty((64, n), dtype=_np.int64)
     for b in range(y0.shape[0]):
         o = _np.empty((n_obs, n))
-        code, n_acc, tape_y, tape_h = _solve_one(
+        code, n_acc, tape, tape_piv = _solve_one(
             y0[b], no_sens_seed, 0, args[b], t_obs[b], rtol, atol, max_steps, False, A, C, o, no_sens,
-            tape_y, tape_h, after,
+            tape, tape_piv, after,
         )
         status[b] = code
         if code == _OK:
             out[b] = o
-            _adjoint(args[b], A, C, tape_y, tape_h, n_acc, after, w_out[b], g_y0[b], g_args[b])
+            _adjoint(args[b], A, C, tape, tape_piv, n_acc, after, w_out[b], g_y0[b], g_args[b])
 
 
 @numba.njit(cache=True)
@@ -758,15 +790,15 @@ def nll_gradient_batch(y0, Y0, args, t_obs, state, value, weight, rtol, atol, ma
     after = _np.empty(n_obs, dtype=_np.int64)
     no_sens_seed = _np.empty((n, 0))
     no_sens = _np.empty((0, 0, 0))
-    tape_y = _np.empty((64, n))
-    tape_h = _np.empty(64)
+    tape = _np.empty((64, _tape_width(n)))
+    tape_piv = _np.empty((64, n), dtype=_np.int64)
     w_obs = _np.empty((n_obs, n))
     o = _np.empty((n_obs, n))
     lam = _np.empty(n)
     for b in range(n_batch):
-        code, n_acc, tape_y, tape_h = _solve_one(
+        code, n_acc, tape, tape_piv = _solve_one(
             y0[b], no_sens_seed, 0, args[b], t_obs[b], rtol, atol, max_steps, False, A, C, o, no_sens,
-            tape_y, tape_h, after,
+            tape, tape_piv, after,
         )
         status[b] = code
         for q in range(p):
@@ -784,7 +816,7 @@ def nll_gradient_batch(y0, Y0, args, t_obs, state, value, weight, rtol, atol, ma
         nll[b] = total
         for i in range(n):
             lam[i] = 0.0
-        _adjoint(args[b], A, C, tape_y, tape_h, n_acc, after, w_obs, lam, grad[b])
+        _adjoint(args[b], A, C, tape, tape_piv, n_acc, after, w_obs, lam, grad[b])
         for q in range(p):
             for i in range(n):
                 grad[b, q] += Y0[b, i, q] * lam[i]

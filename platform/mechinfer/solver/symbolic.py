@@ -93,7 +93,8 @@ def derivatives(f: Callable[[list, list], Sequence], n_states: int, n_args: int,
     """f(y, a) -> the S derivatives dy/dt and initial(a) -> the S initial states, called
     on symbols. Returns the expressions (lists, row-major) of f, J = df/dy (S, S),
     Fa = df/da (S, P), for a vector v Gy = d(J v)/dy (S, S) and Ga = d(J v)/da (S, P),
-    and the initial state y0 (S,) with its Jacobian Y0 = dy0/da (S, P)."""
+    the initial state y0 (S,) with its Jacobian Y0 = dy0/da (S, P), and the gradients
+    of w.f and M:J for the adjoint."""
     y = sympy.symbols(f"y0:{n_states}", real=True)
     a = sympy.symbols(f"a0:{n_args}", real=True)
     v = sympy.symbols(f"v0:{n_states}", real=True)
@@ -107,15 +108,18 @@ def derivatives(f: Callable[[list, list], Sequence], n_states: int, n_args: int,
     jac = [[sympy.diff(r, s) for s in y] for r in rates]
     jv = [sum((jac[i][j] * v[j] for j in range(n_states)), sympy.S.Zero) for i in range(n_states)]
     # vector-Jacobian products, for the discrete adjoint: gradients of the scalars w.f and
-    # w.(J v) (S + P expressions each, instead of the S (S + P) entries of the matrices)
+    # M:J = sum_ij M_ij J_ij (S + P expressions each, instead of the S (S + P) entries of
+    # the matrices). One M:J serves all six stages of a step, whose J is the same (the
+    # step start's): the sum over stages of w_s.(J k_s) is M:J with M = sum_s w_s k_s^T.
+    m = sympy.symbols(f"m0:{n_states * n_states}", real=True)
     wf = sum((w[i] * rates[i] for i in range(n_states)), sympy.S.Zero)
-    wjv = sum((w[i] * jv[i] for i in range(n_states)), sympy.S.Zero)
+    mj = sum((m[i * n_states + j] * jac[i][j] for i in range(n_states) for j in range(n_states)), sympy.S.Zero)
     return {
-        "symbols": (y, a, v, w),
+        "symbols": (y, a, v, w, m),
         "wJ": [sympy.diff(wf, s) for s in y],
         "wFa": [sympy.diff(wf, s) for s in a],
-        "wGy": [sympy.diff(wjv, s) for s in y],
-        "wGa": [sympy.diff(wjv, s) for s in a],
+        "mJy": [sympy.diff(mj, s) for s in y],
+        "mJa": [sympy.diff(mj, s) for s in a],
         "f": rates,
         "J": [e for row in jac for e in row],
         "Fa": [sympy.diff(r, s) for r in rates for s in a],
@@ -149,10 +153,10 @@ def source(f: Callable[[list, list], Sequence], n_states: int, n_args: int, init
     """Python source of six scalar functions over flat float64 arrays: ``rhs(y, a, f)``,
     ``linearise(y, a, f, J, Fa)``, ``jvp_derivatives(y, a, v, Gy, Ga)`` and
     ``initial(a, y0, Y0)``, and the vector-Jacobian products of the adjoint,
-    ``vjp_rhs(y, a, w, gy, ga)`` (gy = J^T w, ga = Fa^T w) and ``vjp_jvp(y, a, v, w, gy, ga)``
-    (gy = Gy^T w, ga = Ga^T w) (see :func:`derivatives`)."""
+    ``vjp_rhs(y, a, w, gy, ga)`` (gy = J^T w, ga = Fa^T w) and ``vjp_jac(y, a, m, gy, ga)``
+    (the gradients of M:J in y and a, M flat row-major) (see :func:`derivatives`)."""
     d = derivatives(f, n_states, n_args, initial)
-    y, a, v, w = d["symbols"]
+    y, a, v, w, m = d["symbols"]
     return "\n\n\n".join(
         [
             _function("rhs", {"y": y, "a": a}, {"f": d["f"]}),
@@ -160,6 +164,6 @@ def source(f: Callable[[list, list], Sequence], n_states: int, n_args: int, init
             _function("jvp_derivatives", {"y": y, "a": a, "v": v}, {"Gy": d["Gy"], "Ga": d["Ga"]}),
             _function("initial", {"a": a}, {"y0": d["y0"], "Y0": d["Y0"]}),
             _function("vjp_rhs", {"y": y, "a": a, "w": w}, {"gy": d["wJ"], "ga": d["wFa"]}),
-            _function("vjp_jvp", {"y": y, "a": a, "v": v, "w": w}, {"gy": d["wGy"], "ga": d["wGa"]}),
+            _function("vjp_jac", {"y": y, "a": a, "m": m}, {"gy": d["mJy"], "ga": d["mJa"]}),
         ]
     )
