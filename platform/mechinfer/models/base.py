@@ -181,13 +181,14 @@ class Model:
         return like_input(_priors.to_z(self.priors, t), theta)
 
     def from_z(self, z):
-        t = as_tensor(z)
+        # numpy in, numpy all the way (a served answer maps three rows of z per case)
+        t = as_tensor(z) if isinstance(z, torch.Tensor) else np.asarray(z, dtype=np.float64)
         if t.shape[-1:] != (self.n_parameters,):
             raise ValueError(
                 f"{self.name}: z must have {self.n_parameters} columns "
                 f"({', '.join(self.parameter_names)}), got shape {tuple(t.shape)}"
             )
-        return like_input(_priors.from_z(self.priors, t), z)
+        return _priors.from_z(self.priors, t)
 
     def check_theta(self, theta: torch.Tensor, what: str = "simulate") -> None:
         """Raise ValueError naming the problem if theta is not (..., P) inside the prior."""
