@@ -107,6 +107,22 @@ _CONVERGED, _MAX_ITER, _LINE_SEARCH, _BAD_START = (
 
 
 @numba.njit(cache=True)
+def _dot(a, b):
+    acc = 0.0
+    for j in range(len(a)):
+        acc += a[j] * b[j]
+    return acc
+
+
+@numba.njit(cache=True)
+def _max_abs(v):
+    out = 0.0
+    for j in range(len(v)):
+        out = max(out, abs(v[j]))
+    return out
+
+
+@numba.njit(cache=True)
 def _descent(H, g, d):
     """d = -H g."""
     p = len(g)
@@ -131,7 +147,7 @@ def _update(H, s, y, sy):
         for k in range(p):
             u[j] += H[j, k] * y[k]
             w[j] += H[k, j] * y[k]
-    yHy = y @ u
+    yHy = _dot(y, u)
     c = rho * rho * yHy + rho
     for j in range(p):
         for k in range(p):
@@ -174,52 +190,61 @@ def _round(
     descent direction). A rejected one shortens the step by safeguarded quadratic
     interpolation (0.25 of it where f or g is not finite)."""
     n, p = x.shape
+    s = np.empty(p)
+    y = np.empty(p)
     for i in range(n):
-        slope = 0.0
-        for j in range(p):
-            slope += g[i, j] * d[i, j]
+        slope = _dot(g[i], d[i])
         finite = np.isfinite(f_try[i])
         for j in range(p):
             finite = finite and np.isfinite(g_try[i, j])
         done[i] = -1
         if fresh[i]:
             fresh[i] = False
-            x[i] = x_try[i]
             f[i] = f_try[i]
-            if finite:
-                g[i] = g_try[i]
+            for j in range(p):
+                x[i, j] = x_try[i, j]
+                if finite:
+                    g[i, j] = g_try[i, j]
             _descent(H[i], g[i], d[i])
             trials[i] = 0
-            alpha[i] = min(1.0 / max(np.abs(g[i]).max(), 1e-12), 1.0) if first[i] else 1.0
+            alpha[i] = min(1.0 / max(_max_abs(g[i]), 1e-12), 1.0) if first[i] else 1.0
             if not finite:
                 done[i] = _BAD_START
-            elif np.abs(g[i]).max() <= gtol:
+            elif _max_abs(g[i]) <= gtol:
                 done[i] = _CONVERGED
             elif iterations[i] >= max_iter:
                 done[i] = _MAX_ITER
             continue
         f_before = f[i]
         if finite and f_try[i] <= f_before + c1 * alpha[i] * slope:
-            s = x_try[i] - x[i]
-            y = g_try[i] - g[i]
-            sy = s @ y
-            if sy > 1e-10 * np.sqrt(s @ s) * np.sqrt(y @ y):
+            for j in range(p):
+                s[j] = x_try[i, j] - x[i, j]
+                y[j] = g_try[i, j] - g[i, j]
+            sy = _dot(s, y)
+            yy = _dot(y, y)
+            if sy > 1e-10 * np.sqrt(_dot(s, s)) * np.sqrt(yy):
                 if first[i]:
-                    H[i] *= sy / max(y @ y, 1e-300)
+                    scale = sy / max(yy, 1e-300)
+                    for j in range(p):
+                        for k in range(p):
+                            H[i, j, k] *= scale
                     first[i] = False
                 _update(H[i], s, y, sy)
             decrease = f_before - f_try[i]
-            x[i] = x_try[i]
             f[i] = f_try[i]
-            g[i] = g_try[i]
+            for j in range(p):
+                x[i, j] = x_try[i, j]
+                g[i, j] = g_try[i, j]
             iterations[i] += 1
             _descent(H[i], g[i], d[i])
-            if g[i] @ d[i] >= 0:  # not a descent direction: start again from H = I
-                H[i] = np.eye(p)
-                d[i] = -g[i]
+            if _dot(g[i], d[i]) >= 0:  # not a descent direction: start again from H = I
+                for j in range(p):
+                    for k in range(p):
+                        H[i, j, k] = 1.0 if j == k else 0.0
+                    d[i, j] = -g[i, j]
             alpha[i] = 1.0
             trials[i] = 0
-            if decrease <= ftol * max(abs(f_before), abs(f_try[i]), 1.0) or np.abs(g[i]).max() <= gtol:
+            if decrease <= ftol * max(abs(f_before), abs(f_try[i]), 1.0) or _max_abs(g[i]) <= gtol:
                 done[i] = _CONVERGED
             elif iterations[i] >= max_iter:
                 done[i] = _MAX_ITER
