@@ -34,7 +34,7 @@ from mechinfer.serve import handlers as service
 
 REFINE_GRACE_S = 5.0  # past the refine deadline, how long the Api still waits for the Refiner
 INFER_BATCH_WAIT_S = 0.005  # how long a batch of cases waits for more, while other requests are in flight
-REFINE_BATCH_WAIT_S = 0.01
+REFINE_BATCH_WAIT_S = 0.01  # the same for the cases of a refine batch
 
 
 class Observation(BaseModel):
@@ -197,7 +197,8 @@ def _per_model(cases: list[tuple], run, batch_key: str) -> list[dict]:
 def _batch_wait(in_flight: int, wait_s: float) -> float:
     """How long a batch waits for more cases after its first: ``wait_s`` while other
     requests are in flight (they may join it), none for a request alone, for which the
-    wait would be pure latency (5 ms of a plain answer's 7, measured with one client)."""
+    wait would be pure latency (one mmk client, direct ingress: a plain answer's p50
+    went from 13.8 to 7.0 ms without it)."""
     return wait_s if in_flight > 1 else 0.0
 
 
