@@ -63,7 +63,7 @@ def solve(
 ):
     """States at each sample's sorted observation times: (B, N, S) and status (B,)."""
     controller = IController(rtol=rtol, atol=atol)
-    if method in _STEPPERS and _use_native(term, y0, backend):
+    if method in _STEPPERS and _use_native(term, y0.device, backend):
         assert term.native is not None  # checked by _use_native
         return _native.solve(term.native(), y0, args, t_obs, rtol=rtol, atol=atol, max_steps=max_steps)
     if method in _STEPPERS:
@@ -74,21 +74,22 @@ def solve(
 BACKENDS = ("auto", "native", "torch")
 
 
-def _use_native(term: ODETerm, y0: torch.Tensor, backend: str) -> bool:
+def _use_native(term: ODETerm, device: torch.device, backend: str) -> bool:
+    """Whether the native solver runs a solve on ``device`` with these options."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown solver backend {backend!r}; one of {BACKENDS}")
     if backend == "torch":
         return False
-    usable = term.native is not None and _native.available() and y0.device.type == "cpu"
+    usable = term.native is not None and _native.available() and device.type == "cpu"
     if backend == "native" and not usable:
         raise ValueError("the native solver backend needs a CPU tensor, numba and a term with a native form")
     return usable
 
 
-def _native_with(term: ODETerm, like: torch.Tensor, options: dict):
+def _native_with(term: ODETerm, device: torch.device, options: dict):
     """(the term's native system, its tolerance and step options) where the native solver
-    applies to these options, else None."""
-    if not _use_native(term, like, options.get("backend", "auto")):
+    applies to a solve on ``device`` with these options, else None."""
+    if not _use_native(term, device, options.get("backend", "auto")):
         return None
     assert term.native is not None  # checked by _use_native
     tolerances = {"rtol": RTOL, "atol": ATOL, "max_steps": MAX_STEPS}
@@ -103,7 +104,7 @@ def nll_and_gradient(term: ODETerm, **options):
     args (B, P), status (B,))``, loss = 1/2 sum_k weight_k (value_k - y(t_k)[state_k])^2,
     times sorted per row. The system and its tolerances are looked up once: a fit calls
     the function every evaluation. ``None`` where the native solver does not apply."""
-    found = _native_with(term, torch.empty(0), options)  # numpy arrays: the CPU
+    found = _native_with(term, torch.device("cpu"), options)  # numpy arrays
     if found is None:
         return None
     native, tolerances = found
@@ -115,7 +116,7 @@ def jacobian(term: ODETerm, args: torch.Tensor, t_obs: torch.Tensor, **options):
     function of args), their Jacobian in args (B, N, S, P) and status (B,), by the native
     solver's forward sensitivities; ``None`` where it does not apply (a GPU tensor, no
     native form): callers then differentiate :func:`solve`."""
-    found = _native_with(term, args, options)
+    found = _native_with(term, args.device, options)
     if found is None:
         return None
     native, tolerances = found
