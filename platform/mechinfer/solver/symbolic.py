@@ -31,6 +31,20 @@ class Step(sympy.Function):
         return sympy.S.Zero
 
 
+class Floor(sympy.Function):
+    """floor(x), whose derivative is 0 wherever it exists (sympy leaves it unevaluated)."""
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+
+class Ceiling(sympy.Function):
+    """ceiling(x), whose derivative is 0 wherever it exists."""
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+
 def _expr(x):
     if isinstance(x, Sym):
         return x.e
@@ -87,6 +101,24 @@ class _Printer(PythonCodePrinter):
 
     def _print_Float(self, expr):
         return repr(float(expr))
+
+    def _print_Floor(self, expr):
+        return f"float(math.floor({self._print(expr.args[0])}))"
+
+    def _print_Ceiling(self, expr):
+        return f"float(math.ceil({self._print(expr.args[0])}))"
+
+    def _print_Heaviside(self, expr):  # d Max / d x: 1 where x > 0 (the arguments' order decides ties)
+        return f"(1.0 if {self._print(expr.args[0])} > 0.0 else 0.0)"
+
+    def _print_DiracDelta(self, expr):  # the derivative of a step, zero almost everywhere
+        return "0.0"
+
+    def _print_BooleanTrue(self, expr):
+        return "True"
+
+    def _print_BooleanFalse(self, expr):
+        return "False"
 
 
 def derivatives(f: Callable[[list, list], Sequence], n_states: int, n_args: int, initial: Callable) -> dict:

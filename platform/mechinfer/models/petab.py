@@ -1,0 +1,504 @@
+"""PEtab v1 problems (SPEC 11): an SBML model, conditions, observables with their noise,
+measurements and the parameter table, as a :class:`Model` and a log-likelihood.
+
+The ``petab`` library reads and validates the tables; the SBML file goes through
+:func:`mechinfer.models.sbml.read_sbml`. How the pieces map:
+
+- the estimated parameters (``estimate = 1``, in the table's order) are the model's
+  quantities, with priors uniform on their parameterScale within the bounds;
+- fixed parameters are constants at their nominal values;
+- a condition sets model parameters, compartment sizes and species' initial values to
+  numbers or to parameters. One compiled system serves every condition: each overridden
+  target becomes ``c + sum_j s_j theta_j`` with per-condition *inputs* c and s_j (the
+  solver's arguments are theta followed by a condition's inputs), which is exact and keeps
+  the derivatives in theta exact;
+- observables and noise formulas are compiled like the rate laws; observable and noise
+  parameter placeholders take each measurement's overrides (a number or a parameter);
+- the log-likelihood sums, per measurement, the normal or Laplace density of the
+  (lin / log / log10) transformed value, normalisation constants and the
+  transformation's Jacobian included, as PEtab and AMICI define it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sympy
+import torch
+
+from .. import solver as _solver
+from ..solver import SolveStatus
+from .base import Model, Quantity
+from .expressions import compile_function
+from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
+from .priors import LogUniform, Prior, Uniform
+from .sbml_model import model_from_system, state_symbols
+
+TRANSFORMATIONS = ("lin", "log", "log10")
+DISTRIBUTIONS = ("normal", "laplace")
+_PLACEHOLDER = re.compile(r"^(observable|noise)Parameter(\d+)_(.+)$")
+
+
+@dataclass(frozen=True)
+class Observable:
+    """One observable: its compiled formula and noise, with how it is measured."""
+
+    name: str
+    formula: str
+    noise_formula: str
+    transformation: str
+    distribution: str
+    n_observable_parameters: int
+    n_noise_parameters: int
+    function: Any  # (s, p, q) -> [value, sigma]; s: states and time, p: arguments, q: placeholders
+
+
+@dataclass
+class PetabProblem:
+    """A PEtab problem as a model and its measurements (SPEC 11)."""
+
+    name: str
+    model: Model
+    design: pd.DataFrame  # condition, observable, time: the measurement table's points
+    measurements: pd.DataFrame  # experiment, t, channel, value (SPEC 10 columns)
+    nominal: np.ndarray  # (P,) nominal values of the estimated parameters, physical units
+    conditions: tuple[str, ...]
+    observables: tuple[Observable, ...]
+    condition_inputs: np.ndarray  # (C, K): each condition's input values
+    # per measurement
+    m_condition: np.ndarray  # (M,) condition index
+    m_observable: np.ndarray  # (M,) observable index
+    m_time: np.ndarray  # (M,)
+    m_value: np.ndarray  # (M,)
+    m_placeholder_index: np.ndarray  # (M, Q) index into theta, -1 for a number
+    m_placeholder_value: np.ndarray  # (M, Q) the number where the index is -1
+    n_system_states: int  # the SBML model's states (the model appends time where its rates read it)
+
+    # ------------------------------------------------------------ likelihood
+    def log_likelihood(self, theta=None, *, backend: str = "auto") -> float | np.ndarray:
+        """The PEtab log-likelihood of the measurements at theta (physical units; (P,) ->
+        float, (B, P) -> (B,)), at the nominal parameters when None. NaN where a solve
+        failed."""
+        th = self.nominal if theta is None else np.asarray(theta, dtype=np.float64)
+        single = th.ndim == 1
+        with torch.no_grad():
+            ll = self.log_likelihood_tensor(torch.as_tensor(np.atleast_2d(th), dtype=torch.float64), backend=backend)
+        out = ll.numpy()
+        return float(out[0]) if single else out
+
+    def nll_and_gradient(self, theta, *, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """-log-likelihood (B,) and its exact gradient in theta (B, P), physical units: the
+        native solver's discrete adjoint (or autograd through the torch steps) under
+        autograd through the observation model."""
+        th = torch.as_tensor(np.atleast_2d(np.asarray(theta, dtype=np.float64))).clone().requires_grad_(True)
+        nll = -self.log_likelihood_tensor(th, backend=backend)
+        (grad,) = torch.autograd.grad(nll.sum(), th)
+        return nll.detach().numpy(), grad.numpy()
+
+    def simulate_measurements(self, theta: torch.Tensor, *, backend: str = "auto"):
+        """Observable values (B, M) and noise scales (B, M) of every measurement, and the
+        solver status per theta row (B,)."""
+        n_batch, n_cond = theta.shape[0], len(self.conditions)
+        inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype)
+        args = torch.cat(
+            [theta[:, None, :].expand(n_batch, n_cond, -1), inputs[None].expand(n_batch, -1, -1)], dim=-1
+        ).reshape(n_batch * n_cond, -1)
+        times, column = self._condition_times()
+        t_obs = torch.as_tensor(times, dtype=theta.dtype)[None].expand(n_batch, -1, -1).reshape(n_batch * n_cond, -1)
+        from .simulate import term
+
+        y0 = self.model.initial_state(args)
+        states, status = _solver.solve(term(self.model), y0, args, t_obs, backend=backend, **self._tolerances)
+        states = states.reshape(n_batch, n_cond, times.shape[1], -1)
+        status = status.reshape(n_batch, n_cond)
+        ok = (status == SolveStatus.OK).all(dim=1)
+        # states at each measurement (B, M, S), time as the last column for the observables
+        at = states[:, torch.as_tensor(self.m_condition), torch.as_tensor(column)]
+        if len(self.model.states) == self.n_system_states:  # time is not a state: append it
+            at = torch.cat([at, torch.as_tensor(self.m_time, dtype=theta.dtype)[None, :, None].expand(n_batch, -1, 1)], -1)
+        m_args = args.reshape(n_batch, n_cond, -1)[:, torch.as_tensor(self.m_condition)]  # (B, M, P + K)
+        idx = torch.as_tensor(self.m_placeholder_index)
+        q = torch.where(
+            idx >= 0,
+            theta[:, idx.clamp(min=0)] if theta.shape[1] else torch.zeros(n_batch, *idx.shape, dtype=theta.dtype),
+            torch.as_tensor(self.m_placeholder_value, dtype=theta.dtype),
+        )  # (B, M, Q)
+        value = torch.empty(n_batch, len(self.m_time), dtype=theta.dtype)
+        sigma = torch.empty_like(value)
+        for o, obs in enumerate(self.observables):
+            rows = torch.as_tensor(np.flatnonzero(self.m_observable == o))
+            if len(rows) == 0:
+                continue
+            s = at[:, rows].unbind(-1)
+            p = m_args[:, rows].unbind(-1)
+            qq = q[:, rows].unbind(-1)
+            h, sd = obs.function(s, p, qq)
+            value = value.index_copy(1, rows, _full(h, (n_batch, len(rows)), theta))
+            sigma = sigma.index_copy(1, rows, _full(sd, (n_batch, len(rows)), theta))
+        return value, sigma, ok
+
+    def log_likelihood_tensor(self, theta: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+        """log-likelihood (B,) of theta (B, P), differentiable."""
+        value, sigma, ok = self.simulate_measurements(theta, backend=backend)
+        x = torch.as_tensor(self.m_value, dtype=theta.dtype)
+        ll = torch.zeros_like(value)
+        for o, obs in enumerate(self.observables):
+            rows = torch.as_tensor(np.flatnonzero(self.m_observable == o))
+            if len(rows) == 0:
+                continue
+            ll = ll.index_copy(1, rows, _log_density(obs, x[rows], value[:, rows], sigma[:, rows]))
+        total = ll.sum(dim=1)
+        return torch.where(ok, total, torch.full_like(total, math.nan))
+
+    # ------------------------------------------------------------ helpers
+    _tolerances = {"rtol": 1e-8, "atol": 1e-10, "max_steps": 100_000}
+
+    def _condition_times(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted distinct measurement times per condition, padded with its last time
+        ((C, N)), and each measurement's column in them (M,)."""
+        per = [np.unique(self.m_time[self.m_condition == c]) for c in range(len(self.conditions))]
+        width = max(len(p) for p in per)
+        times = np.stack([np.pad(p, (0, width - len(p)), mode="edge") if len(p) else np.zeros(width) for p in per])
+        column = np.array([np.searchsorted(per[c], t) for c, t in zip(self.m_condition, self.m_time)])
+        return times, column
+
+
+def _full(x, shape, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.expand(shape)
+    return torch.full(shape, float(x), dtype=like.dtype)
+
+
+def _log_density(obs: Observable, x: torch.Tensor, h: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log p(x | h, sigma) per measurement, with the transformation's Jacobian."""
+    if obs.transformation == "lin":
+        r, jac = x - h, torch.zeros_like(x)
+    elif obs.transformation == "log":
+        r, jac = torch.log(x) - torch.log(h), -torch.log(x)
+    else:
+        r, jac = torch.log10(x) - torch.log10(h), -torch.log(x * math.log(10.0))
+    if obs.distribution == "normal":
+        return -0.5 * torch.log(2 * math.pi * sigma * sigma) - 0.5 * (r / sigma) ** 2 + jac
+    return -torch.log(2 * sigma) - torch.abs(r) / sigma + jac
+
+
+# ---------------------------------------------------------------- import
+def _prior(pid: str, scale: str, low: float, high: float, where: str) -> Prior:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ModelSourceError(f"{where}: parameter {pid}: bounds must be finite, got [{low:g}, {high:g}]")
+    if low >= high:
+        raise ModelSourceError(f"{where}: parameter {pid}: lowerBound {low:g} >= upperBound {high:g}")
+    if scale == "lin":
+        return Uniform(float(low), float(high))
+    if scale in ("log", "log10"):
+        if low <= 0:
+            raise ModelSourceError(f"{where}: parameter {pid}: lowerBound {low:g} must be > 0 on {scale} scale")
+        return LogUniform(float(low), float(high))
+    raise ModelSourceError(f"{where}: parameter {pid}: unknown parameterScale {scale!r}")
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, int | float | np.integer | np.floating):
+        return True
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _overrides(cell) -> list:
+    """A measurement's observableParameters / noiseParameters cell as a list of numbers
+    and parameter ids."""
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return []
+    if _is_number(cell):
+        return [float(cell)]
+    return [float(p) if _is_number(p) else p.strip() for p in str(cell).split(";") if p.strip()]
+
+
+def load_petab(path: str | os.PathLike) -> PetabProblem:
+    """A PEtab v1 problem from its YAML file (SPEC 11)."""
+    import petab.v1 as petab1
+
+    from .sbml import read_sbml
+
+    path = os.fspath(path)
+    where = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise ModelSourceError(f"{path}: no such PEtab problem file")
+    try:
+        problem = petab1.Problem.from_yaml(path)
+    except FileNotFoundError as e:
+        raise ModelSourceError(f"{where}: a table it names is missing: {e.filename or e}") from None
+    except Exception as e:
+        raise ModelSourceError(f"{where}: not a readable PEtab v1 problem: {e}") from None
+    for table in ("condition_df", "measurement_df", "observable_df", "parameter_df"):
+        if getattr(problem, table) is None:
+            raise ModelSourceError(f"{where}: the problem has no {table.split('_')[0]} table")
+    import yaml
+
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    sbml_files = [f for p in spec.get("problems", []) for f in p.get("sbml_files", [])]
+    if len(sbml_files) != 1:
+        raise UnsupportedModelError(f"{where}: a problem with {len(sbml_files)} SBML files (one is supported)")
+    system = read_sbml(os.path.join(os.path.dirname(path), sbml_files[0]))
+    name = os.path.splitext(where)[0]
+    return _build(name, where, system, problem)
+
+
+def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
+    par: pd.DataFrame = problem.parameter_df
+    meas: pd.DataFrame = problem.measurement_df
+    if "preequilibrationConditionId" in meas.columns and meas["preequilibrationConditionId"].notna().any():
+        if (meas["preequilibrationConditionId"].astype(str).str.strip().replace("nan", "") != "").any():
+            raise UnsupportedModelError(f"{where}: preequilibration (measurement table preequilibrationConditionId)")
+    estimated = [str(pid) for pid in par.index if int(par.loc[pid, "estimate"]) == 1]
+    fixed = {str(pid): float(par.loc[pid, "nominalValue"]) for pid in par.index if int(par.loc[pid, "estimate"]) != 1}
+    quantities = [
+        Quantity(
+            pid,
+            _prior(
+                pid,
+                str(par.loc[pid, "parameterScale"]),
+                float(par.loc[pid, "lowerBound"]),
+                float(par.loc[pid, "upperBound"]),
+                where,
+            ),
+            "",
+        )
+        for pid in estimated
+    ]
+    nominal = np.array([float(par.loc[pid, "nominalValue"]) for pid in estimated])
+    theta_index = {pid: j for j, pid in enumerate(estimated)}
+
+    def resolve(v, what: str):
+        """A table cell: ('number', x) or ('theta', j)."""
+        if _is_number(v):
+            return ("number", float(v))
+        v = str(v).strip()
+        if v in theta_index:
+            return ("theta", theta_index[v])
+        if v in fixed:
+            return ("number", fixed[v])
+        if v in system.parameters:
+            return ("number", float(system.parameters[v]))
+        raise ModelSourceError(f"{where}: {what}: unknown parameter {v!r}")
+
+    # -------------------------------------------------------- conditions -> inputs
+    cond: pd.DataFrame = problem.condition_df
+    used = list(dict.fromkeys(meas["simulationConditionId"].astype(str)))
+    conditions = tuple(used)
+    missing = [c for c in conditions if c not in cond.index]
+    if missing:
+        raise ModelSourceError(f"{where}: condition {missing[0]!r} of the measurement table is not in the condition table")
+    inputs: list[str] = []
+    columns: dict[str, list[float]] = {}
+
+    def add_input(label: str, values: list[float]) -> sympy.Symbol:
+        inputs.append(label)
+        columns[label] = values
+        return symbol(label)
+
+    base_value: dict[str, sympy.Expr] = {}
+    for pid in system.parameters:
+        if pid in theta_index:
+            base_value[pid] = symbol(pid)
+        elif pid in fixed:
+            base_value[pid] = sympy.Float(fixed[pid], 17)
+        else:
+            base_value[pid] = sympy.Float(system.parameters[pid], 17)
+    substitutions: dict[sympy.Symbol, sympy.Expr] = {}
+    initial_override: dict[int, sympy.Expr] = {}
+    for target in [c for c in cond.columns if c != "conditionName"]:
+        cells = [cond.loc[c, target] for c in conditions]
+        is_state = target in system.states
+        if not is_state and target not in system.parameters:
+            raise ModelSourceError(
+                f"{where}: condition table column {target!r} is neither a parameter, a compartment nor a species of the model"
+            )
+        resolved = [None if (not isinstance(v, str) and pd.isna(v)) else resolve(v, f"condition column {target}") for v in cells]
+        thetas = sorted({r[1] for r in resolved if r is not None and r[0] == "theta"})
+        number = [r[1] if r is not None and r[0] == "number" else 0.0 for r in resolved]
+        expr: sympy.Expr = add_input(f"{target}__value", number)
+        for j in thetas:
+            sel = [1.0 if r == ("theta", j) else 0.0 for r in resolved]
+            expr = expr + add_input(f"{target}__{estimated[j]}", sel) * symbol(estimated[j])
+        keep = [1.0 if r is None else 0.0 for r in resolved]
+        if is_state:
+            i = system.states.index(target)
+            if any(keep):
+                expr = expr + add_input(f"{target}__keep", keep) * system.initial[i]
+            initial_override[i] = expr
+        else:
+            if any(keep):
+                expr = expr + add_input(f"{target}__keep", keep) * base_value[target]
+            substitutions[symbol(target)] = expr
+    for pid, value in base_value.items():
+        substitutions.setdefault(symbol(pid), value)
+
+    rates = tuple(r.xreplace(substitutions) for r in system.rates)
+    initial = tuple(
+        initial_override[i].xreplace(substitutions) if i in initial_override else e.xreplace(substitutions)
+        for i, e in enumerate(system.initial)
+    )
+    # the rates and initial values now read theta and the inputs only: rebuild the system
+    # with them as its base parameters (their values do not matter: all are arguments)
+    resolved_system = OdeSystem(
+        name=name,
+        states=system.states,
+        rates=rates,
+        initial=initial,
+        parameters={**{pid: float(v) for pid, v in zip(estimated, nominal)}, **dict.fromkeys(inputs, 0.0)},
+        outputs=system.outputs,
+        concentrations=system.concentrations,
+        amounts=system.amounts,
+        units=system.units,
+    )
+    # -------------------------------------------------------- observables
+    obs_df: pd.DataFrame = problem.observable_df
+    observables = []
+    arg_symbols = [symbol(p) for p in (*estimated, *inputs)]
+    s_symbols = [symbol(s) for s in system.states] + [TIME]
+    for oid in obs_df.index:
+        row = obs_df.loc[oid]
+        transformation = str(row.get("observableTransformation", "lin") or "lin")
+        transformation = "lin" if transformation == "nan" else transformation
+        distribution = str(row.get("noiseDistribution", "normal") or "normal")
+        distribution = "normal" if distribution == "nan" else distribution
+        if transformation not in TRANSFORMATIONS:
+            raise ModelSourceError(f"{where}: observable {oid}: unknown observableTransformation {transformation!r}")
+        if distribution not in DISTRIBUTIONS:
+            raise ModelSourceError(f"{where}: observable {oid}: unknown noiseDistribution {distribution!r}")
+        formula, noise = str(row["observableFormula"]), str(row["noiseFormula"])
+        placeholders: dict[str, sympy.Symbol] = {}
+        exprs = []
+        counts = {"observable": 0, "noise": 0}
+        for text, what in ((formula, "observableFormula"), (noise, "noiseFormula")):
+            exprs.append(
+                _observable_expr(text, str(oid), what, where, system, substitutions, theta_index, fixed, placeholders, counts)
+            )
+        slots = [
+            symbol(f"observableParameter{i}_{oid}") for i in range(1, counts["observable"] + 1)
+        ] + [symbol(f"noiseParameter{i}_{oid}") for i in range(1, counts["noise"] + 1)]
+        fn, _ = compile_function("observable", {"s": s_symbols, "p": arg_symbols, "q": slots}, exprs)
+        observables.append(
+            Observable(str(oid), formula, noise, transformation, distribution, counts["observable"], counts["noise"], fn)
+        )
+    obs_index = {o.name: i for i, o in enumerate(observables)}
+    # -------------------------------------------------------- measurements
+    n_slots = max([o.n_observable_parameters + o.n_noise_parameters for o in observables] + [0])
+    m = len(meas)
+    m_condition = np.array([conditions.index(str(c)) for c in meas["simulationConditionId"]], dtype=np.int64)
+    unknown = [o for o in meas["observableId"].astype(str) if o not in obs_index]
+    if unknown:
+        raise ModelSourceError(f"{where}: measurement of unknown observable {unknown[0]!r}")
+    m_observable = np.array([obs_index[str(o)] for o in meas["observableId"]], dtype=np.int64)
+    m_time = meas["time"].to_numpy(dtype=np.float64)
+    m_value = meas["measurement"].to_numpy(dtype=np.float64)
+    if np.isinf(m_time).any():
+        raise UnsupportedModelError(f"{where}: steady-state measurements (time inf)")
+    p_index = np.full((m, max(n_slots, 1)), -1, dtype=np.int64)
+    p_value = np.zeros((m, max(n_slots, 1)))
+    for k, (_, row) in enumerate(meas.iterrows()):
+        obs = observables[m_observable[k]]
+        o_over = _overrides(row.get("observableParameters"))
+        n_over = _overrides(row.get("noiseParameters"))
+        if len(o_over) != obs.n_observable_parameters or len(n_over) != obs.n_noise_parameters:
+            raise ModelSourceError(
+                f"{where}: measurement row {k + 1} ({obs.name}): {len(o_over)} observable and {len(n_over)} noise "
+                f"parameter overrides for {obs.n_observable_parameters} and {obs.n_noise_parameters} placeholders"
+            )
+        for slot, v in enumerate([*o_over, *n_over]):
+            kind, x = resolve(v, f"measurement row {k + 1}")
+            if kind == "theta":
+                p_index[k, slot] = int(x)
+            else:
+                p_value[k, slot] = x
+    # -------------------------------------------------------- the model
+    channels = (
+        tuple(o.name for o in observables)
+        if len(conditions) == 1
+        else tuple(f"{o.name}@{c}" for c in conditions for o in observables)
+    )
+    T = float(m_time.max()) if m else 1.0
+    model = model_from_system(resolved_system, quantities=quantities, inputs=inputs, T=T, n_obs=m)
+    condition_inputs = (
+        np.array([[columns[i][c] for i in inputs] for c in range(len(conditions))])
+        if inputs
+        else np.zeros((len(conditions), 0))
+    )
+    channel_names = [channels[m_observable[k]] if len(conditions) == 1 else f"{observables[m_observable[k]].name}@{conditions[m_condition[k]]}" for k in range(m)]
+    measurements = pd.DataFrame(
+        {"experiment": name, "t": m_time, "channel": channel_names, "value": m_value}
+    )
+    design = pd.DataFrame(
+        {
+            "condition": [conditions[c] for c in m_condition],
+            "observable": [observables[o].name for o in m_observable],
+            "time": m_time,
+        }
+    )
+    return PetabProblem(
+        name=name,
+        model=model,
+        design=design,
+        measurements=measurements,
+        nominal=nominal,
+        conditions=conditions,
+        observables=tuple(observables),
+        condition_inputs=condition_inputs,
+        m_condition=m_condition,
+        m_observable=m_observable,
+        m_time=m_time,
+        m_value=m_value,
+        m_placeholder_index=p_index,
+        m_placeholder_value=p_value,
+        n_system_states=len(system.states),
+    )
+
+
+def _observable_expr(text, oid, what, where, system, substitutions, theta_index, fixed, placeholders, counts):
+    from petab.v1.math import sympify_petab
+
+    try:
+        expr = sympify_petab(text)
+    except Exception as e:
+        raise ModelSourceError(f"{where}: observable {oid}: {what} {text!r} does not parse: {e}") from None
+    if not isinstance(expr, sympy.Basic):
+        expr = sympy.Float(float(expr), 17)
+    mapping: dict[sympy.Symbol, sympy.Expr] = {}
+    for s in expr.free_symbols:
+        name = s.name
+        match = _PLACEHOLDER.match(name)
+        if match and match.group(3) == oid:
+            kind, n = match.group(1), int(match.group(2))
+            counts[kind] = max(counts[kind], n)
+            mapping[s] = symbol(name)
+        elif name in system.states:
+            mapping[s] = symbol(name)
+        elif name in system.outputs:
+            mapping[s] = system.outputs[name].xreplace(substitutions)
+        elif name in system.parameters:
+            mapping[s] = substitutions[symbol(name)]
+        elif name in theta_index:
+            mapping[s] = symbol(name)
+        elif name in fixed:
+            mapping[s] = sympy.Float(fixed[name], 17)
+        elif name in ("t", "time"):
+            mapping[s] = TIME
+        else:
+            raise ModelSourceError(f"{where}: observable {oid}: {what} {text!r} uses an unknown symbol {name!r}")
+    out = expr.xreplace(mapping)
+    # outputs of the system may read species that are states only by their symbols
+    return out
+
+
+__all__ = ["Observable", "PetabProblem", "load_petab", "state_symbols"]
