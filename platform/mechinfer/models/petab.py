@@ -101,28 +101,40 @@ class PetabProblem:
         (grad,) = torch.autograd.grad(nll.sum(), th)
         return nll.detach().numpy(), grad.numpy()
 
-    def simulate_measurements(self, theta: torch.Tensor, *, backend: str = "auto"):
-        """Observable values (B, M) and noise scales (B, M) of every measurement, and the
-        solver status per theta row (B,)."""
+    def condition_arguments(self, theta: torch.Tensor) -> torch.Tensor:
+        """The solver's arguments of every (theta row, condition): (B, C, P + K)."""
         n_batch, n_cond = theta.shape[0], len(self.conditions)
         inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype)
-        args = torch.cat(
-            [theta[:, None, :].expand(n_batch, n_cond, -1), inputs[None].expand(n_batch, -1, -1)], dim=-1
-        ).reshape(n_batch * n_cond, -1)
-        times, column = self._condition_times()
+        return torch.cat([theta[:, None, :].expand(n_batch, n_cond, -1), inputs[None].expand(n_batch, -1, -1)], -1)
+
+    def solve_conditions(self, theta: torch.Tensor, *, backend: str = "auto", **tolerances):
+        """States at each condition's measurement times (the first output of
+        :meth:`condition_times`) for every theta row: (B, C, N, S) and status (B, C);
+        differentiable in theta."""
+        n_batch, n_cond = theta.shape[0], len(self.conditions)
+        args = self.condition_arguments(theta).reshape(n_batch * n_cond, -1)
+        times, _ = self.condition_times()
         t_obs = torch.as_tensor(times, dtype=theta.dtype)[None].expand(n_batch, -1, -1).reshape(n_batch * n_cond, -1)
         from .simulate import term
 
         y0 = self.model.initial_state(args)
-        states, status = _solver.solve(term(self.model), y0, args, t_obs, backend=backend, **self._tolerances)
-        states = states.reshape(n_batch, n_cond, times.shape[1], -1)
-        status = status.reshape(n_batch, n_cond)
+        options = {**self._tolerances, **tolerances}
+        states, status = _solver.solve(term(self.model), y0, args, t_obs, backend=backend, **options)
+        return states.reshape(n_batch, n_cond, times.shape[1], -1), status.reshape(n_batch, n_cond)
+
+    def simulate_measurements(self, theta: torch.Tensor, *, backend: str = "auto"):
+        """Observable values (B, M) and noise scales (B, M) of every measurement, and
+        whether every condition of a theta row solved (B,)."""
+        n_batch, n_cond = theta.shape[0], len(self.conditions)
+        _, column = self.condition_times()
+        states, status = self.solve_conditions(theta, backend=backend)
         ok = (status == SolveStatus.OK).all(dim=1)
+        args = self.condition_arguments(theta)
         # states at each measurement (B, M, S), time as the last column for the observables
         at = states[:, torch.as_tensor(self.m_condition), torch.as_tensor(column)]
         if len(self.model.states) == self.n_system_states:  # time is not a state: append it
             at = torch.cat([at, torch.as_tensor(self.m_time, dtype=theta.dtype)[None, :, None].expand(n_batch, -1, 1)], -1)
-        m_args = args.reshape(n_batch, n_cond, -1)[:, torch.as_tensor(self.m_condition)]  # (B, M, P + K)
+        m_args = args[:, torch.as_tensor(self.m_condition)]  # (B, M, P + K)
         idx = torch.as_tensor(self.m_placeholder_index)
         q = torch.where(
             idx >= 0,
@@ -146,7 +158,7 @@ class PetabProblem:
     def log_likelihood_tensor(self, theta: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
         """log-likelihood (B,) of theta (B, P), differentiable."""
         value, sigma, ok = self.simulate_measurements(theta, backend=backend)
-        x = torch.as_tensor(self.m_value, dtype=theta.dtype)
+        x = torch.tensor(self.m_value, dtype=theta.dtype)
         ll = torch.zeros_like(value)
         for o, obs in enumerate(self.observables):
             rows = torch.as_tensor(np.flatnonzero(self.m_observable == o))
@@ -159,7 +171,7 @@ class PetabProblem:
     # ------------------------------------------------------------ helpers
     _tolerances = {"rtol": 1e-8, "atol": 1e-10, "max_steps": 100_000}
 
-    def _condition_times(self) -> tuple[np.ndarray, np.ndarray]:
+    def condition_times(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted distinct measurement times per condition, padded with its last time
         ((C, N)), and each measurement's column in them (M,)."""
         per = [np.unique(self.m_time[self.m_condition == c]) for c in range(len(self.conditions))]

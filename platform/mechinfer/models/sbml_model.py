@@ -159,21 +159,25 @@ def simulate_system(
     times = np.asarray(t, dtype=np.float64).reshape(-1)
     if len(times) == 0 or not np.all(np.isfinite(times)) or (times < 0).any():
         raise ValueError("simulate_sbml: t must be finite, non-negative times")
-    model = model_from_system(system, quantities=(), T=max(float(times.max()), 1e-300))
-    order = np.argsort(times, kind="stable")
-    args = torch.zeros((1, 0), dtype=torch.float64)
-    y0 = model.initial_state(args)
-    t_sorted = torch.from_numpy(times[order])[None, :]
-    states, status = _solver.solve(
-        _term(model), y0, args, t_sorted, rtol=rtol, atol=atol, max_steps=max_steps, backend=backend
-    )
-    if int(status[0]) != 0:
-        raise RuntimeError(f"{system.name}: the solver failed ({_solver.SolveStatus(int(status[0])).name})")
-    y = states[0].detach().numpy()[np.argsort(order)]  # (N, S), in the order of t
+    n_states = len(system.states)
+    if n_states:
+        model = model_from_system(system, quantities=(), T=max(float(times.max()), 1e-300))
+        order = np.argsort(times, kind="stable")
+        args = torch.zeros((1, 0), dtype=torch.float64)
+        y0 = model.initial_state(args)
+        t_sorted = torch.from_numpy(times[order])[None, :]
+        states, status = _solver.solve(
+            _term(model), y0, args, t_sorted, rtol=rtol, atol=atol, max_steps=max_steps, backend=backend
+        )
+        if int(status[0]) != 0:
+            raise RuntimeError(f"{system.name}: the solver failed ({_solver.SolveStatus(int(status[0])).name})")
+        y = states[0].detach().numpy()[np.argsort(order)]  # (N, S), in the order of t
+    else:  # nothing to integrate: every variable is a function of the parameters and time
+        y = np.zeros((len(times), 0))
     fixed = {symbol(k): sympy.Float(v, 17) for k, v in system.parameters.items()}
     exprs = [system.value(v, amount=v in amounts).xreplace(fixed) for v in variables]
-    fn, _ = compile_function("outputs", {"s": state_symbols(system)}, exprs)
-    columns = fn([y[:, i] for i in range(y.shape[1])])
+    fn, _ = compile_function("outputs", {"s": [symbol(s) for s in system.states], "t": [TIME]}, exprs)
+    columns = fn([y[:, i] for i in range(n_states)], [times])
     return np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), times.shape) for c in columns], axis=1)
 
 

@@ -94,10 +94,21 @@ def _scale(a, x):
     return None if a is None else a * x
 
 
-def value_and_jacobian(duals_out: list) -> tuple[torch.Tensor, torch.Tensor]:
+def value_and_jacobian(duals_out: list, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack rate outputs (Duals, or plain values that do not depend on the state) into
-    f (B, S) and J (B, S, S) with J[b, i, j] = d f_i / d y_j."""
-    ref = next(o for o in duals_out if isinstance(o, Dual) and o.d is not None)
+    f (B, S) and J (B, S, S) with J[b, i, j] = d f_i / d y_j. Where no output depends on
+    the state (rates that are constants or functions of time alone), J is zero and the
+    states ``y`` (B, S) give the shapes."""
+    ref = next((o for o in duals_out if isinstance(o, Dual) and o.d is not None), None)
+    if ref is None:
+        if y is None:
+            raise ValueError("no rate depends on the state: pass the states to shape the Jacobian")
+        values = [o.v if isinstance(o, Dual) else o for o in duals_out]
+        f = torch.stack(
+            [v.expand(y.shape[:-1]) if isinstance(v, torch.Tensor) else torch.full_like(y[..., 0], float(v)) for v in values],
+            dim=-1,
+        )
+        return f, torch.zeros(*y.shape, y.shape[-1], dtype=y.dtype, device=y.device)
     ref_d = ref.d
     assert ref_d is not None  # selected for it
     n_seed = ref_d.shape[0]

@@ -1,0 +1,153 @@
+"""PEtab import (SPEC 11): the published log-likelihoods of two benchmark problems, exact
+gradients of the NLL (native adjoint, torch autograd, finite differences), and clear
+refusals of bad problems. The problems are vendored in tests/data/petab (BSD license)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mechinfer
+from mechinfer import ModelSourceError, UnsupportedModelError
+
+DATA = Path(__file__).parent / "data" / "petab"
+PUBLISHED = {  # AMICI's benchmark tests, at the nominal parameters
+    "Boehm_JProteomeRes2014": -138.22199693517703,
+    "Fujita_SciSignal2010": 53.08377736998929,
+}
+
+
+def problem_yaml(name: str) -> Path:
+    return DATA / name / f"{name}.yaml"
+
+
+@pytest.fixture(scope="module")
+def boehm():
+    return mechinfer.load_petab(problem_yaml("Boehm_JProteomeRes2014"))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_log_likelihood_at_nominal_equals_the_published_value(name):
+    problem = mechinfer.load_petab(problem_yaml(name))
+    # the torch backend: no compilation in the fast tier (the native one is checked below)
+    ll = problem.log_likelihood(backend="torch")
+    assert abs(ll - PUBLISHED[name]) < 0.01, (name, ll, PUBLISHED[name])
+
+
+def test_problem_fields_follow_the_tables(boehm):
+    table = pd.read_csv(DATA / "Boehm_JProteomeRes2014" / "parameters_Boehm_JProteomeRes2014.tsv", sep="\t")
+    estimated = table[table["estimate"] == 1]
+    m = boehm.model
+    assert m.parameter_names == tuple(estimated["parameterId"])
+    np.testing.assert_allclose(boehm.nominal, estimated["nominalValue"].to_numpy())
+    for q, (_, row) in zip(m.quantities, estimated.iterrows()):
+        assert q.prior.log == (row["parameterScale"] in ("log", "log10"))
+        assert (q.prior.low, q.prior.high) == (row["lowerBound"], row["upperBound"])
+    assert len(boehm.design) == len(boehm.measurements) == 48
+    assert list(boehm.measurements.columns) == ["experiment", "t", "channel", "value"]
+    assert set(boehm.measurements["channel"]) == {"pSTAT5A_rel", "pSTAT5B_rel", "rSTAT5A_rel"}
+    assert m.T == boehm.design["time"].max() == 240.0
+    # a batch of thetas gives one log-likelihood each; the nominal row equals the scalar
+    theta = np.vstack([boehm.nominal, m.sample_prior(2, seed=3)])
+    ll = boehm.log_likelihood(theta, backend="torch")
+    assert ll.shape == (3,)
+    assert ll[0] == pytest.approx(boehm.log_likelihood(backend="torch"), abs=1e-9)
+    assert np.all(ll[1:] < ll[0])  # prior draws fit the data worse than the published fit
+
+
+def test_fujita_channels_name_observable_and_condition():
+    problem = mechinfer.load_petab(problem_yaml("Fujita_SciSignal2010"))
+    assert len(problem.conditions) == 6
+    assert all("@" in c for c in problem.measurements["channel"])
+    assert set(problem.design["condition"]) == set(problem.conditions)
+
+
+def _solved_draws(problem, n: int, seed: int) -> np.ndarray:
+    """n prior draws whose NLL is finite (wide PEtab priors make some solves fail)."""
+    draws = problem.model.sample_prior(8 * n, seed=seed)
+    ll = problem.log_likelihood(draws, backend="native")
+    keep = draws[np.isfinite(ll)][:n]
+    assert len(keep) == n
+    return keep
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_exact_gradients_agree_with_finite_differences_and_across_backends(name):
+    problem = mechinfer.load_petab(problem_yaml(name))
+    theta = np.vstack([problem.nominal, _solved_draws(problem, 3, seed=7)])
+    nll_native, g_native = problem.nll_and_gradient(theta, backend="native")
+    nll_torch, g_torch = problem.nll_and_gradient(theta, backend="torch")
+    np.testing.assert_allclose(nll_native, nll_torch, rtol=1e-8)
+    scale = np.abs(g_native).max(axis=1, keepdims=True)
+    assert np.all(np.abs(g_native - g_torch) <= 1e-8 * scale), np.abs(g_native - g_torch).max(axis=1)
+    assert nll_native[0] == pytest.approx(-PUBLISHED[name], abs=0.01)
+    # central differences in log(theta) (every parameter here is positive): d NLL / d log theta_j
+    for row, th in enumerate(theta):
+        fd = np.empty(len(th))
+        for j in range(len(th)):
+            up, down = th.copy(), th.copy()
+            up[j] *= np.exp(1e-6)
+            down[j] *= np.exp(-1e-6)
+            ll = problem.log_likelihood(np.vstack([up, down]), backend="native")
+            fd[j] = -(ll[0] - ll[1]) / 2e-6
+        exact = g_native[row] * th
+        np.testing.assert_allclose(fd, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+
+
+# ---------------------------------------------------------------- bad problems
+def _copy(tmp_path: Path, name: str = "Boehm_JProteomeRes2014") -> Path:
+    folder = tmp_path / name
+    shutil.copytree(DATA / name, folder)
+    return folder / f"{name}.yaml"
+
+
+def _edit(path: Path, edit) -> None:
+    table = pd.read_csv(path, sep="\t")
+    edit(table)
+    table.to_csv(path, sep="\t", index=False)
+
+
+def test_a_missing_table_is_named(tmp_path):
+    yaml_path = _copy(tmp_path)
+    (yaml_path.parent / "observables_Boehm_JProteomeRes2014.tsv").unlink()
+    with pytest.raises(ModelSourceError, match="observables_Boehm_JProteomeRes2014.tsv"):
+        mechinfer.load_petab(yaml_path)
+
+
+def test_an_unknown_symbol_in_an_observable_formula_is_named(tmp_path):
+    yaml_path = _copy(tmp_path)
+
+    def edit(t):
+        t.loc[0, "observableFormula"] = "pApB + not_a_species"
+
+    _edit(yaml_path.parent / "observables_Boehm_JProteomeRes2014.tsv", edit)
+    with pytest.raises(ModelSourceError, match="pSTAT5A_rel.*not_a_species"):
+        mechinfer.load_petab(yaml_path)
+
+
+def test_a_prior_with_lower_bound_not_below_upper_bound_is_named(tmp_path):
+    yaml_path = _copy(tmp_path)
+
+    def edit(t):
+        t.loc[t["parameterId"] == "k_phos", "lowerBound"] = 1e6
+
+    _edit(yaml_path.parent / "parameters_Boehm_JProteomeRes2014.tsv", edit)
+    with pytest.raises(ModelSourceError, match="k_phos.*lowerBound"):
+        mechinfer.load_petab(yaml_path)
+
+
+def test_preequilibration_is_refused(tmp_path):
+    yaml_path = _copy(tmp_path)
+
+    def edit(t):
+        t["preequilibrationConditionId"] = t["preequilibrationConditionId"].astype(object)
+        t.loc[0, "preequilibrationConditionId"] = "model1_data1"
+
+    _edit(yaml_path.parent / "measurementData_Boehm_JProteomeRes2014.tsv", edit)
+    with pytest.raises(UnsupportedModelError, match="preequilibration"):
+        mechinfer.load_petab(yaml_path)
