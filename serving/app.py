@@ -27,9 +27,10 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from mechinfer import __version__, list_models
+from mechinfer import __version__, list_models, load_model
 from mechinfer.config import ServeArgs
 from mechinfer.estimate.estimator import load_estimator
+from mechinfer.models.sources import check_model, is_model_file
 from mechinfer.serve import handlers as service
 
 REFINE_GRACE_S = 5.0  # past the refine deadline, how long the Api still waits for the Refiner
@@ -434,12 +435,18 @@ def application(args: ServeArgs | dict, deployment_options: dict[str, dict] | No
     same as a dict). ``deployment_options`` (name -> ``.options()`` keywords) is the
     Python-side counterpart of the config's ``deployments`` section."""
     settings = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
-    checkpoints = dict(settings.checkpoints or {name: name for name in list_models()})
-    for name, source in checkpoints.items():
+    checkpoints = {}
+    for entry, source in (settings.checkpoints or {name: name for name in list_models()}).items():
         est = load_estimator(source)  # fail at deploy time, not on the first request
-        if est.model.name != name:
-            raise ValueError(f"checkpoint {source} is for {est.model.name!r}, configured as {name!r}")
-        service.value_bounds(est, (settings.value_bounds or {}).get(name))
+        if is_model_file(entry):  # a model file (SPEC 11): served under its model's name
+            check_model(load_model(entry), est.meta, f"checkpoint {source}")
+        elif est.model.name != entry:
+            raise ValueError(f"checkpoint {source} is for {est.model.name!r}, configured as {entry!r}")
+        if est.model.name in checkpoints:
+            raise ValueError(f"model {est.model.name!r} is configured twice")
+        # the replicas rebuild the model from the checkpoint's stored copy of its source
+        checkpoints[est.model.name] = source
+        service.value_bounds(est, (settings.value_bounds or {}).get(est.model.name))
     stray = set(settings.value_bounds or {}) - set(checkpoints)
     if stray:
         raise ValueError(f"value_bounds names {sorted(stray)}, which are not served; served: {sorted(checkpoints)}")

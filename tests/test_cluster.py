@@ -156,6 +156,25 @@ def test_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.cluster
+def test_job_with_a_model_file_outside_the_repository(head_node, tmp_path):
+    """--model names a Python file outside the working dir (absolute path): the driver
+    reads it, the Ray Data workers rebuild the model from its source, the manifest carries it."""
+    mmk = (REPO / "platform" / "mechinfer" / "models" / "mmk.py").read_text()
+    text = mmk.replace("from .", "from mechinfer.models.").replace('name="mmk"', 'name="jobmm"')
+    (tmp_path / "jobmm.py").write_text(text)
+    address, token = head_node
+    out = tmp_path / "jobmm-data"
+    entrypoint = f"python jobs/simulate.py --model {tmp_path / 'jobmm.py'} --n 100 --seed 0 --chunk-size 50 --out {out}"
+    status, logs = submit_job(address, token, entrypoint)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "simulated 100 jobmm samples" in logs
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "jobmm" and manifest["model_source"]["files"] == {"jobmm.py": text}
+    assert manifest["model_hash"] == mechinfer.load_model(tmp_path / "jobmm.py").source_hash
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_bulk_estimate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
     """The E. coli example table (it travels in the working dir), 3 bad experiments."""
     address, token = head_node

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import config
-from .models import list_models
+from .models import list_models, load_model
 
 log = logging.getLogger("mechinfer")
 
@@ -81,7 +81,12 @@ def _settings(cls: type, args: argparse.Namespace) -> Any:
 
 
 def _model_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(list_models())}")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"a registered model ({', '.join(list_models())}), or a model file: a Python file defining MODEL, "
+        "an SBML file (.xml, .sbml) or a PEtab problem (.yaml, .yml)",
+    )
 
 
 def _address_flag(parser: argparse.ArgumentParser) -> None:
@@ -144,14 +149,18 @@ def _tune(args: argparse.Namespace, command: str) -> None:
 def _train_inference(args: argparse.Namespace, command: str) -> None:
     from .estimate.recalibration import calibrate_checkpoint
     from .learn.trainer import train_inference_and_report
+    from .models.sources import recorded_hash
 
     t = dataclasses.asdict(_settings(config.TrainConfig, args))
     network = _settings(config.NetworkConfig, args).as_dict()
     if args.config:
         with open(args.config) as f:
             best = json.load(f)
-        if best.get("model") != args.model:
-            raise ValueError(f"{args.config} was tuned for {best.get('model')!r}, not {args.model!r}")
+        if best.get("model") != args.model.name or recorded_hash(best) != args.model.source_hash:
+            raise ValueError(
+                f"{args.config} was tuned for model {best.get('model')!r} (hash {recorded_hash(best)[:12]}), "
+                f"not {args.model.name!r} (hash {args.model.source_hash[:12]})"
+            )
         network = {k: best[k] for k in config.NETWORK_KEYS}
         t.update(lr=best["lr"], batch_size=best["batch_size"])
     finetune = dataclasses.asdict(_settings(config.FinetuneConfig, args))
@@ -416,7 +425,25 @@ def _parser() -> argparse.ArgumentParser:
         help="override the preset's device of the training stages (presets: auto; see train-proxy --help)",
     )
     _address_flag(p)
+
+    p = command("model", _model_command, "inspect a model from any source: a name, a Python file, SBML or PEtab")
+    p.add_argument("action", choices=("show", "check"), help="show: what it declares; check: simulate it")
+    p.add_argument("source", help="a registered name, a .py file defining MODEL, an SBML file or a PEtab YAML")
+    p.add_argument("--n", type=int, default=64, help="check: prior draws to simulate (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="check: seed of the prior draws (default: 0)")
     return parser
+
+
+def _model_command(args: argparse.Namespace, command_line: str) -> None:
+    from .models import inspect
+
+    if args.action == "show":
+        print(inspect.show(args.source))
+        return
+    report, ok = inspect.check(args.source, n=args.n, seed=args.seed)
+    print(report)
+    if not ok:
+        raise ValueError(f"{args.source}: the nominal point does not solve")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -431,6 +458,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     )
     command_line = shlex.join([*(shlex.split(prog) if prog else ["mechinfer", args.command]), *argv[1:]])
     try:
+        if getattr(args, "model", None) is not None:
+            # a name or a model file (SPEC 11), read before anything else happens: a bad
+            # source ends here, with nothing written; the stages get the Model itself
+            args.model = load_model(args.model)
         address = getattr(args, "address", None)
         if address:
             os.environ["RAY_ADDRESS"] = address  # what ray.init() joins

@@ -235,8 +235,8 @@ class ServeArgs(BaseModel):
 
     checkpoints: dict[str, str] | None = PydanticField(
         None,
-        description="model name -> checkpoint directory or URI, or the model name for the shipped one "
-        "(default: every shipped model)",
+        description="model name (or model file: .py, .xml/.sbml, .yaml/.yml) -> checkpoint directory or URI, "
+        "or the model name for the shipped one (default: every shipped model)",
     )
     max_observations: int = PydanticField(256, ge=1, description="observations per observation set, at most")
     max_batch: int = PydanticField(256, ge=1, description="observation sets per batch request, at most")

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from .. import SPEC_VERSION, __version__
 from ..models.base import Model
+from ..models.sources import source_record
 from ..runtime import Progress
 from ..storage import LOCK, MANIFEST, make_directory, read_json, read_manifest, resolve, write_file, write_json
 
@@ -87,7 +88,7 @@ def list_parts(fs: pafs.FileSystem, root: str) -> list[str]:
 def make_manifest(model: Model, n: int, seed: int, extra: dict) -> dict:
     return {
         "spec_version": SPEC_VERSION,
-        "model": model.name,
+        **source_record(model),  # model (its name), model_hash, model_source (SPEC 11)
         "n_samples": int(n),
         "seed": int(seed),
         "sigma": dict(zip(model.channels, model.sigma.tolist())),

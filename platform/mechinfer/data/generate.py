@@ -24,7 +24,8 @@ import torch
 from .. import storage
 from ..arrays import positive_int
 from ..config import SimulateConfig
-from ..models import get_model
+from ..models import load_model
+from ..models.base import Model
 from ..runtime import ensure_ray
 from ..solver import SolveStatus
 from . import format as ds_format
@@ -54,11 +55,11 @@ class SimulationSummary:
 
 
 def _write_chunks(
-    batch: dict[str, np.ndarray], model: str, seed: int, root_uri: str, solver_options: dict
+    batch: dict[str, np.ndarray], m: Model, seed: int, root_uri: str, solver_options: dict
 ) -> dict[str, np.ndarray]:
-    """Ray Data UDF: simulate and write the chunks of one batch, return their counts."""
+    """Ray Data UDF: simulate and write the chunks of one batch, return their counts. The
+    model arrives pickled as its source (a user's file is rebuilt on the worker)."""
     torch.set_num_threads(1)
-    m = get_model(model)
     fs, root = storage.resolve(root_uri)
     firsts, failures, seconds = [], [], []
     for first, last in zip(batch["first"].tolist(), batch["last"].tolist()):
@@ -72,7 +73,7 @@ def _write_chunks(
 
 
 def simulate_dataset(
-    model: str,
+    model: str | Model,
     n: int,
     seed: int,
     out: str,
@@ -82,12 +83,13 @@ def simulate_dataset(
     overwrite: bool = False,
     solver_options: dict | None = None,
 ) -> SimulationSummary:
-    """Simulate ``n`` samples of ``model`` into the dataset location ``out`` with Ray Data
+    """Simulate ``n`` samples of ``model`` (a name, a model file or a Model: see
+    :func:`mechinfer.models.load_model`) into the dataset location ``out`` with Ray Data
     (starts an embedded Ray when none is connected). Resumes an unfinished run with the
     same settings; refuses a complete dataset unless ``overwrite``."""
     import ray
 
-    m = get_model(model)
+    m = load_model(model)
     n = positive_int("n", n)
     chunk_size = positive_int("chunk_size", chunk_size)
     if num_blocks is not None:
@@ -96,6 +98,9 @@ def simulate_dataset(
     fs, root = storage.resolve(out)
     params = {
         "model": m.name,
+        # a model file's content hash: parts of another version of the file are never resumed
+        # (a built-in model's hash is its name's, which is there already)
+        **({"model_hash": m.source_hash} if m.source is not None else {}),
         "n_samples": n,
         "seed": int(seed),
         "chunk_size": chunk_size,
@@ -117,7 +122,7 @@ def simulate_dataset(
                 _write_chunks,  # type: ignore[arg-type]
                 batch_size=1,
                 num_cpus=1,
-                fn_args=(m.name, int(seed), root_uri, solver_options),
+                fn_args=(m, int(seed), root_uri, solver_options),
             )
             ds_format.drain_written(written, len(todo), out, f"simulate {m.name}", "chunk")
         failures = _verify(fs, root, out, n)

@@ -81,8 +81,9 @@ from ..arrays import positive_int
 from ..config import EstimateConfig
 from ..data import format as ds_format
 from ..machine import machine
-from ..models import get_model
+from ..models import load_model
 from ..models.base import Model
+from ..models.sources import check_model
 from ..runtime import ensure_ray
 from . import frame
 from .estimator import load_estimator, refine_mode
@@ -209,11 +210,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------ Ray Data stages
-def _fold(block: pa.Table, model: str) -> pa.Table:
+def _fold(block: pa.Table, model: str | Model) -> pa.Table:
     """Stage 1: a block of rows -> one row per experiment in it, its observations as lists
     (t, value float64; channel int16 index, frame.UNKNOWN or frame.MISSING) and the first
     unknown channel name among them (for the error message)."""
-    m = get_model(model)
+    m = load_model(model)
     table = frame.canonical(block.select(list(frame.COLUMNS)))
     ids, codes = frame._codes(table["experiment"], sort=False)
     order = np.argsort(codes, kind="stable")
@@ -252,10 +253,10 @@ def _tag(folded: pa.Table, bounds: np.ndarray, todo: np.ndarray) -> pa.Table:
     return folded.filter(pa.array(keep)).append_column("part", pa.array(part[keep].astype(np.int64)))
 
 
-def _pack(group: pa.Table, model: str, chunk_size: int) -> pa.Table:
+def _pack(group: pa.Table, model: str | Model, chunk_size: int) -> pa.Table:
     """Stage 3b: the folded rows of one part -> one row: the part's first index and its
     experiments' arrays and errors (pickled :class:`frame.Observations`)."""
-    m = get_model(model)
+    m = load_model(model)
     part = int(group["part"][0].as_py())
     lengths = pc.list_value_length(group["t"]).to_numpy(zero_copy_only=False).astype(np.int64)
     ids, fold_codes = frame._codes(group["experiment"], sort=True)
@@ -323,7 +324,7 @@ def _width(obs: frame.Observations, rows: np.ndarray) -> int:
 
 def _finish(
     batch: pa.Table,
-    model: str,
+    model: str | Model,
     checkpoint: str,
     level: float,
     mode: str,
@@ -360,7 +361,7 @@ def _finish(
         obs, res = pickle.loads(payload)
         refine(obs, res, mode, auto_pvalue, polish)
         parts.append((obs, res))
-    return _write_parts(batch["first"].to_pylist(), parts, get_model(model), root_uri, level)
+    return _write_parts(batch["first"].to_pylist(), parts, load_model(model), root_uri, level)
 
 
 def refine(obs: frame.Observations, res: dict, mode: str, auto_pvalue: float, polish) -> int:
@@ -472,7 +473,7 @@ class EstimateSummary:
 
 
 def estimate_table(
-    model: str,
+    model: str | Model,
     input: str,
     output: str,
     *,
@@ -494,7 +495,7 @@ def estimate_table(
     the same settings is resumed."""
     import ray
 
-    m = get_model(model)
+    m = load_model(model)
     mode = refine_mode(refine)
     level = check_level(level)
     auto_pvalue = float(auto_pvalue)
@@ -505,10 +506,11 @@ def estimate_table(
     refine_batch = positive_int("refine_batch", refine_batch)
     if actors is not None:
         actors = positive_int("actors", actors)
+    if checkpoint is None and m.source is not None:
+        raise ValueError(f"model {m.name!r} comes from a file and has no shipped checkpoint: give --checkpoint")
     checkpoint = checkpoint or m.name
     est = load_estimator(checkpoint)  # fails early on a missing checkpoint or another model's
-    if est.model.name != m.name:
-        raise ValueError(f"checkpoint {checkpoint} is for {est.model.name!r}, not {m.name!r}")
+    check_model(m, est.meta, f"checkpoint {checkpoint}")
     source = open_input(input)
     fs, root = storage.resolve(output)
     out_abs, in_abs = storage.absolute(output).rstrip("/"), source.location.rstrip("/")
@@ -519,7 +521,7 @@ def estimate_table(
 
     start = time.perf_counter()
     ensure_ray()
-    folded = _read_and_fold(source, m.name)
+    folded = _read_and_fold(source, m)
     ids = _distinct_ids(folded)
     if source.format == "csv":
         ids = _integer_ids(ids)
@@ -531,6 +533,7 @@ def estimate_table(
     ckpt = checkpoint if checkpoint == m.name else storage.absolute(checkpoint)
     params = {
         "model": m.name,
+        **({"model_hash": m.source_hash} if m.source is not None else {}),  # a model file's version
         "checkpoint": ckpt,
         "checkpoint_id": est.checkpoint_id,
         "input": source.location,
@@ -562,7 +565,7 @@ def estimate_table(
             tagged.context.shuffle_strategy = SHUFFLE  # this dataset's own context, not the process's
             grouped = (
                 tagged.groupby("part")
-                .map_groups(_pack, batch_format="pyarrow", fn_args=(m.name, chunk_size))  # type: ignore[arg-type]
+                .map_groups(_pack, batch_format="pyarrow", fn_args=(m, chunk_size))  # type: ignore[arg-type]
                 .materialize()
             )
             root_uri = storage.absolute(output)
@@ -579,7 +582,7 @@ def estimate_table(
                     _finish,  # type: ignore[arg-type]
                     batch_format="pyarrow",
                     batch_size=1,
-                    fn_args=(m.name, ckpt, level, mode, auto_pvalue, refine_batch, root_uri),
+                    fn_args=(m, ckpt, level, mode, auto_pvalue, refine_batch, root_uri),
                     num_cpus=1,
                 )
             ds_format.drain_written(parts, len(todo), output, f"estimate {m.name}", "part")
@@ -634,7 +637,7 @@ def pool_size(cpus: int, mode: str, experiments: int) -> int:
     return max(1, min(free, -(-experiments // EXPERIMENTS_PER_ACTOR)))
 
 
-def _read_and_fold(source: Input, model: str):
+def _read_and_fold(source: Input, model: Model):
     """Stage 1, materialized: every file read before anything is written."""
     try:
         return source.read().map_batches(_fold, batch_format="pyarrow", fn_args=(model,)).materialize()  # type: ignore[arg-type]

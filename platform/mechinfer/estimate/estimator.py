@@ -13,7 +13,8 @@ from ..config import AUTO_PVALUE
 from ..fit import mle
 from ..fit.bfgs import FitStatus
 from ..learn import checkpoint
-from ..models import get_model, list_models, priors
+from ..models import list_models, priors
+from ..models.sources import model_from_record
 from . import recalibration, uncertainty
 from .uncertainty import Laplace
 
@@ -79,7 +80,8 @@ class Estimator:
     def __init__(self, net: torch.nn.Module, meta: dict, recalibrated: recalibration.Recalibration | None = None):
         self.net = net
         self.meta = meta
-        self.model = get_model(meta["model"])
+        # the checkpoint's stored copy of its model (SPEC 11): no access to the user's file
+        self.model = model_from_record(meta)
         self.checkpoint_id = meta["checkpoint_id"]
         self.recalibration = recalibrated
 
@@ -248,5 +250,5 @@ def load_estimator(source: str) -> Estimator:
             raise ValueError(f"no pretrained checkpoint for {source!r} is shipped with this build")
         source = path
     net, meta = checkpoint.load(source, kind="inference")
-    n_parameters = get_model(meta["model"]).n_parameters
+    n_parameters = model_from_record(meta).n_parameters
     return Estimator(net, meta, recalibration.load(source, meta["checkpoint_id"], n_parameters))

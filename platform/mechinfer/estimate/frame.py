@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..models import get_model
+from ..models import load_model
 from ..models.base import Model
 
 COLUMNS = ("experiment", "t", "channel", "value")
@@ -68,7 +68,7 @@ def observations_from_frame(frame, model: Model | str, *, sort: bool = False) ->
     Missing columns, an experiment column that is neither string nor integer, or rows
     without an experiment id raise ValueError; bad rows only set their experiment's
     ``error``."""
-    m = model if isinstance(model, Model) else get_model(model)
+    m = load_model(model)
     table = as_table(frame)
     check_columns(table.column_names)
     return group(canonical(table.select(list(COLUMNS))), m, sort=sort)
@@ -295,7 +295,7 @@ def to_table(experiments, t, channel, value, model: Model | str) -> pa.Table:
     """The long table of (B, N) NaN-padded arrays (the inverse of
     :func:`observations_from_frame`): one row per finite observation, experiments in the
     given order, channel names."""
-    m = model if isinstance(model, Model) else get_model(model)
+    m = load_model(model)
     t, value, channel = np.asarray(t, dtype=np.float64), np.asarray(value, dtype=np.float64), np.asarray(channel)
     present = np.isfinite(t)
     rows, cols = np.nonzero(present)

@@ -41,7 +41,9 @@ from ..data import format as ds_format
 from ..data.samples import TEST_SEED, TEST_SIZE, simulate_chunk
 from ..fit import mle
 from ..machine import machine
-from ..models import get_model
+from ..models import load_model
+from ..models.base import Model
+from ..models.sources import check_model
 from ..runtime import Progress, ensure_ray
 from ..solver import SolveStatus
 
@@ -50,16 +52,17 @@ MULTISTART = "multistart.parquet"
 PRIOR, NETWORK = "prior", "network"
 
 
-def load_test_set(model: str, test_set: str | None = None, limit: int | None = None) -> tuple[dict, dict]:
+def load_test_set(model: str | Model, test_set: str | None = None, limit: int | None = None) -> tuple[dict, dict]:
     """The rows to fit and a description of them. ``test_set``: a dataset location
     (SPEC 5) of the same model; default the SPEC test set (1024 samples, seed 20231205).
     ``limit`` keeps the first samples only (quick runs and tests)."""
-    m = get_model(model)
+    m = load_model(model)
     if test_set is None:
         n = TEST_SIZE if limit is None else min(positive_int("limit", limit), TEST_SIZE)
         rows = simulate_chunk(m, TEST_SEED, 0, n)
         return rows, {"source": "SPEC test set", "seed": TEST_SEED, "n_samples": n}
     manifest = storage.read_manifest(test_set, what="test set", model=m.name)
+    check_model(m, manifest, f"test set {test_set}")
     table = ds_format.read_table(test_set)
     if limit is not None:
         table = table.slice(0, positive_int("limit", limit))
@@ -94,14 +97,14 @@ def fit_network_starts(m, t, ch, value, z0: np.ndarray, max_iter: int) -> mle.Fi
     return mle.fit(m, t, ch, value, z0, max_iter=max_iter, hessian="gauss-newton")
 
 
-def fit_chunk(model: str, rows: dict, checkpoint: str, n_starts: int, seed: int, max_iter: int) -> pa.Table:
+def fit_chunk(model: str | Model, rows: dict, checkpoint: str, n_starts: int, seed: int, max_iter: int) -> pa.Table:
     """The fits of a chunk of test rows, each method as a user would run it: the
     ``n_starts`` prior starts of every sample as one batched BFGS, then the network
     starts of every sample as another (Deep Inference + BFGS run alone: its Gauss-Newton
     starts inside its own time). One table row per (sample, start)."""
     from ..estimate.estimator import load_estimator
 
-    m = get_model(model)
+    m = load_model(model)
     ids, t, ch, value = rows["sample_id"], rows["t"], rows["channel"], rows["value"]
     n, p = len(ids), m.n_parameters
     est = load_estimator(checkpoint)
@@ -135,7 +138,7 @@ def _fits_table(cols: dict, checkpoint_id: str) -> pa.Table:
 
 def _run_chunk(model, rows, checkpoint, n_starts, seed, max_iter, root_uri) -> dict:
     torch.set_num_threads(1)  # one task per CPU
-    warm = mle.warm_up(get_model(model), rows["t"], rows["channel"], rows["value"])
+    warm = mle.warm_up(load_model(model), rows["t"], rows["channel"], rows["value"])
     start = time.perf_counter()
     table = fit_chunk(model, rows, checkpoint, n_starts, seed, max_iter)
     fs, root = storage.resolve(root_uri)
@@ -168,7 +171,7 @@ class BaselineSummary:
 
 
 def run_baseline(
-    model: str,
+    model: str | Model,
     out: str,
     *,
     checkpoint: str | None = None,
@@ -189,23 +192,25 @@ def run_baseline(
 
     from ..estimate.estimator import load_estimator
 
-    m = get_model(model)
+    m = load_model(model)
     starts = sorted({positive_int("starts", k) for k in (starts if not isinstance(starts, int) else [starts])})
     if not starts:
         raise ValueError("starts must name at least one number of starts")
     chunk_size = positive_int("chunk_size", chunk_size)
     max_iter = positive_int("max_iter", max_iter)
+    if checkpoint is None and m.source is not None:
+        raise ValueError(f"model {m.name!r} comes from a file and has no shipped checkpoint: give --checkpoint")
     checkpoint = checkpoint or m.name
     est = load_estimator(checkpoint)  # fails early on a missing checkpoint or another model's
-    if est.model.name != m.name:
-        raise ValueError(f"checkpoint {checkpoint} is for {est.model.name!r}, not {m.name!r}")
-    rows, described = load_test_set(m.name, test_set, limit)
+    check_model(m, est.meta, f"checkpoint {checkpoint}")
+    rows, described = load_test_set(m, test_set, limit)
     usable = rows["status"] == SolveStatus.OK
     rows = {k: v[usable] for k, v in rows.items()}
     n = len(rows["sample_id"])
     fs, root = storage.resolve(out)
     params = {
         "model": m.name,
+        **({"model_hash": m.source_hash} if m.source is not None else {}),  # a model file's version
         "checkpoint_id": est.checkpoint_id,
         "test_set": described,
         "starts": starts,
@@ -226,7 +231,7 @@ def run_baseline(
             ckpt = checkpoint if checkpoint == m.name else storage.absolute(checkpoint)
             root_uri = storage.absolute(out)
             pending = [
-                task.remote(m.name, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed, max_iter, root_uri)
+                task.remote(m, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed, max_iter, root_uri)
                 for a, b in todo
             ]
             chunk_times = _wait_with_progress(pending, f"baseline {m.name}")

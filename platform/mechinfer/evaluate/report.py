@@ -27,8 +27,9 @@ from ..fit import mle
 from ..fit.bfgs import FitStatus
 from ..fit.mle import MAX_BATCH
 from ..machine import machine
-from ..models import get_model, likelihood
+from ..models import likelihood
 from ..models.base import Model
+from ..models.sources import check_model, model_from_record
 from ..solver import SolveStatus
 from . import baseline, calibration
 from .common import draw_observations, predict
@@ -114,13 +115,17 @@ def evaluate_model(
 ) -> dict:
     """Every Table 1 row of one model from one baseline result."""
     manifest = storage.read_manifest(location, what="baseline", kind="baseline")
-    m = get_model(manifest["model"])
+    m = model_from_record(manifest)  # the baseline's stored copy of its model (SPEC 11)
+    if m.source is not None and not (network and finetuned):
+        raise ValueError(
+            f"model {m.name!r} of {location} comes from a file and has no shipped checkpoints: "
+            f"give --network {m.name}=PATH and --finetuned {m.name}=PATH"
+        )
     finetuned = finetuned or m.name
     network = network or os.path.join(shipped_checkpoint(m.name), "through-proxy")
     est_ft, est_net = load_estimator(finetuned), load_estimator(network)
     for est, what in ((est_ft, finetuned), (est_net, network)):
-        if est.model.name != m.name:
-            raise ValueError(f"checkpoint {what} is for {est.model.name!r}, the baseline {location} for {m.name!r}")
+        check_model(m, est.meta, f"checkpoint {what} (the baseline {location})")
     if est_ft.checkpoint_id != manifest["checkpoint_id"]:
         raise ValueError(
             f"the baseline {location} started BFGS from checkpoint {manifest['checkpoint_id']}, "
@@ -128,7 +133,7 @@ def evaluate_model(
         )
     source = manifest["test_set"]
     rows, _ = baseline.load_test_set(
-        m.name, None if source["source"] == "SPEC test set" else source["source"], source["n_samples"]
+        m, None if source["source"] == "SPEC test set" else source["source"], source["n_samples"]
     )
     rows = {k: v[rows["status"] == SolveStatus.OK] for k, v in rows.items()}
     ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))

@@ -1,7 +1,8 @@
 """Network checkpoints: a directory with the weights (``weights.pt``, loadable with
 ``torch.load(weights_only=True)``, so loading never unpickles code) and
-``checkpoint.json``: the network config, the model name, the spec version, the manifest
-of the dataset it was trained on, its validation metrics and training facts.
+``checkpoint.json``: the network config, the model (its name, ``model_hash`` and
+``model_source``, a copy of its files: SPEC 11), the spec version, the manifest of the
+dataset it was trained on, its validation metrics and training facts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import pyarrow.fs as pafs
 import torch
 
 from .. import SPEC_VERSION, storage
+from ..models import get_model, list_models
+from ..models.base import Model
+from ..models.sources import check_model, source_record
 from . import networks
 
 WEIGHTS = "weights.pt"
@@ -29,7 +33,7 @@ def save(
     directory: str,
     net: torch.nn.Module,
     *,
-    model: str,
+    model: str | Model,
     dataset_manifest: dict | None,
     metrics: dict | None = None,
     training: dict | None = None,
@@ -69,9 +73,9 @@ def save(
         digest = hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()[:12]
         meta = {
             "spec_version": SPEC_VERSION,
-            "model": model,
+            **_model_fields(model),  # model, model_hash, model_source
             "network": _unwrap(net).config,
-            "checkpoint_id": f"{model}-{_unwrap(net).config['kind']}-{digest}",
+            "checkpoint_id": f"{_name(model)}-{_unwrap(net).config['kind']}-{digest}",
             "dataset": dataset_manifest,
             "metrics": metrics or {},
             "training": training or {},
@@ -83,6 +87,20 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def _name(model: str | Model) -> str:
+    return model.name if isinstance(model, Model) else model
+
+
+def _model_fields(model: str | Model) -> dict:
+    """The model's name, hash and source as a checkpoint stores them (a registered name
+    given as a string is that built-in model)."""
+    if isinstance(model, str):
+        if model not in list_models():
+            return {"model": model}
+        model = get_model(model)
+    return source_record(model)
 
 
 def _replace_directory(new: Path, target: Path) -> None:
@@ -117,14 +135,15 @@ def _upload(local: str, location: str) -> None:
     storage.upload_directory(local, location, last=META)
 
 
-def load(source: str, *, model: str | None = None, kind: str | None = None, map_location="cpu"):
+def load(source: str, *, model: str | Model | None = None, kind: str | None = None, map_location="cpu"):
     """(network in eval mode, metadata) from a checkpoint directory or URI. Refuses a
-    checkpoint of another model, kind or spec version with a message naming both."""
+    checkpoint of another model (its name; for a Model, also its content hash), kind or
+    spec version with a message naming both."""
     with storage.local_copy(source) as local:
         return _load(source, Path(local), model, kind, map_location)
 
 
-def _load(source: str, local: Path, model: str | None, kind: str | None, map_location):
+def _load(source: str, local: Path, model: str | Model | None, kind: str | None, map_location):
     meta_path = local / META
     if not meta_path.exists():
         raise ValueError(f"{source} is not a mechinfer checkpoint: it has no {META}")
@@ -134,7 +153,9 @@ def _load(source: str, local: Path, model: str | None, kind: str | None, map_loc
             f"checkpoint {source} is for spec version {meta.get('spec_version')}, "
             f"this code implements spec version {SPEC_VERSION}"
         )
-    if model is not None and meta.get("model") != model:
+    if isinstance(model, Model):
+        check_model(model, meta, f"checkpoint {source}")
+    elif model is not None and meta.get("model") != model:
         raise ValueError(f"checkpoint {source} is for model {meta.get('model')!r}, not {model!r}")
     if kind is not None and meta["network"].get("kind") != kind:
         raise ValueError(f"checkpoint {source} holds a {meta['network'].get('kind')} network, not a {kind} network")

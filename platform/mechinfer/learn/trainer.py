@@ -26,8 +26,10 @@ from ..arrays import positive_int
 from ..config import FinetuneConfig, TrainConfig
 from ..data import format as ds_format
 from ..data.samples import TEST_SEED, spec_test_set
-from ..models import get_model
+from ..models import load_model
+from ..models.base import Model
 from ..models.likelihood import r2
+from ..models.sources import check_model, model_from_record, source_record
 from ..runtime import ensure_ray
 from ..solver import SolveStatus
 from . import checkpoint, devices, losses, networks
@@ -85,14 +87,14 @@ def _loop(cfg: dict) -> None:
     import ray.train.torch
 
     torch.manual_seed(cfg["seed"] + ray.train.get_context().get_world_rank())
-    m = get_model(cfg["model"])
+    m = model_from_record(cfg["model"])  # from its stored source: a user's file need not exist here
     device = ray.train.torch.get_device()
     net = networks.build(cfg["network"])
     if cfg.get("init_checkpoint"):
-        net.load_state_dict(checkpoint.load(cfg["init_checkpoint"], model=m.name, kind="inference")[0].state_dict())
+        net.load_state_dict(checkpoint.load(cfg["init_checkpoint"], model=m, kind="inference")[0].state_dict())
     proxy = None
     if cfg["stage"] == "inference":
-        proxy = checkpoint.load(cfg["proxy_checkpoint"], model=m.name, kind="proxy")[0].to(device)
+        proxy = checkpoint.load(cfg["proxy_checkpoint"], model=m, kind="proxy")[0].to(device)
         proxy.requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
     start_epoch, steps = 0, 0
@@ -173,7 +175,7 @@ def _loop(cfg: dict) -> None:
                 checkpoint.save(
                     d,
                     net,
-                    model=m.name,
+                    model=m,
                     dataset_manifest=cfg["manifest"],
                     metrics=metrics,
                     training={k: cfg[k] for k in ("stage", "lr", "batch_size", "epochs", "min_obs")},
@@ -225,7 +227,7 @@ def _report_error(message: str) -> None:
 
 def train(
     stage: str,
-    model: str,
+    model: str | Model,
     data: str,
     out: str,
     *,
@@ -253,8 +255,9 @@ def train(
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
-    m = get_model(model)
+    m = load_model(model)
     manifest = storage.read_manifest(data, model=m.name)
+    check_model(m, manifest, f"dataset {data}")
     usable = manifest["n_samples"] - manifest.get("failures", 0)
     if usable <= VALIDATION_EVERY:
         raise ValueError(f"dataset {data} has {usable} usable samples (status 0); too few to train on")
@@ -262,6 +265,8 @@ def train(
         raise ValueError("stage 'inference' needs proxy_checkpoint (a trained proxy)")
     if stage == "finetune" and not init_checkpoint:
         raise ValueError("stage 'finetune' needs init_checkpoint (an inference network trained through the proxy)")
+    if stage == "inference" and proxy_checkpoint:  # refused here in one line, not in the workers
+        checkpoint.load(proxy_checkpoint, model=m, kind="proxy")
     for name, value in (("num_workers", num_workers), ("epochs", epochs), ("batch_size", batch_size)):
         positive_int(name, value)
 
@@ -277,10 +282,10 @@ def train(
     kind = "proxy" if stage == "proxy" else "inference"
     net_config = networks.default_config(m, kind, value_offset=offsets, value_scale=scales, **(network or {}))
     if init_checkpoint:
-        net_config = checkpoint.load(init_checkpoint, model=m.name, kind="inference")[1]["network"]
+        net_config = checkpoint.load(init_checkpoint, model=m, kind="inference")[1]["network"]
     cfg = {
         "stage": stage,
-        "model": m.name,
+        "model": source_record(m),  # the workers rebuild the model from its source
         "network": net_config,
         "lr": lr,
         "batch_size": batch_size,
@@ -312,11 +317,11 @@ def train(
         if os.path.exists(os.path.join(d, ERROR_FILE)):
             with open(os.path.join(d, ERROR_FILE)) as f:
                 raise FloatingPointError(f"{stage} training stopped: {json.load(f)['error']}")
-        net, meta = checkpoint.load(d, model=m.name)
+        net, meta = checkpoint.load(d, model=m)
         checkpoint.save(
             out,
             net,
-            model=m.name,
+            model=m,
             dataset_manifest=manifest,
             metrics=meta["metrics"],
             training={**meta["training"], "num_workers": num_workers, "use_gpu": use_gpu},
@@ -343,7 +348,7 @@ def _absolute(location: str | None) -> str | None:
 
 
 def train_inference_and_report(
-    model: str,
+    model: str | Model,
     data: str,
     proxy_checkpoint: str,
     out: str,
@@ -358,17 +363,13 @@ def train_inference_and_report(
     through the solver; then R^2 on the SPEC test set at 25/50/100% of n_obs beside the
     R^2 of the true parameters, written to ``training_summary.json`` in the checkpoint.
     (Callers then recalibrate its intervals: :func:`mechinfer.estimate.recalibration.calibrate_checkpoint`.)"""
-    m = get_model(model)
+    m = load_model(model)
     stage1_out = out if finetune_epochs == 0 else os.path.join(out, "through-proxy")
-    summaries = [
-        train("inference", model, data, stage1_out, epochs=epochs, proxy_checkpoint=proxy_checkpoint, **kwargs)
-    ]
+    summaries = [train("inference", m, data, stage1_out, epochs=epochs, proxy_checkpoint=proxy_checkpoint, **kwargs)]
     if finetune_epochs > 0:
         kwargs = {**kwargs, "lr": finetune_lr, "max_steps_per_epoch": finetune_steps_per_epoch}
         kwargs.pop("network", None)
-        summaries.append(
-            train("finetune", model, data, out, epochs=finetune_epochs, init_checkpoint=stage1_out, **kwargs)
-        )
+        summaries.append(train("finetune", m, data, out, epochs=finetune_epochs, init_checkpoint=stage1_out, **kwargs))
     test = spec_test_set(m)
     ok = test["status"] == SolveStatus.OK
     test = {k: v[ok] for k, v in test.items()}
@@ -382,7 +383,7 @@ def train_inference_and_report(
         [("fine-tuned through the solver", out)] if finetune_epochs else []
     )
     for label, path in checkpoints:
-        net, _ = checkpoint.load(path, model=m.name, kind="inference")
+        net, _ = checkpoint.load(path, model=m, kind="inference")
         r2_net = losses.evaluate(m, net, test, fractions=(0.25, 0.5, 1.0))
         lines += [f"  R2 of the network {label}, {int(f * 100)}% of n_obs: {r}" for f, r in r2_net.items()]
         report[f"r2_network ({label})"] = {f"{int(f * 100)}%": r.__dict__ for f, r in r2_net.items()}

@@ -9,6 +9,7 @@ reports the validation NLL every ``steps_per_report`` steps.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -20,7 +21,9 @@ import torch
 from .. import storage
 from ..config import NETWORK_KEYS, NetworkConfig, TuneConfig
 from ..data import format as ds_format
-from ..models import get_model
+from ..models import load_model
+from ..models.base import Model
+from ..models.sources import check_model, model_from_record, source_record
 from ..runtime import ensure_ray
 from . import checkpoint, losses, networks
 from .trainer import VALIDATION_EVERY, value_stats
@@ -63,10 +66,10 @@ def _trial(config: dict) -> None:
     from ray import tune
 
     torch.set_num_threads(1)
-    m = get_model(config["model"])
+    m = model_from_record(json.loads(config["model"]))  # from its stored source
     train_rows = _rows(config["data"], False, config["max_rows"])
     val_rows = _rows(config["data"], True, 2048)
-    proxy, _ = checkpoint.load(config["proxy"], model=m.name, kind="proxy")
+    proxy, _ = checkpoint.load(config["proxy"], model=m, kind="proxy")
     proxy.requires_grad_(False)
     net = networks.build(
         networks.default_config(
@@ -104,7 +107,7 @@ def _trial(config: dict) -> None:
 
 
 def tune_inference(
-    model: str,
+    model: str | Model,
     data: str,
     proxy: str,
     out: str,
@@ -120,9 +123,9 @@ def tune_inference(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    m = get_model(model)
-    storage.read_manifest(data, model=m.name)
-    checkpoint.load(proxy, model=m.name, kind="proxy")  # fails early with a message
+    m = load_model(model)
+    check_model(m, storage.read_manifest(data, model=m.name), f"dataset {data}")
+    checkpoint.load(proxy, model=m, kind="proxy")  # fails early with a message
     if num_samples <= 0 or max_steps < steps_per_report:
         raise ValueError("num_samples must be positive and max_steps at least steps_per_report")
     ensure_ray()
@@ -132,7 +135,7 @@ def tune_inference(
     )
     space = {
         **search_space(),
-        "model": m.name,
+        "model": json.dumps(source_record(m)),  # one opaque value for Tune (not a nested config)
         "data": storage.absolute(data),
         "proxy": storage.absolute(proxy),
         "max_steps": max_steps,
@@ -162,7 +165,12 @@ def tune_inference(
     # the best result was chosen by its reported val_nll, and carries its trial's config
     assert best.metrics is not None and best.config is not None
     keys = (*NETWORK_KEYS, "lr", "batch_size")
-    best_config = {"model": m.name, "val_nll": best.metrics["val_nll"], **{k: best.config[k] for k in keys}}
+    best_config = {
+        "model": m.name,
+        "model_hash": m.source_hash,
+        "val_nll": best.metrics["val_nll"],
+        **{k: best.config[k] for k in keys},
+    }
     os.makedirs(out, exist_ok=True)
     storage.write_local_json(os.path.join(out, BEST_CONFIG), best_config)
     table = results.get_dataframe()

@@ -1,10 +1,13 @@
-"""Model registry. A new model is one module defining ``MODEL`` plus one line here."""
+"""Model registry. A new model is one module defining ``MODEL`` plus one line here; a
+user's model needs none: :func:`load_model` reads a Python, SBML or PEtab file (SPEC 11)."""
 
 from __future__ import annotations
 
 from importlib import import_module
 
 from .base import Model
+from .odesystem import ModelSourceError
+from .sources import ModelSource, load_model
 
 _MODULES = {
     "mmk": "mechinfer.models.mmk",
@@ -17,6 +20,10 @@ def list_models() -> list[str]:
 
 
 def get_model(name: str) -> Model:
+    """A registered model by name (:func:`load_model` also takes model files)."""
     if name not in _MODULES:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(_MODULES)}")
+        raise ModelSourceError(f"unknown model {name!r}; available models: {', '.join(_MODULES)}")
     return import_module(_MODULES[name]).MODEL
+
+
+__all__ = ["Model", "ModelSource", "ModelSourceError", "get_model", "list_models", "load_model"]

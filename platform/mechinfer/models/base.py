@@ -13,11 +13,13 @@ numpy arrays in the scipy reference used by the tests.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import hashlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, SupportsIndex
 
 import numpy as np
 import torch
@@ -30,6 +32,9 @@ from ..solver.dual import value_and_jacobian as dual_value_and_jacobian
 from . import priors as _priors
 from .design import sample_uniforms
 from .simulate import simulate_observed
+
+if TYPE_CHECKING:
+    from .sources import ModelSource
 
 # Relative slack on the prior bounds when checking user parameters: values produced by
 # from_z at |z| ~ 8 sit on a bound up to float round-off.
@@ -69,6 +74,17 @@ class Model:
     # Integration method (see mechinfer.solver.solve): "rodas4" (stiff-capable) or a
     # torchdiffeq method name for non-stiff models.
     solver: str = "rodas4"
+    # For equations generated from a file (mechinfer.models.expressions): a hash of their
+    # generated source, which keys the native code cache in place of the rate function's
+    # source (a generated function has no source file to read).
+    equations_key: str | None = field(default=None, compare=False)
+    # Inputs a condition sets, read by the rate laws after the quantities (the solver's
+    # arguments are theta followed by a condition's input values); see
+    # mechinfer.models.petab.
+    inputs: tuple[str, ...] = ()
+    # Where a model from a file came from (mechinfer.models.sources): its files and their
+    # hash, set by load_model. None for a built-in model (its source is the package).
+    source: ModelSource | None = field(default=None, compare=False, repr=False)
 
     # ---------------------------------------------------------------- declared facts
     @property
@@ -88,6 +104,12 @@ class Model:
     def sigma(self) -> np.ndarray:
         """Noise sigma per observed channel, in channel order."""
         return np.array([self.noise_sigma[c] for c in self.channels], dtype=np.float64)
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        """What the rate laws read besides the states: the quantities, then the inputs
+        a condition sets (a PEtab problem's conditions; none for the built-in models)."""
+        return self.parameter_names + self.inputs
 
     @property
     def n_parameters(self) -> int:
@@ -112,35 +134,35 @@ class Model:
 
     # ---------------------------------------------------------------- equations
     def initial_state(self, theta: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self._initial(theta.unbind(-1)), dim=-1)
+        return _stack(self._initial(theta.unbind(-1)), theta)
 
     def _initial(self, quantities) -> list:
         """The initial states from P quantity values of any kind, in state order."""
-        p = _record_type(self.parameter_names)(*quantities)
+        p = _record_type(self.argument_names)(*quantities)
         init = self.initial(p) if self.initial else {s: getattr(p, f"{s}_0") for s in self.states}
         return [init[s] for s in self.states]
 
     def rhs(self, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """dy/dt for states y (..., S) and quantities theta (..., P)."""
-        return torch.stack(self._derivatives(y.unbind(-1), theta.unbind(-1)), dim=-1)
+        return _stack(self._derivatives(y.unbind(-1), theta.unbind(-1)), y)
 
     def rhs_and_jacobian(self, y: torch.Tensor, theta: torch.Tensor):
         """dy/dt (B, S) and its Jacobian in y (B, S, S), by forward-mode dual numbers."""
-        p = [Dual.constant(theta[..., i]) for i in range(self.n_parameters)]
-        return dual_value_and_jacobian(self._derivatives(Dual.seed(y), p))
+        p = [Dual.constant(theta[..., i]) for i in range(theta.shape[-1])]
+        return dual_value_and_jacobian(self._derivatives(Dual.seed(y), p), y)
 
     def _derivatives(self, states, quantities) -> list:
         """The rate laws on S state values and P quantity values of any kind (tensors,
         dual numbers, symbols): the S derivatives, in state order."""
         s = _record_type(self.states)(*states)
-        d = self.rates(s, _record_type(self.parameter_names)(*quantities), self._constants())
+        d = self.rates(s, _record_type(self.argument_names)(*quantities), self._constants())
         return [d[name] for name in self.states]
 
     def native_system(self) -> _native.NativeSystem:
         """The rate laws compiled for the CPU solver with their exact derivatives: generated
         from ``rates`` itself (symbolic derivatives, :mod:`mechinfer.solver.symbolic`),
         once per machine, and loaded once per process."""
-        n_states, n_args = len(self.states), self.n_parameters
+        n_states, n_args = len(self.states), len(self.argument_names)
         return _native.system(
             self.name,
             self._fingerprint(),
@@ -154,6 +176,8 @@ class Model:
         states, the states, quantities and constants (None when the source cannot be
         read, e.g. a function typed at a prompt). Computed once per model and process:
         reading the source costs a millisecond."""
+        if self.equations_key is not None:
+            return self.equations_key
         key = (self.name, self.rates)
         if key not in _FINGERPRINTS:
             try:
@@ -216,7 +240,7 @@ class Model:
 
     def _bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior bounds (with their slack) per column, as tensors like ``like``."""
-        key = (self.name, self.parameter_names, like.dtype, like.device)
+        key = (self.name, self.priors, like.dtype, like.device)  # two files' models may share a name
         if key not in _BOUNDS:
             slack = [_BOUND_SLACK * max(abs(q.prior.low), abs(q.prior.high)) for q in self.quantities]
             lo = [q.prior.low - s for q, s in zip(self.quantities, slack)]
@@ -239,6 +263,66 @@ class Model:
         y, _ = simulate_observed(self, theta_t, as_tensor(t), solver=solver, **options)
         return y.detach().cpu().numpy()
 
+    # ---------------------------------------------------------------- where it comes from
+    @property
+    def source_hash(self) -> str:
+        """The content hash of the model's source files (SPEC 11); for a built-in model, a
+        stable hash of its name and the spec version."""
+        if self.source is not None:
+            return self.source.hash
+        from .sources import builtin_hash
+
+        return builtin_hash(self.name)
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple:
+        """A model pickles as where it comes from: a model from a file as its source
+        (its files, rebuilt by ``source.load()`` on the other side, once per process),
+        a built-in one as its name, plus any fields changed since (``dataclasses.replace``).
+        So Ray tasks, actors, Train workers and Serve replicas rebuild the same model
+        where the user's module is not importable. A model of neither kind pickles by value."""
+        if self.source is not None:
+            origin: object = self.source
+            base = self.source.load()
+        else:
+            from . import _MODULES, get_model
+
+            if self.name not in _MODULES:
+                return super().__reduce_ex__(protocol)
+            origin, base = self.name, get_model(self.name)
+        changes: dict = {}
+        if base is not self:
+            for f in dataclasses.fields(self):
+                mine, theirs = getattr(self, f.name), getattr(base, f.name)
+                if f.name != "source" and mine is not theirs and mine != theirs:
+                    changes[f.name] = mine
+        return (_rebuild_model, (origin, changes))
+
+
+def _rebuild_model(origin: str | ModelSource, changes: dict) -> Model:
+    """Unpickle a model (see ``Model.__reduce_ex__``): a source or a built-in name, plus changed fields."""
+    if isinstance(origin, str):
+        from . import get_model
+
+        model = get_model(origin)
+    else:
+        model = origin.load()
+    return dataclasses.replace(model, **changes) if changes else model
+
+
+def _stack(values: list, like: torch.Tensor) -> torch.Tensor:
+    """Stack per-state values into (..., S) like ``like``: a value that does not depend on
+    the inputs (a constant rate, an initial value of a file's model) is a float here."""
+    shape = like.shape[:-1]
+    return torch.stack(
+        [
+            v.expand(shape)
+            if isinstance(v, torch.Tensor)
+            else torch.full(shape, float(v), dtype=like.dtype, device=like.device)
+            for v in values
+        ],
+        dim=-1,
+    )
+
 
 _RECORD_TYPES: dict[tuple[str, ...], type] = {}
 _FINGERPRINTS: dict[tuple, str | None] = {}
@@ -247,7 +331,9 @@ _BOUNDS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 def _record_type(names: tuple[str, ...]):
     """A namedtuple type for attribute access by name (s.X, p.Vmax, c.Kla): cheap to
-    build per call, and traceable by torch.compile, unlike SimpleNamespace."""
+    build per call, and traceable by torch.compile, unlike SimpleNamespace. Names that are
+    not Python identifiers (an SBML id such as ``lambda``) are renamed; generated rate
+    functions read records by position."""
     if names not in _RECORD_TYPES:
-        _RECORD_TYPES[names] = collections.namedtuple("Record", names)
+        _RECORD_TYPES[names] = collections.namedtuple("Record", names, rename=True)
     return _RECORD_TYPES[names]

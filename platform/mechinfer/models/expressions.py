@@ -21,11 +21,12 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import scipy.special
 import sympy
 import torch
 
 from ..solver.dual import Dual
-from ..solver.symbolic import Ceiling, Floor, Sym
+from ..solver.symbolic import Ceiling, Factorial, Floor, Sym
 
 # ---------------------------------------------------------------- unary functions
 # name -> (sympy function, torch function, torch derivative as a function of (x, f(x)), numpy function)
@@ -39,6 +40,12 @@ _UNARY: dict[str, tuple[Callable, Callable, Callable, Callable]] = {
     "abs": (sympy.Abs, torch.abs, lambda x, f: torch.sign(x), np.abs),
     "floor": (Floor, torch.floor, lambda x, f: torch.zeros_like(x), np.floor),
     "ceiling": (Ceiling, torch.ceil, lambda x, f: torch.zeros_like(x), np.ceil),
+    "factorial": (
+        Factorial,
+        lambda x: torch.exp(torch.lgamma(x + 1.0)),
+        lambda x, f: f * torch.digamma(x + 1.0),
+        lambda x: scipy.special.gamma(np.asarray(x, dtype=np.float64) + 1.0),
+    ),
     "sin": (sympy.sin, torch.sin, lambda x, f: torch.cos(x), np.sin),
     "cos": (sympy.cos, torch.cos, lambda x, f: -torch.sin(x), np.cos),
     "tan": (sympy.tan, torch.tan, lambda x, f: 1.0 + f * f, np.tan),
@@ -110,7 +117,7 @@ _UNARY: dict[str, tuple[Callable, Callable, Callable, Callable]] = {
     ),
 }
 # sympy's class name -> our op name (where they differ)
-_SYMPY_NAMES = {"Abs": "abs", "Floor": "floor", "Ceiling": "ceiling"}
+_SYMPY_NAMES = {"Abs": "abs", "Floor": "floor", "Ceiling": "ceiling", "Factorial": "factorial"}
 
 
 def _is_tensor(x) -> bool:

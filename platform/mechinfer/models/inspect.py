@@ -48,7 +48,9 @@ def show(source: str) -> str:
         lines.append("observables: states, normal noise, lin")
         for c, s in zip(m.channels, m.sigma):
             lines.append(f"  {c:<28} sigma {s:g}")
-        lines.append(f"conditions: one; design: {m.n_obs} observations uniform in [0, {m.T:g}], one random channel each")
+        lines.append(
+            f"conditions: one; design: {m.n_obs} observations uniform in [0, {m.T:g}], one random channel each"
+        )
         return "\n".join(lines)
     lines.append(f"observables ({len(problem.observables)}):")
     for o in problem.observables:
@@ -95,5 +97,7 @@ def check(source: str, n: int = 64, seed: int = 0) -> tuple[str, bool]:
     ]
     if problem is not None:
         ll = problem.log_likelihood()
-        lines.append(f"log-likelihood at the nominal parameters: {ll:.6f}" if math.isfinite(ll) else "log-likelihood: nan")
+        lines.append(
+            f"log-likelihood at the nominal parameters: {ll:.6f}" if math.isfinite(ll) else "log-likelihood: nan"
+        )
     return "\n".join(lines), not bool(failed[0])

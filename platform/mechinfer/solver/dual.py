@@ -105,7 +105,10 @@ def value_and_jacobian(duals_out: list, y: torch.Tensor | None = None) -> tuple[
             raise ValueError("no rate depends on the state: pass the states to shape the Jacobian")
         values = [o.v if isinstance(o, Dual) else o for o in duals_out]
         f = torch.stack(
-            [v.expand(y.shape[:-1]) if isinstance(v, torch.Tensor) else torch.full_like(y[..., 0], float(v)) for v in values],
+            [
+                v.expand(y.shape[:-1]) if isinstance(v, torch.Tensor) else torch.full_like(y[..., 0], float(v))
+                for v in values
+            ],
             dim=-1,
         )
         return f, torch.zeros(*y.shape, y.shape[-1], dtype=y.dtype, device=y.device)

@@ -45,6 +45,18 @@ class Ceiling(sympy.Function):
         return sympy.S.Zero
 
 
+class Factorial(sympy.Function):
+    """x! = Gamma(x + 1). The native code prints it; its derivative (digamma) has no
+    numba form, so a model whose rates need it runs on the torch backend."""
+
+    def fdiff(self, argindex=1):
+        from ..models.odesystem import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            "factorial: its derivative is not available to the native solver (use the torch backend)"
+        )
+
+
 def _expr(x):
     if isinstance(x, Sym):
         return x.e
@@ -107,6 +119,9 @@ class _Printer(PythonCodePrinter):
 
     def _print_Ceiling(self, expr):
         return f"float(math.ceil({self._print(expr.args[0])}))"
+
+    def _print_Factorial(self, expr):
+        return f"math.gamma({self._print(expr.args[0])} + 1.0)"
 
     def _print_Heaviside(self, expr):  # d Max / d x: 1 where x > 0 (the arguments' order decides ties)
         return f"(1.0 if {self._print(expr.args[0])} > 0.0 else 0.0)"

@@ -24,7 +24,9 @@ from collections.abc import Callable
 
 from .. import SPEC_VERSION
 from ..config import DEVICES, NETWORK_KEYS, PRESETS, replace
-from ..models import get_model
+from ..models import load_model
+from ..models.base import Model
+from ..models.sources import recorded_hash
 from ..storage import read_local_json as _read_json
 from ..storage import write_local_json as _write_json
 
@@ -55,11 +57,18 @@ def settings_for(preset: str, overrides: dict | None = None) -> dict:
     return settings
 
 
-def open_run(run: str, model: str, preset: str, settings: dict) -> dict:
-    """Create the run directory, or check that an existing one is this run's."""
-    m = get_model(model)
+def open_run(run: str, model: str | Model, preset: str, settings: dict) -> dict:
+    """Create the run directory, or check that an existing one is this run's (the same
+    model, by name and content hash: SPEC 11)."""
+    m = load_model(model)
     path = os.path.join(run, "run.json")
-    record = {"model": m.name, "spec_version": SPEC_VERSION, "preset": preset, "settings": settings}
+    record = {
+        "model": m.name,
+        "model_hash": m.source_hash,
+        "spec_version": SPEC_VERSION,
+        "preset": preset,
+        "settings": settings,
+    }
     existing = _read_json(path)
     if existing is None:
         if os.path.isdir(run) and os.listdir(run):
@@ -74,6 +83,12 @@ def open_run(run: str, model: str, preset: str, settings: dict) -> dict:
         )
     if existing.get("model") != m.name:
         raise ValueError(f"run directory {run} is a run of {existing.get('model')!r}, not {m.name!r}")
+    recorded = recorded_hash(existing)
+    if recorded != m.source_hash:
+        raise ValueError(
+            f"run directory {run} is a run of model {m.name!r} with hash {recorded[:12]}, "
+            f"not of this {m.name!r} (hash {m.source_hash[:12]}): its file changed; use a new run directory"
+        )
     if (existing.get("preset"), existing.get("settings")) != (preset, settings):
         raise ValueError(
             f"run directory {run} was started with preset {existing.get('preset')!r} and settings "
@@ -94,10 +109,16 @@ NEEDS = {
 
 
 def plan(
-    model: str, run: str, *, preset: str = "small", stages: list[str] | None = None, overrides: dict | None = None
+    model: str | Model,
+    run: str,
+    *,
+    preset: str = "small",
+    stages: list[str] | None = None,
+    overrides: dict | None = None,
 ) -> dict:
     """Check everything that can be checked before Ray starts (model, preset, stages,
-    the run directory) and open the run: {"run", "model", "settings", "stages"}."""
+    the run directory) and open the run: {"run", "model" (the Model), "settings", "stages"}."""
+    m = load_model(model)
     wanted = list(STAGES if stages is None else stages)
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
@@ -106,14 +127,14 @@ def plan(
     if stages is None and not settings["tune"]:
         wanted.remove("tune")
     run = os.path.abspath(run)
-    open_run(run, model, preset, settings)
+    open_run(run, m, preset, settings)
     for stage in wanted:
         for need in NEEDS[stage]:
             if need not in wanted and not os.path.exists(os.path.join(run, "stages", f"{need}.json")):
                 raise ValueError(f"stage {need!r} has not run in this run directory ({run}); it comes before {stage!r}")
     return {
         "run": run,
-        "model": get_model(model).name,
+        "model": m,
         "settings": settings,
         "stages": [s for s in STAGES if s in wanted],
     }
@@ -269,8 +290,8 @@ def _evaluate(model, run, s, records, command, **_):
     evaluate(
         [_needs(records, "baseline")["baseline"]],
         out,
-        networks={model: net["through_proxy"]},
-        finetuned={model: net["checkpoint"]},
+        networks={model.name: net["through_proxy"]},
+        finetuned={model.name: net["checkpoint"]},
         command=command,
     )
     report = os.path.join(out, "table1.md")
@@ -301,11 +322,11 @@ def _serve(model, run, s, records, port: int = 8000, **_):
     ckpt = _needs(records, "train-inference")["checkpoint"]
     app, prefix = serve_name(run)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build({"checkpoints": {model: ckpt}, "compile": s["compile"]}), name=app, route_prefix=prefix)
-    m = get_model(model)
+    m = load_model(model)
+    serve.run(build({"checkpoints": {m.name: ckpt}, "compile": s["compile"]}), name=app, route_prefix=prefix)
     test = spec_test_set(m, 1)
     obs = handlers.to_observations(m, test["t"][0], test["channel"][0], test["value"][0])
-    url = f"http://127.0.0.1:{port}{prefix}/v1/models/{model}/infer"
+    url = f"http://127.0.0.1:{port}{prefix}/v1/models/{m.name}/infer"
     r = requests.post(url, json={"observations": obs}, timeout=120)
     if r.status_code != 200:
         raise RuntimeError(f"the served endpoint {url} answered {r.status_code}: {r.text}")

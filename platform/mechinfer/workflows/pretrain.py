@@ -16,13 +16,16 @@ from ..data.generate import simulate_dataset
 from ..estimate.recalibration import calibrate_checkpoint
 from ..learn import checkpoint
 from ..learn.trainer import train, train_inference_and_report
+from ..models import load_model
+from ..models.base import Model
+from ..models.sources import recorded_hash
 
 log = logging.getLogger(__name__)
 _D = PretrainConfig
 
 
 def build_pretrained(
-    model: str,
+    model: str | Model,
     work: str,
     *,
     n: int = _D.n,
@@ -43,12 +46,23 @@ def build_pretrained(
     command: str = "",
 ) -> dict:
     """Train a model's networks from scratch and, with ``install``, copy them with their
-    training summary into the package (``mechinfer/pretrained/<model>/``)."""
+    training summary into the package (``mechinfer/pretrained/<model>/``; built-in
+    models only)."""
+    m = load_model(model)
+    if install and m.source is not None:
+        raise ValueError(
+            f"model {m.name!r} comes from a file: only built-in models ship checkpoints; pass --no-install"
+        )
     os.makedirs(work, exist_ok=True)
-    data = data or os.path.join(work, f"data-{model}")
+    data = data or os.path.join(work, f"data-{m.name}")
     try:
         manifest = storage.read_manifest(data)
-        if (manifest["model"], manifest["n_samples"], manifest["seed"]) != (model, n, seed):
+        if (manifest["model"], recorded_hash(manifest), manifest["n_samples"], manifest["seed"]) != (
+            m.name,
+            m.source_hash,
+            n,
+            seed,
+        ):
             raise ValueError(
                 f"{data} holds another dataset ({manifest['model']}, {manifest['n_samples']} samples, "
                 f"seed {manifest['seed']})"
@@ -56,13 +70,13 @@ def build_pretrained(
     except ValueError as exc:
         if "no manifest.json" not in str(exc):
             raise
-        log.info("%s", simulate_dataset(model, n, seed, data))
+        log.info("%s", simulate_dataset(m, n, seed, data))
     network = {"width": width, "depth": depth}
     workers: dict[str, Any] = {"num_workers": num_workers, "device": device, "gpu_timeout_s": gpu_timeout_s}
     proxy = os.path.join(work, "proxy")
     proxy_summary = train(
         "proxy",
-        model,
+        m,
         data,
         proxy,
         epochs=proxy_epochs,
@@ -73,7 +87,7 @@ def build_pretrained(
     log.info("%s", proxy_summary)
     out = os.path.join(work, "inference")
     report = train_inference_and_report(
-        model,
+        m,
         data,
         proxy,
         out,
@@ -95,7 +109,7 @@ def build_pretrained(
     text = f"$ {command}\n\n{report['text']}\n"
     storage.write_local(os.path.join(out, "training_summary.txt"), lambda f: f.write(text.encode()))
     if install:
-        dest = str(resources.files("mechinfer") / "pretrained" / model)
+        dest = str(resources.files("mechinfer") / "pretrained" / m.name)
         shutil.rmtree(dest, ignore_errors=True)
         os.makedirs(dest)
         for name in (checkpoint.WEIGHTS, checkpoint.META, "training_summary.json", "training_summary.txt"):

@@ -1,0 +1,231 @@
+"""The SBML importer (mechinfer.models.sbml): vendored SBML Test Suite cases through the
+test-side scipy reference, the OdeSystem it builds, and its refusals. Fast: no Ray."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import sympy
+from sbml_cases import case_folders, load_case, run_case
+from sbml_reference import simulate_reference
+
+from mechinfer.models.odesystem import TIME, ModelSourceError, UnsupportedModelError, symbol
+from mechinfer.models.sbml import read_sbml
+
+CASES = Path(__file__).parent / "data" / "sbml-test-suite" / "cases"
+MATH = 'xmlns="http://www.w3.org/1998/Math/MathML"'
+
+
+def reference_engine(path, times, variables, amounts):
+    with warnings.catch_warnings():  # numpy warns on piecewise branches it does not take
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return simulate_reference(read_sbml(path), times, variables, amounts)
+
+
+def _levels():
+    for folder in case_folders(CASES):
+        yield pytest.param(folder, "l3v2", id=f"{folder.name}-l3v2")
+        if (folder / f"{folder.name}-sbml-l2v4.xml").is_file():
+            yield pytest.param(folder, "l2v4", id=f"{folder.name}-l2v4")
+
+
+def test_vendored_cases_present():
+    assert len(case_folders(CASES)) >= 60
+    assert (CASES.parent / "LICENSE.txt").is_file()
+
+
+@pytest.mark.parametrize(("folder", "level"), list(_levels()))
+def test_sbml_test_suite_case(folder, level):
+    outcome = run_case(load_case(folder, level), reference_engine)
+    assert outcome.status == "pass", outcome.detail
+
+
+# --------------------------------------------------------------------------- inline models
+
+
+def sbml(body: str, *, level: int = 3, version: int = 2, model_attrs: str = "", ns: str = "") -> str:
+    """A document around ``body`` (model content), with compartment C, species S and
+    parameter k unless the body brings its own lists."""
+    if level == 3:
+        head = f'<sbml xmlns="http://www.sbml.org/sbml/level3/version{version}/core" level="3" version="{version}"{ns}>'
+    else:
+        head = f'<sbml xmlns="http://www.sbml.org/sbml/level2/version4" level="2" version="4"{ns}>'
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n{head}\n<model id="m"{model_attrs}>\n{body}\n</model>\n</sbml>\n'
+
+
+UNITS = 'hasOnlySubstanceUnits="false" boundaryCondition="false" constant="false"'  # L3 species attributes
+BASE = f"""
+<listOfCompartments><compartment id="C" spatialDimensions="3" size="2" constant="true"/></listOfCompartments>
+<listOfSpecies><species id="S" compartment="C" initialConcentration="1" {UNITS}/></listOfSpecies>
+<listOfParameters><parameter id="k" value="0.5" constant="true"/></listOfParameters>
+"""
+
+
+def reaction(rate: str = "<apply><times/><ci>k</ci><ci>S</ci></apply>", attrs: str = "", ref: str = "") -> str:
+    return f"""<listOfReactions><reaction id="R1" reversible="false"{attrs}>
+<listOfReactants><speciesReference species="S" stoichiometry="1" constant="true"{ref}/></listOfReactants>
+<kineticLaw><math {MATH}>{rate}</math></kineticLaw></reaction></listOfReactions>"""
+
+
+def refused(doc: str, *words: str) -> str:
+    with pytest.raises(UnsupportedModelError) as info:
+        read_sbml(doc)
+    message = str(info.value)
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_reads_a_simple_model(tmp_path):
+    path = tmp_path / "decay.xml"
+    path.write_text(sbml(BASE + reaction()))
+    system = read_sbml(path)
+    assert system.states == ("S",)
+    assert system.parameters == {"C": 2.0, "k": 0.5}
+    # extensive rate k*S (amount/time) over the compartment size: d[S]/dt = -k*S*... / C
+    assert sympy.simplify(system.rates[0] - (-symbol("k") * symbol("S") / symbol("C"))) == 0
+    assert system.value("S", amount=True) == symbol("S") * symbol("C")
+    y = simulate_reference(system, [0.0, 1.0], ["S", "k"], amounts=["S"])
+    assert y[0, 0] == pytest.approx(2.0)
+    assert y[1, 0] == pytest.approx(2.0 * float(sympy.exp(-0.25)), rel=1e-8)
+
+
+def test_local_parameters_initial_assignments_and_rules():
+    body = f"""
+<listOfCompartments><compartment id="C" spatialDimensions="3" size="1" constant="true"/></listOfCompartments>
+<listOfSpecies><species id="S" compartment="C" initialAmount="3" hasOnlySubstanceUnits="true"
+  boundaryCondition="false" constant="false"/></listOfSpecies>
+<listOfParameters>
+  <parameter id="k" value="7" constant="true"/>
+  <parameter id="d" constant="true"/>
+  <parameter id="a" constant="false"/>
+</listOfParameters>
+<listOfInitialAssignments>
+  <initialAssignment symbol="d"><math {MATH}><apply><times/><cn>2</cn><ci>S</ci></apply></math></initialAssignment>
+</listOfInitialAssignments>
+<listOfRules>
+  <assignmentRule variable="a"><math {MATH}><apply><plus/><ci>d</ci><csymbol encoding="text"
+    definitionURL="http://www.sbml.org/sbml/symbols/time">t</csymbol></apply></math></assignmentRule>
+</listOfRules>
+<listOfReactions><reaction id="R1" reversible="false">
+  <listOfReactants><speciesReference species="S" stoichiometry="1" constant="true"/></listOfReactants>
+  <kineticLaw><math {MATH}><apply><times/><ci>k</ci><ci>S</ci></apply></math>
+    <listOfLocalParameters><localParameter id="k" value="0.1"/></listOfLocalParameters></kineticLaw>
+</reaction></listOfReactions>"""
+    system = read_sbml(sbml(body))
+    assert system.parameters == {"C": 1.0, "k": 7.0, "R1_k": 0.1}  # d is derived: not a base constant
+    assert system.rates == (-symbol("R1_k") * symbol("S"),)  # the local k shadows the global one
+    assert system.outputs["d"] == 6
+    assert system.outputs["a"] == 6 + TIME
+    assert system.value("S", amount=True) == symbol("S")  # hasOnlySubstanceUnits: the state is the amount
+    assert system.value("S") == symbol("S") / symbol("C")
+
+
+# --------------------------------------------------------------------------- refusals
+
+TIME_CSYMBOL = '<csymbol encoding="text" definitionURL="http://www.sbml.org/sbml/symbols/time">t</csymbol>'
+
+
+def test_refuses_an_event():
+    event = f"""<listOfEvents><event id="ev1" useValuesFromTriggerTime="true">
+<trigger initialValue="true" persistent="true">
+<math {MATH}><apply><gt/>{TIME_CSYMBOL}<cn>1</cn></apply></math></trigger>
+<listOfEventAssignments><eventAssignment variable="S"><math {MATH}><cn>1</cn></math></eventAssignment>
+</listOfEventAssignments></event></listOfEvents>"""
+    refused(sbml(BASE + reaction() + event), "event", "'ev1'")
+
+
+def test_refuses_an_algebraic_rule():
+    body = BASE.replace('constant="true"/></listOfParameters>', 'constant="false"/></listOfParameters>')
+    rules = f"""<listOfRules><algebraicRule id="alg1"><math {MATH}>
+<apply><minus/><ci>k</ci><cn>1</cn></apply></math></algebraicRule></listOfRules>"""
+    refused(sbml(body + rules), "algebraicRule", "'alg1'")
+
+
+def test_refuses_a_delay():
+    delay = (
+        '<apply><csymbol encoding="text" definitionURL="http://www.sbml.org/sbml/symbols/delay">delay</csymbol>'
+        "<ci>S</ci><cn>1</cn></apply>"
+    )
+    refused(sbml(BASE + reaction(rate=delay)), "delay", "reaction 'R1'")
+
+
+def test_refuses_rate_of():
+    rate_of = (
+        '<apply><csymbol encoding="text" definitionURL="http://www.sbml.org/sbml/symbols/rateOf">rateOf</csymbol>'
+        "<ci>S</ci></apply>"
+    )
+    rules = f'<listOfRules><assignmentRule variable="k"><math {MATH}>{rate_of}</math></assignmentRule></listOfRules>'
+    body = BASE.replace('constant="true"/></listOfParameters>', 'constant="false"/></listOfParameters>')
+    refused(sbml(body + rules), "rateOf", "'k'")
+
+
+def test_refuses_a_fast_reaction():
+    # `fast` exists up to Level 3 Version 1
+    refused(sbml(BASE + reaction(attrs=' fast="true"'), version=1), "fast reaction", "'R1'")
+
+
+def test_refuses_a_non_constant_compartment():
+    body = BASE.replace('size="2" constant="true"', 'size="2" constant="false"')
+    rules = f'<listOfRules><rateRule variable="C"><math {MATH}><cn>0.1</cn></math></rateRule></listOfRules>'
+    refused(sbml(body + rules + reaction()), "non-constant compartment", "'C'")
+    rules = (
+        f'<listOfRules><assignmentRule variable="C"><math {MATH}>{TIME_CSYMBOL}</math></assignmentRule></listOfRules>'
+    )
+    refused(sbml(body + rules + reaction()), "non-constant compartment", "'C'")
+
+
+def test_refuses_variable_stoichiometry():
+    l2 = """
+<listOfCompartments><compartment id="C" size="1"/></listOfCompartments>
+<listOfSpecies><species id="S" compartment="C" initialConcentration="1"/></listOfSpecies>
+<listOfParameters><parameter id="k" value="0.5"/></listOfParameters>
+<listOfReactions><reaction id="R1" reversible="false">
+<listOfReactants><speciesReference species="S"><stoichiometryMath><math {MATH}><cn>2</cn></math></stoichiometryMath>
+</speciesReference></listOfReactants>
+<kineticLaw><math {MATH}><ci>k</ci></math></kineticLaw></reaction></listOfReactions>""".replace("{MATH}", MATH)
+    refused(sbml(l2, level=2), "stoichiometryMath", "'S'", "'R1'")
+    # a speciesReference whose assignment rule changes in time
+    rules = (
+        f'<listOfRules><assignmentRule variable="sr1"><math {MATH}>{TIME_CSYMBOL}</math></assignmentRule></listOfRules>'
+    )
+    doc = sbml(
+        BASE + rules + reaction(ref=' id="sr1"').replace('constant="true" id="sr1"', 'constant="false" id="sr1"')
+    )
+    refused(doc, "stoichiometry", "'sr1'")
+
+
+def test_refuses_conversion_factors():
+    body = BASE.replace("</listOfParameters>", '<parameter id="cf" value="2" constant="true"/></listOfParameters>')
+    refused(sbml(body + reaction(), model_attrs=' conversionFactor="cf"'), "conversionFactor", "'cf'")
+    species = body.replace('<species id="S" compartment="C"', '<species id="S" compartment="C" conversionFactor="cf"')
+    refused(sbml(species + reaction()), "conversionFactor", "species 'S'")
+
+
+def test_refuses_sbml_packages():
+    comp = ' xmlns:comp="http://www.sbml.org/sbml/level3/version1/comp/version1" comp:required="true"'
+    l3v1 = BASE + reaction(attrs=' fast="false"')
+    refused(sbml(l3v1, version=1, ns=comp), "package", "comp")
+    unknown = ' xmlns:foo="http://www.sbml.org/sbml/level3/version1/foo/version1" foo:required="true"'
+    refused(sbml(l3v1, version=1, ns=unknown), "package", "foo")
+
+
+def test_refuses_unsupported_mathml():
+    rate = "<apply><ci>undefined_function</ci><ci>S</ci></apply>"
+    with pytest.raises(ModelSourceError, match="undefined_function"):
+        read_sbml(sbml(BASE + reaction(rate=rate)))
+
+
+def test_malformed_and_missing_sources(tmp_path):
+    bad = tmp_path / "bad.xml"
+    bad.write_text(sbml(BASE + reaction()).replace("</model>", ""))
+    with pytest.raises(ModelSourceError, match="bad.xml"):
+        read_sbml(bad)
+    with pytest.raises(ModelSourceError, match="nothing.xml"):
+        read_sbml(tmp_path / "nothing.xml")
+    # a document libsbml reports errors in: a reaction referring to an undefined species
+    undefined = sbml(BASE + reaction().replace('species="S"', 'species="X"'))
+    with pytest.raises(ModelSourceError):
+        read_sbml(undefined)
