@@ -402,6 +402,8 @@ class _Printer:
                 return f"_m.{name}({', '.join(p(a) for a in e.args)})"
         if isinstance(e, sympy.Not):
             return f"_m.not_({p(e.args[0])})"
+        if isinstance(e, sympy.Implies):
+            return f"_m.or_(_m.not_({p(e.args[0])}), {p(e.args[1])})"
         if isinstance(e, sympy.Min | sympy.Max):
             name = "min" if isinstance(e, sympy.Min) else "max"
             return f"_m.{name}({', '.join(p(a) for a in e.args)})"

@@ -30,6 +30,16 @@ def check_times(model: Model, t: torch.Tensor, n_batch: int) -> torch.Tensor:
     return t
 
 
+def _check_no_conditions(model: Model) -> None:
+    """A model whose conditions set inputs (a PEtab problem) is simulated per condition by
+    its problem; the stages' random designs over states do not apply to it yet."""
+    if model.inputs:
+        raise ValueError(
+            f"{model.name}: a model with conditions is simulated per condition "
+            "(mechinfer.load_petab(...).solve_conditions / log_likelihood); the stages do not train on it yet"
+        )
+
+
 def term(model: Model) -> _solver.ODETerm:
     """The model's equations for the solver: f, its Jacobian by dual numbers, and the
     native (compiled) form."""
@@ -39,6 +49,7 @@ def term(model: Model) -> _solver.ODETerm:
 def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solver: str | None = None, **options):
     """All states at times t (any order): theta (B, P), t (B, N) -> (B, N, S), status (B,).
     Differentiable in theta."""
+    _check_no_conditions(model)
     model.check_theta(theta)
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
@@ -56,6 +67,7 @@ def states_and_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, **op
     from the native solver's forward sensitivities, and status (B,); ``None`` where the
     native solver does not apply (see :func:`mechinfer.solver.jacobian`)."""
     theta = theta.detach()
+    _check_no_conditions(model)
     model.check_theta(theta)
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)

@@ -95,8 +95,14 @@ import numba
 '''
 
 
+# error_model="numpy": a division by zero gives inf or nan (the step is then rejected, or
+# the sample's solve fails with a status) instead of raising out of the compiled loop,
+# and the generated expressions compile without a zero check per division.
+_NJIT = '@numba.njit(cache=True, error_model="numpy")'
+
+
 def _jit(source: str) -> str:
-    return source.replace("def ", "@numba.njit(cache=True)\ndef ")
+    return source.replace("def ", f"{_NJIT}\ndef ")
 
 
 class NativeSystem:
@@ -226,7 +232,13 @@ def system(name: str, fingerprint: str | None, n_states: int, n_args: int, make_
             directory = _cache_dir()
             path = os.path.join(directory, f"{name}_{key}.py")
             if not os.path.exists(path):
-                text = _HEADER.format(name=name) + _jit(make_source()) + "\n\n" + _INTEGRATOR
+                text = (
+                    _HEADER.format(name=name)
+                    + _jit(make_source())
+                    + "\n\n# the numbers of states and arguments, compile-time constants: the small loops unroll\n"
+                    + f"_N = {n_states}\n_P = {n_args}\n"
+                    + _INTEGRATOR
+                )
                 fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
                 with os.fdopen(fd, "w") as f:
                     f.write(text)
@@ -242,7 +254,7 @@ def system(name: str, fingerprint: str | None, n_states: int, n_args: int, make_
         return _SYSTEMS[key]
 
 
-CODEGEN_VERSION = "4"  # bump when mechinfer.solver.symbolic prints different code
+CODEGEN_VERSION = "5"  # bump when mechinfer.solver.symbolic prints different code
 
 
 # ---------------------------------------------------------------- torch interface
@@ -309,10 +321,10 @@ _SAFETY, _FACTOR_MIN, _FACTOR_MAX, _ORDER = {_SAFETY!r}, {_FACTOR_MIN!r}, {_FACT
 _OK, _MAX_STEPS, _UNDERFLOW = {int(SolveStatus.OK)}, {int(SolveStatus.MAX_STEPS)}, {int(SolveStatus.STEP_UNDERFLOW)}
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _lu(w, piv):
     """In-place LU factorisation with partial pivoting of the small matrix w."""
-    n = w.shape[0]
+    n = _N
     for c in range(n):
         p = c
         best = abs(w[c, c])
@@ -334,38 +346,40 @@ def _lu(w, piv):
                 w[r, j] -= m * w[c, j]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _lu_solve(w, piv, b):
-    """Solve in place for the columns of b (n, m) with the factors of _lu."""
-    n, m = b.shape
+    """Solve W x = b in place for a vector b with the factors of _lu: one stage's
+    increment is a vector, not a column of a (n, 1) matrix (a Boehm step 2.1 -> 1.6 us;
+    the same operations in the same order, so the same numbers)."""
+    n = _N
     for c in range(n):
         p = piv[c]
         if p != c:
-            for j in range(m):
-                tmp = b[c, j]
-                b[c, j] = b[p, j]
-                b[p, j] = tmp
+            tmp = b[c]
+            b[c] = b[p]
+            b[p] = tmp
     for c in range(n):
+        bc = b[c]
         for r in range(c + 1, n):
-            f = w[r, c]
-            for j in range(m):
-                b[r, j] -= f * b[c, j]
+            b[r] -= w[r, c] * bc
     for c in range(n - 1, -1, -1):
-        d = w[c, c]
-        for j in range(m):
-            b[c, j] /= d
+        b[c] /= w[c, c]
+        bc = b[c]
         for r in range(c):
-            f = w[r, c]
-            for j in range(m):
-                b[r, j] -= f * b[c, j]
+            b[r] -= w[r, c] * bc
 
 
-@numba.njit(cache=True)
-def _trial_step(y, a, h, A, C, f, J, Fa, w, piv, u, k, rhs_col):
+@numba.njit(cache=True, error_model="numpy")
+def _trial_step(y, a, h, A, C, f, J, Fa, w, piv, u, k, with_fa):
     """One Rodas4 step of size h from y: stage points u (6, S), increments k (6, S),
-    the factors of W in w/piv; returns nothing (y_new = u[5] + k[5], error = k[5])."""
-    n = y.shape[0]
-    linearise(y, a, f, J, Fa)
+    the factors of W in w/piv; returns nothing (y_new = u[5] + k[5], error = k[5]).
+    Fa (the rates' derivatives in the arguments) is computed only ``with_fa`` (the
+    sensitivities need it; a plain solve does not)."""
+    n = _N
+    if with_fa:
+        linearise(y, a, f, J, Fa)
+    else:
+        rhs_jacobian(y, a, f, J)
     for i in range(n):
         for j in range(n):
             w[i, j] = -J[i * n + j]
@@ -377,27 +391,26 @@ def _trial_step(y, a, h, A, C, f, J, Fa, w, piv, u, k, rhs_col):
             for j in range(s):
                 acc += A[s, j] * k[j, i]
             u[s, i] = acc
+        ks = k[s]
         if s == 0:
             for i in range(n):
-                rhs_col[i, 0] = f[i]
+                ks[i] = f[i]
         else:
             rhs(u[s], a, f)
             for i in range(n):
                 acc = 0.0
                 for j in range(s):
                     acc += C[s, j] * k[j, i]
-                rhs_col[i, 0] = f[i] + acc / h
-        _lu_solve(w, piv, rhs_col)
-        for i in range(n):
-            k[s, i] = rhs_col[i, 0]
+                ks[i] = f[i] + acc / h
+        _lu_solve(w, piv, ks)
     return 0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _inverse(w, piv, winv):
     """W^-1 into winv (n n,) row-major, from the factors of _lu (the identity's columns
     solved; the LU's swaps applied to the rows, its zero entries skipped)."""
-    n = w.shape[0]
+    n = _N
     for i in range(n * n):
         winv[i] = 0.0
     for i in range(n):
@@ -426,7 +439,7 @@ def _inverse(w, piv, winv):
                     winv[r * n + j] -= f * winv[c * n + j]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _sensitivity_step(y, a, h, A, C, w, piv, u, k, Y, q, col_a, dk, du, b, winv, f, J, Fa, Gy, Ga):
     """Carry Y, the derivatives of y in q input directions (a flat (S q,) array of rows),
     through the accepted step whose stages are in u, k; directions col_a .. col_a + P - 1
@@ -448,8 +461,8 @@ def _sensitivity_step(y, a, h, A, C, w, piv, u, k, Y, q, col_a, dk, du, b, winv,
     ``jvp_derivatives`` and five of ``linearise`` a step (those at u_1 .. u_5) are about
     half of what the sensitivities add. Skipping an exact zero changes nothing but
     0 * inf, which makes a non-finite row anyway."""
-    n = y.shape[0]
-    p = a.shape[0]
+    n = _N
+    p = _P
     nq = n * q
     _inverse(w, piv, winv)
     for s in range(6):
@@ -506,7 +519,7 @@ def _sensitivity_step(y, a, h, A, C, w, piv, u, k, Y, q, col_a, dk, du, b, winv,
         Y[x] = du[x] + d5[x]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, out, sens, tape, tape_piv, after):
     """Integrate one sample from y0 to its sorted observation times (states into out,
     with ``want_sens`` their derivatives into sens). With a tape (``tape`` of at least
@@ -515,9 +528,9 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
     is the accepted step after which observation k was reached (-1: at t = 0), for the
     adjoint pass. Returns (status, accepted steps, tape, tape_piv): the tape grows as
     needed."""
-    n = y0.shape[0]
+    n = _N
     n_obs = times.shape[0]
-    p = a.shape[0]
+    p = _P
     q = Y0.shape[1]
     f = _np.empty(n)
     J = _np.empty(n * n)
@@ -528,7 +541,6 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
     piv = _np.empty(n, dtype=_np.int64)
     u = _np.empty((6, n))
     k = _np.empty((6, n))
-    rhs_col = _np.empty((n, 1))
     y = y0.copy()
     Y = Y0.copy().reshape(n * q)  # flat rows, as _sensitivity_step carries them
     Y2 = Y.reshape(n, q)  # the same memory
@@ -574,7 +586,7 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
         gap = target - t
         landed = h >= gap
         hs = min(h, gap)
-        _trial_step(y, a, hs, A, C, f, J, Fa, w, piv, u, k, rhs_col)
+        _trial_step(y, a, hs, A, C, f, J, Fa, w, piv, u, k, want_sens)
         norm = 0.0
         finite = True
         for i in range(n):
@@ -621,7 +633,7 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
     return _OK, n_acc, tape, tape_piv
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _tape_width(n):
     """Floats per accepted step on the tape: start state (n), step size, stage points u
     (6 n), increments k (6 n) and the LU factors of W (n n). Keeping the stages costs
@@ -630,9 +642,9 @@ def _tape_width(n):
     return n + 1 + 12 * n + n * n
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _record(row, y, h, u, k, w):
-    n = y.shape[0]
+    n = _N
     for i in range(n):
         row[i] = y[i]
     row[n] = h
@@ -647,11 +659,11 @@ def _record(row, y, h, u, k, w):
             row[at + i * n + j] = w[i, j]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _transpose_solve(w, piv, b):
     """Solve W^T x = b in place for a vector b, with the factors of _lu (P W = L U, so
     W^T = U^T L^T P: forward with U^T, backward with L^T, then the swaps undone)."""
-    n = b.shape[0]
+    n = _N
     for i in range(n):
         acc = b[i]
         for j in range(i):
@@ -670,7 +682,7 @@ def _transpose_solve(w, piv, b):
             b[pc] = tmp
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _adjoint(a, A, C, tape, tape_piv, n_acc, after, w_obs, lam, ga):
     """The discrete adjoint of the recorded solve: given w_obs (N, S), the derivative of
     a loss in the states at the observations, accumulate its derivative in the initial
@@ -679,8 +691,8 @@ def _adjoint(a, A, C, tape, tape_piv, n_acc, after, w_obs, lam, ga):
     r_s = W^-T kbar_s; ybar += Gy(y; k_s)^T r_s (W depends on y through J), summed over
     the stages as the gradient of M:J(y) with M = sum_s r_s k_s^T (one call a step);
     ubar_s = J(u_s)^T r_s; kbar_j += (C_sj / h) r_s + A_sj ubar_s; ybar += ubar_s."""
-    n = lam.shape[0]
-    p = a.shape[0]
+    n = _N
+    p = _P
     kbar = _np.empty((6, n))
     ybar = _np.empty(n)
     ubar = _np.empty(n)
@@ -735,11 +747,11 @@ def _adjoint(a, A, C, tape, tape_piv, n_acc, after, w_obs, lam, ga):
         kk -= 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def solve_batch(y0, Y0, col_a, args, t_obs, rtol, atol, max_steps, want_sens, A, C, out, sens, status):
     """Each row b from y0[b] with sensitivity seeds Y0[b] (S, Q) (ignored unless want_sens)."""
     n_obs = t_obs.shape[1]
-    n = y0.shape[1]
+    n = _N
     q = Y0.shape[2]
     no_tape = _np.empty((0, _tape_width(n)))
     no_tape_piv = _np.empty((0, n), dtype=_np.int64)
@@ -758,13 +770,13 @@ def solve_batch(y0, Y0, col_a, args, t_obs, rtol, atol, max_steps, want_sens, A,
                 sens[b] = s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def vjp_batch(y0, args, t_obs, w_out, rtol, atol, max_steps, A, C, out, g_y0, g_args, status):
     """States (into out) and, for w_out (B, N, S) the derivative of a loss in them, its
     derivative in y0 (g_y0) and args (g_args), by the discrete adjoint; zero for rows
     whose solve failed."""
     n_obs = t_obs.shape[1]
-    n = y0.shape[1]
+    n = _N
     no_sens_seed = _np.empty((n, 0))
     no_sens = _np.empty((0, 0, 0))
     after = _np.empty(n_obs, dtype=_np.int64)
@@ -782,15 +794,15 @@ def vjp_batch(y0, args, t_obs, w_out, rtol, atol, max_steps, A, C, out, g_y0, g_
             _adjoint(args[b], A, C, tape, tape_piv, n_acc, after, w_out[b], g_y0[b], g_args[b])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def nll_gradient_batch(y0, Y0, args, t_obs, state, value, weight, rtol, atol, max_steps, A, C, nll, grad, status):
     """NLL = 1/2 sum_k weight_k (value_k - y(t_k)[state_k])^2 (weight 1/sigma^2, 0 for
     padding) of each row and its gradient in the arguments, the initial state y0 (B, S)
     with its Jacobian Y0 (B, S, P) in them included, by the discrete adjoint; NaN NLL
     and a zero gradient where the solve failed. t_obs sorted per row."""
     n_batch, n_obs = t_obs.shape
-    n = y0.shape[1]
-    p = args.shape[1]
+    n = _N
+    p = _P
     after = _np.empty(n_obs, dtype=_np.int64)
     no_sens_seed = _np.empty((n, 0))
     no_sens = _np.empty((0, 0, 0))
@@ -826,7 +838,7 @@ def nll_gradient_batch(y0, Y0, args, t_obs, state, value, weight, rtol, atol, ma
                 grad[b, q] += Y0[b, i, q] * lam[i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def initial_batch(args, y0, Y0):
     """The initial states (B, S) and their Jacobians in the arguments (B, S, P)."""
     for b in range(args.shape[0]):

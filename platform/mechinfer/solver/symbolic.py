@@ -50,11 +50,7 @@ class Factorial(sympy.Function):
     numba form, so a model whose rates need it runs on the torch backend."""
 
     def fdiff(self, argindex=1):
-        from ..models.odesystem import UnsupportedModelError
-
-        raise UnsupportedModelError(
-            "factorial: its derivative is not available to the native solver (use the torch backend)"
-        )
+        raise ValueError("factorial: its derivative is not available to the native solver (use the torch backend)")
 
 
 def _expr(x):
@@ -197,8 +193,8 @@ def _function(name: str, inputs: dict[str, Sequence], outputs: dict[str, list]) 
 
 
 def source(f: Callable[[list, list], Sequence], n_states: int, n_args: int, initial: Callable) -> str:
-    """Python source of six scalar functions over flat float64 arrays: ``rhs(y, a, f)``,
-    ``linearise(y, a, f, J, Fa)``, ``jvp_derivatives(y, a, v, Gy, Ga)`` and
+    """Python source of seven scalar functions over flat float64 arrays: ``rhs(y, a, f)``,
+    ``linearise(y, a, f, J, Fa)``, ``rhs_jacobian(y, a, f, J)`` (a plain step needs no Fa), ``jvp_derivatives(y, a, v, Gy, Ga)`` and
     ``initial(a, y0, Y0)``, and the vector-Jacobian products of the adjoint,
     ``vjp_rhs(y, a, w, gy, ga)`` (gy = J^T w, ga = Fa^T w) and ``vjp_jac(y, a, m, gy, ga)``
     (the gradients of M:J in y and a, M flat row-major) (see :func:`derivatives`)."""
@@ -208,6 +204,7 @@ def source(f: Callable[[list, list], Sequence], n_states: int, n_args: int, init
         [
             _function("rhs", {"y": y, "a": a}, {"f": d["f"]}),
             _function("linearise", {"y": y, "a": a}, {"f": d["f"], "J": d["J"], "Fa": d["Fa"]}),
+            _function("rhs_jacobian", {"y": y, "a": a}, {"f": d["f"], "J": d["J"]}),
             _function("jvp_derivatives", {"y": y, "a": a, "v": v}, {"Gy": d["Gy"], "Ga": d["Ga"]}),
             _function("initial", {"a": a}, {"y0": d["y0"], "Y0": d["Y0"]}),
             _function("vjp_rhs", {"y": y, "a": a, "w": w}, {"gy": d["wJ"], "ga": d["wFa"]}),
