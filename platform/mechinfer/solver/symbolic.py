@@ -194,7 +194,8 @@ def _function(name: str, inputs: dict[str, Sequence], outputs: dict[str, list]) 
 
 def source(f: Callable[[list, list], Sequence], n_states: int, n_args: int, initial: Callable) -> str:
     """Python source of seven scalar functions over flat float64 arrays: ``rhs(y, a, f)``,
-    ``linearise(y, a, f, J, Fa)``, ``rhs_jacobian(y, a, f, J)`` (a plain step needs no Fa), ``jvp_derivatives(y, a, v, Gy, Ga)`` and
+    ``linearise(y, a, f, J, Fa)``, ``rhs_jacobian(y, a, f, J)`` (a plain step needs no
+    Fa), ``jvp_derivatives(y, a, v, Gy, Ga)`` and
     ``initial(a, y0, Y0)``, and the vector-Jacobian products of the adjoint,
     ``vjp_rhs(y, a, w, gy, ga)`` (gy = J^T w, ga = Fa^T w) and ``vjp_jac(y, a, m, gy, ga)``
     (the gradients of M:J in y and a, M flat row-major) (see :func:`derivatives`)."""
