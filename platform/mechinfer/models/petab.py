@@ -81,23 +81,25 @@ class PetabProblem:
     n_system_states: int  # the SBML model's states (the model appends time where its rates read it)
 
     # ------------------------------------------------------------ likelihood
-    def log_likelihood(self, theta=None, *, backend: str = "auto") -> float | np.ndarray:
+    def log_likelihood(self, theta=None, *, backend: str = "auto", **tolerances) -> float | np.ndarray:
         """The PEtab log-likelihood of the measurements at theta (physical units; (P,) ->
         float, (B, P) -> (B,)), at the nominal parameters when None. NaN where a solve
-        failed."""
+        failed. ``tolerances``: the solver's rtol, atol, max_steps (default: rtol 1e-8,
+        atol 1e-10)."""
         th = self.nominal if theta is None else np.asarray(theta, dtype=np.float64)
         single = th.ndim == 1
         with torch.no_grad():
-            ll = self.log_likelihood_tensor(torch.as_tensor(np.atleast_2d(th), dtype=torch.float64), backend=backend)
+            theta_t = torch.as_tensor(np.atleast_2d(th), dtype=torch.float64)
+            ll = self.log_likelihood_tensor(theta_t, backend=backend, **tolerances)
         out = ll.numpy()
         return float(out[0]) if single else out
 
-    def nll_and_gradient(self, theta, *, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    def nll_and_gradient(self, theta, *, backend: str = "auto", **tolerances) -> tuple[np.ndarray, np.ndarray]:
         """-log-likelihood (B,) and its exact gradient in theta (B, P), physical units: the
         native solver's discrete adjoint (or autograd through the torch steps) under
         autograd through the observation model."""
         th = torch.as_tensor(np.atleast_2d(np.asarray(theta, dtype=np.float64))).clone().requires_grad_(True)
-        nll = -self.log_likelihood_tensor(th, backend=backend)
+        nll = -self.log_likelihood_tensor(th, backend=backend, **tolerances)
         (grad,) = torch.autograd.grad(nll.sum(), th)
         return nll.detach().numpy(), grad.numpy()
 
@@ -122,12 +124,12 @@ class PetabProblem:
         states, status = _solver.solve(term(self.model), y0, args, t_obs, backend=backend, **options)
         return states.reshape(n_batch, n_cond, times.shape[1], -1), status.reshape(n_batch, n_cond)
 
-    def simulate_measurements(self, theta: torch.Tensor, *, backend: str = "auto"):
+    def simulate_measurements(self, theta: torch.Tensor, *, backend: str = "auto", **tolerances):
         """Observable values (B, M) and noise scales (B, M) of every measurement, and
         whether every condition of a theta row solved (B,)."""
         n_batch = theta.shape[0]
         _, column = self.condition_times()
-        states, status = self.solve_conditions(theta, backend=backend)
+        states, status = self.solve_conditions(theta, backend=backend, **tolerances)
         ok = (status == SolveStatus.OK).all(dim=1)
         args = self.condition_arguments(theta)
         # states at each measurement (B, M, S), time as the last column for the observables
@@ -157,9 +159,9 @@ class PetabProblem:
             sigma = sigma.index_copy(1, rows, _full(sd, (n_batch, len(rows)), theta))
         return value, sigma, ok
 
-    def log_likelihood_tensor(self, theta: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    def log_likelihood_tensor(self, theta: torch.Tensor, *, backend: str = "auto", **tolerances) -> torch.Tensor:
         """log-likelihood (B,) of theta (B, P), differentiable."""
-        value, sigma, ok = self.simulate_measurements(theta, backend=backend)
+        value, sigma, ok = self.simulate_measurements(theta, backend=backend, **tolerances)
         x = torch.tensor(self.m_value, dtype=theta.dtype)
         ll = torch.zeros_like(value)
         for o, obs in enumerate(self.observables):
