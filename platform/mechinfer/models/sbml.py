@@ -395,7 +395,19 @@ class _Importer:
         self._read_parameters()
         self._read_reactions()
         self._classify()
+        self._constant_species_as_parameters()
         return self._assemble()
+
+    def _constant_species_as_parameters(self) -> None:
+        """A species that nothing changes (constant, or boundary without a rule), set by a
+        plain number (not an expression, not an initial assignment), is a base constant
+        like a parameter: a PEtab condition may set it (an input ligand's concentration),
+        and its value reaches every expression that reads it."""
+        for sid, sp in self.species.items():
+            if sid in self.states or sid in self.assignment_rules or sid in self.initial_assignments:
+                continue
+            if sp.initial is not None and sp.initial.is_Number:
+                self.base[sid] = float(sp.initial)
 
     def _refuse_model_level(self) -> None:
         m = self.model
