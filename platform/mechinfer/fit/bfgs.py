@@ -7,9 +7,8 @@ a round (the native solver's NLL + gradient costs the same per sample at any bat
 is fast only when thousands of problems share each step. Each problem keeps its own
 state (x, f, g, inverse Hessian H, step length) and sits either at the start of an
 iteration or inside its line search; every round evaluates all running problems at
-their trial points at once. Batching is continuous: a finished problem leaves and a
-queued one takes its place, so the batch stays full until the queue is empty and slow
-problems do not hold up the rest.
+their trial points at once. Batching is continuous (:mod:`.schedule`: the queue,
+deadlines, time accounting and statuses, shared with the trust-region optimiser).
 
 The iteration is BFGS as in Nocedal & Wright (Algorithm 6.1): direction -H g, a
 backtracking line search on the Armijo condition (quadratic interpolation, factor kept
@@ -22,47 +21,30 @@ do not crawl through the iteration budget in flat valleys.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from enum import IntEnum
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 import torch
 
+from . import schedule
+from .schedule import FitResult, FitStatus, Rows
 
-class FitStatus(IntEnum):
-    """How one minimisation ended."""
+__all__ = ["BFGSResult", "FitStatus", "bfgs"]
 
-    CONVERGED = 0  # gradient or relative decrease below tolerance
-    MAX_ITER = 1  # the iteration limit ran out
-    LINE_SEARCH = 2  # no step along the search direction decreased f
-    BAD_START = 3  # the start could not be evaluated (a failed solve, say)
-    DEADLINE = 4  # the problem's deadline passed; x is the best point found by then
+BFGSResult = FitResult  # the name callers knew before the scheduler was shared
 
 
 @dataclass
-class BFGSResult:
-    x: torch.Tensor  # (B, P) best point
-    f: torch.Tensor  # (B,) value there (NaN if the start could not be evaluated)
-    iterations: torch.Tensor  # (B,) accepted steps
-    evaluations: torch.Tensor  # (B,) function + gradient evaluations, and one for an h0
-    status: torch.Tensor  # (B,) FitStatus
-    seconds: torch.Tensor  # (B,) the problem's share of the wall-clock: each round's time
-    # split evenly over the problems evaluated in it (sums to the total)
-
-
-@dataclass
-class _Running:
+class _Running(Rows):
     """The problems being minimised, one row each: their rows of x0 (``idx``), point,
     value, gradient, search direction, trial step length, inverse Hessian, failed trials
     of the current line search, whether H is still the unscaled start (``first``), and
     whether the problem is yet to be evaluated (``fresh``: its trial point is its start).
-    Problems join with :meth:`cat` and leave with :meth:`select`, all fields at once;
-    between those, :func:`_round` updates them in place."""
+    Between joining and leaving (:class:`~.schedule.Rows`), :func:`_round` updates them in
+    place."""
 
-    idx: np.ndarray
     x: np.ndarray
     f: np.ndarray
     g: np.ndarray
@@ -90,15 +72,6 @@ class _Running:
             first=~given_h0,
             fresh=np.ones(len(rows), dtype=bool),
         )
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def cat(self, other: _Running) -> _Running:
-        return _Running(*(np.concatenate([getattr(self, k.name), getattr(other, k.name)]) for k in fields(self)))
-
-    def select(self, keep: np.ndarray) -> _Running:
-        return _Running(*(getattr(self, k.name)[keep] for k in fields(self)))
 
 
 _CONVERGED, _MAX_ITER, _LINE_SEARCH, _BAD_START = (
@@ -297,12 +270,9 @@ def bfgs(
     device, dtype = x0.device, x0.dtype
     x0n = x0.detach().to("cpu", torch.float64).numpy()
     n, p = x0n.shape
-    max_batch = n if max_batch is None else max(1, int(max_batch))
     x, f = x0n.copy(), np.full(n, np.nan)
     iterations = np.zeros(n, dtype=np.int64)
     evaluations = np.zeros(n, dtype=np.int64)
-    status = np.full(n, -1, dtype=np.int64)
-    seconds = np.zeros(n)
     eye = np.eye(p)
     use = None if use_h0 is None else use_h0.detach().cpu().numpy().astype(bool)
     limit = None if deadline is None else deadline.detach().cpu().numpy().astype(np.float64)
@@ -310,33 +280,17 @@ def bfgs(
     def to_device(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device=device, dtype=dtype if a.dtype == np.float64 else torch.long)
 
-    empty = np.zeros(0, dtype=np.int64)
-    run = _Running.start(empty, x0n[:0], np.zeros((0, p, p)), empty.astype(bool))
-    queued = 0
+    def start(new: np.ndarray) -> _Running:
+        given = np.zeros(len(new), dtype=bool) if h0 is None else (np.ones(len(new), bool) if use is None else use[new])
+        H_new = np.broadcast_to(eye, (len(new), p, p)).copy()
+        if given.any():
+            assert h0 is not None  # `given` is all false without h0
+            rows = new[given]
+            H_new[given] = h0(to_device(x0n[rows]), to_device(rows)).detach().to("cpu", torch.float64).numpy()
+            evaluations[rows] += 1  # a Jacobian of the residuals costs about one evaluation
+        return _Running.start(new, x0n[new], H_new, given)
 
-    while len(run) or queued < n:
-        tic = time.perf_counter()
-        if limit is not None and queued < n:  # queued problems already past their deadline
-            while queued < n and limit[queued] < time.time():
-                status[queued] = int(FitStatus.DEADLINE)
-                queued += 1
-            if not len(run) and queued >= n:
-                break
-        if len(run) < max_batch and queued < n:  # refill from the queue
-            new = np.arange(queued, min(n, queued + max_batch - len(run)))
-            queued += len(new)
-            given = (
-                np.zeros(len(new), dtype=bool) if h0 is None else (np.ones(len(new), bool) if use is None else use[new])
-            )
-            H_new = np.broadcast_to(eye, (len(new), p, p)).copy()
-            if given.any():
-                assert h0 is not None  # `given` is all false without h0
-                rows = new[given]
-                H_new[given] = h0(to_device(x0n[rows]), to_device(rows)).detach().to("cpu", torch.float64).numpy()
-                evaluations[rows] += 1  # a Jacobian of the residuals costs about one evaluation
-            run = run.cat(_Running.start(new, x0n[new], H_new, given))
-
-        r = run
+    def advance(r: _Running) -> np.ndarray:
         x_try = r.x + r.alpha[:, None] * r.d  # fresh rows: alpha = 0, their start
         f_t, g_t = fun(to_device(x_try), to_device(r.idx))
         f_try = np.ascontiguousarray(f_t.detach().to("cpu", torch.float64).numpy())
@@ -366,16 +320,11 @@ def bfgs(
             done,
         )
         iterations[r.idx] = its
-
-        if limit is not None:
-            done = np.where((done < 0) & (limit[r.idx] < time.time()), int(FitStatus.DEADLINE), done)
         x[r.idx], f[r.idx] = r.x, r.f
-        status[r.idx] = done
-        seconds[r.idx] += (time.perf_counter() - tic) / len(r)
-        keep = done < 0
-        if not keep.all():
-            run = r.select(keep)
-    return BFGSResult(
+        return done
+
+    status, seconds = schedule.run(n, start, advance, max_batch=max_batch, deadline=limit)
+    return FitResult(
         to_device(x),
         to_device(f),
         torch.from_numpy(iterations),

@@ -1,11 +1,13 @@
-"""Maximum-likelihood fits of observation sets by BFGS in z space (SPEC 3, 4): the
-multi-start baseline and the refinement of a network's estimate.
+"""Maximum-likelihood fits of observation sets in z space (SPEC 3, 4): the multi-start
+baseline and the refinement of a network's estimate, by BFGS or by trust-region
+Gauss-Newton.
 
 The NLL's gradient is exact for the discrete solver (never finite differences): on the
 CPU the native solver's discrete adjoint, and its forward sensitivities for the
-Gauss-Newton start; with the torch backend (a GPU), reverse-mode autograd through the
-batched steps. Every observation set of a batch is its own problem; they are solved
-together by :func:`mechinfer.fit.bfgs.bfgs`.
+Gauss-Newton start and the residuals' Jacobian; with the torch backend (a GPU),
+reverse-mode autograd through the batched steps. Every observation set of a batch is its
+own problem; they are solved together by :func:`mechinfer.fit.bfgs.bfgs` or
+:func:`mechinfer.fit.trust_region.trust_region`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from .. import solver as _solver
 from ..config import BaselineConfig
 from ..models import likelihood, priors
 from ..models.base import Model
+from ..models.simulate import term
 from ..solver import SolveStatus
 from .bfgs import bfgs
+from .trust_region import trust_region
 
 MAX_ITER = BaselineConfig.max_iter  # SPEC 6.5; refinement uses the same limit
 MAX_BATCH = 2048
@@ -33,6 +37,7 @@ MAX_BATCH = 2048
 # while the solves take 2.7x less time.
 FIT_TOL = 1e-4
 JACOBIAN_ROWS = 4096  # solves per pass when computing Gauss-Newton Jacobians (bounds memory)
+METHODS = ("bfgs", "trust-region")
 
 
 @dataclass
@@ -146,6 +151,69 @@ def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver
     )
 
 
+def residuals(model: Model, t, channel, value, device=None, prior=False, **solver_options):
+    """fun(z, rows) -> (r (b, M), J (b, M, P)) for :func:`~.trust_region.trust_region`:
+    the sigma-scaled residuals of the observation sets ``rows`` at z and their Jacobian
+    in z, so that |r|^2 / 2 is :func:`objective`'s value. NaN residuals where the solver
+    failed. ``prior`` (for all sets or per set) appends z itself as P more residuals
+    (an identity block in J): |z|^2 / 2, the N(0, I) prior's term. On the CPU with the
+    native solver, its forward sensitivities with numpy between the calls (at the batch
+    of one refinement, torch's per-operation cost would exceed an mmk solve); elsewhere
+    :func:`residual_jacobian`."""
+    t, channel, value = _tensors(t, channel, value, device)
+    with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (t.shape[0],)).copy()
+    eye = np.eye(model.n_parameters)
+    equations = term(model)
+
+    def with_prior_rows(z: np.ndarray, rows: np.ndarray, r: np.ndarray, jac: np.ndarray):
+        add = with_prior[rows]
+        if not add.any():
+            return r, jac
+        r = np.concatenate([r, np.where(add[:, None], z, 0.0)], axis=1)
+        jac = np.concatenate([jac, np.where(add[:, None, None], eye, 0.0)], axis=1)
+        return r, jac
+
+    if t.device.type == "cpu" and uses_native_solver(**solver_options) and equations.native is not None:
+        obs = likelihood.SortedObservations.of(model, t, channel, value)
+        scale = np.sqrt(obs.weight)  # 1 / sigma, 0 for padding
+        system = equations.native()
+        tolerances = {
+            "rtol": solver_options.get("rtol", _solver.RTOL),
+            "atol": solver_options.get("atol", _solver.ATOL),
+            "max_steps": solver_options.get("max_steps", _solver.MAX_STEPS),
+        }
+        along = np.arange(obs.t.shape[1])[None, :]
+
+        def native_fun(z: torch.Tensor, rows: torch.Tensor):
+            z_np, r_np = z.detach().cpu().numpy(), rows.cpu().numpy()
+            theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z_np)
+            states, status, sens = system.solve_from_args(theta, obs.t[r_np], **tolerances)
+            i, pick, w = np.arange(len(r_np))[:, None], obs.state[r_np], scale[r_np]
+            r = w * (obs.value[r_np] - states[i, along, pick])
+            jac = -(w[..., None] * sens[i, along, pick]) * dtheta_dz[:, None, :]
+            failed = status != SolveStatus.OK
+            if failed.any():
+                r = np.where(failed[:, None], np.nan, r)
+            r, jac = with_prior_rows(z_np, r_np, r, jac)
+            return torch.from_numpy(r), torch.from_numpy(jac)
+
+        return native_fun
+
+    def fun(z: torch.Tensor, rows: torch.Tensor):
+        step = max(1, JACOBIAN_ROWS // t.shape[1])
+        parts = []
+        for i in range(0, len(rows), step):
+            zi, ri = z[i : i + step].to(t.device), rows[i : i + step].to(t.device)
+            r, jac, ok = residual_jacobian(model, zi, t[ri], channel[ri], value[ri], **solver_options)
+            parts.append((torch.where(ok[:, None], r, torch.nan), jac))
+        r_all = torch.cat([r for r, _ in parts]).cpu().numpy()
+        jac_all = torch.cat([j for _, j in parts]).cpu().numpy()
+        r_all, jac_all = with_prior_rows(z.detach().cpu().numpy(), rows.cpu().numpy(), r_all, jac_all)
+        return torch.from_numpy(r_all), torch.from_numpy(jac_all)
+
+    return fun
+
+
 def gauss_newton_h0(model: Model, t, channel, value, device=None, **solver_options):
     """h0(z, rows) for :func:`bfgs`: the inverse of the Gauss-Newton Hessian of the NLL
     plus the identity, (J^T J + I)^-1 with J the Jacobian of the sigma-scaled residuals
@@ -183,9 +251,15 @@ def fit(
     deadline: float | Sequence[float] | np.ndarray | None = None,
     device: str | torch.device | None = None,
     prior: bool | Sequence[bool] | np.ndarray = False,
+    method: str = "bfgs",
     **solver_options,
 ) -> Fit:
-    """One BFGS start per observation set: t, channel, value (B, N) (NaN-padded), z0 (B, P).
+    """One start per observation set: t, channel, value (B, N) (NaN-padded), z0 (B, P).
+
+    ``method``: "bfgs" (:func:`~mechinfer.fit.bfgs.bfgs`, the default) or "trust-region"
+    (:func:`~mechinfer.fit.trust_region.trust_region`: Gauss-Newton on the residuals'
+    Jacobian, in far fewer evaluations, every iterate inside |z_i| <= Z_BOX; ``hessian``
+    does not apply to it).
 
     ``hessian``: the initial inverse Hessian, "gauss-newton" (see :func:`gauss_newton_h0`)
     or "identity" (textbook BFGS), for all rows or per row (a sequence of B names).
@@ -200,6 +274,8 @@ def fit(
     |z|^2 / 2) instead of the maximum-likelihood one; ``nll`` then holds that sum."""
     if compile is None:
         compile = _compile_default()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     names = np.broadcast_to(np.asarray(hessian, dtype=object), (len(z0),))
     bad = set(names) - {"gauss-newton", "identity"}
     if bad:
@@ -207,11 +283,20 @@ def fit(
     use_h0 = torch.tensor([n == "gauss-newton" for n in names], dtype=torch.bool)
     z0 = torch.as_tensor(np.asarray(z0, dtype=np.float64), device=device)
     solver_options = _fit_options(solver_options)
-    fun = objective(model, t, channel, value, device, prior, compile=compile, **solver_options)
-    start = time.perf_counter()
-    h0 = gauss_newton_h0(model, t, channel, value, device, compile=compile, **solver_options) if use_h0.any() else None
     limit = None if deadline is None else torch.as_tensor(np.broadcast_to(deadline, (len(z0),)), dtype=torch.float64)
-    result = bfgs(fun, z0, max_iter=max_iter, gtol=gtol, max_batch=max_batch, h0=h0, use_h0=use_h0, deadline=limit)
+    if method == "trust-region":
+        res = residuals(model, t, channel, value, device, prior, compile=compile, **solver_options)
+        start = time.perf_counter()
+        result = trust_region(res, z0, max_iter=max_iter, gtol=gtol, max_batch=max_batch, deadline=limit)
+    else:
+        fun = objective(model, t, channel, value, device, prior, compile=compile, **solver_options)
+        start = time.perf_counter()
+        h0 = (
+            gauss_newton_h0(model, t, channel, value, device, compile=compile, **solver_options)
+            if use_h0.any()
+            else None
+        )
+        result = bfgs(fun, z0, max_iter=max_iter, gtol=gtol, max_batch=max_batch, h0=h0, use_h0=use_h0, deadline=limit)
     wall = time.perf_counter() - start
     z = result.x.cpu().numpy()
     return Fit(
