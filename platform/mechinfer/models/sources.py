@@ -315,7 +315,13 @@ def load_model(source: str | os.PathLike | Model | ModelSource) -> Model:
     if text in _MODULES:
         return get_model(text)
     if is_model_file(text):
-        return ModelSource.from_path(text).load()
+        source = ModelSource.from_path(text)
+        try:
+            return source.load()
+        except ValueError as exc:  # ModelSourceError, UnsupportedModelError: name the user's file, not the cache
+            original = Path(text).expanduser().resolve()
+            root = original.parents[len(Path(source.entry).parts) - 1]
+            raise type(exc)(str(exc).replace(str(materialize(source)), str(root))) from None
     raise ModelSourceError(
         f"unknown model {text!r}: give a registered name ({', '.join(_MODULES)}) or a model file "
         "(.py, .xml/.sbml, .yaml/.yml)"
