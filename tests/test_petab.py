@@ -59,6 +59,16 @@ def test_problem_fields_follow_the_tables(boehm):
     assert np.all(ll[1:] < ll[0])  # prior draws fit the data worse than the published fit
 
 
+def test_auto_backend_takes_torch_until_the_native_code_is_built(boehm, tmp_path, monkeypatch):
+    from mechinfer.solver import native
+
+    if boehm.model._fingerprint() in native._SYSTEMS:
+        pytest.skip("this process has loaded the native code already")
+    monkeypatch.setenv("MECHINFER_CACHE", str(tmp_path))  # a machine that never compiled it
+    assert boehm.backend() == "torch"
+    assert boehm.backend("native") == "native"
+
+
 def test_fujita_channels_name_observable_and_condition():
     problem = mechinfer.load_petab(problem_yaml("Fujita_SciSignal2010"))
     assert len(problem.conditions) == 6

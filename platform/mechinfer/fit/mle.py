@@ -17,11 +17,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import math
+
+import numba
 import numpy as np
-import scipy.special
 import torch
 
 from .. import solver as _solver
+from ..solver import native
 from ..config import BaselineConfig
 from ..models import likelihood, priors
 from ..models.base import Model
@@ -158,20 +161,51 @@ def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver
     )
 
 
-def _z_map(model: Model):
-    """z (b, P) numpy -> (theta, d theta / d z), as :func:`priors.from_z_and_derivative`
-    computes them (the same operations, so the same numbers) with the priors' affine
-    constants looked up once: a trust-region round of an mmk refinement costs about as
-    much as the map's per-call lookups."""
-    a, b, is_log = priors._affine(model.priors, np.empty(0))
-    inv_sqrt_2pi = 1.0 / np.sqrt(2 * np.pi)
+@numba.njit(cache=True)
+def _ndtr(x: float) -> float:
+    """The standard normal CDF as scipy.special.ndtr computes it (cephes: erf near 0,
+    erfc in the tails, so that neither loses digits)."""
+    y = x * 0.7071067811865476
+    z = abs(y)
+    if z < 0.7071067811865476:
+        return 0.5 + 0.5 * math.erf(y)
+    c = 0.5 * math.erfc(z)
+    return 1.0 - c if y > 0.0 else c
 
-    def zmap(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w = a + scipy.special.ndtr(z) * b
-        theta = np.where(is_log, np.exp(np.where(is_log, w, np.zeros_like(w))), w)
-        return theta, np.where(is_log, theta * b, b) * (np.exp(-0.5 * z * z) * inv_sqrt_2pi)
 
-    return zmap
+@numba.njit(cache=True)
+def _z_map_into(z, a, b, is_log, theta, dtheta):
+    """theta = from_z(z) and d theta / d z into theta, dtheta (b, P): the map of
+    :func:`priors.from_z_and_derivative` (u = ndtr(z), w = a + u b, theta = exp(w) for a
+    log-uniform column, else w), in one compiled pass instead of a dozen numpy calls
+    (which cost more than an mmk solve)."""
+    inv_sqrt_2pi = 0.3989422804014327
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            zj = z[i, j]
+            w = a[j] + _ndtr(zj) * b[j]
+            th = math.exp(w) if is_log[j] else w
+            theta[i, j] = th
+            dtheta[i, j] = (th * b[j] if is_log[j] else b[j]) * (math.exp(-0.5 * zj * zj) * inv_sqrt_2pi)
+
+
+@numba.njit(cache=True)
+def _assemble(rows, states, sens, status, state, value, scale, dtheta, r, J):
+    """The sigma-scaled residuals r (b, M) of observation rows ``rows`` from the solved
+    states (b, M, S) and, where J has rows, their Jacobian in z (b, M, P) from the
+    states' sensitivities in theta (b, M, S, P) and d theta / d z; NaN residuals (and a
+    zero Jacobian) where the solve failed."""
+    want = J.shape[0] > 0
+    for i in range(len(rows)):
+        row = rows[i]
+        ok = status[i] == 0
+        for k in range(r.shape[1]):
+            s = state[row, k]
+            w = scale[row, k]
+            r[i, k] = w * (value[row, k] - states[i, k, s]) if ok else np.nan
+            if want:
+                for q in range(J.shape[2]):
+                    J[i, k, q] = -(w * sens[i, k, s, q]) * dtheta[i, q] if ok else 0.0
 
 
 def residuals(model: Model, t, channel, value, device=None, prior=False, *, jacobian: bool = True, **solver_options):
@@ -214,33 +248,52 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
             "atol": solver_options.get("atol", _solver.ATOL),
             "max_steps": solver_options.get("max_steps", _solver.MAX_STEPS),
         }
-        along = np.arange(obs.t.shape[1])[None, :]
-        zmap = _z_map(model)
+        a, b, is_log = (np.ascontiguousarray(c) for c in priors._affine(model.priors, np.empty(0)))
+        module, n_states, n_args = system._module, system.n_states, system.n_args
+        rtol, atol, max_steps = float(tolerances["rtol"]), float(tolerances["atol"]), int(tolerances["max_steps"])
+        n_obs = obs.t.shape[1]
+        no_seeds, no_sens = np.zeros((0, n_states, 0)), np.zeros((0, 0, 0, 0))
+        no_jac = np.zeros((0, 0, 0))
 
-        def native_fun(z: torch.Tensor, rows: torch.Tensor):
-            z_np, r_np = z.detach().cpu().numpy(), rows.cpu().numpy()
-            theta, dtheta_dz = zmap(z_np)
-            states, status, sens = system.solve_from_args(theta, obs.t[r_np], **tolerances)
-            i, pick, w = np.arange(len(r_np))[:, None], obs.state[r_np], scale[r_np]
-            r = w * (obs.value[r_np] - states[i, along, pick])
-            jac = -(w[..., None] * sens[i, along, pick]) * dtheta_dz[:, None, :]
-            failed = status != SolveStatus.OK
-            if failed.any():
-                r = np.where(failed[:, None], np.nan, r)
-            return with_prior_rows(z_np, r_np, r, jac)
+        def solved(z, rows, jacobian: bool):
+            """The native module's kernels called directly, on arrays allocated here: the
+            round of a single mmk refinement costs tens of microseconds around its solve."""
+            z_np = np.ascontiguousarray(z if isinstance(z, np.ndarray) else z.detach().cpu().numpy(), dtype=np.float64)
+            r_np = np.asarray(rows if isinstance(rows, np.ndarray) else rows.cpu().numpy(), dtype=np.int64)
+            n = len(z_np)
+            theta, dtheta = np.empty((n, n_args)), np.empty((n, n_args))
+            _z_map_into(z_np, a, b, is_log, theta, dtheta)
+            y0, seeds = np.empty((n, n_states)), np.empty((n, n_states, n_args))
+            module.initial_batch(theta, y0, seeds)
+            states, status = np.empty((n, n_obs, n_states)), np.zeros(n, dtype=np.int8)
+            sens = np.empty((n, n_obs, n_states, n_args)) if jacobian else no_sens
+            t_rows = np.ascontiguousarray(obs.t[r_np])
+            module.solve_batch(
+                y0,
+                seeds if jacobian else no_seeds[:0].reshape(0, n_states, 0).repeat(n, 0),
+                0,
+                theta,
+                t_rows,
+                rtol,
+                atol,
+                max_steps,
+                jacobian,
+                native._A,
+                native._C,
+                states,
+                sens,
+                status,
+            )
+            r = np.empty((n, n_obs))
+            jac = np.empty((n, n_obs, n_args)) if jacobian else no_jac
+            _assemble(r_np, states, sens, status, obs.state, obs.value, scale, dtheta, r, jac)
+            return with_prior_rows(z_np, r_np, r, jac if jacobian else None)
 
-        def native_residuals(z: torch.Tensor, rows: torch.Tensor):
-            z_np, r_np = z.detach().cpu().numpy(), rows.cpu().numpy()
-            theta, _ = zmap(z_np)
-            y0 = np.empty((len(theta), system.n_states))
-            system._module.initial_batch(theta, y0, np.empty((len(theta), system.n_states, system.n_args)))
-            states, status, _ = system.solve(y0, theta, obs.t[r_np], sensitivities=False, **tolerances)
-            i, pick, w = np.arange(len(r_np))[:, None], obs.state[r_np], scale[r_np]
-            r = w * (obs.value[r_np] - states[i, along, pick])
-            failed = status != SolveStatus.OK
-            if failed.any():
-                r = np.where(failed[:, None], np.nan, r)
-            return with_prior_rows(z_np, r_np, r, None)[0]
+        def native_fun(z, rows):
+            return solved(z, rows, True)
+
+        def native_residuals(z, rows):
+            return solved(z, rows, False)[0]
 
         return native_fun, native_residuals
 

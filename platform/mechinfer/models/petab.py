@@ -103,6 +103,24 @@ class PetabProblem:
         (grad,) = torch.autograd.grad(nll.sum(), th)
         return nll.detach().numpy(), grad.numpy()
 
+    def backend(self, backend: str = "auto") -> str:
+        """``auto``: the native solver once this problem's equations are compiled on this
+        machine (:meth:`compile`, or an earlier run), else the torch steps, which need no
+        compilation (a one-off log-likelihood of a large model: seconds, against minutes
+        of compiling). ``native`` or ``torch`` as asked."""
+        if backend != "auto":
+            return backend
+        from ..solver import native
+
+        usable = native.available() and native.is_built(self.model.name, self.model._fingerprint())
+        return "native" if usable else "torch"
+
+    def compile(self) -> None:
+        """Generate and compile the native code of the problem's equations (once per
+        machine; repeated evaluations, gradients and fits then take the native solver):
+        one solve and one gradient at the nominal point compile what they use."""
+        self.nll_and_gradient(self.nominal, backend="native")
+
     def condition_arguments(self, theta: torch.Tensor) -> torch.Tensor:
         """The solver's arguments of every (theta row, condition): (B, C, P + K)."""
         n_batch, n_cond = theta.shape[0], len(self.conditions)
@@ -121,7 +139,7 @@ class PetabProblem:
 
         y0 = self.model.initial_state(args)
         options = {**self._tolerances, **tolerances}
-        states, status = _solver.solve(term(self.model), y0, args, t_obs, backend=backend, **options)
+        states, status = _solver.solve(term(self.model), y0, args, t_obs, backend=self.backend(backend), **options)
         return states.reshape(n_batch, n_cond, times.shape[1], -1), status.reshape(n_batch, n_cond)
 
     def simulate_measurements(self, theta: torch.Tensor, *, backend: str = "auto", **tolerances):

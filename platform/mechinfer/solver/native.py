@@ -214,6 +214,26 @@ _SYSTEMS: dict[str, NativeSystem] = {}
 _LOCK = threading.Lock()
 
 
+def _key(fingerprint: str) -> str:
+    return hashlib.sha256("\0".join([fingerprint, _INTEGRATOR, CODEGEN_VERSION]).encode()).hexdigest()[:16]
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"\W", "_", name)[:40]  # a file's model name may hold any character
+
+
+def is_built(name: str, fingerprint: str | None) -> bool:
+    """Whether a model's generated module is loaded in this process or written on this
+    machine already (then at most numba's compilation of a crashed first use is left): a
+    one-off evaluation of a model from a file takes the torch backend rather than wait
+    for a compilation."""
+    if fingerprint is None:
+        return False
+    if fingerprint in _SYSTEMS:
+        return True
+    return os.path.exists(os.path.join(_cache_dir(), f"{_file_name(name)}_{_key(fingerprint)}.py"))
+
+
 def system(name: str, fingerprint: str | None, n_states: int, n_args: int, make_source) -> NativeSystem:
     """The compiled system of a model: its generated module, written once per
     fingerprint (the model's rate-law source and constants) to the cache directory
@@ -226,8 +246,8 @@ def system(name: str, fingerprint: str | None, n_states: int, n_args: int, make_
         if fingerprint is None:  # no source to fingerprint: generate, name the file by its text
             generated = make_source()
             fingerprint, make_source = generated, lambda: generated
-        key = hashlib.sha256("\0".join([fingerprint, _INTEGRATOR, CODEGEN_VERSION]).encode()).hexdigest()[:16]
-        name = re.sub(r"\W", "_", name)[:40]  # a file's model name may hold any character
+        key = _key(fingerprint)
+        name = _file_name(name)
         if key not in _SYSTEMS:
             directory = _cache_dir()
             path = os.path.join(directory, f"{name}_{key}.py")
