@@ -114,3 +114,14 @@ def test_model_show_names_the_unsupported_element(tmp_path, capsys, extra):
     code, err = _run(["model", "show", str(path)], capsys)
     assert code == 2
     assert "not supported" in err or "unsupported" in err.lower(), err
+
+
+def test_stages_refuse_a_petab_problem_until_they_train_on_one(tmp_path, capsys):
+    """The stages simulate states at random designs; a PEtab problem's observables and
+    conditions are its own (SPEC 12): refused in one line before anything is written."""
+    out = tmp_path / "out"
+    code, err = _run(
+        ["simulate", "--model", str(PETAB / "Boehm_JProteomeRes2014.yaml"), "--n", "4", "--out", str(out)], capsys
+    )
+    assert code == 2 and len(err.splitlines()) == 1 and "PEtab problem" in err, err
+    assert not out.exists()

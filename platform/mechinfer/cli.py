@@ -462,6 +462,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             # a name or a model file (SPEC 11), read before anything else happens: a bad
             # source ends here, with nothing written; the stages get the Model itself
             args.model = load_model(args.model)
+            from .models.simulate import check_stages_apply
+
+            check_stages_apply(args.model)
         address = getattr(args, "address", None)
         if address:
             os.environ["RAY_ADDRESS"] = address  # what ray.init() joins

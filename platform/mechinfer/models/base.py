@@ -82,6 +82,10 @@ class Model:
     # arguments are theta followed by a condition's input values); see
     # mechinfer.models.petab.
     inputs: tuple[str, ...] = ()
+    # Observables that are formulas of the states (a PEtab problem's), when the model's
+    # observations are not its states: mechinfer.models.petab computes them; empty for
+    # models whose channels are states.
+    observables: tuple[str, ...] = ()
     # Where a model from a file came from (mechinfer.models.sources): its files and their
     # hash, set by load_model. None for a built-in model (its source is the package).
     source: ModelSource | None = field(default=None, compare=False, repr=False)

@@ -473,7 +473,15 @@ def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
         else tuple(f"{o.name}@{c}" for c in conditions for o in observables)
     )
     T = float(m_time.max()) if m else 1.0
-    model = model_from_system(resolved_system, quantities=quantities, inputs=inputs, T=T, n_obs=m)
+    model = model_from_system(
+        resolved_system,
+        quantities=quantities,
+        inputs=inputs,
+        observables=[o.name for o in observables],
+        T=T,
+        n_obs=m,
+        description=f"PEtab problem {name}: {len(conditions)} condition(s), {len(observables)} observable(s)",
+    )
     condition_inputs = (
         np.array([[columns[i][c] for i in inputs] for c in range(len(conditions))])
         if inputs

@@ -58,6 +58,7 @@ def model_from_system(
     description: str = "",
     constants: dict[str, float] | None = None,
     inputs: Sequence[str] = (),
+    observables: Sequence[str] = (),
 ) -> Model:
     """The system as a Model: ``quantities`` name base parameters (the solver's arguments,
     with their priors), ``inputs`` more of them that a condition sets (arguments after
@@ -99,6 +100,7 @@ def model_from_system(
         solver="rodas4",
         equations_key=key,
         inputs=tuple(inputs),
+        observables=tuple(observables),
     )
 
 

@@ -30,13 +30,14 @@ def check_times(model: Model, t: torch.Tensor, n_batch: int) -> torch.Tensor:
     return t
 
 
-def _check_no_conditions(model: Model) -> None:
-    """A model whose conditions set inputs (a PEtab problem) is simulated per condition by
-    its problem; the stages' random designs over states do not apply to it yet."""
-    if model.inputs:
+def check_stages_apply(model: Model) -> None:
+    """Raise ValueError for a model the stages cannot simulate yet: a PEtab problem's
+    model (observables that are formulas, conditions that set inputs) is simulated per
+    condition by its problem; the stages' random designs over states do not apply to it."""
+    if model.inputs or model.observables:
         raise ValueError(
-            f"{model.name}: a model with conditions is simulated per condition "
-            "(mechinfer.load_petab(...).solve_conditions / log_likelihood); the stages do not train on it yet"
+            f"{model.name}: a PEtab problem is simulated per condition at its own design "
+            "(mechinfer.load_petab(...).solve_conditions, .log_likelihood); the stages do not train on one yet"
         )
 
 
@@ -49,7 +50,7 @@ def term(model: Model) -> _solver.ODETerm:
 def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solver: str | None = None, **options):
     """All states at times t (any order): theta (B, P), t (B, N) -> (B, N, S), status (B,).
     Differentiable in theta."""
-    _check_no_conditions(model)
+    check_stages_apply(model)
     model.check_theta(theta)
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
@@ -67,7 +68,7 @@ def states_and_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, **op
     from the native solver's forward sensitivities, and status (B,); ``None`` where the
     native solver does not apply (see :func:`mechinfer.solver.jacobian`)."""
     theta = theta.detach()
-    _check_no_conditions(model)
+    check_stages_apply(model)
     model.check_theta(theta)
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
