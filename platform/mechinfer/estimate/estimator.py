@@ -56,7 +56,7 @@ class Refined:
 
     z: np.ndarray  # (B, P) the maximum-likelihood fit, or the start where ``kept``
     nll: np.ndarray  # (B,) at z
-    kept: np.ndarray  # (B,) bool: the fit failed (or never started): z is the start
+    kept: np.ndarray  # (B,) bool: the fit failed (or its deadline came before its first step): z is the start
     refine_status: list[str]
     laplace: Laplace  # at the maximum a posteriori point (its centre and covariance)
     gof_pvalue: np.ndarray  # (B,) of the fit's NLL against laplace.p_eff
@@ -188,9 +188,13 @@ class Estimator:
         two = lambda a: np.concatenate([a, a])
         t, channel, value = self._check(t, channel, value)
         with_prior = np.repeat([False, True], b)
+        if deadline is not None:  # one per case (or one for all): each case's two fits stop at it
+            deadline = two(np.broadcast_to(np.asarray(deadline, dtype=np.float64), (b,)))
         fits = self.refine(two(t), two(channel), two(value), two(z), deadline=deadline, prior=with_prior, **fit_options)
         status = [REFINE_STATUS.get(FitStatus(int(s)), "failed") for s in fits.status[:b]]
-        kept = ~np.isfinite(fits.nll[:b]) | ~np.isfinite(fits.z[:b]).all(axis=1)
+        # kept: the fit failed, or its deadline stopped it before its first step (its point is the start)
+        stopped = np.array([s == "deadline" for s in status]) & (fits.z[:b] == z).all(axis=1)
+        kept = ~np.isfinite(fits.nll[:b]) | ~np.isfinite(fits.z[:b]).all(axis=1) | stopped
         status = ["failed" if k and s != "deadline" else s for s, k in zip(status, kept)]
         z_ml = np.where(kept[:, None], z, fits.z[:b])
         z_map = np.where(np.isfinite(fits.nll[b:])[:, None], fits.z[b:], z_ml)

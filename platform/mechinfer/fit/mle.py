@@ -12,24 +12,22 @@ own problem; they are solved together by :func:`mechinfer.fit.bfgs.bfgs` or
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import math
 
 import numba
 import numpy as np
 import torch
 
 from .. import solver as _solver
-from ..solver import native
 from ..config import BaselineConfig
 from ..models import likelihood, priors
 from ..models.base import Model
 from ..models.simulate import term
-from ..solver import SolveStatus
+from ..solver import SolveStatus, native
 from .bfgs import bfgs
 from .trust_region import trust_region
 
@@ -252,7 +250,7 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
         module, n_states, n_args = system._module, system.n_states, system.n_args
         rtol, atol, max_steps = float(tolerances["rtol"]), float(tolerances["atol"]), int(tolerances["max_steps"])
         n_obs = obs.t.shape[1]
-        no_seeds, no_sens = np.zeros((0, n_states, 0)), np.zeros((0, 0, 0, 0))
+        no_sens = np.zeros((0, 0, 0, 0))
         no_jac = np.zeros((0, 0, 0))
 
         def solved(z, rows, jacobian: bool):
@@ -270,7 +268,7 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
             t_rows = np.ascontiguousarray(obs.t[r_np])
             module.solve_batch(
                 y0,
-                seeds if jacobian else no_seeds[:0].reshape(0, n_states, 0).repeat(n, 0),
+                seeds if jacobian else np.empty((n, n_states, 0)),
                 0,
                 theta,
                 t_rows,
@@ -297,7 +295,8 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
 
         return native_fun, native_residuals
 
-    def fun(z: torch.Tensor, rows: torch.Tensor):
+    def fun(z, rows):
+        z, rows = torch.as_tensor(z), torch.as_tensor(rows)
         step = max(1, JACOBIAN_ROWS // t.shape[1])
         parts = []
         for i in range(0, len(rows), step):
@@ -392,6 +391,7 @@ def fit(
             max_iter=max_iter,
             gtol=gtol,
             f_atol=NLL_ATOL,
+            numpy_io=True,
             max_batch=max_batch,
             deadline=limit,
         )

@@ -493,6 +493,7 @@ def trust_region(
     ftol: float = 2.2e-9,
     f_atol: float = 0.0,
     accelerate: bool = True,
+    numpy_io: bool = False,
     max_trials: int = 30,
     radius0: float | None = None,
     box: float = Z_BOX,
@@ -508,6 +509,10 @@ def trust_region(
     caller appends them. ``residuals_only(x, rows)``: the residuals alone, for the
     acceleration's probes, where they cost less than with the Jacobian (a plain ODE
     solve instead of forward sensitivities); default ``fun``'s, its Jacobian unused.
+
+    ``numpy_io``: ``fun`` and ``residuals_only`` take numpy arrays (float64 points,
+    int64 rows) rather than tensors (saves two conversions a round, which at the batch
+    of one refinement cost as much as an mmk solve).
 
     ``accelerate``: geodesic acceleration (:func:`_accelerated`) of steps the radius
     limits, one residuals-only probe each. ``f_atol``: also CONVERGED once an accepted
@@ -537,16 +542,18 @@ def trust_region(
     def to_device(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device=device, dtype=dtype if a.dtype == np.float64 else torch.long)
 
+    arg = (lambda a: a) if numpy_io else to_device
+
     def advance(rs: _Running) -> np.ndarray:
         probing = rs.probe
         if probing.all():
-            r_try = _numpy(plain(to_device(rs.x_try), to_device(rs.idx)))
+            r_try = _numpy(plain(arg(rs.x_try), arg(rs.idx)))
             J_try = rs.J  # unused for probes
         else:
             full = ~probing
             some = not full.all()
             xs, ids = (rs.x_try[full], rs.idx[full]) if some else (rs.x_try, rs.idx)
-            r_t, J_t = fun(to_device(xs), to_device(ids))
+            r_t, J_t = fun(arg(xs), arg(ids))
             r_full, J_full = _numpy(r_t), _numpy(J_t)
             evaluations[ids] += 1
             if n_res[0] != r_full.shape[1]:  # the first round: M is known now
@@ -555,7 +562,7 @@ def trust_region(
             if some:
                 r_try, J_try = np.empty_like(rs.r), np.empty_like(rs.J)
                 r_try[full], J_try[full] = r_full, J_full
-                r_try[probing] = _numpy(plain(to_device(rs.x_try[probing]), to_device(rs.idx[probing])))
+                r_try[probing] = _numpy(plain(arg(rs.x_try[probing]), arg(rs.idx[probing])))
             else:
                 r_try, J_try = r_full, J_full
         its = iterations[rs.idx]

@@ -176,7 +176,7 @@ def refine(est: Estimator, t, ch, v, z, compile: bool | None = None, deadline=No
     for its intervals (:meth:`~mechinfer.estimate.estimator.Estimator.polish`), each
     stopped at its ``deadline`` (wall-clock, see :func:`mechinfer.fit.mle.fit`).
     ``refine_status`` (B,) per SPEC 7; ``kept`` (B,) marks cases answered with the
-    network's z (the fit failed, or its deadline passed before it started): the caller
+    network's z (the fit failed, or its deadline passed before its first step): the caller
     keeps its network answer for those."""
     start = time.perf_counter()
     r = est.polish(t, ch, v, z, compile=compile, deadline=deadline)
@@ -218,10 +218,13 @@ def answer(est: Estimator, case: dict, level: float, refine_status: str, timing_
     m = est.model
     z = case["z"]
     theta = m.from_z(z[None])[0]
-    refined = refine_status in ("converged", "iteration_limit", "deadline")
-    # the recalibration of the approximation the centre comes from: the refinement's for a
-    # case :func:`refine` answered (its "kept" is False), the network's otherwise
-    scale = est.interval_scale([case.get("kept") is not None and not case["kept"]])
+    # refined: the point (and the approximation the centre comes from, with its
+    # recalibration) is the refinement's, for a case :func:`refine` answered (its "kept" is
+    # False); a case that kept the network's point (a failed fit, or one whose deadline
+    # passed before its first step: refine_status "deadline") is not refined
+    from_refinement = case.get("kept") is not None and not case["kept"]
+    refined = from_refinement and refine_status in ("converged", "iteration_limit", "deadline")
+    scale = est.interval_scale([from_refinement])
     lower, upper = uncertainty.intervals(m, case["center"][None], case["cov_z"][None], level, scale)
     gof = float(case["gof_pvalue"])
     return {
