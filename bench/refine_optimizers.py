@@ -6,7 +6,8 @@ against trust-region Gauss-Newton (issue 24).
 Single-case refinement as ``est.refine`` runs it online: one case at a time, warm, one
 torch thread, the network's estimate as the start, ``mle.fit(..., method=...)``. Per
 optimiser: evaluations per case (BFGS: NLL + gradient by the adjoint, plus one for its
-Gauss-Newton H0; trust region: residuals + Jacobian by forward sensitivities), wall time
+Gauss-Newton H0; trust region: residuals + Jacobian by forward sensitivities, not counting
+its geodesic acceleration's residual-only probes, a plain solve each), wall time
 per case (median, worst), the share of cases whose NLL is above the best either found by
 more than 1e-3, and the share of parameters ending at |z| > 6. ``--write`` writes the
 table to bench/results/refine_optimizers_cpu.txt.

@@ -131,7 +131,9 @@ def refinement(request):
         seen.append(z.clone())
         return plain(z, idx)
 
-    tr = trust_region(recorded, torch.from_numpy(z0), residuals_only=probed, f_atol=mle.NLL_ATOL)
+    tr = trust_region(
+        recorded, torch.from_numpy(z0), residuals_only=probed, f_atol=mle.NLL_ATOL, radius0=mle.FIRST_RADIUS
+    )
     return name, m, (t, ch, x, z0), bfgs_fit, tr, torch.cat(seen)
 
 
@@ -160,6 +162,10 @@ def test_fit_method_trust_region_and_prior(refinement):
     a = mle.fit(m, t, ch, x, z0, prior=True)
     b = mle.fit(m, t, ch, x, z0, prior=True, method="trust-region")
     np.testing.assert_allclose(b.nll, a.nll, rtol=0, atol=mle.NLL_ATOL)
+    # the prior for some sets only (their residuals carry P more entries, the others' zeros)
+    some = np.arange(len(z0)) % 2 == 0
+    c = mle.fit(m, t, ch, x, z0, prior=some, method="trust-region")
+    np.testing.assert_allclose(c.nll, np.where(some, b.nll, fit.nll), rtol=0, atol=mle.NLL_ATOL)
     with pytest.raises(ValueError, match="method"):
         mle.fit(m, t, ch, x, z0, method="newton")
 

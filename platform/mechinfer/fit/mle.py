@@ -46,6 +46,11 @@ METHODS = ("bfgs", "trust-region")
 # counts as "worse than the best", and below the FIT_TOL solves' own noise in the NLL
 # (optima re-evaluated at rtol 1e-6 differ by a median 5e-9 but up to 0.7, see FIT_TOL).
 NLL_ATOL = 1e-4
+# The trust region's first radius in z for a fit (its ``radius0``): one prior standard
+# deviation in all. A refinement starts from the network's estimate, mostly within that
+# of its optimum; the default sqrt(P) (4.5 for E. coli) had the first two steps rejected
+# in most E. coli refinements.
+FIRST_RADIUS = 1.0
 
 
 @dataclass
@@ -161,8 +166,9 @@ def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver
 
 @numba.njit(cache=True)
 def _ndtr(x: float) -> float:
-    """The standard normal CDF as scipy.special.ndtr computes it (cephes: erf near 0,
-    erfc in the tails, so that neither loses digits)."""
+    """The standard normal CDF, computed as cephes' ndtr computes it (erf near 0, erfc in
+    the tails, so that neither loses digits): within a few ulps of scipy.special.ndtr,
+    which :func:`priors.from_z` uses."""
     y = x * 0.7071067811865476
     z = abs(y)
     if z < 0.7071067811865476:
@@ -218,20 +224,26 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
     the sigma-scaled residuals of the observation sets ``rows`` at z and their Jacobian
     in z, so that |r|^2 / 2 is :func:`objective`'s value. NaN residuals where the solver
     failed. ``prior`` (for all sets or per set) appends z itself as P more residuals
-    (an identity block in J): |z|^2 / 2, the N(0, I) prior's term. On the CPU with the
-    native solver, its forward sensitivities with numpy between the calls (at the batch
-    of one refinement, torch's per-operation cost would exceed an mmk solve); elsewhere
-    :func:`residual_jacobian`. residuals_only(z, rows) -> r alone: with the native solver
-    a plain solve, a quarter of fun's cost for E. coli; elsewhere fun's, J dropped."""
+    (an identity block in J, zero for the sets without it): |z|^2 / 2, the N(0, I)
+    prior's term. On the CPU with the native solver, its forward sensitivities, the
+    solver module's kernels called directly between compiled z map and assembly (at the
+    batch of one refinement, torch's or numpy's per-operation cost would exceed an mmk
+    solve); elsewhere :func:`residual_jacobian`. residuals_only(z, rows) -> r alone: with
+    the native solver a plain solve, a fifth of fun's cost for E. coli; elsewhere fun's,
+    J dropped. Both take tensors or numpy arrays (z float64, rows int64)."""
     t, channel, value = _tensors(t, channel, value, device)
     with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (t.shape[0],)).copy()
     eye = np.eye(model.n_parameters)
     equations = term(model)
 
+    any_prior = bool(with_prior.any())
+
     def with_prior_rows(z: np.ndarray, rows: np.ndarray, r: np.ndarray, jac: np.ndarray | None):
-        add = with_prior[rows]
-        if not add.any():
+        # P more columns whenever any set has the prior (zero for the others), whichever
+        # rows are evaluated: the trust region keeps each problem's residuals between calls
+        if not any_prior:
             return r, jac
+        add = with_prior[rows]
         r = np.concatenate([r, np.where(add[:, None], z, 0.0)], axis=1)
         if jac is not None:
             jac = np.concatenate([jac, np.where(add[:, None, None], eye, 0.0)], axis=1)
@@ -391,6 +403,7 @@ def fit(
             max_iter=max_iter,
             gtol=gtol,
             f_atol=NLL_ATOL,
+            radius0=FIRST_RADIUS,
             numpy_io=True,
             max_batch=max_batch,
             deadline=limit,

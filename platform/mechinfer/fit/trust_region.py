@@ -17,6 +17,21 @@ shrinks to SHRINK |p| when the ratio rho = actual / predicted is below RHO_LOW (
 is then also rejected if rho < ETA or f is not finite there), and grows by GROW, up to
 the box's diameter, when rho > RHO_HIGH and the step reached the radius.
 
+Geodesic acceleration (Transtrum & Sethna, "Improvements to the Levenberg-Marquardt
+algorithm for nonlinear least-squares minimization", 2012; :func:`_accelerated`): in
+sloppy fits (E. coli: 20 parameters, 30 observations) the Gauss-Newton step is nearly
+always cut by the radius, and the iterates crawl along narrow curved valleys, the radius
+cycling between a step that succeeds and one twice as long that the valley's curvature
+defeats. So a step the radius limits is first probed: the residuals alone (a plain ODE
+solve, a fifth of a Jacobian's cost for E. coli) at x + PROBE v give their second
+derivative along v, and the trial point is v + a / 2, a second-order correction that
+follows the valley. On the first 64 E. coli SPEC refinements, with the stops below and
+``mle.fit``'s first radius, the median number of Jacobian evaluations falls from 52 to
+26 (the acceleration alone: to 38), for about as many probes. Evaluating trial points
+with a plain solve and the Jacobian only after acceptance does not pay here: 85% of the
+trials are accepted, and each would then cost a plain solve more; nor do Broyden updates
+of J between Jacobians (tried: as many Jacobians, eight times the plain solves).
+
 The box: every iterate stays in |z_i| <= Z_BOX. z is N(0, 1) under the prior, and
 :data:`~mechinfer.models.priors.U_EPS` already maps a quantity on a prior bound to
 |z| = Z_BOX (about 7.94): beyond it the map from z moves theta by less than 1e-15 of the
@@ -32,7 +47,13 @@ Stops per problem with tolerances like :func:`~.bfgs.bfgs`'s: CONVERGED when the
 projected gradient's inf-norm is <= gtol, an accepted step decreased f by no more than
 ftol relative, or the model predicts no more than that from a step the radius does not
 limit; MAX_ITER at the iteration limit; LINE_SEARCH when max_trials steps in a row are
-rejected (the radius has shrunk by SHRINK^max_trials); BAD_START; DEADLINE.
+rejected (the radius has shrunk by SHRINK^max_trials); BAD_START; DEADLINE. With an
+absolute tolerance f_atol > 0 (``mle.fit`` uses one in NLL units) also CONVERGED when the
+model predicts no more than f_atol from any step within max(radius, sqrt(P)) of an
+accepted point (near an optimum the model's predicted decrease estimates f - f*; at a
+radius this wide, a radius cut short by a bad step does not make a creeping fit look
+converged), or after STALL accepted steps in a row that each decreased f by less than
+f_atol / STALL (a crawl that would need thousands of evaluations for what matters).
 """
 
 from __future__ import annotations
@@ -55,6 +76,7 @@ ETA = 1e-4  # accept a step when actual decrease >= ETA * predicted
 RHO_LOW, RHO_HIGH = 0.25, 0.75  # shrink below, grow above (Nocedal & Wright's constants)
 SHRINK, GROW = 0.25, 2.0  # the new radius: SHRINK |p| after a poor step, GROW radius after a very good one
 PROBE = 0.1  # geodesic acceleration: the residuals' second derivative along v from r(x + PROBE v)
+STALL = 20  # with f_atol: stop after STALL accepted steps in a row that each decrease f by < f_atol / STALL
 ACCEL_MAX = 0.75  # ... and the acceleration a is used when 2 |a| <= ACCEL_MAX |v| (Transtrum & Sethna's alpha)
 
 _CONVERGED, _MAX_ITER, _LINE_SEARCH, _BAD_START = (
@@ -92,6 +114,7 @@ class _Running(Rows):
     V: np.ndarray
     a: np.ndarray
     nfree: np.ndarray
+    slow: np.ndarray
 
     @classmethod
     def start(cls, rows: np.ndarray, x0: np.ndarray, radius0: float, m: int) -> _Running:
@@ -117,6 +140,7 @@ class _Running(Rows):
             V=np.zeros((b, p, p)),
             a=np.zeros((b, p)),
             nfree=np.zeros(b, dtype=np.int64),
+            slow=np.zeros(b, dtype=np.int64),
         )
 
 
@@ -137,14 +161,6 @@ def _model_decrease(g, H, p):
 def _held(x, g, box):
     """Parameters on a face of the box whose gradient points out of it: held there."""
     return ((x >= box) & (g < 0.0)) | ((x <= -box) & (g > 0.0))
-
-
-@numba.njit(cache=True)
-def _subproblem(g, H, radius):
-    """argmin g.p + p.H p / 2 over |p| <= radius for a positive semidefinite H: see
-    :func:`_subproblem_eig`, after H's eigendecomposition."""
-    w, V = np.linalg.eigh(H)
-    return _subproblem_eig(w, V, V.T @ g, radius)
 
 
 @numba.njit(cache=True)
@@ -359,6 +375,7 @@ def _round(
     V,
     a,
     nfree,
+    slow,
     iterations,
     r_try,
     J_try,
@@ -424,6 +441,9 @@ def _round(
                     radius[i] = min(GROW * radius[i], radius_max)
                 if actual <= ftol * max(abs(f_before), abs(f_t), 1.0):
                     done[i] = _CONVERGED
+                slow[i] = slow[i] + 1 if actual < f_atol / STALL else 0
+                if slow[i] >= STALL:
+                    done[i] = _CONVERGED  # creeping: STALL steps in a row, f_atol in all
             else:
                 radius[i] = SHRINK * size
                 trials[i] += 1
@@ -464,7 +484,7 @@ def _round(
             done[i] = _LINE_SEARCH
             continue
         pred[i] = decrease
-        if accelerate and limited and not boxed and trials[i] == 0:
+        if accelerate and limited and not boxed:
             probe[i] = True
             v[i] = step
             lam[i] = lam_i
@@ -480,11 +500,13 @@ def _numpy(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
-Residuals = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | np.ndarray"]
+Array = torch.Tensor | np.ndarray
+# (points, rows) -> residuals, or (residuals, Jacobian): tensors in, or numpy arrays with numpy_io
+Residuals = Callable[[Array, Array], Array]
 
 
 def trust_region(
-    fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]],
+    fun: Callable[[Array, Array], tuple[Array, Array]],
     x0: torch.Tensor,
     *,
     residuals_only: Residuals | None = None,
@@ -587,6 +609,7 @@ def trust_region(
             rs.V,
             rs.a,
             rs.nfree,
+            rs.slow,
             its,
             r_try,
             J_try,
