@@ -116,6 +116,47 @@ def test_interrupted_run_resumes(ray_local, tmp_path):
     assert _rows(out) == reference
 
 
+@pytest.mark.parametrize("kind", ["dataset", "estimate result"])
+def test_a_rerun_resumes_only_the_same_unfinished_run(tmp_path, kind):
+    """prepare_location (the simulation's, bulk estimation's and the baseline's) keeps the
+    parts of an unfinished run only for a rerun with the same parameters (its intent file)
+    and without overwrite: another setting, another input (bulk estimation's input
+    fingerprint), overwrite, or parts without an intent file start over, so that a part of
+    another run is never kept as this run's."""
+    from mechinfer import storage
+    from mechinfer.estimate import bulk
+
+    out = tmp_path / "out"
+    fs, root = storage.resolve(str(out))
+    where = {"dataset": {}, "estimate result": {"intent": bulk.INTENT, "what": kind}}[kind]
+    intent = out / where.get("intent", dataset.INTENT)
+    params = {"model": "mmk", "input_fingerprint": "abc", "level": 0.95, "seed": 0, "chunk_size": 10}
+    parts = [dataset.part_name(0), dataset.part_name(10)]
+
+    def interrupted(run_params):  # parts and the run's intent file; no manifest
+        out.mkdir(exist_ok=True)
+        for name in parts:
+            (out / name).write_bytes(b"PAR1")
+        intent.unlink(missing_ok=True)
+        if run_params is not None:
+            intent.write_text(json.dumps(run_params))
+
+    def rerun(run_params, overwrite=False):
+        kept = dataset.prepare_location(fs, root, str(out), run_params, overwrite, **where)
+        assert json.loads(intent.read_text()) == run_params  # the rerun's own intent, for its own rerun
+        return kept, sorted(p.name for p in out.glob("part-*"))
+
+    interrupted(params)
+    assert rerun(dict(params)) == (set(parts), parts)
+    for changed in ({**params, "input_fingerprint": "def"}, {**params, "level": 0.9}, {**params, "seed": 1}):
+        interrupted(params)
+        assert rerun(changed) == (set(), []), changed
+    interrupted(params)
+    assert rerun(params, overwrite=True) == (set(), [])
+    interrupted(None)
+    assert rerun(params) == (set(), [])
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [

@@ -163,3 +163,76 @@ def test_a_checkpoint_carries_its_recalibration(tmp_path, run_cli, caplog):
         mechinfer.load_estimator(str(ckpt))
     status, _, err = run_cli("calibrate", "--checkpoint", str(tmp_path / "none"))
     assert status == 2 and "is not a mechinfer checkpoint" in err and "Traceback" not in err
+
+
+def _multiplier(rec, table, level, sd):
+    """The multipliers (B, P) of the sd that ``table`` (one of rec's) gives at ``level``:
+    n_L + (Q_L - n_L) (1 - sd^2), Q_L interpolated between its levels (the module's formula)."""
+    n_l = special.ndtri(0.5 + 0.5 * level)
+    q_l = np.array([np.interp(level, rec.levels, col) for col in table.T])
+    return n_l + (q_l - n_l) * np.clip(1.0 - sd**2, 0.0, 1.0)
+
+
+def test_each_estimate_gets_the_recalibration_of_its_own_kind():
+    """The network's estimates get the network's multipliers, refined ones the
+    refinement's: in Recalibration.scale, in est.infer (a batch of both, refine "auto")
+    and in the served answers."""
+    from mechinfer.serve import handlers as service
+
+    levels = recalibration.LEVELS
+    rec = recalibration.Recalibration(
+        "test", 100, levels, np.full((len(levels), 2), 3.0), np.full((len(levels), 2), 5.0)
+    )
+    sd = np.array([[0.0, 0.6], [0.0, 0.6]])
+    n_l, w = special.ndtri(0.95), 1.0 - 0.36
+    np.testing.assert_allclose(
+        rec.scale(0.9, sd, [True, False]), [[5.0, n_l + (5.0 - n_l) * w], [3.0, n_l + (3.0 - n_l) * w]], rtol=1e-12
+    )
+
+    est = mechinfer.load_estimator("mmk")
+    m, rec = est.model, est.recalibration
+    assert not np.allclose(rec.network, rec.refined)  # the shipped tables differ: a swap shows
+    t, ch, value = _design(m, 14)
+    bad = value.copy()
+    bad[0, 3:6] += 4.0  # the network's estimate cannot fit it: "auto" refines it
+    res = est.infer(np.vstack([t, t]), np.vstack([ch, ch]), np.vstack([value, bad]), refine="auto")
+    assert list(res.refine_status) == ["skipped", "converged"]
+    sd = np.sqrt(np.diagonal(res.cov_z, axis1=1, axis2=2))
+    q = np.vstack([_multiplier(rec, rec.network, 0.95, sd[:1]), _multiplier(rec, rec.refined, 0.95, sd[1:])])
+    np.testing.assert_allclose(res.lower, m.from_z(res.center - q * sd), rtol=1e-9)
+    np.testing.assert_allclose(res.upper, m.from_z(res.center + q * sd), rtol=1e-9)
+
+    plain = service.infer(est, t, ch, bad)
+    refined = service.refine(est, t, ch, bad, plain["z"])
+    for case, table in ((plain, rec.network), (refined, rec.refined)):
+        row = {k: v[0] for k, v in case.items() if k != "timing_ms"}
+        got = service.answer(est, row, 0.95, row.get("refine_status", "not_requested"), {})
+        sd = np.sqrt(np.diagonal(row["cov_z"]))[None]
+        want = m.from_z(row["center"][None] + _multiplier(rec, table, 0.95, sd) * sd)[0]
+        np.testing.assert_allclose([got["intervals"][n][1] for n in m.parameter_names], want, rtol=1e-9)
+
+
+def test_polish_stops_each_case_at_its_own_deadline(monkeypatch):
+    """A deadline per case (a Refiner batch holds cases of several requests): a case whose
+    deadline passed before its fit started keeps the network's z ("deadline", kept), the
+    others of the batch are fitted. A fit its deadline stops before its first step (the
+    round that evaluates the starts ran past it) keeps its start too, as kept."""
+    import time
+    from types import SimpleNamespace
+
+    from mechinfer.fit import schedule
+
+    est = mechinfer.load_estimator("mmk")
+    t, ch, value = (np.vstack([a, a]) for a in _design(est.model, 14))
+    z = est.estimate_z(t, ch, value)
+    now = time.time()
+    r = est.polish(t, ch, value, z, deadline=np.array([now - 1.0, now + 60.0]))
+    assert r.refine_status == ["deadline", "converged"] and list(r.kept) == [True, False]
+    assert (r.z[0] == z[0]).all() and not np.allclose(r.z[1], z[1])
+
+    ticks = iter([now])  # the clock reads `now` once (the queue's check), then 10 s later
+    clock = SimpleNamespace(time=lambda: next(ticks, now + 10.0), perf_counter=time.perf_counter)
+    monkeypatch.setattr(schedule, "time", clock)
+    r = est.polish(t, ch, value, z, deadline=now + 5.0)
+    assert r.refine_status == ["deadline", "deadline"] and list(r.kept) == [True, True]
+    assert (r.z == z).all()
