@@ -198,26 +198,27 @@ def test_killed_worker_loses_no_sample(ray_local, tmp_path):
     out = tmp_path / "ds"
     result = {}
     job = threading.Thread(
-        target=lambda: result.update(summary=simulate_dataset("ecoli", 2400, 11, str(out), chunk_size=200))
+        target=lambda: result.update(summary=simulate_dataset("ecoli", 4800, 11, str(out), chunk_size=400))
     )
     job.start()
     killed = None
     deadline = time.time() + 120
     while killed is None and time.time() < deadline and job.is_alive():
-        if len(list(out.glob("part-*"))) >= 2 and _task_pids():
-            killed = _task_pids()[0]
+        pids = _task_pids()  # read once: a task may end between two reads
+        if len(list(out.glob("part-*"))) >= 2 and pids:
+            killed = pids[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.05)
     job.join(timeout=300)
     assert killed is not None, "a worker was killed mid-job"
-    assert result["summary"].samples == 2400
+    assert result["summary"].samples == 4800
     table = dataset.read_table(str(out))
     ids = table["sample_id"].to_pylist()
-    assert sorted(ids) == list(range(2400)), "every sample_id exactly once"
+    assert sorted(ids) == list(range(4800)), "every sample_id exactly once"
     assert not list(out.glob("_tmp-*"))
     # the retried chunk is the same as an undisturbed run's
     again = tmp_path / "again"
-    simulate_dataset("ecoli", 2400, 11, str(again), chunk_size=200)
+    simulate_dataset("ecoli", 4800, 11, str(again), chunk_size=400)
     assert _rows(out) == _rows(again)
 
 
