@@ -304,21 +304,12 @@ def test_a_model_file_outside_the_repository_through_the_stages(ray_local, tmp_p
     print(f"stages took {took:.0f} s")
 
 
-SHARED = REPO.parent / "shared"
-
-
-def _importer(module: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(f"mechinfer.models.{module}") is None:
-        pytest.skip(f"mechinfer.models.{module} (the importer) is not in this build yet")
+DATA = Path(__file__).parent / "data"  # vendored with their licenses
 
 
 def test_an_sbml_file_travels_as_its_text(tmp_path, cache):
-    _importer("sbml_model")
-    cases = sorted((SHARED / "sbml-test-suite" / "cases" / "00001").glob("*-sbml-*.xml"))
-    if not cases:
-        pytest.skip("the SBML Test Suite is not at ../shared/sbml-test-suite")
+    cases = sorted((DATA / "sbml-test-suite" / "cases" / "00001").glob("*-sbml-*.xml"))
+    assert cases
     path = tmp_path / "case.xml"
     shutil.copy(cases[0], path)
     m = mechinfer.load_model(str(path))
@@ -333,12 +324,9 @@ def test_an_sbml_file_travels_as_its_text(tmp_path, cache):
 
 
 def test_a_petab_problem_travels_with_every_file_it_names(tmp_path, cache):
-    _importer("petab")
-    problem = SHARED / "petab" / "Boehm_JProteomeRes2014"
-    if not problem.is_dir():
-        pytest.skip("the PEtab benchmark problems are not at ../shared/petab")
-    shutil.copytree(problem, tmp_path / "boehm")
-    (tmp_path / "boehm" / "simulatedData_Boehm_JProteomeRes2014.tsv").unlink()  # not named by the YAML
+    shutil.copytree(DATA / "petab" / "Boehm_JProteomeRes2014", tmp_path / "boehm")
+    for unnamed in ("simulatedData_Boehm_JProteomeRes2014.tsv", "LICENSE"):  # not named by the YAML
+        (tmp_path / "boehm" / unnamed).unlink()
     source = sources.ModelSource.from_path(tmp_path / "boehm" / "Boehm_JProteomeRes2014.yaml")
     assert source.kind == "petab" and source.entry == "Boehm_JProteomeRes2014.yaml"
     assert sorted(source.files) == sorted(p.name for p in (tmp_path / "boehm").iterdir())
