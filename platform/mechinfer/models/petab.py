@@ -21,6 +21,7 @@ The ``petab`` library reads and validates the tables; the SBML file goes through
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -38,7 +39,8 @@ from .base import Model, Quantity
 from .expressions import compile_function
 from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
 from .priors import LogUniform, Prior, Uniform
-from .sbml_model import model_from_system, state_symbols
+from .sbml_model import model_from_system
+from .simulate import term
 
 TRANSFORMATIONS = ("lin", "log", "log10")
 DISTRIBUTIONS = ("normal", "laplace")
@@ -135,8 +137,6 @@ class PetabProblem:
         args = self.condition_arguments(theta).reshape(n_batch * n_cond, -1)
         times, _ = self.condition_times()
         t_obs = torch.as_tensor(times, dtype=theta.dtype)[None].expand(n_batch, -1, -1).reshape(n_batch * n_cond, -1)
-        from .simulate import term
-
         y0 = self.model.initial_state(args)
         options = {**self._tolerances, **tolerances}
         states, status = _solver.solve(term(self.model), y0, args, t_obs, backend=self.backend(backend), **options)
@@ -165,10 +165,7 @@ class PetabProblem:
         )  # (B, M, Q)
         value = torch.empty(n_batch, len(self.m_time), dtype=theta.dtype)
         sigma = torch.empty_like(value)
-        for o, obs in enumerate(self.observables):
-            rows = torch.as_tensor(np.flatnonzero(self.m_observable == o))
-            if len(rows) == 0:
-                continue
+        for obs, rows in self._observable_rows:
             s = at[:, rows].unbind(-1)
             p = m_args[:, rows].unbind(-1)
             qq = q[:, rows].unbind(-1)
@@ -182,10 +179,7 @@ class PetabProblem:
         value, sigma, ok = self.simulate_measurements(theta, backend=backend, **tolerances)
         x = torch.tensor(self.m_value, dtype=theta.dtype)
         ll = torch.zeros_like(value)
-        for o, obs in enumerate(self.observables):
-            rows = torch.as_tensor(np.flatnonzero(self.m_observable == o))
-            if len(rows) == 0:
-                continue
+        for obs, rows in self._observable_rows:
             ll = ll.index_copy(1, rows, _log_density(obs, x[rows], value[:, rows], sigma[:, rows]))
         total = ll.sum(dim=1)
         return torch.where(ok, total, torch.full_like(total, math.nan))
@@ -198,11 +192,24 @@ class PetabProblem:
     def condition_times(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted distinct measurement times per condition, padded with its last time
         ((C, N)), and each measurement's column in them (M,)."""
+        return self._time_grid
+
+    @functools.cached_property
+    def _time_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        # the design is fixed: worked out once, not at every evaluation of a fit
         per = [np.unique(self.m_time[self.m_condition == c]) for c in range(len(self.conditions))]
         width = max(len(p) for p in per)
         times = np.stack([np.pad(p, (0, width - len(p)), mode="edge") if len(p) else np.zeros(width) for p in per])
         column = np.array([np.searchsorted(per[c], t) for c, t in zip(self.m_condition, self.m_time)])
         return times, column
+
+    @functools.cached_property
+    def _observable_rows(self) -> list[tuple[Observable, torch.Tensor]]:
+        """Each observable that has measurements, with their rows."""
+        rows = [
+            (obs, torch.as_tensor(np.flatnonzero(self.m_observable == o))) for o, obs in enumerate(self.observables)
+        ]
+        return [(obs, r) for obs, r in rows if len(r)]
 
 
 def _full(x, shape, like: torch.Tensor) -> torch.Tensor:
@@ -556,4 +563,4 @@ def _observable_expr(text, oid, what, where, system, substitutions, theta_index,
     return out
 
 
-__all__ = ["Observable", "PetabProblem", "load_petab", "state_symbols"]
+__all__ = ["Observable", "PetabProblem", "load_petab"]

@@ -26,6 +26,7 @@ from .base import Model, Quantity
 from .expressions import compile_function
 from .odesystem import TIME, OdeSystem, symbol
 from .priors import LogUniform
+from .simulate import term
 
 # simulate_sbml's tolerances: the SBML Test Suite asks for 1e-4 relative and absolute
 # tolerances down to 1e-10 of the values it lists
@@ -169,7 +170,7 @@ def simulate_system(
         y0 = model.initial_state(args)
         t_sorted = torch.from_numpy(times[order])[None, :]
         states, status = _solver.solve(
-            _term(model), y0, args, t_sorted, rtol=rtol, atol=atol, max_steps=max_steps, backend=backend
+            term(model), y0, args, t_sorted, rtol=rtol, atol=atol, max_steps=max_steps, backend=backend
         )
         if int(status[0]) != 0:
             raise RuntimeError(f"{system.name}: the solver failed ({_solver.SolveStatus(int(status[0])).name})")
@@ -181,9 +182,3 @@ def simulate_system(
     fn, _ = compile_function("outputs", {"s": [symbol(s) for s in system.states], "t": [TIME]}, exprs)
     columns = fn([y[:, i] for i in range(n_states)], [times])
     return np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), times.shape) for c in columns], axis=1)
-
-
-def _term(model: Model) -> _solver.ODETerm:
-    from .simulate import term
-
-    return term(model)
