@@ -4,9 +4,10 @@
     serve deploy serving/config.yaml     # to a running cluster
 
 Two deployments: ``Api`` (FastAPI ingress: parsing, checks, answers, and the networks:
-concurrent cases are batched with ``@serve.batch``) and ``Refiner`` (one BFGS start from
-the network's estimate, concurrent cases fitted together; its own replicas and CPU
-budget, so slow refinements never hold up plain inference). Which checkpoints are
+concurrent cases are batched with ``@serve.batch``) and ``Refiner`` (one fit from the
+network's estimate, by the configured ``refine_method``, the trust region by default;
+concurrent cases fitted together; its own replicas and CPU budget, so slow refinements
+never hold up plain inference). Which checkpoints are
 served is configuration (``args.checkpoints``), never a request parameter.
 
 (No ``from __future__ import annotations`` here: Serve's ingress wrapper must resolve
@@ -29,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 
 from mechinfer import __version__, list_models, load_model
 from mechinfer.config import ServeArgs
+from mechinfer.estimate import refine as stage
 from mechinfer.estimate.estimator import load_estimator
 from mechinfer.models.sources import check_model, is_model_file
 from mechinfer.serve import handlers as service
@@ -51,7 +53,7 @@ class InferRequest(BaseModel):
     batch: list[list[Observation]] | None = Field(None, description="several observation sets")
     refine: StrictBool | Literal["auto"] = Field(
         False,
-        description="polish each estimate by one BFGS start: true, false, or 'auto' (only the cases whose "
+        description="polish each estimate by one fit from it: true, false, or 'auto' (only the cases whose "
         "network estimate fails the goodness-of-fit check, gof_pvalue below the configured auto_pvalue)",
     )
     level: float = Field(0.95, ge=0.5, le=0.999, description="confidence level of the intervals")
@@ -62,6 +64,10 @@ class Answer(BaseModel):
     units: dict[str, str]
     z: list[float]
     intervals: dict[str, list[float]] = Field(description="[low, high] per parameter, physical units, at level")
+    determined: dict[str, bool] = Field(
+        description="per parameter: whether the observations determine it (its posterior variance in z is at "
+        "most 1/4 of the prior's); an undetermined estimate and its interval come from the prior, not the data"
+    )
     level: float
     gof_pvalue: float | None = Field(description="chi-square goodness of fit of the estimate (SPEC 9)")
     nll: float | None
@@ -138,7 +144,7 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def _load(checkpoints: dict[str, str], compile: bool | None, refine: bool) -> dict:
+def _load(checkpoints: dict[str, str], compile: bool | None, refine: bool, method: str = "trust-region") -> dict:
     """A replica's estimators (one torch thread: replicas are scaled by Serve, not by
     threads), warmed up for what the replica runs."""
     import torch
@@ -146,7 +152,7 @@ def _load(checkpoints: dict[str, str], compile: bool | None, refine: bool) -> di
     torch.set_num_threads(1)
     estimators = {name: load_estimator(src) for name, src in checkpoints.items()}
     for est in estimators.values():
-        service.warm_up(est, refine=refine, compile=compile)
+        service.warm_up(est, refine=refine, compile=compile, method=method)
     return estimators
 
 
@@ -218,11 +224,13 @@ def _run(run, name: str, cases: list[tuple]) -> dict:
     health_check_timeout_s=60,  # a refine batch holds the replica for up to refine_timeout_s
 )
 class Refiner:
-    """One BFGS start per case from the network's estimate; concurrent cases of a model
+    """One fit per case from the network's estimate (``refine_method``: trust-region or
+    bfgs); concurrent cases of a model
     are fitted as one batch (each is its own problem, so batching changes no answer)."""
 
-    def __init__(self, checkpoints: dict[str, str], compile: bool | None = None):
-        self.estimators, self.compile = _load(checkpoints, compile, refine=True), compile
+    def __init__(self, checkpoints: dict[str, str], compile: bool | None = None, method: str = "trust-region"):
+        self.estimators, self.compile = _load(checkpoints, compile, refine=True, method=method), compile
+        self.method = method
         self.in_flight = 0  # calls inside __call__
 
     def check_health(self) -> None:
@@ -242,7 +250,7 @@ class Refiner:
         return _per_model(
             cases,
             lambda name, t, ch, v, z, deadline: service.refine(
-                self.estimators[name], t, ch, v, z, compile=self.compile, deadline=deadline
+                self.estimators[name], t, ch, v, z, compile=self.compile, deadline=deadline, method=self.method
             ),
             "refine_batch_size",
         )
@@ -288,11 +296,15 @@ class Api:
         the Refiner not answer even then (a queue, a lost replica), the request stops
         waiting: those cases keep the network's estimate with refine_status "deadline",
         and their calls are cancelled."""
-        todo = [i for i, r in enumerate(results) if r.get("error") is None]
-        if auto:
-            for i in todo:
-                results[i]["refine_status"] = "skipped"
-            todo = [i for i in todo if not results[i]["gof_pvalue"] >= self.auto_pvalue]  # NaN: cannot judge
+        answerable = [i for i, r in enumerate(results) if r.get("error") is None]
+        if not answerable:
+            return
+        z = np.stack([results[i]["z"] for i in answerable])
+        gof = np.array([results[i]["gof_pvalue"] for i in answerable])
+        chosen, status = stage.select("auto" if auto else True, z, gof, self.auto_pvalue)
+        for i, how in zip(answerable, status):
+            results[i]["refine_status"] = how
+        todo = [i for i, c in zip(answerable, chosen) if c]
         deadline = time.time() + self.refine_timeout_s
         calls = [self.refiner.remote((model, sets[i], results[i]["z"], deadline)) for i in todo]
         try:
@@ -308,12 +320,11 @@ class Api:
         for i, f in zip(todo, refined):
             r = results[i]
             timing = {**r["timing_ms"], **f.get("timing_ms", {})}
-            if f.get("error") is not None:
-                results[i] = {**r, "refine_status": "failed", "timing_ms": timing}
-            elif f["kept"]:  # the network's answer stands
-                results[i] = {**r, "refine_status": f["refine_status"], "timing_ms": timing}
+            if f.get("error") is not None or "z" not in f:  # no fit came back: the network's answer stands
+                why = "failed" if f.get("error") is not None else f["refine_status"]
+                results[i] = {**r, "refine_status": why, "timing_ms": timing}
             else:
-                results[i] = {**f, "timing_ms": timing}
+                results[i] = {**stage.combine(r, f), "timing_ms": timing}
 
     def check_health(self) -> None:
         if not self.estimators:
@@ -456,5 +467,5 @@ def application(args: ServeArgs | dict, deployment_options: dict[str, dict] | No
         raise ValueError(f"no deployment named {sorted(unknown)}; the deployments are Api and Refiner")
     # @serve.deployment turns the classes into Deployments (with .options) at runtime,
     # but Ray's typing leaves them typed as the plain classes
-    refiner = Refiner.options(**options.get("Refiner", {})).bind(checkpoints, settings.compile)  # type: ignore[attr-defined]
+    refiner = Refiner.options(**options.get("Refiner", {})).bind(checkpoints, settings.compile, settings.refine_method)  # type: ignore[attr-defined]
     return Api.options(**options.get("Api", {})).bind(refiner, checkpoints, settings)  # type: ignore[attr-defined]

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _fits(out):
     t = pa.concat_tables([pq.read_table(p) for p in sorted(Path(out).glob("part-*.parquet"))])
-    return t.sort_by([("sample_id", "ascending"), ("method", "descending"), ("start", "ascending")])
+    order = [("optimizer", "ascending"), ("sample_id", "ascending"), ("method", "descending"), ("start", "ascending")]
+    return t.sort_by(order)
 
 
 def test_baseline_and_report(ray_local, tmp_path):
@@ -37,27 +38,40 @@ def test_baseline_and_report(ray_local, tmp_path):
     assert manifest["kind"] == "baseline" and manifest["model"] == "mmk" and manifest["starts"] == [1, 2, 4, 8]
     assert manifest["test_set"] == {"source": "SPEC test set", "seed": 20231205, "n_samples": 8}
     assert not (out / "_baseline.json").exists()
+    assert manifest["optimizers"] == ["bfgs", "trust-region"]
     fits = _fits(out).to_pydict()
-    method = np.array(fits["method"])
+    method, optimizer = np.array(fits["method"]), np.array(fits["optimizer"])
     ids = np.array(fits["sample_id"])
-    assert sorted(ids[method == "prior"].tolist()) == sorted(list(range(8)) * 8)
-    assert sorted(ids[method == "network"].tolist()) == list(range(8))
     assert all(s > 0 for s in fits["seconds"]) and all(e >= i for e, i in zip(fits["evaluations"], fits["iterations"]))
-    # each method timed as it runs: a chunk's network starts are a fit of their own (4
-    # problems), not passengers in the prior starts' rounds (32 problems)
     problems = np.array(fits["problems"])
-    assert (problems[method == "network"] == 4).all() and (problems[method == "prior"] == 32).all()
-    # the Gauss-Newton start's Jacobian is counted: one evaluation more than the BFGS rounds
     evals, iters = np.array(fits["evaluations"]), np.array(fits["iterations"])
-    assert (evals[method == "network"] >= iters[method == "network"] + 2).all()
-
     multi = pq.read_table(out / "multistart.parquet").to_pydict()
-    assert len(multi["sample_id"]) == 8 * 5
-    nll = {(m, k, s): f for m, k, s, f in zip(multi["method"], multi["starts"], multi["sample_id"], multi["nll"])}
-    for s in range(8):
-        starts = np.array(fits["nll"])[(method == "prior") & (ids == s)]
-        assert nll[("prior", 8, s)] == starts.min() and nll[("prior", 1, s)] == starts[0]
-        assert nll[("prior", 8, s)] <= nll[("prior", 4, s)] <= nll[("prior", 2, s)] <= nll[("prior", 1, s)]
+    assert len(multi["sample_id"]) == 2 * 8 * 5  # per optimizer: 4 numbers of starts and the network start
+    nll = {
+        (o, m, k, s): f
+        for o, m, k, s, f in zip(multi["optimizer"], multi["method"], multi["starts"], multi["sample_id"], multi["nll"])
+    }
+    for opt in ("bfgs", "trust-region"):
+        prior, network = (optimizer == opt) & (method == "prior"), (optimizer == opt) & (method == "network")
+        assert sorted(ids[prior].tolist()) == sorted(list(range(8)) * 8)
+        assert sorted(ids[network].tolist()) == list(range(8))
+        # each method timed as it runs: a chunk's network starts are a fit of their own (4
+        # problems), not passengers in the prior starts' rounds (32 problems)
+        assert (problems[network] == 4).all() and (problems[prior] == 32).all()
+        for s in range(8):
+            starts = np.array(fits["nll"])[prior & (ids == s)]
+            assert nll[(opt, "prior", 8, s)] == starts.min() and nll[(opt, "prior", 1, s)] == starts[0]
+            assert (
+                nll[(opt, "prior", 8, s)]
+                <= nll[(opt, "prior", 4, s)]
+                <= nll[(opt, "prior", 2, s)]
+                <= nll[(opt, "prior", 1, s)]
+            )
+    # the Gauss-Newton start's Jacobian is counted: one evaluation more than the BFGS rounds
+    bfgs_network = (optimizer == "bfgs") & (method == "network")
+    assert (evals[bfgs_network] >= iters[bfgs_network] + 2).all()
+    # the trust region takes fewer evaluations from the network's estimates than BFGS
+    assert evals[(optimizer == "trust-region") & (method == "network")].sum() < evals[bfgs_network].sum()
 
     report = tmp_path / "report"
     run = subprocess.run(
@@ -85,15 +99,22 @@ def test_baseline_and_report(ray_local, tmp_path):
         "BFGS, 2 starts",
         "BFGS, 4 starts",
         "BFGS, 8 starts",
+        "trust-region, 1 start",
+        "trust-region, 2 starts",
+        "trust-region, 4 starts",
+        "trust-region, 8 starts",
         "Deep Inference",
         "Deep Inference + MM",
         "Deep Inference + BFGS",
+        "Deep Inference + trust-region",
     ]
     for r in rows:
         assert 0.5 < float(r["R2"]) <= 1 and 0 < float(r["R2 stderr"]) < 0.5 and float(r["time per sample CPU (s)"]) > 0
         assert float(r["one experiment alone CPU (s)"]) > 0, r  # the online figure, batch 1
     md = (report / "table1.md").read_text()
-    assert "Cost of one BFGS start" in md and "| network estimate | 8 |" in md and "| prior draw | 64 |" in md
+    assert "Cost of one start" in md and "| BFGS | network estimate | 8 |" in md and "| BFGS | prior draw | 64 |" in md
+    assert "| trust-region | network estimate | 8 |" in md and "| trust-region | prior draw | 64 |" in md
+    assert "Deep Inference + trust-region vs the faster 8-start row" in md
     assert "python jobs/evaluate.py --baseline" in md and "CPUs; GPU:" in md
     for name in ("trajectories_mmk.png", "landscape_mmk.png", "bfgs_starts.csv", "report.json"):
         assert (report / name).stat().st_size > 0
@@ -108,9 +129,8 @@ def test_baseline_and_report(ray_local, tmp_path):
         assert cov.shape == (5, 4) and np.allclose(cov * 8, np.round(cov * 8)) and (np.diff(cov, axis=0) >= 0).all()
         assert cov[-1].mean() > 0.5, cov  # 99% intervals that miss most truths are broken
     auto = cal["auto"]
-    assert (
-        0 <= auto["share_refined"] <= 1 and auto["seconds_per_sample"]["always"] > auto["seconds_per_sample"]["never"]
-    )
+    # (times measured, not compared: 8 refinements of ~1 ms each are within a shared machine's noise)
+    assert 0 <= auto["share_refined"] <= 1 and all(auto["seconds_per_sample"][k] > 0 for k in ("never", "always"))
     assert auto["r2"]["always"]["value"] >= auto["r2"]["never"]["value"]
     cal_rows = list(csv.DictReader((report / "calibration.csv").open()))
     assert {r["estimate"] for r in cal_rows} >= {"network", "refined"} and len({r["parameter"] for r in cal_rows}) == 4
@@ -124,7 +144,9 @@ def test_killed_worker_chunk_is_retried(ray_local, tmp_path):
     result = {}
     job = threading.Thread(
         target=lambda: result.update(
-            summary=baseline.run_baseline("mmk", str(out), limit=64, chunk_size=32, starts=[1, 2], max_iter=60)
+            summary=baseline.run_baseline(
+                "mmk", str(out), limit=64, chunk_size=32, starts=[1, 2], max_iter=60, optimizers=["bfgs"]
+            )
         )
     )
     job.start()
@@ -145,7 +167,7 @@ def test_killed_worker_chunk_is_retried(ray_local, tmp_path):
     )
     assert not list(out.glob("_tmp-*"))
     again = tmp_path / "again"
-    baseline.run_baseline("mmk", str(again), limit=64, chunk_size=32, starts=[1, 2], max_iter=60)
+    baseline.run_baseline("mmk", str(again), limit=64, chunk_size=32, starts=[1, 2], max_iter=60, optimizers=["bfgs"])
     np.testing.assert_allclose(np.array(_fits(again)["z"].to_pylist()), np.array(fits["z"]), rtol=1e-9, atol=1e-12)
 
 
@@ -160,7 +182,7 @@ def test_interrupted_baseline_resumes_on_rerun(ray_local, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     for name in ("manifest.json", baseline.MULTISTART, "part-000000000004.parquet"):
         (out / name).unlink()
-    intent = ("model", "checkpoint_id", "test_set", "starts", "seed", "chunk_size", "max_iter")
+    intent = ("model", "checkpoint_id", "test_set", "starts", "seed", "chunk_size", "max_iter", "optimizers")
     (out / baseline.INTENT).write_text(json.dumps({k: manifest[k] for k in intent}))
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert sorted(kept) == ["part-000000000000.parquet", "part-000000000002.parquet"]

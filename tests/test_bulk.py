@@ -176,6 +176,7 @@ def _check_against_infer(est, table_or_path, out: pd.DataFrame, refine=False, rt
     np.testing.assert_allclose(rows["nll"].to_numpy(), res.nll, rtol=rtol)
     np.testing.assert_allclose(rows["gof_pvalue"].to_numpy(), res.gof_pvalue, rtol=max(rtol, 1e-4), atol=1e-12)
     assert rows["refine_status"].tolist() == res.refine_status.tolist()
+    assert (rows[[f"{n}_determined" for n in names]].to_numpy() == res.determined).all()
     assert (rows["n_observations"] == res.n_observations).all()
     return obs, res
 
@@ -192,7 +193,7 @@ def test_example_table_then_overwritten_with_refine_auto(ray_local, tmp_path, ca
     assert rows.index.tolist() == [f"run-{i:02d}" for i in range(1, 21)]  # each once, sorted
     names = list(ecoli.model.parameter_names)
     table = bulk.read_estimates(str(out))
-    estimates = [f"{n}{s}" for n in names for s in ("", "_low", "_high")]
+    estimates = [f"{n}{s}" for n in names for s in ("", "_low", "_high", "_determined")]
     assert table.column_names == [
         "experiment",
         *estimates,

@@ -48,6 +48,7 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "float | None": float,
     "str": str,
     "tuple[int, ...]": _parse_starts,
+    "tuple[str, ...]": lambda text: tuple(s.strip() for s in text.split(",") if s.strip()),
 }
 
 

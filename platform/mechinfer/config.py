@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
@@ -104,14 +104,16 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    """Stage 5: BFGS from prior draws and from the network's estimate (SPEC 6.5)."""
+    """Stage 5: BFGS (and the trust region) from prior draws and from the network's
+    estimate (SPEC 6.5)."""
 
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts to report")
     seed: int = _opt(0, "seed of the prior starts")
     chunk_size: int = _opt(
         256, "test samples per Ray task (its prior starts one batched fit, its network starts another)"
     )
-    max_iter: int = _opt(1024, "BFGS iterations per start, at most (SPEC 6.5)")
+    max_iter: int = _opt(1024, "iterations per start, at most (SPEC 6.5)")
+    optimizers: tuple[str, ...] = _opt(("bfgs", "trust-region"), "optimizers to run every start with")
     limit: int | None = _opt(None, "fit only the first LIMIT test samples")
 
 
@@ -205,6 +207,11 @@ def replace(config: Any, **overrides: Any) -> Any:
 AUTO_PVALUE = 0.05
 
 REFINE_MODES = ("never", "auto", "always")
+# How a refinement fits (mechinfer.fit.mle.METHODS): the trust region's Gauss-Newton steps
+# reach the optimum near a network's estimate in a handful of evaluations; "bfgs" is the
+# paper's refinement (bench/refine_optimizers.py compares them)
+REFINE_METHOD: Literal["trust-region", "bfgs"] = "trust-region"
+REFINE_METHODS = ("trust-region", "bfgs")
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,7 @@ class EstimateConfig:
 
     refine: str = _opt(
         "never",
-        "refine the network's estimates by BFGS: never, always, or auto (the experiments whose fit fails the check)",
+        "refine the network's estimates (one fit from each): never, always, or auto (those whose fit fails the check)",
         choices=REFINE_MODES,
     )
     level: float = _opt(0.95, "confidence level of the intervals (0.5 to 0.999)")
@@ -223,7 +230,8 @@ class EstimateConfig:
         None, "estimator actors; None: one per CPU (one fewer with refinement), at most one per 2048 experiments"
     )
     batch_size: int = _opt(256, "experiments per network call in an estimator actor")
-    refine_batch: int = _opt(32, "experiments per refinement task (one batched BFGS fit)")
+    refine_batch: int = _opt(32, "experiments per refinement task (one batched fit)")
+    refine_method: str = _opt(REFINE_METHOD, "how a refinement fits", choices=REFINE_METHODS)
 
 
 class ServeArgs(BaseModel):
@@ -245,6 +253,9 @@ class ServeArgs(BaseModel):
         10.0, gt=0, description="seconds a refinement may take; then the best point so far is answered"
     )
     max_refine_cases: int = PydanticField(16, ge=1, description="observation sets one request may refine, at most")
+    refine_method: Literal["trust-region", "bfgs"] = PydanticField(
+        REFINE_METHOD, description="how a refinement fits: trust-region (Gauss-Newton) or bfgs"
+    )
     auto_pvalue: float = PydanticField(
         AUTO_PVALUE,
         gt=0,

@@ -86,8 +86,9 @@ from ..models.base import Model
 from ..models.sources import check_model
 from ..runtime import ensure_ray
 from . import frame
-from .estimator import load_estimator, refine_mode
-from .uncertainty import check_level
+from . import refine as stage
+from .estimator import Estimator, load_estimator
+from .uncertainty import check_level, intervals
 
 log = logging.getLogger(__name__)
 
@@ -296,25 +297,27 @@ class _Estimator:
             obs = pickle.loads(payload)
             parts.append((obs, network_estimates(self.est, obs, self.level, self.batch_size)))
         if self.root_uri is not None:
-            return _write_parts(batch["first"].to_pylist(), parts, self.est.model, self.root_uri, self.level)
+            return _write_parts(batch["first"].to_pylist(), parts, self.est, self.root_uri, self.level)
         payloads = [pickle.dumps(part) for part in parts]
         return pa.table({"first": batch["first"], "payload": pa.array(payloads, pa.large_binary())})
 
 
 def network_estimates(est, obs: frame.Observations, level: float, batch_size: int) -> dict[str, np.ndarray]:
     """``est.infer`` (no refinement) of the experiments of ``obs`` without an error, in
-    batches of ``batch_size``; NaN (status None) for the others."""
+    batches of ``batch_size``, as the rows of :mod:`mechinfer.estimate.refine`; NaN
+    (status None) for the others."""
     b, p = len(obs), est.model.n_parameters
-    res = {name: np.full((b, p), np.nan) for name in ("z", "theta", "lower", "upper")}
-    res.update(nll=np.full(b, np.nan), gof_pvalue=np.full(b, np.nan), refine_status=np.full(b, None, dtype=object))
+    res = {name: np.full((b, p), np.nan) for name in ("z", "center")}
+    res.update(cov_z=np.full((b, p, p), np.nan), nll=np.full(b, np.nan), gof_pvalue=np.full(b, np.nan))
+    res.update(p_eff=np.full(b, np.nan), refined=np.zeros(b, bool), refine_status=np.full(b, None, dtype=object))
     rows = np.flatnonzero(obs.ok)
     for a in range(0, len(rows), batch_size):
         sel = rows[a : a + batch_size]
         width = _width(obs, sel)
         r = est.infer(obs.t[sel, :width], obs.channel[sel, :width], obs.value[sel, :width], refine=False, level=level)
         for name in res:
-            res[name][sel] = getattr(r, name)
-    res["refine_status"][rows] = "not_requested"
+            if name != "refined":
+                res[name][sel] = getattr(r, name)
     return res
 
 
@@ -324,7 +327,7 @@ def _width(obs: frame.Observations, rows: np.ndarray) -> int:
 
 def _finish(
     batch: pa.Table,
-    model: str | Model,
+    method: str,
     checkpoint: str,
     level: float,
     mode: str,
@@ -345,7 +348,7 @@ def _finish(
         pending = [
             task.remote(
                 checkpoint,
-                level,
+                method,
                 t[a : a + rows_per_task],
                 channel[a : a + rows_per_task],
                 value[a : a + rows_per_task],
@@ -361,80 +364,68 @@ def _finish(
         obs, res = pickle.loads(payload)
         refine(obs, res, mode, auto_pvalue, polish)
         parts.append((obs, res))
-    return _write_parts(batch["first"].to_pylist(), parts, load_model(model), root_uri, level)
+    return _write_parts(batch["first"].to_pylist(), parts, _cached_estimator(checkpoint), root_uri, level)
 
 
 def refine(obs: frame.Observations, res: dict, mode: str, auto_pvalue: float, polish) -> int:
-    """Refine the network estimates ``res`` of a part in place where ``mode`` says (never,
-    auto, always) with ``polish(t, channel, value, z) -> fields of res`` (see
-    :func:`polished`); the number refined."""
-    if mode == "never":
-        return 0
-    todo = obs.ok.copy()
-    if mode == "auto":
-        todo &= ~(res["gof_pvalue"] >= auto_pvalue)  # below the threshold, or no p-value
-        res["refine_status"][obs.ok & ~todo] = "skipped"
+    """Refine the network's rows ``res`` of a part in place where ``mode`` says (never,
+    auto, always; :func:`mechinfer.estimate.refine.select`) with ``polish(t, channel,
+    value, z) ->`` :meth:`~mechinfer.estimate.refine.Refined.rows`, combined by
+    :func:`mechinfer.estimate.refine.combine`; the number refined."""
+    todo, status = stage.select(mode, np.where(obs.ok[:, None], res["z"], 0.0), res["gof_pvalue"], auto_pvalue)
+    todo &= obs.ok
+    res["refine_status"][obs.ok] = status[obs.ok]
     rows = np.flatnonzero(todo)
     if len(rows):
         width = _width(obs, rows)
         out = polish(obs.t[rows, :width], obs.channel[rows, :width], obs.value[rows, :width], res["z"][rows])
-        for name, values in out.items():
+        for name, values in stage.combine({k: v[rows] for k, v in res.items()}, out).items():
             res[name][rows] = values
     return len(rows)
 
 
-def polished(est, t, channel, value, z, level: float) -> dict[str, np.ndarray]:
-    """Refined estimates from the network's ``z``, combined as :meth:`Estimator.infer`
-    combines them (so a refined row equals ``est.infer(refine=...)``'s for that row):
-    the fit, its NLL and goodness of fit, the intervals of the Laplace approximation at
-    the maximum a posteriori point, the fit's status."""
-    r = est.polish(t, channel, value, z)
-    lower, upper = r.laplace.intervals(est.model, level)
-    return {
-        "z": r.z,
-        "theta": est.model.from_z(r.z),
-        "lower": lower,
-        "upper": upper,
-        "nll": r.nll,
-        "gof_pvalue": r.gof_pvalue,
-        "refine_status": np.asarray(r.refine_status, dtype=object),
-    }
-
-
 @functools.lru_cache(maxsize=2)
-def _cached_estimator(checkpoint: str):
+def _cached_estimator(checkpoint: str) -> Estimator:
     return load_estimator(checkpoint)
 
 
-def _refine_rows(checkpoint: str, level: float, t, channel, value, z) -> dict[str, np.ndarray]:
-    """A refinement task: :func:`polished` for a few experiments (the estimator loaded
-    once per worker process)."""
+def _refine_rows(checkpoint: str, method: str, t, channel, value, z) -> dict[str, np.ndarray]:
+    """A refinement task: :meth:`Estimator.polish` of a few experiments (the estimator
+    loaded once per worker process), as rows for :func:`mechinfer.estimate.refine.combine`."""
     torch.set_num_threads(1)
-    return polished(_cached_estimator(checkpoint), t, channel, value, z, level)
+    return _cached_estimator(checkpoint).polish(t, channel, value, z, method=method).rows()
 
 
-def _write_parts(firsts: list[int], parts: list, m: Model, root_uri: str, level: float) -> pa.Table:
+def _write_parts(firsts: list[int], parts: list, est: Estimator, root_uri: str, level: float) -> pa.Table:
     """Write each part (a temporary name, renamed when complete); their counts."""
     fs, root = storage.resolve(root_uri)
     out: dict[str, list] = {"first": [], "estimated": [], "errors": []}
     for first, (obs, res) in zip(firsts, parts):
-        ds_format.write_part(fs, root, first, result_table(m, obs, res, level))
+        ds_format.write_part(fs, root, first, result_table(est, obs, res, level))
         out["first"].append(first)
         out["estimated"].append(int(obs.ok.sum()))
         out["errors"].append(int((~obs.ok).sum()))
     return pa.table(out)
 
 
-def result_table(m: Model, obs: frame.Observations, res: dict, level: float) -> pa.Table:
-    """The output rows of a part (SPEC 10): nulls where there is no estimate (an
-    experiment with an error) or a number is undefined (a gof_pvalue; a failed solve)."""
+def result_table(est: Estimator, obs: frame.Observations, res: dict, level: float) -> pa.Table:
+    """The output rows of a part (SPEC 10), with ``<name>_determined`` (whether the
+    observations determine the parameter: :func:`mechinfer.estimate.refine.determined`):
+    nulls where there is no estimate (an experiment with an error) or a number is
+    undefined (a gof_pvalue; a failed solve). Intervals at ``level`` from each row's
+    approximation, with the recalibration of a refined or a network answer."""
+    m = est.model
     number = lambda a: pa.array(a, pa.float64(), mask=~np.isfinite(a))
+    res = {**res, "theta": m.from_z(res["z"])}
+    res["lower"], res["upper"] = intervals(m, res["center"], res["cov_z"], level, est.interval_scale(res["refined"]))
+    determined = stage.determined(np.nan_to_num(res["cov_z"], nan=np.inf))
     exp_type = pa.int64() if obs.experiments.dtype.kind in "iu" else pa.string()
     cols: dict[str, pa.Array] = {"experiment": pa.array(obs.experiments, exp_type)}
     for j, name in enumerate(m.parameter_names):
         cols[name] = number(res["theta"][:, j])
         cols[f"{name}_low"] = number(res["lower"][:, j])
         cols[f"{name}_high"] = number(res["upper"][:, j])
+        cols[f"{name}_determined"] = pa.array(determined[:, j], pa.bool_(), mask=~obs.ok)
     cols["level"] = pa.array(np.full(len(obs), level), pa.float64())
     cols["nll"] = number(res["nll"])
     cols["gof_pvalue"] = number(res["gof_pvalue"])
@@ -485,6 +476,7 @@ def estimate_table(
     actors: int | None = EstimateConfig.actors,
     batch_size: int = EstimateConfig.batch_size,
     refine_batch: int = EstimateConfig.refine_batch,
+    refine_method: str = EstimateConfig.refine_method,
     overwrite: bool = False,
     command: str = "",
 ) -> EstimateSummary:
@@ -496,7 +488,7 @@ def estimate_table(
     import ray
 
     m = load_model(model)
-    mode = refine_mode(refine)
+    mode = stage.mode(refine)
     level = check_level(level)
     auto_pvalue = float(auto_pvalue)
     if not 0 < auto_pvalue < 1:
@@ -504,6 +496,7 @@ def estimate_table(
     chunk_size = positive_int("chunk_size", chunk_size)
     batch_size = positive_int("batch_size", batch_size)
     refine_batch = positive_int("refine_batch", refine_batch)
+    refine_method = stage.check_method(refine_method)
     if actors is not None:
         actors = positive_int("actors", actors)
     if checkpoint is None and m.source is not None:
@@ -542,6 +535,7 @@ def estimate_table(
         "level": level,
         "refine": mode,
         "auto_pvalue": auto_pvalue,
+        **({"refine_method": refine_method} if mode != "never" else {}),
         "chunk_size": chunk_size,
     }
     with storage.lock(output, "estimate"):  # one writer at a time; before anything is deleted
@@ -582,7 +576,7 @@ def estimate_table(
                     _finish,  # type: ignore[arg-type]
                     batch_format="pyarrow",
                     batch_size=1,
-                    fn_args=(m, ckpt, level, mode, auto_pvalue, refine_batch, root_uri),
+                    fn_args=(refine_method, ckpt, level, mode, auto_pvalue, refine_batch, root_uri),
                     num_cpus=1,
                 )
             ds_format.drain_written(parts, len(todo), output, f"estimate {m.name}", "part")

@@ -48,6 +48,7 @@ from ..runtime import Progress, ensure_ray
 from ..solver import SolveStatus
 
 INTENT = "_baseline.json"
+OPTIMIZERS = BaselineConfig.optimizers
 MULTISTART = "multistart.parquet"
 PRIOR, NETWORK = "prior", "network"
 
@@ -83,25 +84,35 @@ def _padded(column, dtype) -> np.ndarray:
     return np.array([v + [fill] * (width - len(v)) for v in lists], dtype=dtype)
 
 
-def fit_prior_starts(m, t, ch, value, z0: np.ndarray, max_iter: int) -> mle.Fit:
-    """BFGS with k starts drawn from the prior: z0 (B, k, P), the k starts of every set
-    as one batched fit with textbook BFGS (H0 = I); the fit's rows are sample-major."""
+def fit_prior_starts(m, t, ch, value, z0: np.ndarray, max_iter: int, optimizer: str = "bfgs") -> mle.Fit:
+    """k starts drawn from the prior: z0 (B, k, P), the k starts of every set as one
+    batched fit, by ``optimizer`` (BFGS: textbook, H0 = I); the fit's rows are sample-major."""
     k = z0.shape[1]
     rep = lambda a: np.repeat(a, k, axis=0)
-    return mle.fit(m, rep(t), rep(ch), rep(value), z0.reshape(-1, z0.shape[2]), max_iter=max_iter, hessian="identity")
+    z0 = z0.reshape(-1, z0.shape[2])
+    return mle.fit(m, rep(t), rep(ch), rep(value), z0, max_iter=max_iter, hessian="identity", method=optimizer)
 
 
-def fit_network_starts(m, t, ch, value, z0: np.ndarray, max_iter: int) -> mle.Fit:
-    """Deep Inference + BFGS: one start per set from the network's estimate z0 (B, P),
-    with the Gauss-Newton initial inverse Hessian."""
-    return mle.fit(m, t, ch, value, z0, max_iter=max_iter, hessian="gauss-newton")
+def fit_network_starts(m, t, ch, value, z0: np.ndarray, max_iter: int, optimizer: str = "bfgs") -> mle.Fit:
+    """Deep Inference + ``optimizer``: one start per set from the network's estimate z0
+    (B, P) (BFGS with the Gauss-Newton initial inverse Hessian)."""
+    return mle.fit(m, t, ch, value, z0, max_iter=max_iter, hessian="gauss-newton", method=optimizer)
 
 
-def fit_chunk(model: str | Model, rows: dict, checkpoint: str, n_starts: int, seed: int, max_iter: int) -> pa.Table:
-    """The fits of a chunk of test rows, each method as a user would run it: the
-    ``n_starts`` prior starts of every sample as one batched BFGS, then the network
-    starts of every sample as another (Deep Inference + BFGS run alone: its Gauss-Newton
-    starts inside its own time). One table row per (sample, start)."""
+def fit_chunk(
+    model: str | Model,
+    rows: dict,
+    checkpoint: str,
+    n_starts: int,
+    seed: int,
+    max_iter: int,
+    optimizers: tuple[str, ...] = OPTIMIZERS,
+) -> pa.Table:
+    """The fits of a chunk of test rows, each method as a user would run it, per
+    optimizer: the ``n_starts`` prior starts of every sample as one batched fit, then the
+    network starts of every sample as another (Deep Inference + the optimizer run alone:
+    its Gauss-Newton starts inside its own time). One table row per (optimizer, sample,
+    start)."""
     from ..estimate.estimator import load_estimator
 
     m = load_model(model)
@@ -110,23 +121,26 @@ def fit_chunk(model: str | Model, rows: dict, checkpoint: str, n_starts: int, se
     est = load_estimator(checkpoint)
     rep = lambda a: np.repeat(a, n_starts, axis=0)
     prior_z0 = mle.prior_starts(m, ids, n_starts, seed)
-    prior = fit_prior_starts(m, t, ch, value, prior_z0, max_iter)
-    prior_z0 = prior_z0.reshape(-1, p)  # sample-major, as the fit's rows
     net_z0 = est.estimate_z(t, ch, value)
-    network = fit_network_starts(m, t, ch, value, net_z0, max_iter)
-    cols = {
-        "sample_id": np.r_[rep(ids), ids].astype(np.int64),
-        "method": np.r_[np.full(n * n_starts, PRIOR), np.full(n, NETWORK)],
-        "start": np.r_[np.tile(np.arange(n_starts), n), np.zeros(n, dtype=int)].astype(np.int16),
-        "z0": np.concatenate([prior_z0, net_z0]),
-    }
-    for name in ("z", "theta", "nll", "iterations", "evaluations", "status", "seconds"):
-        cols[name] = np.concatenate([getattr(prior, name), getattr(network, name)])
-    cols["iterations"] = cols["iterations"].astype(np.int32)
-    cols["evaluations"] = cols["evaluations"].astype(np.int32)
-    cols["problems"] = np.r_[np.full(n * n_starts, n * n_starts), np.full(n, n)].astype(np.int32)
-    cols["fit_wall_s"] = np.r_[np.full(n * n_starts, prior.wall_s), np.full(n, network.wall_s)]
-    return _fits_table(cols, est.checkpoint_id)
+    tables = []
+    for optimizer in optimizers:
+        prior = fit_prior_starts(m, t, ch, value, prior_z0, max_iter, optimizer)
+        network = fit_network_starts(m, t, ch, value, net_z0, max_iter, optimizer)
+        cols = {
+            "optimizer": np.full(n * n_starts + n, optimizer),
+            "sample_id": np.r_[rep(ids), ids].astype(np.int64),
+            "method": np.r_[np.full(n * n_starts, PRIOR), np.full(n, NETWORK)],
+            "start": np.r_[np.tile(np.arange(n_starts), n), np.zeros(n, dtype=int)].astype(np.int16),
+            "z0": np.concatenate([prior_z0.reshape(-1, p), net_z0]),  # sample-major, as the fit's rows
+        }
+        for name in ("z", "theta", "nll", "iterations", "evaluations", "status", "seconds"):
+            cols[name] = np.concatenate([getattr(prior, name), getattr(network, name)])
+        cols["iterations"] = cols["iterations"].astype(np.int32)
+        cols["evaluations"] = cols["evaluations"].astype(np.int32)
+        cols["problems"] = np.r_[np.full(n * n_starts, n * n_starts), np.full(n, n)].astype(np.int32)
+        cols["fit_wall_s"] = np.r_[np.full(n * n_starts, prior.wall_s), np.full(n, network.wall_s)]
+        tables.append(_fits_table(cols, est.checkpoint_id))
+    return pa.concat_tables(tables)
 
 
 def _fits_table(cols: dict, checkpoint_id: str) -> pa.Table:
@@ -136,11 +150,11 @@ def _fits_table(cols: dict, checkpoint_id: str) -> pa.Table:
     return pa.table(arrays)
 
 
-def _run_chunk(model, rows, checkpoint, n_starts, seed, max_iter, root_uri) -> dict:
+def _run_chunk(model, rows, checkpoint, n_starts, seed, max_iter, optimizers, root_uri) -> dict:
     torch.set_num_threads(1)  # one task per CPU
     warm = mle.warm_up(load_model(model), rows["t"], rows["channel"], rows["value"])
     start = time.perf_counter()
-    table = fit_chunk(model, rows, checkpoint, n_starts, seed, max_iter)
+    table = fit_chunk(model, rows, checkpoint, n_starts, seed, max_iter, optimizers)
     fs, root = storage.resolve(root_uri)
     first = int(rows["sample_id"][0])
     ds_format.write_part(fs, root, first, table)
@@ -181,6 +195,7 @@ def run_baseline(
     seed: int = BaselineConfig.seed,
     chunk_size: int = BaselineConfig.chunk_size,
     max_iter: int = BaselineConfig.max_iter,
+    optimizers=BaselineConfig.optimizers,
     overwrite: bool = False,
     command: str = "",
 ) -> BaselineSummary:
@@ -198,6 +213,10 @@ def run_baseline(
         raise ValueError("starts must name at least one number of starts")
     chunk_size = positive_int("chunk_size", chunk_size)
     max_iter = positive_int("max_iter", max_iter)
+    optimizers = tuple(dict.fromkeys([optimizers] if isinstance(optimizers, str) else optimizers))
+    unknown = sorted(set(optimizers) - set(mle.METHODS)) or ([] if optimizers else ["(none)"])
+    if unknown:
+        raise ValueError(f"optimizers must name some of {list(mle.METHODS)}, got {unknown}")
     if checkpoint is None and m.source is not None:
         raise ValueError(f"model {m.name!r} comes from a file and has no shipped checkpoint: give --checkpoint")
     checkpoint = checkpoint or m.name
@@ -217,6 +236,7 @@ def run_baseline(
         "seed": int(seed),
         "chunk_size": chunk_size,
         "max_iter": max_iter,
+        "optimizers": list(optimizers),
     }
     with storage.lock(out, "baseline"):  # one writer at a time; before anything is deleted
         done = ds_format.prepare_location(
@@ -231,13 +251,15 @@ def run_baseline(
             ckpt = checkpoint if checkpoint == m.name else storage.absolute(checkpoint)
             root_uri = storage.absolute(out)
             pending = [
-                task.remote(m, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed, max_iter, root_uri)
+                task.remote(
+                    m, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed, max_iter, optimizers, root_uri
+                )
                 for a, b in todo
             ]
             chunk_times = _wait_with_progress(pending, f"baseline {m.name}")
         else:
             chunk_times = []
-        fits = _read_fits(fs, root, out, rows["sample_id"], starts[-1])
+        fits = _read_fits(fs, root, out, rows["sample_id"], starts[-1], optimizers)
         table = multistart_table(fits, starts)
         storage.write_file(fs, f"{root}/{MULTISTART}", lambda f: pq.write_table(table, f))
         wall = time.perf_counter() - start
@@ -275,24 +297,40 @@ def _wait_with_progress(pending, what: str) -> list:
     return sorted(results, key=lambda r: r["first"])
 
 
-def _read_fits(fs, root: str, out: str, sample_ids: np.ndarray, n_starts: int) -> pa.Table:
-    """All per-start fits, checked: every sample once per start and once from the network."""
+def _read_fits(fs, root: str, out: str, sample_ids: np.ndarray, n_starts: int, optimizers) -> pa.Table:
+    """All per-start fits, checked: every sample once per start and once from the
+    network, for every optimizer."""
     table = pads.dataset(ds_format.list_parts(fs, root), filesystem=fs, format="parquet").to_table()
+    optimizer = table["optimizer"].to_numpy(zero_copy_only=False)
     method = table["method"].to_numpy(zero_copy_only=False)
     ids = table["sample_id"].to_numpy()
-    for kind, per_sample in ((PRIOR, n_starts), (NETWORK, 1)):
-        got = np.sort(ids[method == kind])
-        want = np.sort(np.repeat(sample_ids, per_sample))
-        if not np.array_equal(got, want):
-            raise RuntimeError(
-                f"{out}: {kind} fits do not cover every sample exactly {per_sample} time(s); result left incomplete"
-            )
-    return table.sort_by([("sample_id", "ascending"), ("method", "descending"), ("start", "ascending")])
+    for opt in optimizers:
+        for kind, per_sample in ((PRIOR, n_starts), (NETWORK, 1)):
+            got = np.sort(ids[(optimizer == opt) & (method == kind)])
+            want = np.sort(np.repeat(sample_ids, per_sample))
+            if not np.array_equal(got, want):
+                raise RuntimeError(
+                    f"{out}: {opt} {kind} fits do not cover every sample exactly {per_sample} time(s); "
+                    "result left incomplete"
+                )
+    order = [("optimizer", "ascending"), ("sample_id", "ascending"), ("method", "descending"), ("start", "ascending")]
+    return table.sort_by(order)
 
 
 def multistart_table(fits: pa.Table, starts: list[int]) -> pa.Table:
-    """Per sample and per number of starts k: the best of its first k prior starts, with
-    the summed cost; plus one row per sample for the network start (``starts`` = 0)."""
+    """Per optimizer, sample and number of starts k: the best of its first k prior
+    starts, with the summed cost; plus one row per sample for the network start
+    (``starts`` = 0). ``fits`` sorted as :func:`_read_fits` sorts them."""
+    tables = []
+    optimizer = fits["optimizer"].to_numpy(zero_copy_only=False)
+    for opt in dict.fromkeys(optimizer.tolist()):
+        table = _multistart(fits.filter(pa.array(optimizer == opt)), starts)
+        tables.append(table.add_column(0, "optimizer", pa.array([opt] * table.num_rows)))
+    return pa.concat_tables(tables)
+
+
+def _multistart(fits: pa.Table, starts: list[int]) -> pa.Table:
+    """:func:`multistart_table` for the fits of one optimizer."""
     f = {
         c: fits[c].to_numpy(zero_copy_only=False)
         for c in ("sample_id", "method", "start", "nll", "iterations", "evaluations", "seconds")

@@ -38,15 +38,29 @@ REPORT = "report.json"
 NETWORK_BATCHES = (1, 64, 256, 1024)
 
 
-def _estimates_from(table, method: str, starts: int, ids: np.ndarray) -> tuple[np.ndarray, dict]:
-    sel = [
-        i
-        for i, (m, k) in enumerate(zip(table["method"].to_pylist(), table["starts"].to_pylist()))
-        if m == method and k == starts
-    ]
+LABEL = {"bfgs": "BFGS", "trust-region": "trust-region"}  # an optimizer's name in Table 1
+
+
+def row_name(optimizer: str, starts: int) -> str:
+    """Table 1's name of k prior starts of ``optimizer``, or (``starts`` 0) of Deep
+    Inference + one start of it from the network's estimate."""
+    label = LABEL[optimizer]
+    return f"Deep Inference + {label}" if starts == 0 else f"{label}, {starts} start{'s' if starts > 1 else ''}"
+
+
+def _optimizers(table) -> list:
+    """The optimizer of each row (a baseline of before the trust region ran BFGS only)."""
+    if "optimizer" in table.column_names:
+        return table["optimizer"].to_pylist()
+    return ["bfgs"] * table.num_rows
+
+
+def _estimates_from(table, optimizer: str, method: str, starts: int, ids: np.ndarray) -> tuple[np.ndarray, dict]:
+    rows = zip(_optimizers(table), table["method"].to_pylist(), table["starts"].to_pylist())
+    sel = [i for i, (o, m, k) in enumerate(rows) if o == optimizer and m == method and k == starts]
     sub = table.take(sel).sort_by("sample_id")
     if not np.array_equal(sub["sample_id"].to_numpy(), ids):
-        raise ValueError(f"baseline results for {method} ({starts} starts) do not cover the test set")
+        raise ValueError(f"baseline results for {optimizer} {method} ({starts} starts) do not cover the test set")
     cost = {c: sub[c].to_numpy() for c in ("iterations", "evaluations", "seconds")}
     return np.stack(sub["theta"].to_numpy(zero_copy_only=False)), cost
 
@@ -81,27 +95,31 @@ def network_seconds(est, t, channel, value, device: str = "cpu") -> tuple[float,
 ONLINE_SAMPLES = 16  # test samples timed one at a time for the "online" column
 
 
-def online_seconds(m: Model, est_net, est_ft, rows: dict, starts, seed: int, max_iter: int, n: int) -> dict:
+def online_seconds(
+    m: Model, est_net, est_ft, rows: dict, starts, seed: int, max_iter: int, n: int, optimizers=("bfgs",)
+) -> dict:
     """Median wall-clock per method for one experiment alone (batch 1, as a user refining
     one culture waits for it), over the first ``n`` test samples: the network at batch 1;
-    BFGS with k starts = the k prior starts of that sample as one batched fit; Deep
-    Inference + BFGS = the fine-tuned network's estimate and one fit from it."""
+    an optimizer with k starts = the k prior starts of that sample as one batched fit;
+    Deep Inference + an optimizer = the fine-tuned network's estimate and one fit from it."""
     times: dict[str, list[float]] = {}
     mle.warm_up(m, rows["t"][:2], rows["channel"][:2], rows["value"][:2])  # not timed: once per process
     for i in range(min(n, len(rows["sample_id"]))):
         t, ch, x = (rows[k][i : i + 1] for k in ("t", "channel", "value"))
         z_prior = mle.prior_starts(m, rows["sample_id"][i : i + 1], max(starts), seed)
-        for k in starts:
-            tic = time.perf_counter()
-            baseline.fit_prior_starts(m, t, ch, x, z_prior[:, :k], max_iter)
-            times.setdefault(f"BFGS, {k} start{'s' if k > 1 else ''}", []).append(time.perf_counter() - tic)
+        for opt in optimizers:
+            for k in starts:
+                tic = time.perf_counter()
+                baseline.fit_prior_starts(m, t, ch, x, z_prior[:, :k], max_iter, opt)
+                times.setdefault(row_name(opt, k), []).append(time.perf_counter() - tic)
         for method, est in (("Deep Inference", est_net), ("Deep Inference + MM", est_ft)):
             tic = time.perf_counter()
             est.estimate(t, ch, x)
             times.setdefault(method, []).append(time.perf_counter() - tic)
-        tic = time.perf_counter()
-        baseline.fit_network_starts(m, t, ch, x, est_ft.estimate_z(t, ch, x), max_iter)
-        times.setdefault("Deep Inference + BFGS", []).append(time.perf_counter() - tic)
+        for opt in optimizers:
+            tic = time.perf_counter()
+            baseline.fit_network_starts(m, t, ch, x, est_ft.estimate_z(t, ch, x), max_iter, opt)
+            times.setdefault(row_name(opt, 0), []).append(time.perf_counter() - tic)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -147,17 +165,20 @@ def evaluate_model(
     ft_gpu = network_seconds(est_ft, t, ch, x, "cuda")[0] if gpu else None
 
     table = []
-    # method -> (theta, CPU seconds, GPU seconds or None, BFGS cost columns or None)
+    # method -> (theta, CPU seconds, GPU seconds or None, fit cost columns or None)
     estimates: dict[str, tuple[np.ndarray, float, float | None, dict | None]] = {}
-    for k in manifest["starts"]:
-        theta, cost = _estimates_from(fits, baseline.PRIOR, k, ids)
-        estimates[f"BFGS, {k} start{'s' if k > 1 else ''}"] = (theta, float(cost["seconds"].mean()), None, cost)
+    optimizers = manifest.get("optimizers", ["bfgs"])
+    for opt in optimizers:
+        for k in manifest["starts"]:
+            theta, cost = _estimates_from(fits, opt, baseline.PRIOR, k, ids)
+            estimates[row_name(opt, k)] = (theta, float(cost["seconds"].mean()), None, cost)
     estimates["Deep Inference"] = (est_net.estimate(t, ch, x), net_cpu, net_gpu, None)
     estimates["Deep Inference + MM"] = (est_ft.estimate(t, ch, x), ft_cpu, ft_gpu, None)
-    theta, cost = _estimates_from(fits, baseline.NETWORK, 0, ids)
-    estimates["Deep Inference + BFGS"] = (theta, ft_cpu + float(cost["seconds"].mean()), None, cost)
+    for opt in optimizers:
+        theta, cost = _estimates_from(fits, opt, baseline.NETWORK, 0, ids)
+        estimates[row_name(opt, 0)] = (theta, ft_cpu + float(cost["seconds"].mean()), None, cost)
     online = online_seconds(
-        m, est_net, est_ft, rows, manifest["starts"], manifest["seed"], manifest["max_iter"], online_samples
+        m, est_net, est_ft, rows, manifest["starts"], manifest["seed"], manifest["max_iter"], online_samples, optimizers
     )
     for method, (theta, cpu_s, gpu_s, bfgs_cost) in estimates.items():
         mu = predict(m, theta, t, ch)
@@ -186,7 +207,8 @@ def evaluate_model(
         "baseline": {
             k: manifest[k]
             for k in ("command", "machine", "starts", "seed", "max_iter", "chunk_size", "wall_s", "threads_per_task")
-        },
+        }
+        | {"optimizers": optimizers},
         "start_costs": start_costs(location),
         "calibration": uncertainty,
         "_plot_calibration": {"m": m, "rows": rows, "res": runs["always"], "calibration": uncertainty},
@@ -200,18 +222,19 @@ def evaluate_model(
 
 
 def start_costs(location: str) -> list[dict]:
-    """Per-start BFGS cost (iterations, evaluations, seconds) for prior and network starts."""
+    """Per-start cost (iterations, evaluations, seconds) of each optimizer for prior and
+    network starts."""
     fs, root = storage.resolve(location)
-    fits = pads.dataset(ds_format.list_parts(fs, root), filesystem=fs, format="parquet").to_table(
-        columns=["method", "iterations", "evaluations", "seconds", "status"]
-    )
+    fits = pads.dataset(ds_format.list_parts(fs, root), filesystem=fs, format="parquet").to_table()
     method = fits["method"].to_numpy(zero_copy_only=False)
+    optimizer = np.array(_optimizers(fits))
     out = []
-    for kind in (baseline.PRIOR, baseline.NETWORK):
-        sel = method == kind
+    for opt, kind in ((o, k) for o in dict.fromkeys(optimizer.tolist()) for k in (baseline.PRIOR, baseline.NETWORK)):
+        sel = (method == kind) & (optimizer == opt)
         it, ev, sec, st = (fits[c].to_numpy()[sel] for c in ("iterations", "evaluations", "seconds", "status"))
         out.append(
             {
+                "optimizer": LABEL[opt],
                 "start": "prior draw" if kind == baseline.PRIOR else "network estimate",
                 "starts": int(sel.sum()),
                 "iterations_mean": float(it.mean()),
@@ -362,14 +385,16 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
     w(f"Machine: {mach['cpu']}, {mach['cpu_count']} CPUs; GPU: {mach['gpu'] or 'none'}; torch {mach['torch']}.\n")
     w(
         f"Networks timed on the CPU with {threads} torch threads, at the best of batch sizes "
-        f"{', '.join(map(str, NETWORK_BATCHES))}. BFGS, each method as it is run: per chunk of test samples "
-        "(one Ray task on one CPU thread), the prior draws of every sample as one batched BFGS and, "
+        f"{', '.join(map(str, NETWORK_BATCHES))}. BFGS and the trust region (Gauss-Newton steps, every iterate "
+        "inside the z box), each method as it is run: per chunk of test samples "
+        "(one Ray task on one CPU thread), the prior draws of every sample as one batched fit and, "
         "separately, the network's estimates of every sample as another, at most "
         f"{MAX_BATCH} problems evaluated together; each start is charged its share of the rounds of its own "
         "fit (each round's wall-clock split evenly over the problems in it, Gauss-Newton Jacobians included "
         "and counted as one evaluation), and k starts cost the sum of a sample's first k starts. Deep "
         "Inference + BFGS = the fine-tuned network's estimate (its time included) + one BFGS start from it "
-        "with the Gauss-Newton initial inverse Hessian; prior starts use H0 = I. 'One experiment alone': the "
+        "with the Gauss-Newton initial inverse Hessian (prior starts use H0 = I); Deep Inference + trust-region "
+        "the same with one trust-region start, the default refinement. 'One experiment alone': the "
         f"median wall-clock of the same method run on one test sample at a time (batch 1; the first "
         f"{ONLINE_SAMPLES} samples), as a user refining one culture waits for it.\n\n"
     )
@@ -402,23 +427,17 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
                 f"| {row['method']} | {row['r2']} | {row['r2_true']} | {_fmt_time(row['cpu_s'])} | "
                 f"{_fmt_time(row.get('online_s'))} | {_fmt_time(row['gpu_s'])} | {ev} |\n"
             )
-        by = {row["method"]: row for row in r["rows"]}
-        eight = [k for k in by if k.startswith("BFGS") and k.endswith(f"{max(r['baseline']['starts'])} starts")]
-        if eight:
-            ratio = by[eight[0]]["cpu_s"] / by["Deep Inference + BFGS"]["cpu_s"]
-            w(
-                f"\nDeep Inference + BFGS vs {eight[0]}: {ratio:.1f}x less time per sample, "
-                f"R2 difference {by['Deep Inference + BFGS']['r2'].value - by[eight[0]]['r2'].value:+.4f}.\n"
-            )
-        w(f"\nCost of one BFGS start (at most {r['baseline']['max_iter']} iterations):\n\n")
+        w(comparisons(r))
+        w(f"\nCost of one start (at most {r['baseline']['max_iter']} iterations):\n\n")
         w(
-            "| start | starts | iterations mean / median / max | evaluations mean / max | seconds mean / median | "
-            "converged | iteration limit | no decrease | start failed |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+            "| optimizer | start | starts | iterations mean / median / max | evaluations mean / max | "
+            "seconds mean / median | converged | iteration limit | no decrease | start failed |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
         )
         for c in r["start_costs"]:
             w(
-                f"| {c['start']} | {c['starts']} | {c['iterations_mean']:.0f} / {c['iterations_median']:.0f} / "
+                f"| {c.get('optimizer', 'BFGS')} | {c['start']} | {c['starts']} | "
+                f"{c['iterations_mean']:.0f} / {c['iterations_median']:.0f} / "
                 f"{c['iterations_max']} | {c['evaluations_mean']:.0f} / {c['evaluations_max']} | "
                 f"{_fmt_time(c['seconds_mean'])} / {_fmt_time(c['seconds_median'])} | {c['converged']} | "
                 f"{c['iteration_limit']} | {c['no_decrease']} | {c['start_failed']} |\n"
@@ -428,6 +447,30 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
             if fig.endswith(f"_{r['model']}.png"):
                 w(f"![{fig}]({fig})\n\n")
     return buf.getvalue()
+
+
+def comparisons(r: dict) -> str:
+    """Each Deep Inference + optimizer row against the same optimizer's most starts, and
+    the default refinement against the faster of those rows."""
+    by = {row["method"]: row for row in r["rows"]}
+    k = max(r["baseline"]["starts"])
+    lines = []
+    most = [row_name(o, k) for o in r["baseline"].get("optimizers", ["bfgs"])]
+    for opt, many in zip(r["baseline"].get("optimizers", ["bfgs"]), most):
+        deep = by[row_name(opt, 0)]
+        lines.append(
+            f"{deep['method']} vs {many}: {by[many]['cpu_s'] / deep['cpu_s']:.1f}x less time per sample, "
+            f"R2 difference {deep['r2'].value - by[many]['r2'].value:+.4f}."
+        )
+    best = min(most, key=lambda name: by[name]["cpu_s"])
+    if "Deep Inference + trust-region" in by and len(most) > 1:
+        deep = by["Deep Inference + trust-region"]
+        lines.append(
+            f"Deep Inference + trust-region vs the faster {k}-start row ({best}): "
+            f"{by[best]['cpu_s'] / deep['cpu_s']:.1f}x less time per sample, "
+            f"R2 difference {deep['r2'].value - by[best]['r2'].value:+.4f}."
+        )
+    return "".join(f"\n{line}\n" for line in lines)
 
 
 # ------------------------------------------------------------------- figures

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from ..config import ServeArgs
+from ..estimate import refine as stage
 from ..estimate import uncertainty
 from ..estimate.estimator import Estimator
 from ..fit import mle
@@ -171,28 +172,17 @@ def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
     }
 
 
-def refine(est: Estimator, t, ch, v, z, compile: bool | None = None, deadline=None) -> dict:
-    """One BFGS start per case from the network's z, and the maximum a posteriori point
-    for its intervals (:meth:`~mechinfer.estimate.estimator.Estimator.polish`), each
-    stopped at its ``deadline`` (wall-clock, see :func:`mechinfer.fit.mle.fit`).
-    ``refine_status`` (B,) per SPEC 7; ``kept`` (B,) marks cases answered with the
-    network's z (the fit failed, or its deadline passed before its first step): the caller
-    keeps its network answer for those."""
+def refine(est: Estimator, t, ch, v, z, compile: bool | None = None, deadline=None, method: str = stage.METHOD) -> dict:
+    """One fit per case from the network's z by ``method``, and the maximum a posteriori
+    point for its intervals (:func:`mechinfer.estimate.refine.polish`), each stopped at
+    its ``deadline`` (wall-clock, see :func:`mechinfer.fit.mle.fit`): the rows that
+    :func:`mechinfer.estimate.refine.combine` merges into the network's answers."""
     start = time.perf_counter()
-    r = est.polish(t, ch, v, z, compile=compile, deadline=deadline)
-    return {
-        "z": r.z,
-        "nll": r.nll,
-        "center": r.laplace.center,
-        "cov_z": r.laplace.cov_z,
-        "gof_pvalue": r.gof_pvalue,
-        "kept": r.kept,
-        "refine_status": r.refine_status,
-        "timing_ms": {"refine": 1e3 * (time.perf_counter() - start)},
-    }
+    rows = est.polish(t, ch, v, z, compile=compile, deadline=deadline, method=method).rows()
+    return {**rows, "timing_ms": {"refine": 1e3 * (time.perf_counter() - start)}}
 
 
-def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
+def warm_up(est: Estimator, refine: bool, compile: bool | None = None, method: str = stage.METHOD) -> float:
     """Run :func:`infer` (and :func:`refine`) on made-up observation sets, so that a new
     replica loads (or compiles) its solver before its first request, not during it: batch
     1 for the native solver, batch 1 and 2 for compiled torch steps. Returns seconds; 0
@@ -207,31 +197,30 @@ def warm_up(est: Estimator, refine: bool, compile: bool | None = None) -> float:
     for n in (1,) if native else (1, 2):
         done = infer(est, t[:n], ch[:n], np.ones_like(t[:n]), compile=compile)
         if refine:  # a few iterations compile every graph a fit runs
-            est.refine(t[:n], ch[:n], np.ones_like(t[:n]), done["z"], compile=compile, max_iter=3)
+            est.refine(t[:n], ch[:n], np.ones_like(t[:n]), done["z"], compile=compile, max_iter=3, method=method)
     return time.perf_counter() - start
 
 
 def answer(est: Estimator, case: dict, level: float, refine_status: str, timing_ms: dict) -> dict:
     """One case's answer (SPEC 7): parameters by name in physical units, z, their
-    intervals at ``level``, NLL, goodness of fit, and whether (and how) it was refined.
-    ``case`` holds one row of what :func:`infer` (or :func:`refine`) returns."""
+    intervals at ``level``, which parameters the observations determine, NLL, goodness of
+    fit, and whether (and how) it was refined. ``case`` holds one row of what
+    :func:`infer` returns, combined with its refinement where there was one
+    (:func:`mechinfer.estimate.refine.combine`: ``refined`` says whose answer it holds)."""
     m = est.model
     z = case["z"]
     theta = m.from_z(z[None])[0]
-    # refined: the point (and the approximation the centre comes from, with its
-    # recalibration) is the refinement's, for a case :func:`refine` answered (its "kept" is
-    # False); a case that kept the network's point (a failed fit, or one whose deadline
-    # passed before its first step: refine_status "deadline") is not refined
-    from_refinement = case.get("kept") is not None and not case["kept"]
-    refined = from_refinement and refine_status in ("converged", "iteration_limit", "deadline")
-    scale = est.interval_scale([from_refinement])
+    refined = bool(case.get("refined", False))
+    scale = est.interval_scale([refined])
     lower, upper = uncertainty.intervals(m, case["center"][None], case["cov_z"][None], level, scale)
+    determined = stage.determined(case["cov_z"])
     gof = float(case["gof_pvalue"])
     return {
         "parameters": {name: float(x) for name, x in zip(m.parameter_names, theta)},
         "units": dict(zip(m.parameter_names, m.parameter_units)),
         "z": [float(x) for x in z],
         "intervals": {name: [float(lo), float(hi)] for name, lo, hi in zip(m.parameter_names, lower[0], upper[0])},
+        "determined": {name: bool(d) for name, d in zip(m.parameter_names, determined)},
         "level": level,
         "gof_pvalue": gof if math.isfinite(gof) else None,
         "nll": float(case["nll"]) if math.isfinite(case["nll"]) else None,
