@@ -1,4 +1,5 @@
-"""The BFGS baselines of Table 1 over a test set, fanned out as Ray tasks (SPEC 6.5).
+"""The baselines of Table 1 over a test set, fanned out as Ray tasks (SPEC 6.5): BFGS, and
+the trust region (``optimizers``), from prior draws and from the network's estimate.
 
 Each task fits a chunk of test samples (CPU only, one thread), each method as a user
 would run it: the ``max(starts)`` starts drawn from the prior of every sample as one
@@ -26,7 +27,7 @@ charged to the slow starts that make it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -176,10 +177,12 @@ class BaselineSummary:
     chunks_resumed: int
     wall_s: float
     table: str  # the k-start results, per sample
+    optimizers: list[str] = field(default_factory=lambda: ["bfgs"])
 
     def __str__(self) -> str:
         return (
-            f"BFGS baselines for {self.samples} {self.model} samples, starts {self.starts} + network start, "
+            f"Baselines ({', '.join(self.optimizers)}) for {self.samples} {self.model} samples, "
+            f"starts {self.starts} + network start, "
             f"{self.chunks} chunks ({self.chunks_resumed} resumed), {self.wall_s:.1f} s wall -> {self.table}"
         )
 
@@ -281,7 +284,15 @@ def run_baseline(
         storage.write_json(fs, f"{root}/{storage.MANIFEST}", manifest)
         fs.delete_file(f"{root}/{INTENT}")
         return BaselineSummary(
-            m.name, out, n, starts, len(chunks), len(chunks) - len(todo), wall, f"{out.rstrip('/')}/{MULTISTART}"
+            m.name,
+            out,
+            n,
+            starts,
+            len(chunks),
+            len(chunks) - len(todo),
+            wall,
+            f"{out.rstrip('/')}/{MULTISTART}",
+            list(optimizers),
         )
 
 

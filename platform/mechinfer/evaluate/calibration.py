@@ -13,15 +13,15 @@ import time
 import numpy as np
 
 from ..config import AUTO_PVALUE
-from ..estimate import uncertainty
+from ..estimate import bands, uncertainty
 from ..estimate.estimator import Estimator
+from ..fit.trust_region import Z_BOX
 from ..models import likelihood
 from ..models.base import Model
 from .common import draw_observations, predict
 
 LEVELS = (0.5, 0.68, 0.9, 0.95, 0.99)
 SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # auto thresholds estimated from the always/never runs
-BAND_DRAWS = 200
 
 
 def coverage(
@@ -108,6 +108,15 @@ def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pva
             "seconds_per_sample": seconds,
             "sweep": sweep,
         },
+        "determined": {  # share of the test samples whose observations determine each parameter
+            "network": never.determined.mean(axis=0).tolist(),
+            "refined": always.determined.mean(axis=0).tolist(),
+        },
+        "refined_z": {  # where the refined estimates end in z (the trust region keeps them in its box)
+            "max_abs": float(np.abs(always.z).max()),
+            "share_beyond_6": float((np.abs(always.z) > 6.0).mean()),
+            "share_outside_box": float((np.abs(always.z) > Z_BOX).mean()),
+        },
         "gof_below_0.05": {mode: float(np.nanmean(r.gof_pvalue < 0.05)) for mode, r in runs.items()},
         "p_eff_mean": {mode: float(r.p_eff.mean()) for mode, r in runs.items()},
         "_runs": runs,
@@ -146,14 +155,27 @@ def markdown(results: list[dict]) -> str:
             cov = np.array(c["coverage"][kind])
             cells = [f"{cov[i].mean():.3f} (min {cov[i].min():.3f})" for i in range(len(c["levels"]))]
             w(f"| {kind}: mean over parameters (lowest) | " + " | ".join(cells) + " |\n")
-        w("\nPer parameter (network / refined), and the median 95% interval width relative to the prior's:\n\n")
-        w("| parameter | " + " | ".join(str(lv) for lv in c["levels"]) + " | width / prior width |\n")
-        w("| --- |" + " --- |" * (len(c["levels"]) + 1) + "\n")
+        w(
+            "\nPer parameter (network / refined): coverage, the median 95% interval width relative to the prior's, "
+            "and the share of test samples whose observations determine the parameter (posterior variance in z at "
+            "most 1/4 of the prior's; `determined` in every answer):\n\n"
+        )
+        w("| parameter | " + " | ".join(str(lv) for lv in c["levels"]) + " | width / prior width | determined |\n")
+        w("| --- |" + " --- |" * (len(c["levels"]) + 2) + "\n")
         net, ref = np.array(c["coverage"]["network"]), np.array(c["coverage"]["refined"])
+        det = c.get("determined", {"network": [np.nan] * len(net[0]), "refined": [np.nan] * len(net[0])})
         for j, name in enumerate(c["parameters"]):
             cells = [f"{net[i, j]:.3f} / {ref[i, j]:.3f}" for i in range(len(c["levels"]))]
             wn, wr = c["relative_width_95"]["network"][j], c["relative_width_95"]["refined"][j]
-            w(f"| {name} | " + " | ".join(cells) + f" | {wn:.2f} / {wr:.2f} |\n")
+            dn, dr = det["network"][j], det["refined"][j]
+            w(f"| {name} | " + " | ".join(cells) + f" | {wn:.2f} / {wr:.2f} | {dn:.2f} / {dr:.2f} |\n")
+        if "refined_z" in c:
+            zr = c["refined_z"]
+            w(
+                f"\nRefined estimates in z: largest |z| {zr['max_abs']:.2f}, {100 * zr['share_beyond_6']:.1f}% of the "
+                f"parameters beyond |z| = 6, {100 * zr['share_outside_box']:.1f}% outside the trust region's box "
+                f"|z| <= {Z_BOX:.2f}.\n"
+            )
         inside = c["estimate_inside_95"]
         w(
             f"\nThe estimate lies inside its own 95% interval for {100 * inside['network']:.1f}% of the parameters of "
@@ -244,8 +266,8 @@ def plot_widths(m: Model, calibration: dict):
 
 
 def plot_bands(m: Model, rows: dict, res, n_show: int = 3, seed: int = 0):
-    """Refined trajectories with 95% bands from the parameter covariance (draws of z from
-    N(centre, cov_z), simulated) against the observations."""
+    """Refined trajectories with 95% bands from the parameter covariance
+    (:func:`mechinfer.estimate.bands.band`) against the observations."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,10 +278,7 @@ def plot_bands(m: Model, rows: dict, res, n_show: int = 3, seed: int = 0):
     n_ch = len(m.channels)
     fig, axes = plt.subplots(n_show, n_ch, figsize=(3.2 * n_ch, 2.4 * n_show), squeeze=False)
     for i in range(n_show):
-        chol = np.linalg.cholesky(res.cov_z[i] + 1e-12 * np.eye(m.n_parameters))
-        z = res.center[i] + rng.standard_normal((BAND_DRAWS, m.n_parameters)) @ chol.T
-        draws = m.simulate(m.from_z(z), grid)
-        low, high = np.nanpercentile(draws, [2.5, 97.5], axis=0)
+        low, high = bands.band(m, res.center[i], res.cov_z[i], grid, 0.95, rng)
         fit = m.simulate(res.theta[i : i + 1], grid)[0]
         truth = m.simulate(rows["theta"][i : i + 1], grid)[0]
         for c in range(n_ch):
