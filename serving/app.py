@@ -1,6 +1,7 @@
 """Ray Serve application: the inference networks behind the HTTP API of SPEC 7.
 
-    serve run serving/config.yaml        # local, on an embedded Ray
+    mechinfer serve serving/config.yaml  # local, on an embedded Ray (Serve's fast path)
+    serve run serving/config.yaml        # local, behind Serve's proxy actor
     serve deploy serving/config.yaml     # to a running cluster
 
 Two deployments: ``Api`` (FastAPI ingress: parsing, checks, answers, and the networks:
@@ -22,8 +23,8 @@ from typing import Literal, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -34,10 +35,14 @@ from mechinfer.estimate import refine as stage
 from mechinfer.estimate.estimator import load_estimator
 from mechinfer.models.sources import check_model, is_model_file
 from mechinfer.serve import handlers as service
+from mechinfer.serve import page as web_page
+from mechinfer.serve import trajectories as curves
 
 REFINE_GRACE_S = 5.0  # past the refine deadline, how long the Api still waits for the Refiner
 INFER_BATCH_WAIT_S = 0.005  # how long a batch of cases waits for more, while other requests are in flight
 REFINE_BATCH_WAIT_S = 0.01  # the same for the cases of a refine batch
+READY_WAIT_S = 0.5  # how long a request waits for the Refiner to say it is ready, before a 503
+RETRY_AFTER_S = 2  # what a 503 tells clients to wait while the Refiner starts
 
 
 class Observation(BaseModel):
@@ -106,6 +111,43 @@ class ModelsAnswer(BaseModel):
     models: list[ModelInfo]
 
 
+class TrajectoryRequest(InferRequest):
+    points: int = Field(
+        curves.GRID_POINTS, ge=2, le=curves.MAX_GRID_POINTS, description="points of the time grid on [0, T]"
+    )
+
+    @model_validator(mode="after")
+    def _one_set(self):
+        if self.batch is not None:
+            raise ValueError("this route answers one observation set: give 'observations', not 'batch'")
+        return self
+
+
+class ChannelTrajectory(BaseModel):
+    name: str
+    unit: str
+    sigma: float = Field(description="the channel's noise standard deviation")
+    trajectory: list[float | None] = Field(description="the model at the estimate on t; null where its solve failed")
+    low: list[float | None] = Field(description="lower edge of the band on t")
+    high: list[float | None] = Field(description="upper edge of the band on t")
+
+
+class TrajectoriesAnswer(BaseModel):
+    estimate: Answer = Field(description="the answer the infer route gives for the same request")
+    t: list[float] = Field(description="the time grid (h), evenly spaced on [0, T]")
+    level: float = Field(description="the band holds this central share of the trajectories at draws of z")
+    band_draws: int = Field(description="draws of z from the estimate's Laplace approximation (N(centre, cov_z))")
+    channels: list[ChannelTrajectory]
+
+
+class LimitsAnswer(BaseModel):
+    max_observations: int = Field(description="observations per set")
+    max_batch: int = Field(description="observation sets per batch request")
+    max_refine_cases: int = Field(description="observation sets one request may refine (refine true or 'auto')")
+    max_body_bytes: int
+    refine_timeout_s: float
+
+
 app = FastAPI(
     title="mechinfer",
     version=__version__,
@@ -128,6 +170,10 @@ def _inline_schema(model: type[BaseModel]) -> dict:
         return node
 
     return resolve(schema)
+
+
+class RefinerStarting(RuntimeError):
+    """No Refiner replica has finished starting: refine requests get a prompt 503."""
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -237,6 +283,11 @@ class Refiner:
         if not self.estimators:
             raise RuntimeError("no estimator loaded")
 
+    def ready(self) -> bool:
+        """Answered only by a replica that can refine at full speed: Serve routes calls
+        to a replica once its __init__ (loading and warming every solver) has returned."""
+        return True
+
     async def __call__(self, case: tuple) -> dict:
         self.in_flight += 1
         try:
@@ -278,6 +329,10 @@ class Api:
         self.refine_timeout_s, self.max_refine_cases = settings.refine_timeout_s, settings.max_refine_cases
         self.auto_pvalue = settings.auto_pvalue
         self.in_flight = 0  # requests inside infer()
+        # set when a Refiner replica has answered (see _refiner_ready); until then refine
+        # requests get a prompt 503 and /healthz says what is starting
+        self.refiner_ready = False
+        self._refiner_probe: asyncio.Future | None = None
         configured = settings.value_bounds or {}
         self.bounds = {name: service.value_bounds(e, configured.get(name)) for name, e in self.estimators.items()}
 
@@ -305,6 +360,10 @@ class Api:
         for i, how in zip(answerable, status):
             results[i]["refine_status"] = how
         todo = [i for i, c in zip(answerable, chosen) if c]
+        if todo and not await self._refiner_ready():
+            raise RefinerStarting(
+                "the Refiner is starting (loading and warming its solvers); retry later or ask without refine"
+            )
         deadline = time.time() + self.refine_timeout_s
         calls = [self.refiner.remote((model, sets[i], results[i]["z"], deadline)) for i in todo]
         try:
@@ -330,9 +389,33 @@ class Api:
         if not self.estimators:
             raise RuntimeError("no estimator loaded")
 
+    async def _refiner_ready(self) -> bool:
+        """Whether a Refiner replica can answer, waiting at most READY_WAIT_S to find out.
+        One call of its ``ready`` at a time asks (it waits in Serve's queue until a
+        replica has started); its first answer settles it for good. This replica, the
+        Api, is routed to only once its own __init__ has warmed its solvers."""
+        if not self.refiner_ready:
+            if self._refiner_probe is None:
+                self._refiner_probe = asyncio.ensure_future(self.refiner.ready.remote())
+            try:
+                self.refiner_ready = bool(await asyncio.wait_for(asyncio.shield(self._refiner_probe), READY_WAIT_S))
+            except asyncio.TimeoutError:
+                pass
+            except Exception:  # the call failed (a replica lost on the way): the next request asks again
+                self._refiner_probe = None
+        return self.refiner_ready
+
     @app.get("/healthz")
-    def healthz(self) -> dict:
-        return {"status": "ok", "models": sorted(self.estimators)}
+    async def healthz(self):
+        """200 once every deployment answers at full speed (solvers compiled and warmed),
+        else 503 naming what is still starting."""
+        if await self._refiner_ready():
+            return {"status": "ok", "models": sorted(self.estimators)}
+        return JSONResponse(
+            status_code=503,
+            content={"status": "starting", "starting": ["Refiner"], "models": sorted(self.estimators)},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @app.get("/v1/models", response_model=ModelsAnswer)
     def models(self) -> dict:
@@ -358,9 +441,12 @@ class Api:
         finally:
             self.in_flight -= 1
 
-    async def _answer(self, model: str, request: Request):
+    async def _answer(
+        self, model: str, request: Request, schema: type[InferRequest] = InferRequest, kept: dict | None = None
+    ):
         # the body is read and checked here (size, JSON, schema), not by FastAPI, so that
-        # every failure is a 4xx with one message; openapi_extra documents its schema
+        # every failure is a 4xx with one message; openapi_extra documents its schema.
+        # ``kept`` (the trajectories route) receives the request and each set's result.
         start = time.perf_counter()
         est = self.estimators.get(model)
         if est is None:
@@ -375,7 +461,7 @@ class Api:
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return _error(400, f"request body is not valid JSON: {exc}")
         try:
-            req = InferRequest.model_validate(payload)
+            req = schema.model_validate(payload)
         except ValidationError as exc:
             return _error(422, _validation_message(exc))
         if (req.observations is None) == (req.batch is None):
@@ -417,6 +503,12 @@ class Api:
                     content={"error": "the refinement queue is full; retry later or ask without refine"},
                     headers={"Retry-After": "1"},
                 )
+            except RefinerStarting as exc:
+                return JSONResponse(
+                    status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(RETRY_AFTER_S)}
+                )
+        if kept is not None:
+            kept.update(request=req, results=results)
         answers = [
             {"error": r["error"]}
             if r.get("error") is not None
@@ -432,6 +524,52 @@ class Api:
         if req.batch is None:
             return _error(422, f"observations: {answers[0]['error']}") if "error" in answers[0] else answers[0]
         return {"results": answers}
+
+    # ---- the page for people (mechinfer/serve/page.py) and the routes it uses besides infer
+    @app.post(
+        "/v1/models/{model}/trajectories",
+        response_model=TrajectoriesAnswer,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _inline_schema(TrajectoryRequest)}},
+            }
+        },
+        responses={
+            400: {"description": "malformed JSON"},
+            404: {"description": "unknown model"},
+            413: {"description": "body too large"},
+            422: {"description": "invalid observations"},
+        },
+    )
+    async def trajectories(self, model: str, request: Request):
+        """One observation set's estimate (as the infer route answers it) and, per
+        channel on a time grid over [0, T], the model at that estimate and its band."""
+        self.in_flight += 1
+        try:
+            kept: dict = {}
+            answer = await self._answer(model, request, TrajectoryRequest, kept)
+            if isinstance(answer, JSONResponse):
+                return answer
+            req = kept["request"]
+            drawn = curves.trajectories(self.estimators[model], kept["results"][0], req.level, req.points)
+            return {"estimate": answer, **drawn}
+        finally:
+            self.in_flight -= 1
+
+    @app.get("/v1/limits", response_model=LimitsAnswer)
+    def limits(self) -> dict:
+        return {
+            "max_observations": self.max_observations,
+            "max_batch": self.max_batch,
+            "max_refine_cases": self.max_refine_cases,
+            "max_body_bytes": self.max_body_bytes,
+            "refine_timeout_s": self.refine_timeout_s,
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(self) -> HTMLResponse:
+        return HTMLResponse(web_page.html())
 
 
 def build(args: ServeArgs) -> serve.Application:

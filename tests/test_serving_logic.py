@@ -5,6 +5,7 @@ only a failure or a lost Refiner reaches is tested deterministically. tests/test
 runs the same code in a real Serve application."""
 
 import asyncio
+import functools
 import time
 from types import SimpleNamespace
 
@@ -108,6 +109,7 @@ def _refined_answers(est, sets, refiner, timeout_s=10.0) -> tuple[list[dict], li
     api = SimpleNamespace(
         estimators={"mmk": est}, compile=False, refiner=refiner, refine_timeout_s=timeout_s, auto_pvalue=0.05
     )
+    api.refiner_ready, api._refiner_ready = True, functools.partial(app.Api.func_or_class._refiner_ready, api)
     plain = _infer_batch(api, [("mmk", s) for s in sets])
     results = [dict(r) for r in plain]
     asyncio.run(app.Api.func_or_class._refine(api, "mmk", sets, results, auto=False))

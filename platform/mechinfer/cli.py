@@ -2,6 +2,7 @@
 
     mechinfer simulate --model ecoli --n 1000000 --out /data/ecoli-1m
     mechinfer pipeline --model mmk --run runs/pipeline-mmk
+    mechinfer serve serving/config.yaml
     mechinfer <command> --help        # every flag with its default
 
 Flags come from the settings classes of :mod:`mechinfer.config`, so a default is written
@@ -28,6 +29,9 @@ from . import config
 from .models import list_models, load_model
 
 log = logging.getLogger("mechinfer")
+
+# the Serve config of `mechinfer serve` when none is given: the repository's (README, Serving)
+SERVE_CONFIG = os.path.join("serving", "config.yaml")
 
 # what a command may fail with that is the user's to fix (everything else is a bug and
 # keeps its traceback)
@@ -427,12 +431,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     _address_flag(p)
 
+    p = command(
+        "serve",
+        _serve,
+        "serve the HTTP API (and its page) of a Serve config on an embedded Ray, the fast way, until Ctrl-C",
+    )
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=SERVE_CONFIG,
+        help=f"Ray Serve config file (default: {SERVE_CONFIG}); the page and API answer on its http_options port",
+    )
+
     p = command("model", _model_command, "inspect a model from any source: a name, a Python file, SBML or PEtab")
     p.add_argument("action", choices=("show", "check"), help="show: what it declares; check: simulate it")
     p.add_argument("source", help="a registered name, a .py file defining MODEL, an SBML file or a PEtab YAML")
     p.add_argument("--n", type=int, default=64, help="check: prior draws to simulate (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="check: seed of the prior draws (default: 0)")
     return parser
+
+
+def _serve(args: argparse.Namespace, command: str) -> None:
+    from .serve.local import serve
+
+    serve(args.config)
 
 
 def _model_command(args: argparse.Namespace, command_line: str) -> None:
