@@ -27,8 +27,10 @@ class SimulateConfig:
     """Stage 1: simulating a dataset with Ray Data."""
 
     seed: int = _opt(0, "seed of the prior draws, designs and noise (SPEC 5)")
-    chunk_size: int = _opt(8192, "samples per task and per Parquet file")
-    num_blocks: int | None = _opt(None, "Ray Data blocks (default: one per chunk)")
+    chunk_size: int = _opt(8192, "samples per simulated batch and per Parquet file")
+    num_blocks: int | None = _opt(
+        None, "Ray Data blocks, one task each (default: 4 chunks a block, at least one per CPU)"
+    )
     rtol: float | None = _opt(None, "solver relative tolerance (default: the solver's, 1e-6)")
     max_steps: int | None = _opt(None, "solver step limit per sample (default: the solver's, 20000)")
 

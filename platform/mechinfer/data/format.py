@@ -73,10 +73,12 @@ def part_name(first_id: int) -> str:
     return f"{PART_PREFIX}{first_id:012d}.parquet"
 
 
-def write_part(fs: pafs.FileSystem, root: str, first_id: int, table: pa.Table) -> str:
-    """Write one chunk atomically: a temporary name first, renamed when complete."""
+def write_part(fs: pafs.FileSystem, root: str, first_id: int, table: pa.Table, **parquet_options) -> str:
+    """Write one chunk atomically: a temporary name first, renamed when complete.
+    ``parquet_options`` go to ``pyarrow.parquet.write_table`` (encodings: the content
+    read back is the same)."""
     final = f"{root}/{part_name(first_id)}"
-    write_file(fs, final, lambda f: pq.write_table(table, f))
+    write_file(fs, final, lambda f: pq.write_table(table, f, **parquet_options))
     return final
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import priors as _priors
+from .seeding import sample_generators
 
 if TYPE_CHECKING:
     from .base import Model
@@ -23,10 +24,9 @@ def sample_uniforms(model: Model, seed: int, sample_ids: np.ndarray) -> dict[str
     n, n_par, n_obs, n_ch = len(sample_ids), model.n_parameters, model.n_obs, len(model.channels)
     u = np.empty((n, n_par + 2 * n_obs))
     normal = np.empty((n, n_obs))
-    for row, sid in enumerate(sample_ids):
-        rng = np.random.default_rng([int(seed), int(sid)])
-        u[row] = rng.random(n_par + 2 * n_obs)
-        normal[row] = rng.standard_normal(n_obs)
+    for row, rng in enumerate(sample_generators(seed, sample_ids)):  # default_rng([seed, sample_id])
+        rng.random(out=u[row])
+        rng.standard_normal(out=normal[row])
     channel = np.minimum((u[:, n_par + n_obs :] * n_ch).astype(np.int8), n_ch - 1)
     return {"theta": u[:, :n_par], "t": u[:, n_par : n_par + n_obs] * model.T, "channel": channel, "normal": normal}
 
