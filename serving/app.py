@@ -85,6 +85,15 @@ class Answer(BaseModel):
     checkpoint_id: str
 
 
+# the 4xx answers of a route that reads an observation request's body (OpenAPI)
+BODY_ERRORS: dict[int | str, dict] = {
+    400: {"description": "malformed JSON"},
+    404: {"description": "unknown model"},
+    413: {"description": "body too large"},
+    422: {"description": "invalid observations"},
+}
+
+
 class CaseError(BaseModel):
     error: str = Field(description="why this observation set could not be answered")
 
@@ -427,12 +436,7 @@ class Api:
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": _inline_schema(InferRequest)}}}
         },
-        responses={
-            400: {"description": "malformed JSON"},
-            404: {"description": "unknown model"},
-            413: {"description": "body too large"},
-            422: {"description": "invalid observations"},
-        },
+        responses=BODY_ERRORS,
     )
     async def infer(self, model: str, request: Request):
         self.in_flight += 1
@@ -535,12 +539,7 @@ class Api:
                 "content": {"application/json": {"schema": _inline_schema(TrajectoryRequest)}},
             }
         },
-        responses={
-            400: {"description": "malformed JSON"},
-            404: {"description": "unknown model"},
-            413: {"description": "body too large"},
-            422: {"description": "invalid observations"},
-        },
+        responses=BODY_ERRORS,
     )
     async def trajectories(self, model: str, request: Request):
         """One observation set's estimate (as the infer route answers it) and, per

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 import yaml
-from processes import script
+from processes import free_ports, script
 
 import mechinfer
 from mechinfer.serve import handlers as service
@@ -100,18 +100,6 @@ def _config(tmp_path: Path, port: int, warm_cache: str) -> Path:
     return path
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (bound at once, so that no two are the same)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _holding(variable: str) -> list[int]:
     """Processes whose environment holds ``variable`` (NAME=value): the command's Ray."""
     pids = []
@@ -131,7 +119,7 @@ def test_cold_start_is_ready_only_when_the_refiner_can_answer(tmp_path):
     warm = os.environ.get("MECHINFER_CACHE") or str(Path.home() / ".cache" / "mechinfer")
     service.warm_up(mechinfer.load_estimator("mmk"), refine=False)  # the Api's cache is warm (a no-op if it was)
     cold = tmp_path / "cold-cache"
-    port, stats, metrics = _free_ports(3)
+    port, stats, metrics = free_ports(3)
     base = f"http://127.0.0.1:{port}"
     # HAProxy's stats and metrics on free ports too (Ray's defaults are fixed ones)
     env = {
