@@ -138,7 +138,9 @@ def polish(model, t, channel, value, z, *, deadline=None, method: str = METHOD, 
     z_ml = np.where(kept[:, None], z, fits.z[:b])
     z_map = np.where(np.isfinite(fits.nll[b:])[:, None], fits.z[b:], z_ml)
     lap = uncertainty.laplace(model, t, channel, value, z_map)
-    nll = np.where(kept, mle.nll(model, t, channel, value, z_ml), fits.nll[:b])
+    nll = fits.nll[:b].copy()
+    if kept.any():  # a kept row's NLL at its start: one plain solve, for those rows only
+        nll[kept] = mle.nll(model, t[kept], channel[kept], value[kept], z_ml[kept])
     return Refined(
         z=z_ml,
         nll=nll,
