@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..models import likelihood
 from ..models.base import Model
 from ..models.design import draw_experiments
 from ..models.simulate import simulate_observed
@@ -23,6 +24,8 @@ def simulate_chunk(model: Model, seed: int, first: int, last: int, **solver_opti
     """Columns of the dataset rows for sample ids first..last-1 (SPEC 5)."""
     ids = np.arange(first, last, dtype=np.int64)
     d = draw_experiments(model, seed, ids)
+    if model.observation is not None:
+        return _fixed_design_rows(model, ids, d, **solver_options)
     with torch.no_grad():
         y, status = simulate_observed(model, torch.from_numpy(d["theta"]), torch.from_numpy(d["t"]), **solver_options)
     clean = np.take_along_axis(y.numpy(), d["channel"][..., None].astype(np.int64), axis=2)[..., 0]
@@ -37,6 +40,41 @@ def simulate_chunk(model: Model, seed: int, first: int, last: int, **solver_opti
         "value": clean + d["noise"],
         "clean": clean,
         "status": status.numpy().astype(np.int8),
+    }
+
+
+def _fixed_design_rows(model: Model, ids: np.ndarray, d: dict, **solver_options) -> dict[str, np.ndarray]:
+    """Rows of a model with its own observation model and design (a PEtab problem's):
+    noise of the theta-dependent scale added in the noise space. A draw whose solve fails,
+    or whose observables come out non-finite (wide priors blow some solves up), is flagged
+    and carries no numbers."""
+    channel = d["channel"].astype(np.int64)
+    with torch.no_grad():
+        mu, sigma, status = likelihood.predict_with_noise(
+            model, torch.from_numpy(d["theta"]), torch.from_numpy(d["t"]), torch.from_numpy(channel), **solver_options
+        )
+    obs = model.observation
+    assert obs is not None
+    mu_np, sigma_np = mu.numpy(), sigma.numpy()
+    clean = obs.from_noise_space(mu_np, channel)
+    value = obs.from_noise_space(mu_np + sigma_np * d["noise"], channel)
+    status = status.numpy().astype(np.int8)
+    # float32 in the dataset: what overflows it is as unusable as a failed solve
+    big = np.finfo(np.float32).max
+    blown = ~(np.isfinite(value) & np.isfinite(clean) & (np.abs(value) < big) & (np.abs(clean) < big)).all(1)
+    status = np.where((status == SolveStatus.OK) & blown, np.int8(SolveStatus.NONFINITE), status)
+    failed = status != SolveStatus.OK
+    clean[failed] = np.nan
+    value[failed] = np.nan
+    return {
+        "sample_id": ids,
+        "theta": d["theta"],
+        "z": d["z"],
+        "t": d["t"],
+        "channel": d["channel"],
+        "value": value,
+        "clean": clean,
+        "status": status,
     }
 
 

@@ -34,6 +34,7 @@ from .design import sample_uniforms
 from .simulate import simulate_observed
 
 if TYPE_CHECKING:
+    from .observation import Observation
     from .sources import ModelSource
 
 # Relative slack on the prior bounds when checking user parameters: values produced by
@@ -86,6 +87,9 @@ class Model:
     # observations are not its states: mechinfer.models.petab computes them; empty for
     # models whose channels are states.
     observables: tuple[str, ...] = ()
+    # How the channels are observed where they are not states with fixed Gaussian noise
+    # (a PEtab problem's model: mechinfer.models.observation); None for the others.
+    observation: Observation | None = field(default=None, compare=False, repr=False)
     # Where a model from a file came from (mechinfer.models.sources): its files and their
     # hash, set by load_model. None for a built-in model (its source is the package).
     source: ModelSource | None = field(default=None, compare=False, repr=False)
@@ -129,7 +133,11 @@ class Model:
             "description": self.description,
             "parameters": [{"name": q.name, "unit": q.unit, "prior": q.prior.describe()} for q in self.quantities],
             "channels": [
-                {"name": c, "unit": self.state_units[self.states.index(c)], "sigma": self.noise_sigma[c]}
+                {
+                    "name": c,
+                    "unit": self.state_units[self.states.index(c)] if c in self.states else "",
+                    "sigma": self.noise_sigma[c],
+                }
                 for c in self.channels
             ],
             "T": self.T,
@@ -297,7 +305,7 @@ class Model:
         if base is not self:
             for f in dataclasses.fields(self):
                 mine, theirs = getattr(self, f.name), getattr(base, f.name)
-                if f.name != "source" and mine is not theirs and mine != theirs:
+                if f.name not in ("source", "observation") and mine is not theirs and mine != theirs:
                     changes[f.name] = mine
         return (_rebuild_model, (origin, changes))
 

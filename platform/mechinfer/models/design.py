@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import priors as _priors
+from .observation import standard_noise
 from .seeding import sample_generators
 
 if TYPE_CHECKING:
@@ -32,10 +33,26 @@ def sample_uniforms(model: Model, seed: int, sample_ids: np.ndarray) -> dict[str
 
 
 def draw_experiments(model: Model, seed: int, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """theta (n, P), z (n, P), t (n, N) sorted, channel (n, N) int8, noise (n, N)."""
+    """theta (n, P), z (n, P), t (n, N) sorted, channel (n, N) int8, noise (n, N).
+
+    A model with a fixed design (a PEtab problem's: mechinfer.models.observation) takes
+    its design's points in every sample, and ``noise`` is then of unit scale (normal, or
+    Laplace where the channel's noise is): its scale depends on theta, so the simulation
+    multiplies it in, in the noise space."""
     raw = sample_uniforms(model, seed, sample_ids)
     u = torch.from_numpy(raw["theta"])
     theta = _priors.from_u(model.priors, u)
+    if model.observation is not None:
+        obs = model.observation
+        n = len(sample_ids)
+        channel = np.broadcast_to(obs.design_channel.astype(np.int8), (n, len(obs.design_channel))).copy()
+        return {
+            "theta": theta.numpy(),
+            "z": _priors.to_z(model.priors, theta).numpy(),
+            "t": np.broadcast_to(obs.design_t, channel.shape).copy(),
+            "channel": channel,
+            "noise": standard_noise(raw["normal"], obs.laplace[channel]),
+        }
     order = np.argsort(raw["t"], axis=1, kind="stable")
     channel = np.take_along_axis(raw["channel"], order, axis=1)
     return {

@@ -27,18 +27,53 @@ def observed_mask(t: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(t) & torch.isfinite(value)
 
 
+def to_noise_space(model: Model, value, channel):
+    """Observed values mapped where their noise is additive (mechinfer.models.observation):
+    the identity for a model whose channels are states with Gaussian noise; ``log10(x)``
+    for a PEtab log10 observable. Observation sets enter the library here (datasets,
+    users' tables, served requests); every function below takes values in that space."""
+    if model.observation is None:
+        return value
+    if isinstance(channel, torch.Tensor):
+        channel = channel.detach().cpu().numpy()
+    return model.observation.to_noise_space(value, np.asarray(channel, dtype=np.int64))
+
+
 def predict(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, **solver_options):
-    """Noise-free model output mu (B, N) at each observation's (t, channel), and the
-    solver status (B,). Padded entries (NaN t) are simulated at t = 0 and must be masked."""
+    """Noise-free model output mu (B, N) at each observation's (t, channel), in the noise
+    space (see :func:`to_noise_space`), and the solver status (B,). Padded entries (NaN t)
+    are simulated at t = 0 and must be masked."""
+    mu, _, status = predict_with_noise(model, theta, t, channel, **solver_options)
+    return mu, status
+
+
+def predict_with_noise(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, **solver_options):
+    """mu (B, N) as :func:`predict` gives it, the noise scale sigma (B, N) of each
+    observation (a function of theta where the model estimates it), and status (B,)."""
     t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+    if model.observation is not None:
+        return model.observation.predict(model, theta, t_filled, channel.long(), **solver_options)
     y, status = simulate_observed(model, theta, t_filled, **solver_options)
-    return y.gather(2, channel.long().unsqueeze(-1)).squeeze(-1), status
+    mu = y.gather(2, channel.long().unsqueeze(-1)).squeeze(-1)
+    return mu, noise_scale(model, theta, t, channel).to(mu.dtype), status
+
+
+def noise_scale(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    """sigma (B, N) of each observation, in the noise space: the channel's fixed sigma, or
+    the model's noise formula at theta (no solve)."""
+    if model.observation is not None:
+        t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+        return model.observation.noise(theta, t_filled, channel.long())
+    return torch.as_tensor(model.sigma, device=t.device)[channel.long()]
 
 
 def predict_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, **solver_options):
     """mu (B, N) as :func:`predict` gives it, its Jacobian in theta (B, N, P) and the
     status (B,), from the native solver's sensitivities; ``None`` where that solver does
-    not apply (then differentiate :func:`predict`)."""
+    not apply (then differentiate :func:`predict`), which includes models with an
+    observation model of their own."""
+    if model.observation is not None:
+        return None
     t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
     solved = states_and_jacobian(model, theta, t_filled, **solver_options)
     if solved is None:
@@ -76,8 +111,11 @@ class SortedObservations:
 def nll_and_gradient(model: Model, obs: SortedObservations, **solver_options):
     """``fn(theta, rows) -> (NLL (b,), its gradient in theta (b, P), status (b,))`` for
     the sets ``rows`` of ``obs``, numpy arrays in and out, by the native solver's
-    discrete adjoint; ``None`` where that solver does not apply. theta must come from
-    the z map (inside the prior, by construction), so it is not checked here."""
+    discrete adjoint; ``None`` where that solver does not apply (also for models with an
+    observation model of their own). theta must come from the z map (inside the prior,
+    by construction), so it is not checked here."""
+    if model.observation is not None:
+        return None
     solve = _solver.nll_and_gradient(term(model), **solver_options)
     if solve is None:
         return None
@@ -89,12 +127,26 @@ def nll_and_gradient(model: Model, obs: SortedObservations, **solver_options):
 
 
 def nll_from_mu(
-    model: Model, mu: torch.Tensor, channel: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
+    model: Model,
+    mu: torch.Tensor,
+    channel: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    sigma: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """1/2 sum_i ((x_i - mu_i) / sigma_{c_i})^2 over the observed entries: (B,)."""
-    sigma = torch.as_tensor(model.sigma, dtype=mu.dtype, device=mu.device)[channel.long()]
+    """1/2 sum_i ((x_i - mu_i) / sigma_{c_i})^2 over the observed entries: (B,). For a model
+    with an observation model of its own (values and mu in its noise space, ``sigma`` per
+    observation from :func:`predict_with_noise`): sum_i log sigma_i + r_i^2 / 2 (normal)
+    or + |r_i| (Laplace), r_i = (x_i - mu_i) / sigma_i, constants dropped."""
+    if sigma is None:
+        sigma = torch.as_tensor(model.sigma, dtype=mu.dtype, device=mu.device)[channel.long()]
+    sigma = torch.where(mask, sigma.to(mu.dtype), torch.ones_like(mu))
     r = torch.where(mask, (value.to(mu.dtype) - mu) / sigma, torch.zeros_like(mu))
-    return 0.5 * r.square().sum(dim=-1)
+    if model.observation is None:
+        return 0.5 * r.square().sum(dim=-1)
+    laplace = torch.as_tensor(model.observation.laplace, device=mu.device)[channel.long()]
+    per = torch.where(laplace, r.abs(), 0.5 * r.square()) + torch.where(mask, torch.log(sigma), torch.zeros_like(mu))
+    return per.sum(dim=-1)
 
 
 def nll(
@@ -107,8 +159,8 @@ def nll(
 ) -> torch.Tensor:
     """Negative log-likelihood (constant dropped) of theta (B, P) for each set: (B,).
     Differentiable in theta through the solver; NaN where the solver failed."""
-    mu, status = predict(model, theta, t, channel, **solver_options)
-    out = nll_from_mu(model, mu, channel, value, observed_mask(t, value))
+    mu, sigma, status = predict_with_noise(model, theta, t, channel, **solver_options)
+    out = nll_from_mu(model, mu, channel, value, observed_mask(t, value), sigma)
     return torch.where(status == SolveStatus.OK, out, torch.full_like(out, torch.nan))
 
 

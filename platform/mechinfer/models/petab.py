@@ -21,6 +21,7 @@ The ``petab`` library reads and validates the tables; the SBML file goes through
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -37,6 +38,7 @@ from .. import solver as _solver
 from ..solver import SolveStatus
 from .base import Model, Quantity
 from .expressions import compile_function
+from .observation import Observation
 from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
 from .priors import LogUniform, Prior, Uniform
 from .sbml_model import model_from_system
@@ -59,6 +61,7 @@ class Observable:
     n_observable_parameters: int
     n_noise_parameters: int
     function: Any  # (s, p, q) -> [value, sigma]; s: states and time, p: arguments, q: placeholders
+    noise_reads_states: bool = False  # the noise formula reads model states (not only parameters and time)
 
 
 @dataclass
@@ -438,9 +441,18 @@ def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
             symbol(f"noiseParameter{i}_{oid}") for i in range(1, counts["noise"] + 1)
         ]
         fn, _ = compile_function("observable", {"s": s_symbols, "p": arg_symbols, "q": slots}, exprs)
+        reads_states = bool(exprs[1].free_symbols & set(s_symbols[:-1]))
         observables.append(
             Observable(
-                str(oid), formula, noise, transformation, distribution, counts["observable"], counts["noise"], fn
+                str(oid),
+                formula,
+                noise,
+                transformation,
+                distribution,
+                counts["observable"],
+                counts["noise"],
+                fn,
+                reads_states,
             )
         )
     obs_index = {o.name: i for i, o in enumerate(observables)}
@@ -474,33 +486,36 @@ def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
             else:
                 p_value[k, slot] = x
     # -------------------------------------------------------- the model
-    channels = (
-        tuple(o.name for o in observables)
-        if len(conditions) == 1
-        else tuple(f"{o.name}@{c}" for c in conditions for o in observables)
+    # channels: the measured (condition, observable) pairs, conditions in table order
+    pairs = sorted(set(zip(m_condition.tolist(), m_observable.tolist())))
+    channels = tuple(
+        observables[o].name if len(conditions) == 1 else f"{observables[o].name}@{conditions[c]}" for c, o in pairs
     )
+    m_channel = np.array([pairs.index((c, o)) for c, o in zip(m_condition, m_observable)], dtype=np.int64)
     T = float(m_time.max()) if m else 1.0
+    condition_inputs = (
+        np.array([[columns[i][c] for i in inputs] for c in range(len(conditions))])
+        if inputs
+        else np.zeros((len(conditions), 0))
+    )
+    observation = _observation(
+        observables, condition_inputs, pairs, m_channel, m_time, p_index, p_value, len(system.states)
+    )
     model = model_from_system(
         resolved_system,
         quantities=quantities,
+        channels=channels,
+        noise_sigma=dict(zip(channels, observation.reference_sigma(nominal).tolist())),
         inputs=inputs,
         observables=[o.name for o in observables],
         T=T,
         n_obs=m,
         description=f"PEtab problem {name}: {len(conditions)} condition(s), {len(observables)} observable(s)",
     )
-    condition_inputs = (
-        np.array([[columns[i][c] for i in inputs] for c in range(len(conditions))])
-        if inputs
-        else np.zeros((len(conditions), 0))
+    model = dataclasses.replace(model, observation=observation)
+    measurements = pd.DataFrame(
+        {"experiment": name, "t": m_time, "channel": [channels[k] for k in m_channel], "value": m_value}
     )
-    channel_names = [
-        channels[m_observable[k]]
-        if len(conditions) == 1
-        else f"{observables[m_observable[k]].name}@{conditions[m_condition[k]]}"
-        for k in range(m)
-    ]
-    measurements = pd.DataFrame({"experiment": name, "t": m_time, "channel": channel_names, "value": m_value})
     design = pd.DataFrame(
         {
             "condition": [conditions[c] for c in m_condition],
@@ -524,6 +539,35 @@ def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
         m_placeholder_index=p_index,
         m_placeholder_value=p_value,
         n_system_states=len(system.states),
+    )
+
+
+def _observation(observables, condition_inputs, pairs, m_channel, m_time, p_index, p_value, n_states) -> Observation:
+    """The observation model of the problem's channels (mechinfer.models.observation): each
+    channel's placeholders by measurement time, and the design sorted by time."""
+    n_channels = len(pairs)
+    per = [np.flatnonzero(m_channel == k) for k in range(n_channels)]
+    per = [rows[np.argsort(m_time[rows], kind="stable")] for rows in per]
+    width = max(len(r) for r in per)
+    times = np.full((n_channels, width), np.inf)
+    index = np.full((n_channels, width, p_index.shape[1]), -1, dtype=np.int64)
+    value = np.zeros((n_channels, width, p_index.shape[1]))
+    for k, rows in enumerate(per):
+        times[k, : len(rows)] = m_time[rows]
+        index[k, : len(rows)] = p_index[rows]
+        value[k, : len(rows)] = p_value[rows]
+    order = np.argsort(m_time, kind="stable")
+    return Observation(
+        observables=tuple(observables),
+        condition_inputs=condition_inputs,
+        channel_condition=np.array([c for c, _ in pairs], dtype=np.int64),
+        channel_observable=np.array([o for _, o in pairs], dtype=np.int64),
+        placeholder_time=times,
+        placeholder_index=index,
+        placeholder_value=value,
+        n_system_states=n_states,
+        design_t=m_time[order],
+        design_channel=m_channel[order],
     )
 
 

@@ -31,13 +31,21 @@ def check_times(model: Model, t: torch.Tensor, n_batch: int) -> torch.Tensor:
 
 
 def check_stages_apply(model: Model) -> None:
-    """Raise ValueError for a model the stages cannot simulate yet: a PEtab problem's
-    model (observables that are formulas, conditions that set inputs) is simulated per
-    condition by its problem; the stages' random designs over states do not apply to it."""
-    if model.inputs or model.observables:
+    """Raise ValueError for a model the stages cannot train on: one whose noise formula
+    reads model states (the networks' training evaluates the noise from the parameters
+    alone, :meth:`mechinfer.models.observation.Observation.noise`)."""
+    if model.observation is not None and model.observation.noise_reads_states:
         raise ValueError(
-            f"{model.name}: a PEtab problem is simulated per condition at its own design "
-            "(mechinfer.load_petab(...).solve_conditions, .log_likelihood); the stages do not train on one yet"
+            f"{model.name}: a noise formula reads model states; the stages need noise scales that depend "
+            "on parameters, placeholders and time only"
+        )
+
+
+def _check_single_system(model: Model) -> None:
+    if model.observation is not None or model.inputs:
+        raise ValueError(
+            f"{model.name}: its states depend on the condition; simulate its observations "
+            "(Model.simulate, mechinfer.models.likelihood.predict) instead of its states"
         )
 
 
@@ -50,7 +58,7 @@ def term(model: Model) -> _solver.ODETerm:
 def simulate_states(model: Model, theta: torch.Tensor, t: torch.Tensor, *, solver: str | None = None, **options):
     """All states at times t (any order): theta (B, P), t (B, N) -> (B, N, S), status (B,).
     Differentiable in theta."""
-    check_stages_apply(model)
+    _check_single_system(model)
     model.check_theta(theta)
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
@@ -68,7 +76,7 @@ def states_and_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, **op
     from the native solver's forward sensitivities, and status (B,); ``None`` where the
     native solver does not apply (see :func:`mechinfer.solver.jacobian`)."""
     theta = theta.detach()
-    check_stages_apply(model)
+    _check_single_system(model)
     model.check_theta(theta)
     t = check_times(model, t.to(theta.dtype), theta.shape[0])
     order = torch.argsort(t, dim=1)
@@ -83,6 +91,17 @@ def states_and_jacobian(model: Model, theta: torch.Tensor, t: torch.Tensor, **op
 
 
 def simulate_observed(model: Model, theta: torch.Tensor, t: torch.Tensor, **kwargs):
-    """Observed channels at times t: (B, N, C) and status (B,)."""
+    """Observed channels at times t: (B, N, C) and status (B,), in the model's own units
+    (not its noise space)."""
+    if model.observation is not None:
+        model.check_theta(theta)
+        t = check_times(model, t.to(theta.dtype), theta.shape[0])
+        n_batch, n_points = t.shape
+        n_ch = len(model.channels)
+        channel = torch.arange(n_ch).repeat(n_batch, n_points)  # (B, N * C), point-major
+        t_rep = t.repeat_interleave(n_ch, dim=1)
+        mu, _, status = model.observation.predict(model, theta, t_rep, channel, **kwargs)
+        y = model.observation.from_noise_space(mu, channel.numpy())
+        return y.reshape(n_batch, n_points, n_ch), status
     states, status = simulate_states(model, theta, t, **kwargs)
     return states[..., list(model.channel_states)], status

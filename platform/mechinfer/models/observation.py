@@ -1,0 +1,243 @@
+"""How a model from a PEtab problem is observed (SPEC 11, 12): observables that are
+formulas of the states under named conditions, noise of a scale that may be an estimated
+parameter, normal or Laplace, on a lin / log / log10 scale; and the problem's fixed design.
+
+The stages see one such model as they see a built-in one: channels (``<observable>`` or
+``<observable>@<condition>``, one per measured pair), observation sets of
+``(t, channel, value)``, and a prediction per observation. What differs is kept here:
+
+- the *noise space*: where the noise is additive (``log10(x)`` for a log10 observable,
+  ``x`` for a lin one). Networks, losses, fits and metrics work on observed values and
+  predictions mapped there (:meth:`Observation.to_noise_space`); for a built-in model it
+  is the identity, and every built-in number stays as it was;
+- the noise scale per observation, a function of the parameters (``noise``);
+- the NLL per observation: ``r^2 / 2 + log sigma`` (normal) or ``|r| + log sigma``
+  (Laplace) with ``r = (x - mu) / sigma`` in the noise space; constants dropped.
+
+A channel's observable and noise placeholders take the overrides of its measurement
+nearest in time (exact at the design's points; the measurement table may give each
+time its own noise, measured replicates' spreads for example).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .. import solver as _solver
+from ..solver import SolveStatus
+
+if TYPE_CHECKING:
+    from .base import Model
+
+
+def to_noise_space(transformation: np.ndarray, x):
+    """Values (any shape) mapped where their noise is additive, per entry's transformation
+    code (0 lin, 1 log, 2 log10); NaN where a log of a value not above 0 is asked for."""
+    if isinstance(x, torch.Tensor):
+        code = torch.as_tensor(transformation, device=x.device)
+        pos = torch.where(x > 0, x, torch.full_like(x, math.nan))
+        return torch.where(code == 0, x, torch.where(code == 1, torch.log(pos), torch.log10(pos)))
+    arr = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        positive = np.where(arr > 0, arr, np.nan)
+        return np.where(transformation == 0, arr, np.where(transformation == 1, np.log(positive), np.log10(positive)))
+
+
+def from_noise_space(transformation: np.ndarray, y):
+    """The inverse of :func:`to_noise_space`."""
+    if isinstance(y, torch.Tensor):
+        code = torch.as_tensor(transformation, device=y.device)
+        return torch.where(code == 0, y, torch.where(code == 1, torch.exp(y), torch.pow(10.0, y)))
+    arr = np.asarray(y, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return np.where(transformation == 0, arr, np.where(transformation == 1, np.exp(arr), np.power(10.0, arr)))
+
+
+TRANSFORMATION_CODES = {"lin": 0, "log": 1, "log10": 2}
+
+
+@dataclass(frozen=True, eq=False)
+class Observation:
+    """The observation model and fixed design of a problem's model (see the module)."""
+
+    observables: tuple[Any, ...]  # mechinfer.models.petab.Observable, in the problem's order
+    condition_inputs: np.ndarray  # (C, K) each condition's input values
+    channel_condition: np.ndarray  # (channels,) condition index per channel
+    channel_observable: np.ndarray  # (channels,) observable index per channel
+    # placeholders per channel, by measurement time: (channels, L) times padded with inf,
+    # (channels, L, Q) index into theta (-1: a number) and the number
+    placeholder_time: np.ndarray
+    placeholder_index: np.ndarray
+    placeholder_value: np.ndarray
+    n_system_states: int  # states of the system; the model appends time where its rates read it
+    design_t: np.ndarray  # (M,) the measurement table's times, sorted
+    design_channel: np.ndarray  # (M,) their channels
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------ per channel
+    @property
+    def transformation(self) -> np.ndarray:
+        """(channels,) transformation code (0 lin, 1 log, 2 log10)."""
+        return np.array(
+            [TRANSFORMATION_CODES[self.observables[o].transformation] for o in self.channel_observable], dtype=np.int64
+        )
+
+    @property
+    def laplace(self) -> np.ndarray:
+        """(channels,) whether the channel's noise is Laplace (else normal)."""
+        return np.array([self.observables[o].distribution == "laplace" for o in self.channel_observable])
+
+    @property
+    def noise_reads_states(self) -> bool:
+        return any(self.observables[o].noise_reads_states for o in set(self.channel_observable.tolist()))
+
+    def to_noise_space(self, value, channel):
+        return to_noise_space(self.transformation[np.asarray(channel)], value)
+
+    def from_noise_space(self, y, channel):
+        return from_noise_space(self.transformation[np.asarray(channel)], y)
+
+    # ------------------------------------------------------------ at observation points
+    def _placeholders(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+        """(B, N, Q) placeholder values of each observation: its channel's measurement
+        nearest in time."""
+        times = torch.as_tensor(self.placeholder_time, dtype=t.dtype)[channel]  # (B, N, L)
+        nearest = (times - torch.nan_to_num(t)[..., None]).abs().argmin(-1)  # (B, N)
+        idx = torch.as_tensor(self.placeholder_index)[channel, nearest]  # (B, N, Q)
+        val = torch.as_tensor(self.placeholder_value, dtype=theta.dtype)[channel, nearest]
+        if theta.shape[1] == 0:
+            return val
+        picked = torch.gather(theta[:, None, :].expand(-1, idx.shape[1], -1), 2, idx.clamp(min=0))
+        return torch.where(idx >= 0, picked, val)
+
+    def _arguments(self, theta: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """The solver's arguments (B, len(conditions), P + K): theta and each condition's inputs."""
+        inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype)[conditions]
+        return torch.cat(
+            [theta[:, None, :].expand(-1, len(conditions), -1), inputs[None].expand(theta.shape[0], -1, -1)], -1
+        )
+
+    def predict(
+        self,
+        model: Model,
+        theta: torch.Tensor,
+        t: torch.Tensor,
+        channel: torch.Tensor,
+        *,
+        solver: str | None = None,
+        **solver_options,
+    ):
+        """mu (B, N) in the noise space, sigma (B, N) and status (B,) of observations at
+        (t, channel) (t finite, inside [0, T]). One solve per (row, condition the batch
+        observes), each at the row's times; differentiable in theta."""
+        from .simulate import term
+
+        n_batch, n_points = t.shape
+        channel = channel.long()
+        point_condition = torch.as_tensor(self.channel_condition)[channel]  # (B, N)
+        used = torch.unique(point_condition)
+        slot = torch.full((len(self.condition_inputs),), -1, dtype=torch.long)
+        slot[used] = torch.arange(len(used))
+        args = self._arguments(theta, used)  # (B, U, P + K)
+        order = torch.argsort(t, dim=1)
+        t_sorted = torch.gather(t, 1, order)
+        flat_args = args.reshape(n_batch * len(used), -1)
+        t_rep = t_sorted[:, None, :].expand(-1, len(used), -1).reshape(n_batch * len(used), n_points)
+        method = solver or model.solver
+        y0 = model.initial_state(flat_args)
+        states, status = _solver.solve(term(model), y0, flat_args, t_rep, method=method, **solver_options)
+        states = states.to(theta.dtype).reshape(n_batch, len(used), n_points, -1)
+        unsort = torch.argsort(order, dim=1)
+        states = torch.gather(states, 2, unsort[:, None, :, None].expand_as(states))
+        point_slot = slot[point_condition]  # (B, N)
+        at = torch.gather(states, 1, point_slot[:, None, :, None].expand(-1, 1, -1, states.shape[-1]))[:, 0]
+        if len(model.states) == self.n_system_states:  # time is not a state: append it
+            at = torch.cat([at, t[..., None].to(at.dtype)], -1)
+        point_args = torch.gather(args, 1, point_slot[..., None].expand(-1, -1, args.shape[-1]))  # (B, N, P + K)
+        q = self._placeholders(theta, t, channel)
+        h, sigma = self._evaluate(channel, at, point_args, q, theta)
+        mu = self.to_noise_space(h, channel)
+        ok = (status.reshape(n_batch, len(used)) == SolveStatus.OK).all(1)
+        finite = torch.isfinite(mu).all(1) & torch.isfinite(sigma).all(1) & (sigma > 0).all(1)
+        status = torch.where(
+            ok,
+            torch.where(finite, SolveStatus.OK, SolveStatus.NONFINITE),
+            status.reshape(n_batch, len(used)).amax(1),
+        )
+        return mu, sigma, status
+
+    def noise(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+        """sigma (B, N) of observations at (t, channel), without a solve (the noise formulas
+        read parameters, placeholders and time only; see :attr:`noise_reads_states`)."""
+        if self.noise_reads_states:
+            raise ValueError("a noise formula reads model states: its scale needs the solver (Observation.predict)")
+        channel = channel.long()
+        n_states = self.n_system_states + 1
+        at = torch.zeros(*t.shape, n_states, dtype=theta.dtype)
+        at[..., -1] = torch.nan_to_num(t)
+        conds = torch.as_tensor(self.channel_condition)[channel]
+        inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype)[conds]  # (B, N, K)
+        point_args = torch.cat([theta[:, None, :].expand(-1, t.shape[1], -1), inputs], -1)
+        q = self._placeholders(theta, t, channel)
+        _, sigma = self._evaluate(channel, at, point_args, q, theta, noise_only=True)
+        return sigma
+
+    def _evaluate(self, channel, at, point_args, q, theta, noise_only: bool = False):
+        """Observable values h and noise scales (B, N) from each point's states (with time
+        last), arguments and placeholders."""
+        n_batch = channel.shape[0]
+        point_observable = torch.as_tensor(self.channel_observable)[channel]
+        h = torch.zeros(channel.shape, dtype=theta.dtype)
+        sigma = torch.zeros(channel.shape, dtype=theta.dtype)
+        for o in torch.unique(point_observable).tolist():
+            where = point_observable == o
+            fn = self.observables[o].function
+            s, p, qq = at[where].unbind(-1), point_args[where].unbind(-1), q[where].unbind(-1)
+            value, sd = fn(s, p, qq)
+            n = int(where.sum())
+            if not noise_only:
+                h = h.masked_scatter(where, _full(value, n, theta))
+            sigma = sigma.masked_scatter(where, _full(sd, n, theta))
+        del n_batch
+        return h, sigma
+
+    def reference_sigma(self, theta: np.ndarray) -> np.ndarray:
+        """Each channel's noise scale at ``theta`` (the problem's nominal parameters),
+        the median over its measurements' times: the scale networks normalise a channel's
+        values by and metrics weigh it with. Where a noise formula reads states, 1."""
+        if self.noise_reads_states:
+            return np.ones(len(self.channel_condition))
+        channels = np.arange(len(self.channel_condition))
+        out = []
+        with torch.no_grad():
+            th = torch.as_tensor(np.atleast_2d(theta), dtype=torch.float64)
+            for c in channels:
+                times = self.placeholder_time[c][np.isfinite(self.placeholder_time[c])]
+                sd = self.noise(th, torch.as_tensor(times)[None], torch.full((1, len(times)), int(c))).numpy()
+                ok = sd[np.isfinite(sd) & (sd > 0)]
+                out.append(float(np.median(ok)) if len(ok) else 1.0)
+        return np.array(out)
+
+
+def _full(x, n: int, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(like.dtype).expand(n) if x.ndim == 0 else x.to(like.dtype)
+    return torch.full((n,), float(x), dtype=like.dtype)
+
+
+def standard_noise(normal: np.ndarray, laplace: np.ndarray) -> np.ndarray:
+    """Unit-scale noise per entry from standard normal draws: kept where the channel's
+    noise is normal, mapped through the normal CDF to a unit Laplace draw where it is Laplace."""
+    from scipy.special import ndtr
+
+    u = ndtr(normal)
+    lap = np.where(u < 0.5, np.log(2 * np.maximum(u, 1e-300)), -np.log(2 * np.maximum(1 - u, 1e-300)))
+    return np.where(laplace, lap, normal)
+
+
+__all__ = ["Observation", "from_noise_space", "standard_noise", "to_noise_space"]

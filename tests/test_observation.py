@@ -1,0 +1,114 @@
+"""The observation model of a PEtab problem's model (mechinfer.models.observation, SPEC 11
+and 12): predictions at any (t, channel) equal the problem's exact ones at its design, the
+NLL differs from minus the PEtab log-likelihood by a constant only, and simulated rows at
+the problem's design are reproducible, with blown-up draws flagged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mechinfer
+from mechinfer.data.samples import simulate_chunk
+from mechinfer.models import likelihood
+from mechinfer.solver import SolveStatus
+
+DATA = Path(__file__).parent / "data" / "petab"
+TIGHT = {"rtol": 1e-8, "atol": 1e-10}
+
+
+def load(name: str):
+    return mechinfer.load_petab(DATA / name / f"{name}.yaml")
+
+
+@pytest.fixture(scope="module", params=["Boehm_JProteomeRes2014", "Fujita_SciSignal2010"])
+def problem(request):
+    return load(request.param)
+
+
+def real_data(problem):
+    """The problem's measurements as one observation set: t, channel, value (noise space)."""
+    m = problem.model
+    channel = torch.as_tensor([m.channels.index(c) for c in problem.measurements["channel"]])[None]
+    t = torch.as_tensor(problem.m_time)[None]
+    value = likelihood.to_noise_space(m, torch.as_tensor(problem.m_value)[None], channel)
+    return t, channel, value
+
+
+def test_channels_are_the_measured_pairs(problem):
+    m = problem.model
+    pairs = set(zip(problem.design["condition"], problem.design["observable"]))
+    assert len(m.channels) == len(pairs)
+    if len(problem.conditions) > 1:
+        assert {f"{o}@{c}" for c, o in pairs} == set(m.channels)
+    assert set(problem.measurements["channel"]) == set(m.channels)
+    assert m.n_obs == len(problem.m_time) and problem.m_time.max() == m.T
+
+
+def test_predictions_at_the_design_equal_the_problems(problem):
+    m = problem.model
+    theta = torch.as_tensor(np.stack([problem.nominal, m.sample_prior(1, seed=3)[0]]))
+    value, sigma, ok = problem.simulate_measurements(theta)
+    t, channel, _ = real_data(problem)
+    mu, sd, status = likelihood.predict_with_noise(m, theta, t.expand(2, -1), channel.expand(2, -1), **TIGHT)
+    assert ok.all() and (status == SolveStatus.OK).all()
+    h = m.observation.from_noise_space(mu, channel.expand(2, -1).numpy())
+    np.testing.assert_allclose(h.numpy(), value.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sd.numpy(), sigma.numpy(), rtol=1e-12)
+    # the noise alone, without a solve, is the same
+    np.testing.assert_allclose(likelihood.noise_scale(m, theta, t.expand(2, -1), channel.expand(2, -1)), sigma)
+
+
+def test_nll_is_minus_the_log_likelihood_up_to_a_constant(problem):
+    m = problem.model
+    theta = np.stack([problem.nominal, problem.nominal * 1.2, m.sample_prior(1, seed=5)[0]])
+    ll = problem.log_likelihood(theta)
+    t, channel, value = real_data(problem)
+    nll = likelihood.nll(
+        m, torch.as_tensor(theta), t.expand(3, -1), channel.expand(3, -1), value.expand(3, -1), **TIGHT
+    )
+    total = nll.numpy() + ll
+    assert np.isfinite(total).all()
+    np.testing.assert_allclose(total[1], total[0], atol=1e-6)
+    # a wild prior draw: the two solve different time grids, whose steps differ a little
+    np.testing.assert_allclose(total[2], total[0], atol=1e-3)
+
+
+def test_simulated_rows_at_the_design_are_reproducible_and_flag_failures():
+    problem = load("Fujita_SciSignal2010")
+    m = problem.model
+    rows = simulate_chunk(m, 7, 0, 64)
+    again = simulate_chunk(m, 7, 32, 64)
+    np.testing.assert_array_equal(rows["value"][32:], again["value"])
+    order = np.argsort(problem.m_time, kind="stable")
+    np.testing.assert_array_equal(rows["t"][0], problem.m_time[order])
+    failed = rows["status"] != SolveStatus.OK
+    assert failed.any() and not failed.all()  # Fujita's wide priors blow some solves up
+    assert np.isnan(rows["value"][failed]).all() and np.isfinite(rows["value"][~failed]).all()
+    # the noise is of the sampled theta's scale: the residuals in the noise space have unit spread
+    ok = ~failed
+    obs = m.observation
+    ch = rows["channel"][ok].astype(np.int64)
+    r = obs.to_noise_space(rows["value"][ok], ch) - obs.to_noise_space(rows["clean"][ok], ch)
+    sigma = likelihood.noise_scale(
+        m, torch.as_tensor(rows["theta"][ok]), torch.as_tensor(rows["t"][ok]), torch.as_tensor(ch)
+    )
+    scaled = r / sigma.numpy()
+    assert 0.9 < scaled.std() < 1.1 and abs(scaled.mean()) < 0.05
+
+
+def test_simulate_gives_every_channel_in_the_models_units():
+    problem = load("Fujita_SciSignal2010")
+    m = problem.model
+    theta = problem.nominal[None]
+    t = np.sort(np.unique(problem.m_time))
+    y = m.simulate(theta, t)
+    assert y.shape == (1, len(t), len(m.channels))
+    for k, name in enumerate(problem.measurements["channel"][:20]):
+        col = m.channels.index(name)
+        row = np.searchsorted(t, problem.m_time[k])
+        value, _, _ = problem.simulate_measurements(torch.as_tensor(theta))
+        np.testing.assert_allclose(y[0, row, col], value[0, k].item(), rtol=1e-4)
