@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -256,7 +257,8 @@ def _build(source: ModelSource, folder: Path) -> Model:
             from .petab import load_petab  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise ModelSourceError(f"{source.entry}: PEtab problems are not supported by this build ({exc})") from None
-        model = load_petab(str(path)).model
+        problem = load_petab(str(path))
+        model = problem.model
     if not isinstance(model, Model):
         raise ModelSourceError(f"{source.entry}: did not give a mechinfer Model (got {type(model).__name__})")
     from . import list_models
@@ -265,7 +267,27 @@ def _build(source: ModelSource, folder: Path) -> Model:
         raise ModelSourceError(
             f"{source.entry}: defines a model named {model.name!r}, the name of a built-in model; give it another name"
         )
-    return replace(model, source=source)
+    model = replace(model, source=source)
+    if source.kind == "petab":
+        problem.model = model
+        _PROBLEMS[source.hash] = problem
+    return model
+
+
+_PROBLEMS: dict[str, Any] = {}
+
+
+def petab_problem(model: Model):
+    """The PEtab problem (:class:`mechinfer.models.petab.PetabProblem`) a model was loaded
+    from (``load_model`` of a .yaml file, or a model rebuilt from a dataset's or checkpoint's
+    copy of it), its measurements and exact log-likelihood included; once per process.
+    ValueError for a model of another kind."""
+    source = model.source
+    if source is None or source.kind != "petab":
+        raise ValueError(f"{model.name} is not the model of a PEtab problem")
+    if source.hash not in _PROBLEMS:
+        _build(source, materialize(source))  # builds the problem, and the model it holds
+    return _PROBLEMS[source.hash]
 
 
 def _import_python(source: ModelSource, path: Path) -> Model:
