@@ -27,9 +27,9 @@ import shutil
 import sys
 import tempfile
 import uuid
-from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .base import Model
 from .odesystem import ModelSourceError
