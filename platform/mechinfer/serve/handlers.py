@@ -4,7 +4,6 @@ shaping answers. The Ray Serve application in ``serving/app.py`` wraps these."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import time
@@ -90,9 +89,9 @@ def to_arrays(
     return t, ch, v
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
-_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+# a JSON string literal, as an unrolled loop (one alternation per character costs ~6x more)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")  # bytes.translate deletes them
 
 
 def check_json_shape(raw: bytes, max_depth: int, max_number_chars: int) -> None:
@@ -107,8 +106,9 @@ def check_json_shape(raw: bytes, max_depth: int, max_number_chars: int) -> None:
             f"({long_number.group()[:16].decode()}...)",
             400,
         )
-    brackets = _NOT_BRACKET.sub(b"", bare)
-    if brackets and max(itertools.accumulate(_DEPTH_STEP[b] for b in brackets)) > max_depth:
+    brackets = np.frombuffer(bare.translate(None, _NOT_BRACKETS), dtype=np.uint8)
+    # depth after each bracket: +1 for [ and {, -1 for ] and } (in C, not per byte in Python)
+    if len(brackets) and int(np.cumsum(np.where((brackets == 91) | (brackets == 123), 1, -1)).max()) > max_depth:
         raise BadRequest(f"request body nests JSON deeper than {max_depth} levels", 400)
 
 
