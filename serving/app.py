@@ -111,6 +111,7 @@ class ModelInfo(BaseModel):
     name: str
     parameters: list[Parameter]
     channels: list[str]
+    conditions: list[str] = Field(description="a PEtab problem's conditions; empty for other models")
     T: float
     n_obs: int
     checkpoint_id: str

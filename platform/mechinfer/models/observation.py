@@ -77,6 +77,7 @@ class Observation:
     n_system_states: int  # states of the system; the model appends time where its rates read it
     design_t: np.ndarray  # (M,) the measurement table's times, sorted
     design_channel: np.ndarray  # (M,) their channels
+    conditions: tuple[str, ...] = ()  # the conditions' ids, indexed by channel_condition
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ per channel

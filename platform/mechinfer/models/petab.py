@@ -501,6 +501,7 @@ def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
     observation = _observation(
         observables, condition_inputs, pairs, m_channel, m_time, p_index, p_value, len(system.states)
     )
+    observation = dataclasses.replace(observation, conditions=conditions)
     model = model_from_system(
         resolved_system,
         quantities=quantities,

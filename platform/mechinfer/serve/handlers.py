@@ -237,6 +237,8 @@ def describe(est: Estimator) -> dict:
         "name": m.name,
         "parameters": [{"name": n, "unit": u} for n, u in zip(m.parameter_names, m.parameter_units)],
         "channels": list(m.channels),
+        # a PEtab problem's conditions (channels <observable>@<condition> where there are several)
+        "conditions": list(m.observation.conditions) if m.observation is not None else [],
         "T": m.T,
         "n_obs": m.n_obs,
         "checkpoint_id": est.checkpoint_id,

@@ -26,7 +26,7 @@ from .. import SPEC_VERSION
 from ..config import DEVICES, NETWORK_KEYS, PRESETS, replace
 from ..models import load_model
 from ..models.base import Model
-from ..models.sources import recorded_hash
+from ..models.sources import petab_problem, recorded_hash
 from ..storage import read_local_json as _read_json
 from ..storage import write_local_json as _write_json
 
@@ -324,15 +324,25 @@ def _serve(model, run, s, records, port: int = 8000, **_):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     m = load_model(model)
     serve.run(build({"checkpoints": {m.name: ckpt}, "compile": s["compile"]}), name=app, route_prefix=prefix)
-    test = spec_test_set(m, 1)
-    obs = handlers.to_observations(m, test["t"][0], test["channel"][0], test["value"][0])
+    refine = m.observation is not None
+    if refine:  # a PEtab problem: its own measurements (SPEC 12), refined
+        what = "the problem's measurements"
+        measured = petab_problem(m).measurements
+        obs: list[dict] = [
+            {"t": float(t), "channel": str(c), "value": float(v)}
+            for t, c, v in zip(measured["t"], measured["channel"], measured["value"])
+        ]
+    else:
+        what = "SPEC test sample 0"
+        test = spec_test_set(m, 1)
+        obs = handlers.to_observations(m, test["t"][0], test["channel"][0], test["value"][0])
     url = f"http://127.0.0.1:{port}{prefix}/v1/models/{m.name}/infer"
-    r = requests.post(url, json={"observations": obs}, timeout=120)
+    r = requests.post(url, json={"observations": obs, "refine": refine}, timeout=120)
     if r.status_code != 200:
         raise RuntimeError(f"the served endpoint {url} answered {r.status_code}: {r.text}")
     answer = r.json()
-    log.info("served answer from %s for SPEC test sample 0: %s", url, answer)
-    return {"endpoint": url, "answer": answer}
+    log.info("served answer from %s for %s: %s", url, what, answer)
+    return {"endpoint": url, "answered": what, "answer": answer}
 
 
 _STAGE_FUNCTIONS: dict[str, Callable[..., dict]] = {
