@@ -12,7 +12,7 @@ import torch
 from ..config import AUTO_PVALUE
 from ..fit import mle
 from ..learn import checkpoint
-from ..models import list_models, priors
+from ..models import likelihood, list_models, priors
 from ..models.sources import model_from_record
 from . import recalibration, uncertainty
 from . import refine as stage
@@ -66,13 +66,28 @@ class Estimator:
         refined = np.asarray(refined, bool).copy()
         return lambda level, sd: rec.scale(level, sd, refined)
 
+    def observed(self, t, channel, value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The entry of a user's observation sets: t, channel, value (B, N) (or (N,)),
+        checked (times inside [0, T], known channels, finite values, positive values on a
+        log-scale channel), with the values mapped to the model's noise space
+        (:func:`mechinfer.models.likelihood.to_noise_space`; the identity for the built-in
+        models). Every public method below maps its input here, exactly once; the
+        ``network_z`` and :mod:`mechinfer.estimate.uncertainty` functions take what it
+        returns."""
+        t, ch, value = self._check(t, channel, value)
+        return t, ch, np.asarray(likelihood.to_noise_space(self.model, value, ch), dtype=np.float64)
+
     @torch.no_grad()
     def estimate_z(self, t, channel, value) -> np.ndarray:
-        t, channel, value = self._check(t, channel, value)
+        """The network's estimates in z (B, P) of observation sets (values in the model's units)."""
+        return self.network_z(*self.observed(t, channel, value))
+
+    @torch.no_grad()
+    def network_z(self, t, channel, y) -> np.ndarray:
+        """The network's estimates in z (B, P) of observation sets that :meth:`observed`
+        returned (values in the noise space)."""
         return (
-            self.net(
-                torch.tensor(t, dtype=torch.float32), torch.tensor(channel), torch.tensor(value, dtype=torch.float32)
-            )
+            self.net(torch.tensor(t, dtype=torch.float32), torch.tensor(channel), torch.tensor(y, dtype=torch.float32))
             .double()
             .numpy()
         )
@@ -88,9 +103,10 @@ class Estimator:
         how = stage.mode(refine)
         if how == "auto":
             return self.infer(t, channel, value, refine="auto", **fit_options).theta
-        z = self.estimate_z(t, channel, value)
+        t, channel, y = self.observed(t, channel, value)
+        z = self.network_z(t, channel, y)
         if how == "always":
-            z = self.refine(t, channel, value, z, **fit_options).z
+            z = self._refine(t, channel, y, z, **fit_options).z
         return priors.from_z(self.model.priors, torch.from_numpy(z)).numpy()
 
     def infer(
@@ -111,14 +127,14 @@ class Estimator:
         ``gof_pvalue < auto_pvalue`` or none). ``deadline`` and ``fit_options`` (e.g.
         ``method="bfgs"``) go to the refinement (see :mod:`mechinfer.estimate.refine`)."""
         level = uncertainty.check_level(level)
-        t, channel, value = self._check(t, channel, value)
-        z = self.estimate_z(t, channel, value)
-        lap = uncertainty.laplace(self.model, t, channel, value, z)
+        t, channel, y = self.observed(t, channel, value)
+        z = self.network_z(t, channel, y)
+        lap = uncertainty.laplace(self.model, t, channel, y, z)
         rows = {"z": z, "nll": lap.nll, "gof_pvalue": lap.gof_pvalue, "center": lap.center, "cov_z": lap.cov_z}
         rows["p_eff"], rows["refined"] = lap.p_eff, np.zeros(len(z), bool)
         todo, rows["refine_status"] = stage.select(refine, z, lap.gof_pvalue, auto_pvalue)
         if todo.any():
-            r = self.polish(t[todo], channel[todo], value[todo], z[todo], deadline=deadline, **fit_options)
+            r = self._polish(t[todo], channel[todo], y[todo], z[todo], deadline=deadline, **fit_options)
             done = stage.combine({k: v[todo] for k, v in rows.items()}, r.rows())
             for name, values in done.items():
                 rows[name][todo] = values
@@ -144,8 +160,18 @@ class Estimator:
     def polish(self, t, channel, value, z, deadline=None, **fit_options) -> Refined:
         """The refinement of z (B, P), the network's estimates, with the approximation for
         the intervals (:func:`mechinfer.estimate.refine.polish`)."""
-        t, channel, value = self._check(t, channel, value)
-        r = stage.polish(self.model, t, channel, value, z, deadline=deadline, **fit_options)
+        t, channel, y = self.observed(t, channel, value)
+        return self._polish(t, channel, y, z, deadline=deadline, **fit_options)
+
+    def _polish(self, t, channel, y, z, deadline=None, **fit_options) -> Refined:
+        r = stage.polish(self.model, t, channel, y, z, deadline=deadline, **fit_options)
+        if self.model.observation is not None:  # its NLL has log sigma terms: the statistic from the residuals
+            ok = np.isfinite(r.z).all(axis=1)
+            r.gof_pvalue = np.full(len(z), np.nan)
+            if ok.any():
+                r.gof_pvalue[ok] = uncertainty.gof_pvalue_at(
+                    self.model, t[ok], channel[ok], y[ok], r.z[ok], r.laplace.p_eff[ok]
+                )
         r.laplace.scale = self.interval_scale(np.ones(len(z), bool))
         return r
 
@@ -153,8 +179,11 @@ class Estimator:
         """One fit per observation set from z (B, P), the network's estimate, by ``method``
         (trust-region or bfgs). A row whose start cannot be simulated keeps z (status
         FitStatus.BAD_START). ``fit_options`` go to :func:`mechinfer.fit.mle.fit`."""
-        t, channel, value = self._check(t, channel, value)
-        return mle.fit(self.model, t, channel, value, z, method=stage.check_method(method), **fit_options)
+        t, channel, y = self.observed(t, channel, value)
+        return self._refine(t, channel, y, z, method=method, **fit_options)
+
+    def _refine(self, t, channel, y, z, method: str = stage.METHOD, **fit_options) -> mle.Fit:
+        return mle.fit(self.model, t, channel, y, z, method=stage.check_method(method), **fit_options)
 
     def _check(self, t, channel, value):
         m = self.model
@@ -177,7 +206,42 @@ class Estimator:
         ch = np.where(present, channel, 0)
         if not np.issubdtype(ch.dtype, np.integer) or ((ch < 0) | (ch >= len(m.channels))).any():
             raise ValueError(f"channel must be integer indices into {list(m.channels)}")
-        return t, ch.astype(np.int64), value
+        ch = ch.astype(np.int64)
+        if m.observation is not None:
+            message = log_scale_problem(m, ch, value, present)
+            if message is not None:
+                raise ValueError(message)
+        return t, ch, value
+
+
+def log_scale(model, channel: int) -> str | None:
+    """The scale ("log" or "log10") of a channel whose observable is on a log scale (its
+    values must be positive: the noise space holds their logarithms), else None."""
+    obs = model.observation
+    if obs is None or obs.transformation[channel] == 0:
+        return None
+    return obs.observables[obs.channel_observable[channel]].transformation
+
+
+def not_positive(name: str, value: float, scale: str) -> str:
+    return (
+        f"value {value:g} of channel {name!r} is not positive; its observable is on a {scale} scale, so it must be > 0"
+    )
+
+
+def log_scale_problem(model, channel: np.ndarray, value: np.ndarray, present: np.ndarray) -> str | None:
+    """A message naming the first observation (B, N arrays) whose value is not positive
+    on a channel whose observable is on a log scale, else None."""
+    obs = model.observation
+    if obs is None:
+        return None
+    with np.errstate(invalid="ignore"):
+        bad = present & (obs.transformation[channel] != 0) & ~(value > 0)
+    if not bad.any():
+        return None
+    i, j = (int(k[0]) for k in np.nonzero(bad))
+    c = int(channel[i, j])
+    return f"row {i}: " + not_positive(model.channels[c], float(value[i, j]), log_scale(model, c) or "log")
 
 
 def shipped_checkpoint(model: str) -> str:

@@ -5,7 +5,8 @@ A long table has one row per observation: ``experiment`` (string or integer id),
 ids and NaN-padded (B, N) arrays of times, channel indices and values, one row per
 experiment, plus an ``error`` per experiment: None, or what is wrong with its rows (an
 unknown or missing channel, a time outside ``[0, T]``, a non-finite or non-numeric time
-or value, no observations). An experiment with an error keeps no observations in the
+or value, a value not above 0 on a channel whose observable is on a log scale, no
+observations). An experiment with an error keeps no observations in the
 arrays (its row is padding only) and gets no estimate; the others are unaffected.
 
 Order: experiments in the order of their first row (``sort=True``: sorted by id), and
@@ -31,7 +32,7 @@ from ..models.base import Model
 COLUMNS = ("experiment", "t", "channel", "value")
 
 # what is wrong with a row, in the order a message names them (0: nothing)
-OK, NO_CHANNEL, UNKNOWN_CHANNEL, BAD_TIME, TIME_OUTSIDE, BAD_VALUE = range(6)
+OK, NO_CHANNEL, UNKNOWN_CHANNEL, BAD_TIME, TIME_OUTSIDE, BAD_VALUE, NOT_POSITIVE = range(7)
 UNKNOWN, MISSING = -1, -2  # channel index of a name the model lacks / of a null channel
 
 
@@ -42,7 +43,7 @@ class Observations:
     experiments: np.ndarray  # (B,) ids: int64, or object (str)
     t: np.ndarray  # (B, N) float64 hours, NaN-padded
     channel: np.ndarray  # (B, N) int64 index into model.channels (0 where padded)
-    value: np.ndarray  # (B, N) float64, NaN-padded
+    value: np.ndarray  # (B, N) float64 in the model's units (the estimator maps them to its noise space), NaN-padded
     error: list[str | None]  # (B,) None, or why the experiment gets no estimate
     n_rows: np.ndarray  # (B,) rows the table has for each experiment (placeholder rows not counted)
     model: str
@@ -237,6 +238,7 @@ def group_codes(
             (~np.isfinite(t), BAD_TIME),
             ((t < 0) | (t > model.T), TIME_OUTSIDE),
             (~np.isfinite(value), BAD_VALUE),
+            (_log_scale(model, channel) & ~(value > 0), NOT_POSITIVE),
         )
     for bad, code in reversed(checks):  # the first check that fails names the row's problem
         problem[bad] = code
@@ -251,7 +253,7 @@ def group_codes(
         for row in bad_rows.tolist():  # rows in table order: the first bad row of each experiment
             first_rows.setdefault(int(codes[row]), row)
         for e, row in first_rows.items():
-            what = _describe(int(problem[row]), t[row], value[row], row, model, unknown_name)
+            what = _describe(int(problem[row]), t[row], value[row], row, model, unknown_name, channel)
             more = n_bad[e] - 1
             error[e] = what if not more else f"{what} (and {more} more bad row{'s' if more > 1 else ''})"
     for e in np.flatnonzero(n_rows == 0).tolist():
@@ -279,7 +281,7 @@ def group_codes(
     )
 
 
-def _describe(problem: int, t: float, value: float, row: int, model: Model, unknown_name) -> str:
+def _describe(problem: int, t: float, value: float, row: int, model: Model, unknown_name, channel: np.ndarray) -> str:
     if problem == NO_CHANNEL:
         return "a row has no channel"
     if problem == UNKNOWN_CHANNEL:
@@ -288,7 +290,27 @@ def _describe(problem: int, t: float, value: float, row: int, model: Model, unkn
         return f"a time is not a finite number ({t})"
     if problem == TIME_OUTSIDE:
         return f"time {t:g} h lies outside [0, {model.T:g}] h"
-    return f"a value is not a finite number ({value}) at t = {t:g} h"
+    if problem == BAD_VALUE:
+        return f"a value is not a finite number ({value}) at t = {t:g} h"
+    obs = model.observation
+    assert obs is not None  # NOT_POSITIVE: a channel of a log-scale observable
+    c = int(channel[row])
+    scale = obs.observables[obs.channel_observable[c]].transformation
+    return (
+        f"value {value:g} at t = {t:g} h of channel {model.channels[c]!r} is not positive; "
+        f"its observable is on a {scale} scale, so its values must be > 0"
+    )
+
+
+def _log_scale(model: Model, channel: np.ndarray) -> np.ndarray:
+    """(rows,) bool: the row's channel is known and its observable on a log scale (a
+    model with an observation model of its own, a PEtab problem's)."""
+    if model.observation is None:
+        return np.zeros(len(channel), dtype=bool)
+    known = channel >= 0
+    out = np.zeros(len(channel), dtype=bool)
+    out[known] = model.observation.transformation[channel[known].astype(np.int64)] != 0
+    return out
 
 
 def to_table(experiments, t, channel, value, model: Model | str) -> pa.Table:

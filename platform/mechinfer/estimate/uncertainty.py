@@ -23,6 +23,21 @@ observation always leaves less, as p_eff > 0 for the direction it determines: th
 determined parameters can match it exactly, so a misfit cannot be judged) or the solve
 failed.
 
+A model with an observation model of its own (a PEtab problem's: noise scales sigma_i
+that may be estimated parameters, normal or Laplace noise, values in its noise space;
+:mod:`mechinfer.models.observation`) takes the same approximation with the Fisher
+information in place of J^T J: for normal noise of scale sigma(theta),
+I = J_mu^T J_mu / sigma^2 + 2 J_logsigma^T J_logsigma; for Laplace noise of scale b
+(its Fisher information is 1 / b^2 for the location and 1 for log b),
+I = J_mu^T J_mu / b^2 + J_logb^T J_logb. The centre is one Fisher-scoring step from the
+estimate on NLL + |z|^2 / 2 (the NLL with its log sigma terms), p_eff the same trace.
+``gof_pvalue`` there compares sum r_i^2 over the normal observations plus 2 sum |r_i|
+over the Laplace ones (2 |r| of a unit Laplace draw is a chi-square of 2 degrees of
+freedom) with a chi-square of n_normal + 2 n_laplace - p_eff degrees of freedom. Where
+the noise scale is itself estimated, a misfit raises the estimated sigma instead of the
+statistic: the check then tests the residuals' consistency with the fitted noise, not
+the model's fit (an estimated sigma counts in p_eff as the direction it determines).
+
 The intervals map to physical units through the monotone per-parameter z map. Their
 half-width is a multiple of the standard deviation in z: the normal quantile, or, for a
 checkpoint that carries a recalibration (:mod:`mechinfer.estimate.recalibration`), the
@@ -39,7 +54,9 @@ import torch
 from scipy import special, stats
 
 from ..fit import mle
+from ..models import likelihood
 from ..models.base import Model
+from ..solver import SolveStatus
 
 
 @dataclass
@@ -78,9 +95,11 @@ def intervals(
 
 
 def laplace(model: Model, t, channel, value, z, **solver_options) -> Laplace:
-    """The Laplace approximation at z (B, P) for NaN-padded (B, N) observation sets,
-    solved at the fit tolerance (:data:`mechinfer.fit.mle.FIT_TOL`) unless
-    ``solver_options`` say otherwise."""
+    """The Laplace approximation at z (B, P) for NaN-padded (B, N) observation sets
+    (values in the model's noise space), solved at the fit tolerance
+    (:data:`mechinfer.fit.mle.FIT_TOL`) unless ``solver_options`` say otherwise."""
+    if model.observation is not None:
+        return _laplace_observed(model, t, channel, value, z, **solver_options)
     t, channel, value = mle._tensors(t, channel, value)
     z = torch.as_tensor(np.asarray(z, dtype=np.float64))
     finite = torch.isfinite(z).all(-1)  # a non-finite estimate (an overflowing network input) has no solve
@@ -117,3 +136,130 @@ def gof_pvalue(nll: np.ndarray, n_observations: np.ndarray, p_eff: np.ndarray) -
     out = np.full(np.shape(nll), np.nan)
     out[ok] = stats.chi2.sf(2.0 * np.asarray(nll)[ok], dof[ok])
     return out
+
+
+def _observed_jacobians(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
+    """For a model with an observation model of its own: the standardised residuals
+    r (b, N) = (x - mu) / sigma, log sigma (b, N), the Jacobians in z of mu / sigma and
+    of log sigma (b, N, P) (padded entries 0), and ok (b,): rows solved with finite
+    numbers. One backward pass through the solver over the sets repeated once per
+    observation (copy i differentiates observation i), as mle.residual_jacobian does."""
+    mask = torch.isfinite(t) & torch.isfinite(value)
+    b, n = t.shape
+    rep = torch.arange(b).repeat_interleave(n)
+    zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
+    with torch.enable_grad():
+        mu_rep, sigma_rep, status = likelihood.predict_with_noise(
+            model, model.from_z(zz), t[rep], channel[rep], **solver_options
+        )
+        pick = lambda a: a.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, observation i
+        mu, log_sigma = pick(mu_rep), pick(torch.log(sigma_rep))
+        outputs = [torch.where(mask, mu, torch.zeros_like(mu)).sum(), torch.where(mask, log_sigma, 0.0).sum()]
+        grads = []
+        for k, out in enumerate(outputs):
+            if not out.requires_grad:  # constant noise: no dependence on z
+                grads.append(torch.zeros_like(zz))
+                continue
+            (g,) = torch.autograd.grad(out, zz, retain_graph=k == 0, allow_unused=True)
+            grads.append(torch.zeros_like(zz) if g is None else g)
+    sigma = torch.exp(log_sigma.detach())
+    d_mu = grads[0].reshape(b, n, -1) / torch.where(mask, sigma, 1.0)[..., None]
+    d_log_sigma = grads[1].reshape(b, n, -1)
+    r = torch.where(mask, (value - mu.detach()) / sigma, 0.0)
+    status = status.reshape(b, n).amax(1)  # a row fails if any of its copies failed
+    finite = lambda a: torch.isfinite(torch.where(mask.reshape(mask.shape + (1,) * (a.ndim - 2)), a, 0.0))
+    ok = (
+        (status == SolveStatus.OK)
+        & finite(d_mu).all(-1).all(-1)
+        & finite(d_log_sigma).all(-1).all(-1)
+        & finite(r).all(-1)
+        & finite(log_sigma.detach()).all(-1)
+    )
+    zero = lambda a: torch.where(
+        mask.reshape(mask.shape + (1,) * (a.ndim - 2)) & ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0.0
+    )
+    return zero(r), zero(log_sigma.detach()), zero(d_mu), zero(d_log_sigma), ok
+
+
+def _laplace_observed(model: Model, t, channel, value, z, **solver_options) -> Laplace:
+    """:func:`laplace` for a model with an observation model of its own (see the module)."""
+    obs = model.observation
+    assert obs is not None
+    t, channel, value = mle._tensors(t, channel, value)
+    z = torch.as_tensor(np.asarray(z, dtype=np.float64))
+    n, p = z.shape
+    m = value.shape[1]
+    r, log_sigma = torch.zeros_like(value), torch.zeros_like(value)
+    d_mu, d_log_sigma = torch.zeros(n, m, p, dtype=z.dtype), torch.zeros(n, m, p, dtype=z.dtype)
+    ok = torch.zeros(n, dtype=torch.bool)
+    rows = torch.where(torch.isfinite(z).all(-1))[0]  # a non-finite estimate has no solve
+    if len(rows):
+        r[rows], log_sigma[rows], d_mu[rows], d_log_sigma[rows], ok[rows] = _observed_jacobians(
+            model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options)
+        )
+    mask = torch.isfinite(t) & torch.isfinite(value)
+    laplace_noise = torch.as_tensor(obs.laplace)[channel] & mask
+    # Fisher information per observation: 1 / sigma^2 for the location (both laws), 2 (normal)
+    # or 1 (Laplace) for log sigma
+    w_scale = torch.where(laplace_noise, 1.0, 2.0).to(z.dtype)
+    info = d_mu.transpose(1, 2) @ d_mu + (d_log_sigma * w_scale[..., None]).transpose(1, 2) @ d_log_sigma
+    d_r = torch.where(laplace_noise, torch.sign(r), r)  # -dNLL/dmu * sigma
+    d_s = torch.where(laplace_noise, 1.0 - r.abs(), 1.0 - r.square())  # dNLL/dlog sigma
+    gradient = (-(d_mu * d_r[..., None]) + d_log_sigma * torch.where(mask, d_s, 0.0)[..., None]).sum(1) + z
+    eye = torch.eye(p, dtype=z.dtype).expand(n, -1, -1)
+    cov = torch.linalg.inv(info + eye)  # the identity where ok is False (all zero)
+    center = torch.where(ok[:, None], z - (cov @ gradient[..., None])[..., 0], z)
+    per = torch.where(laplace_noise, r.abs(), 0.5 * r.square()) + log_sigma
+    nll = np.where(ok.numpy(), torch.where(mask, per, 0.0).sum(-1).numpy(), np.nan)
+    n_obs = mask.numpy().sum(axis=1)
+    p_eff = p - np.trace(cov.numpy(), axis1=1, axis2=2)
+    statistic, dof = _statistic(r, laplace_noise, mask)
+    return Laplace(
+        center=center.numpy(),
+        cov_z=cov.numpy(),
+        nll=nll,
+        n_observations=n_obs,
+        p_eff=p_eff,
+        gof_pvalue=chi2_pvalue(np.where(ok.numpy(), statistic, np.nan), dof, p_eff),
+    )
+
+
+def _statistic(r: torch.Tensor, laplace_noise: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The goodness-of-fit statistic sum r^2 (normal) + 2 sum |r| (Laplace) per set and
+    its degrees of freedom before the fit, n_normal + 2 n_laplace."""
+    per = torch.where(laplace_noise, 2.0 * r.abs(), r.square())
+    statistic = torch.where(mask, per, 0.0).sum(-1).numpy()
+    dof = (torch.where(laplace_noise, 2, 1) * mask).sum(-1).numpy().astype(np.float64)
+    return statistic, dof
+
+
+def chi2_pvalue(statistic: np.ndarray, dof: np.ndarray, p_eff: np.ndarray) -> np.ndarray:
+    """P(chi2(dof - p_eff) >= statistic); NaN where fewer than one degree of freedom is
+    left or the statistic is not finite."""
+    left = np.asarray(dof, dtype=np.float64) - p_eff
+    ok = (left >= 1) & np.isfinite(statistic)
+    out = np.full(np.shape(statistic), np.nan)
+    out[ok] = stats.chi2.sf(np.asarray(statistic)[ok], left[ok])
+    return out
+
+
+def gof_pvalue_at(model: Model, t, channel, value, z, p_eff: np.ndarray, **solver_options) -> np.ndarray:
+    """``gof_pvalue`` of estimates z (B, P) given their p_eff, from one plain solve (values
+    in the noise space): for a model with an observation model of its own, whose NLL is
+    no sum of squares (its log sigma terms), so a fit's NLL alone does not give it."""
+    t, channel, value = mle._tensors(t, channel, value)
+    z = torch.as_tensor(np.asarray(z, dtype=np.float64))
+    mask = torch.isfinite(t) & torch.isfinite(value)
+    with torch.no_grad():
+        mu, sigma, status = likelihood.predict_with_noise(
+            model, model.from_z(z), t, channel, **mle._fit_options(solver_options)
+        )
+    r = torch.where(mask, (value - mu) / torch.where(mask, sigma, 1.0), 0.0)
+    laplace_noise = (
+        torch.as_tensor(model.observation.laplace)[channel] & mask
+        if model.observation is not None
+        else torch.zeros_like(mask)
+    )
+    statistic, dof = _statistic(r, laplace_noise, mask)
+    statistic = np.where((status == SolveStatus.OK).numpy(), statistic, np.nan)
+    return chi2_pvalue(statistic, dof, p_eff)

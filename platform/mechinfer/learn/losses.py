@@ -2,6 +2,13 @@
 
 Kept free of Ray: the Ray Train loop in :mod:`mechinfer.learn.trainer` calls these on the
 batches of their dataset shard, and tests call them directly.
+
+Observed and noise-free values are used in the model's noise space
+(:func:`mechinfer.models.likelihood.to_noise_space`): dataset rows enter it in
+:func:`batch_tensors`. For the built-in models that space is the values themselves and
+the losses are the plain sigma-scaled squares of SPEC 4; for a model with an observation
+model of its own (a PEtab problem's) the NLL takes each observation's noise scale at the
+estimate (an estimated noise parameter is learned with the others) and its distribution.
 """
 
 from __future__ import annotations
@@ -15,23 +22,36 @@ from ..models.base import Model
 from ..solver import SolveStatus
 
 
-def batch_tensors(table: pa.Table) -> dict[str, torch.Tensor]:
-    """Dataset rows (SPEC 5) as tensors; rows whose solve failed are dropped here."""
+def batch_tensors(table: pa.Table, model: Model | None = None) -> dict[str, torch.Tensor]:
+    """Dataset rows (SPEC 5) as tensors; rows whose solve failed are dropped here.
+    ``value`` and ``clean`` come in ``model``'s noise space (the identity for the built-in
+    models, and when no model is given); a row whose values have no image there (a
+    non-positive value on a log channel) is dropped too."""
     keep = np.asarray(table["status"].to_numpy(zero_copy_only=False)) == SolveStatus.OK
     table = table.filter(pa.array(keep))
     n = table.num_rows
 
     def lists(name, dtype):
         flat = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return torch.from_numpy(np.array(flat, dtype=dtype).reshape(n, -1))
+        return np.array(flat, dtype=dtype).reshape(n, -1)
 
-    return {
+    out = {
         "z": lists("z", np.float32),
         "t": lists("t", np.float32),
         "channel": lists("channel", np.int64),
         "value": lists("value", np.float32),
         "clean": lists("clean", np.float32),
     }
+    if model is not None and model.observation is not None:
+        for name in ("value", "clean"):
+            out[name] = likelihood.to_noise_space(model, out[name].astype(np.float64), out["channel"]).astype(
+                np.float32
+            )
+        usable = (np.isfinite(out["value"]) == np.isfinite(out["t"])).all(1) & (
+            np.isfinite(out["clean"]) == np.isfinite(out["t"])
+        ).all(1)
+        out = {k: v[usable] for k, v in out.items()}
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
 
 
 def random_subsets(t: torch.Tensor, value: torch.Tensor, min_obs: int, generator: torch.Generator | None = None):
@@ -53,10 +73,22 @@ def keep_random(t: torch.Tensor, value: torch.Tensor, keep_n, generator: torch.G
 
 
 def proxy_loss(model: Model, proxy, batch: dict) -> torch.Tensor:
-    """Mean squared error of the proxy in units of each channel's noise sigma."""
+    """Mean squared error of the proxy in units of each channel's noise sigma (for a
+    model with an observation model of its own: in the noise space, in units of the
+    channel's reference scale ``model.sigma``, its noise at the nominal parameters)."""
     sigma = torch.as_tensor(model.sigma, dtype=torch.float32, device=batch["channel"].device)[batch["channel"]]
     pred = proxy(batch["z"], batch["t"], batch["channel"])
     return ((pred - batch["clean"]) / sigma).square().mean()
+
+
+def noise_at(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    """sigma (B, N) of a model with an observation model of its own at theta (double),
+    differentiable in theta, without a solve, on theta's device; the channels' reference
+    scales where a noise formula reads the states (the proxy predicts no states)."""
+    if model.observation is None or model.observation.noise_reads_states:
+        return torch.as_tensor(model.sigma, dtype=theta.dtype, device=theta.device)[channel.long()]
+    sigma = likelihood.noise_scale(model, theta.cpu(), t.cpu().to(theta.dtype), channel.cpu())
+    return sigma.to(theta.device)
 
 
 def inference_loss(
@@ -79,11 +111,23 @@ def inference_loss(
     mask = likelihood.observed_mask(t, value)
     if through == "proxy":
         mu = proxy(z_hat, torch.nan_to_num(t), batch["channel"])
+        if model.observation is not None:  # each observation's noise at the estimate, its distribution
+            theta = priors.from_z(model.priors, z_hat.double())
+            sigma = noise_at(model, theta, t, batch["channel"])
+            per_set = likelihood.nll_from_mu(model, mu.double(), batch["channel"], value.double(), mask, sigma)
+            return (per_set.sum() / mask.sum()).to(mu.dtype)
         sigma = torch.as_tensor(model.sigma, dtype=mu.dtype, device=mu.device)[batch["channel"]]
         r = torch.where(mask, (value - mu) / sigma, torch.zeros_like(mu))
         return 0.5 * r.square().sum() / mask.sum()
     if through == "model":
         theta = priors.from_z(model.priors, z_hat.double())
+        if model.observation is not None:
+            mu, sigma, status = likelihood.predict_with_noise(
+                model, theta, t.double(), batch["channel"], **(solver_options or {})
+            )
+            ok = status == SolveStatus.OK
+            per_set = likelihood.nll_from_mu(model, mu, batch["channel"], value.double(), mask, sigma)
+            return per_set[ok].sum() / mask[ok].sum()
         mu, status = likelihood.predict(model, theta, t.double(), batch["channel"], **(solver_options or {}))
         ok = status == SolveStatus.OK
         per_set = likelihood.nll_from_mu(model, mu, batch["channel"], value.double(), mask)
@@ -93,20 +137,27 @@ def inference_loss(
 
 @torch.no_grad()
 def evaluate(model: Model, net, data: dict[str, np.ndarray], fractions=(1.0,), seed: int = 0) -> dict:
-    """R^2 (SPEC 4) of the network's estimates on a dataset's rows, with a fraction of
-    each set's observations kept (randomly, fixed by seed)."""
+    """R^2 (SPEC 4) of the network's estimates on a dataset's rows (values in the model's
+    own units, as a dataset holds them), with a fraction of each set's observations kept
+    (randomly, fixed by seed); for a model with an observation model of its own, in its
+    noise space, scaled by the channels' reference sigma."""
     out = {}
     gen = torch.Generator().manual_seed(seed)
+    observed = likelihood.to_noise_space(model, np.asarray(data["value"], dtype=np.float64), data["channel"])
     for frac in fractions:
         t, value = keep_random(
             torch.from_numpy(data["t"]).float(),
-            torch.from_numpy(data["value"]).float(),
+            torch.from_numpy(observed).float(),
             max(1, round(frac * data["t"].shape[1])),
             gen,
         )
         channel = torch.from_numpy(data["channel"]).long()
         theta = priors.from_z(model.priors, net(t, channel, value).double())
-        mu, _ = likelihood.predict(model, theta, t.double(), channel)
+        mu, status = likelihood.predict(model, theta, t.double(), channel)
         x = value.double().numpy()
+        if model.observation is not None:  # wide priors: an estimate may not solve; R2 of the others
+            ok = (status == SolveStatus.OK).numpy()
+            out[frac] = likelihood.r2(model, mu.numpy()[ok], data["channel"][ok], x[ok])
+            continue
         out[frac] = likelihood.r2(model, mu.numpy(), data["channel"], x)
     return out

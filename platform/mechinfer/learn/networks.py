@@ -4,7 +4,9 @@ triplets -> z.
 
 Both are plain ``nn.Module`` built from a JSON-able config dict, so a checkpoint is the
 config plus a state dict. Inputs are normalised inside the network from per-channel
-value scales stored as buffers, so callers pass physical units.
+value scales stored as buffers, so callers pass values as the losses see them: in the
+model's noise space (:func:`mechinfer.models.likelihood.to_noise_space`), which for the
+built-in models is their physical units.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ class DeepSet(nn.Module):
     rho on the pooled vector -> z (B, P). Padded entries (NaN t or value) are ignored."""
 
     POOLINGS = ("mean", "max", "meanmax")
+    # "asinh": scaled values pass through asinh, linear near 0 and logarithmic far out, so
+    # that values whose noise scale spans decades (a PEtab problem's estimated sigma) stay
+    # in the range the network's layers resolve; "linear" (the built-in models): as they are
+    VALUE_TRANSFORMS = ("linear", "asinh")
     scale: torch.Tensor  # registered buffers
     offset: torch.Tensor
 
@@ -115,6 +121,9 @@ class DeepSet(nn.Module):
         self.rho = mlp(pooled, c["width"], c["depth"], c["n_parameters"])
         self.register_buffer("scale", torch.tensor(c["value_scale"], dtype=torch.float32))
         self.register_buffer("offset", torch.tensor(c["value_offset"], dtype=torch.float32))
+        if c.get("value_transform", "linear") not in self.VALUE_TRANSFORMS:
+            raise ValueError(f"unknown value_transform {c.get('value_transform')!r}; one of {self.VALUE_TRANSFORMS}")
+        self.asinh = c.get("value_transform", "linear") == "asinh"
 
     def forward(self, t: torch.Tensor, channel: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         mask = torch.isfinite(t) & torch.isfinite(value)
@@ -122,6 +131,8 @@ class DeepSet(nn.Module):
         t0 = torch.where(mask, t, torch.zeros_like(t)).float()
         v = torch.where(mask, value, torch.zeros_like(value)).float()
         v = (v - self.offset[ch]) / self.scale[ch]
+        if self.asinh:
+            v = torch.asinh(v)
         h = self.phi(torch.cat([self.encoding(t0, ch), v.unsqueeze(-1)], dim=-1))  # (B, N, W)
         m = mask.unsqueeze(-1).to(h.dtype)
         n = m.sum(dim=1).clamp(min=1.0)
@@ -135,7 +146,9 @@ class DeepSet(nn.Module):
 
 
 def default_config(model: Model, kind: str, **overrides) -> dict:
-    """A network config for ``model``; value scales default to the noise sigma."""
+    """A network config for ``model``; value scales default to the noise sigma. The
+    Deep Set of a model with an observation model of its own (a PEtab problem's) takes its
+    scaled values through asinh (see :class:`DeepSet`)."""
     config = {
         "kind": kind,
         "model": model.name,
@@ -147,6 +160,8 @@ def default_config(model: Model, kind: str, **overrides) -> dict:
         "value_scale": model.sigma.tolist(),
         "value_offset": [0.0] * len(model.channels),
     }
+    if kind == "inference" and model.observation is not None:
+        config["value_transform"] = "asinh"
     config.update(overrides)
     return config
 

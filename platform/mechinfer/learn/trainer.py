@@ -26,7 +26,7 @@ from ..arrays import positive_int
 from ..config import FinetuneConfig, TrainConfig
 from ..data import format as ds_format
 from ..data.samples import TEST_SEED, spec_test_set
-from ..models import load_model
+from ..models import likelihood, load_model
 from ..models.base import Model
 from ..models.likelihood import r2
 from ..models.sources import check_model, model_from_record, source_record
@@ -71,14 +71,32 @@ def _split(ds, validation: bool):
     return ds.map_batches(keep, batch_format="pyarrow")
 
 
-def value_stats(table) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of the observed values (input scaling)."""
-    b = losses.batch_tensors(table)
+def value_stats(table, model: Model | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the observed values (input scaling).
+    For a model with an observation model of its own (values in its noise space), the
+    median and the median absolute deviation (as a normal sd) instead, per channel of the
+    model: a noise scale drawn from a wide prior (a PEtab problem's, 1e-5 to 1e5) puts a
+    few values orders of magnitude away, which would set a standard deviation alone."""
+    b = losses.batch_tensors(table, model)
+    if model is None or model.observation is None:
+        offsets, scales = [], []
+        for c in range(int(b["channel"].max()) + 1):
+            v = b["value"][b["channel"] == c]
+            offsets.append(float(v.mean()))
+            scales.append(float(v.std().clamp(min=1e-3)))
+        return offsets, scales
+    values, channels = b["value"].double().numpy(), b["channel"].numpy()
     offsets, scales = [], []
-    for c in range(int(b["channel"].max()) + 1):
-        v = b["value"][b["channel"] == c]
-        offsets.append(float(v.mean()))
-        scales.append(float(v.std().clamp(min=1e-3)))
+    for c in range(len(model.channels)):
+        v = values[(channels == c) & np.isfinite(values)]
+        if not len(v):
+            offsets.append(0.0)
+            scales.append(float(model.sigma[c]))
+            continue
+        median = float(np.median(v))
+        mad = 1.4826 * float(np.median(np.abs(v - median)))
+        offsets.append(median)
+        scales.append(max(mad, 1e-3 * max(abs(median), 1.0), 1e-6))
     return offsets, scales
 
 
@@ -129,7 +147,7 @@ def _loop(cfg: dict) -> None:
         for table in ray.train.get_dataset_shard("train").iter_batches(
             batch_size=max(1, cfg["batch_size"] // world), batch_format="pyarrow"
         ):
-            batch = losses.batch_tensors(table)
+            batch = losses.batch_tensors(table, m)
             if not len(batch["z"]):
                 continue
             loss = loss_of(batch, subsets=True)
@@ -152,7 +170,7 @@ def _loop(cfg: dict) -> None:
         total, count = 0.0, 0
         with torch.no_grad():
             for table in ray.train.get_dataset_shard("val").iter_batches(batch_size=1024, batch_format="pyarrow"):
-                batch = losses.batch_tensors(table)
+                batch = losses.batch_tensors(table, m)
                 if len(batch["z"]):
                     total += float(loss_of(batch, subsets=False).detach()) * len(batch["z"])
                     count += len(batch["z"])
@@ -278,7 +296,7 @@ def train(
     fs, root = storage.resolve(data)
     parts = ds_format.list_parts(fs, root)
     ds = ray.data.read_parquet(parts, filesystem=fs)
-    offsets, scales = value_stats(pq.read_table(parts[0], filesystem=fs).slice(0, 4096))
+    offsets, scales = value_stats(pq.read_table(parts[0], filesystem=fs).slice(0, 4096), m)
     kind = "proxy" if stage == "proxy" else "inference"
     net_config = networks.default_config(m, kind, value_offset=offsets, value_scale=scales, **(network or {}))
     if init_checkpoint:
@@ -373,7 +391,8 @@ def train_inference_and_report(
     test = spec_test_set(m)
     ok = test["status"] == SolveStatus.OK
     test = {k: v[ok] for k, v in test.items()}
-    r2_truth = r2(m, test["clean"], test["channel"], test["value"])
+    clean = likelihood.to_noise_space(m, test["clean"], test["channel"])  # metrics in the noise space
+    r2_truth = r2(m, clean, test["channel"], likelihood.to_noise_space(m, test["value"], test["channel"]))
     lines = [str(s) for s in summaries] + [
         f"SPEC test set ({len(test['t'])} samples, seed {TEST_SEED}):",
         f"  R2 of the true parameters: {r2_truth}",

@@ -48,7 +48,7 @@ def search_space() -> dict:
     return {**space, "lr": tune.loguniform(1e-4, 3e-3), "batch_size": tune.choice([128, 256, 512])}
 
 
-def _rows(data: str, validation: bool, limit: int) -> dict[str, torch.Tensor]:
+def _rows(data: str, validation: bool, limit: int, model: Model | None = None) -> dict[str, torch.Tensor]:
     fs, root = storage.resolve(data)
     ds = pads.dataset(ds_format.list_parts(fs, root), filesystem=fs, format="parquet")
     out, n = [], 0
@@ -59,7 +59,7 @@ def _rows(data: str, validation: bool, limit: int) -> dict[str, torch.Tensor]:
         n += t.num_rows
         if n >= limit:
             break
-    return losses.batch_tensors(pa.concat_tables(out).slice(0, limit))
+    return losses.batch_tensors(pa.concat_tables(out).slice(0, limit), model)
 
 
 def _trial(config: dict) -> None:
@@ -67,8 +67,8 @@ def _trial(config: dict) -> None:
 
     torch.set_num_threads(1)
     m = model_from_record(json.loads(config["model"]))  # from its stored source
-    train_rows = _rows(config["data"], False, config["max_rows"])
-    val_rows = _rows(config["data"], True, 2048)
+    train_rows = _rows(config["data"], False, config["max_rows"], m)
+    val_rows = _rows(config["data"], True, 2048, m)
     proxy, _ = checkpoint.load(config["proxy"], model=m, kind="proxy")
     proxy.requires_grad_(False)
     net = networks.build(
@@ -131,7 +131,7 @@ def tune_inference(
     ensure_ray()
     fs, root = storage.resolve(data)
     offsets, scales = value_stats(
-        pads.dataset(ds_format.list_parts(fs, root)[:1], filesystem=fs, format="parquet").head(4096)
+        pads.dataset(ds_format.list_parts(fs, root)[:1], filesystem=fs, format="parquet").head(4096), m
     )
     space = {
         **search_space(),

@@ -13,8 +13,9 @@ import numpy as np
 from ..config import ServeArgs
 from ..estimate import refine as stage
 from ..estimate import uncertainty
-from ..estimate.estimator import Estimator
+from ..estimate.estimator import Estimator, log_scale, not_positive
 from ..fit import mle
+from ..models import likelihood
 
 MAX_OBSERVATIONS = ServeArgs.model_fields["max_observations"].default  # unless configured otherwise
 BOUND_STDS = 1000.0  # default value bounds: the training mean +- this many standard deviations
@@ -33,7 +34,11 @@ def value_bounds(est: Estimator, configured: dict[str, tuple[float, float]] | No
     checkpoint's training values +- 1000 of their standard deviations: far wider than
     any plausible measurement, yet narrow enough that no value overflows the network's
     float32 input scaling (a value of 1e38 once turned a whole batch's answers into NaN).
-    ``configured`` (channel name -> [low, high]) overrides channels by name."""
+    ``configured`` (channel name -> [low, high]) overrides channels by name.
+
+    The bounds hold in the model's noise space (where the network reads values; for the
+    built-in models the values themselves): a configured pair, in the model's units, is
+    mapped there (a bound not above 0 on a log-scale channel becomes -inf)."""
     m = est.model
     offset = np.asarray(est.meta["network"]["value_offset"], dtype=np.float64)
     scale = np.asarray(est.meta["network"]["value_scale"], dtype=np.float64)
@@ -43,7 +48,12 @@ def value_bounds(est: Estimator, configured: dict[str, tuple[float, float]] | No
             raise ValueError(f"value_bounds: unknown channel {name!r} for {m.name}; channels are {list(m.channels)}")
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"value_bounds for {m.name} channel {name!r} must be finite with low < high")
-        bounds[m.channels.index(name)] = (low, high)
+        c = m.channels.index(name)
+        if m.observation is not None:
+            low, high = np.nan_to_num(
+                likelihood.to_noise_space(m, np.array([low, high]), np.array([c, c])), nan=-np.inf
+            )
+        bounds[c] = (low, high)
     return bounds
 
 
@@ -80,7 +90,14 @@ def to_arrays(
             raise BadRequest(f"{where}[{i}].t = {o['t']:g} h is outside [0, {m.T:g}] h for {m.name}")
         c = m.channels.index(name)
         low, high = bounds[c]
-        if not low <= o["value"] <= high:
+        y = o["value"]
+        if m.observation is not None:  # bounds in the noise space (see value_bounds)
+            scale = log_scale(m, c)
+            if scale is not None and not y > 0:
+                raise BadRequest(f"{where}[{i}].{not_positive(name, y, scale)}")
+            y = float(likelihood.to_noise_space(m, np.array([y], dtype=np.float64), np.array([c]))[0])
+            low, high = (float(x) for x in m.observation.from_noise_space(np.array([low, high]), np.array([c, c])))
+        if not bounds[c][0] <= y <= bounds[c][1]:
             raise BadRequest(
                 f"{where}[{i}].value = {o['value']:g} is outside the bounds [{low:g}, {high:g}] of channel "
                 f"{name!r} for {m.name} (value_bounds in the configuration)"
@@ -134,7 +151,8 @@ def pad(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
 
 
 def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
-    """Network estimates for padded (B, N) arrays, with their NLL and Laplace
+    """Network estimates for padded (B, N) arrays (values in the model's units), with their
+    NLL and Laplace
     approximation (one solve with sensitivities gives both; see
     :mod:`mechinfer.estimate.uncertainty`) and stage timings. ``error`` (B,) holds a
     message for each case that cannot be answered (the network's estimate is not finite,
@@ -142,7 +160,8 @@ def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
     others' answers (each row is its own problem). ``compile`` applies to the torch
     backend's steps only (a GPU, or MECHINFER_NATIVE=0)."""
     start = time.perf_counter()
-    z = est.estimate_z(t, ch, v)
+    t, ch, y = est.observed(t, ch, v)  # values enter the model's noise space here, once
+    z = est.network_z(t, ch, y)
     network = time.perf_counter()
     finite = np.isfinite(z).all(axis=1)
     p = z.shape[1]
@@ -153,7 +172,7 @@ def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
         "gof_pvalue": np.full(len(z), np.nan),
     }
     if finite.any():
-        at = uncertainty.laplace(est.model, t[finite], ch[finite], v[finite], z[finite], compile=compile)
+        at = uncertainty.laplace(est.model, t[finite], ch[finite], y[finite], z[finite], compile=compile)
         for name in lap:
             lap[name][finite] = getattr(at, name)
     error = [

@@ -1,0 +1,194 @@
+"""Training stages and the estimator on a PEtab problem's model (issue 25, SPEC 11-12):
+values enter the model's noise space once, at the entry points (dataset batches, the
+estimator, the frame, served requests); the Laplace approximation and the goodness of fit
+take each observation's noise scale (estimated sigma, Laplace noise); and a real
+simulate -> train-proxy -> train-inference (through the proxy, then fine-tuned through the
+solver) on Boehm gives an estimator that answers Boehm's own measurements."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mechinfer
+from mechinfer.estimate import uncertainty
+from mechinfer.learn import checkpoint, losses, networks
+from mechinfer.models import likelihood
+from mechinfer.serve import handlers
+
+DATA = Path(__file__).parent / "data" / "petab"
+BOEHM = DATA / "Boehm_JProteomeRes2014" / "Boehm_JProteomeRes2014.yaml"
+LOG_CHANNEL, LAPLACE_CHANNEL = "rSTAT5A_rel", "pSTAT5B_rel"
+
+
+@pytest.fixture(scope="module")
+def boehm():
+    return mechinfer.load_petab(BOEHM)
+
+
+@pytest.fixture(scope="module")
+def variant_path(tmp_path_factory) -> Path:
+    """Boehm with rSTAT5A_rel observed on a log10 scale and pSTAT5B_rel with Laplace noise."""
+    root = tmp_path_factory.mktemp("variant") / "Boehm_JProteomeRes2014"
+    shutil.copytree(BOEHM.parent, root)
+    path = root / "observables_Boehm_JProteomeRes2014.tsv"
+    lines = path.read_text().splitlines()
+    head = lines[0].split("\t")
+    rows = []
+    for line in lines[1:]:
+        cells = line.split("\t")
+        if cells[0] == LOG_CHANNEL:
+            cells[head.index("observableTransformation")] = "log10"
+        if cells[0] == LAPLACE_CHANNEL:
+            cells[head.index("noiseDistribution")] = "laplace"
+        rows.append("\t".join(cells))
+    path.write_text("\n".join([lines[0], *rows]) + "\n")
+    return root / BOEHM.name
+
+
+@pytest.fixture(scope="module")
+def variant(variant_path):
+    return mechinfer.load_petab(variant_path)
+
+
+def untrained_estimator(problem, path: Path, tmp_path):
+    """An estimator of a freshly initialised Deep Set (what it answers does not matter
+    here, only the way values travel)."""
+    torch.manual_seed(0)
+    m = mechinfer.load_model(str(path))  # with its source, which the checkpoint stores
+    offsets = likelihood.to_noise_space(m, problem.measurements["value"].to_numpy(), _channels(problem)).mean()
+    net = networks.build(
+        networks.default_config(m, "inference", value_offset=[float(offsets)] * 3, value_scale=[10.0] * 3, width=16)
+    )
+    checkpoint.save(str(tmp_path / "ckpt"), net, model=m, dataset_manifest=None)
+    return mechinfer.load_estimator(str(tmp_path / "ckpt"))
+
+
+def _channels(problem) -> np.ndarray:
+    return np.array([problem.model.channels.index(c) for c in problem.measurements["channel"]])
+
+
+def _real(problem):
+    obs = mechinfer.observations_from_frame(problem.measurements, model=problem.model)
+    assert obs.ok.all()
+    return obs
+
+
+def test_laplace_at_nominal_is_the_petab_likelihood(boehm):
+    """At Boehm's nominal parameters the NLL of the approximation is minus PEtab's
+    log-likelihood up to the normal constant, the noise parameters are well determined,
+    and an undetermined rate keeps about the prior's unit variance."""
+    m = boehm.model
+    obs = _real(boehm)
+    y = likelihood.to_noise_space(m, obs.value, obs.channel)
+    lap = uncertainty.laplace(m, obs.t, obs.channel, y, m.to_z(boehm.nominal[None]))
+    n = int(lap.n_observations[0])
+    assert n == 48
+    assert lap.nll[0] + 0.5 * np.log(2 * np.pi) * n == pytest.approx(-boehm.log_likelihood(), abs=0.01)
+    sd = np.sqrt(np.diagonal(lap.cov_z[0]))
+    sigma = [m.parameter_names.index(f"sd_{c}") for c in m.channels]
+    assert (sd[sigma] < 0.05).all()  # 16 observations each determine a channel's sigma
+    assert sd[m.parameter_names.index("k_exp_hetero")] > 0.9  # the data say nothing about it
+    assert 0.05 < lap.gof_pvalue[0] < 0.95 and 5 < lap.p_eff[0] < 9
+    lower, upper = lap.intervals(m, 0.95)
+    assert np.isfinite(lower).all() and np.isfinite(upper).all()
+    determined = sd < 0.5  # (an undetermined one's interval is the prior's middle 95%)
+    inside = (lower[0] <= boehm.nominal) & (boehm.nominal <= upper[0])
+    assert inside[determined].all()
+
+
+def test_values_enter_the_noise_space_once(variant, variant_path, tmp_path):
+    """On a log10 channel and a Laplace one, what the estimator reports for raw values
+    equals the approximation at the values mapped once; its NLL is minus PEtab's
+    log-likelihood (which keeps the log10 transformation's Jacobian) up to constants."""
+    m = variant.model
+    est = untrained_estimator(variant, variant_path, tmp_path)
+    obs = _real(variant)
+    y = likelihood.to_noise_space(m, obs.value, obs.channel)
+    assert np.allclose(est.estimate_z(obs.t, obs.channel, obs.value), est.network_z(obs.t, obs.channel, y))
+    z = m.to_z(variant.nominal[None])
+    lap = uncertainty.laplace(m, obs.t, obs.channel, y, z)
+    assert np.isfinite(lap.nll).all() and np.isfinite(lap.cov_z).all() and 0 <= lap.gof_pvalue[0] <= 1
+    log_c, lap_c = m.channels.index(LOG_CHANNEL), m.channels.index(LAPLACE_CHANNEL)
+    on = lambda c: obs.channel[0] == c
+    x = obs.value[0]
+    constant = (
+        0.5 * np.log(2 * np.pi) * (~on(lap_c)).sum()
+        + np.log(2) * on(lap_c).sum()
+        + np.log(x[on(log_c)] * np.log(10)).sum()
+    )
+    assert lap.nll[0] + constant == pytest.approx(-variant.log_likelihood(), abs=0.01)
+    res = est.infer(obs.t, obs.channel, obs.value)
+    lap_net = uncertainty.laplace(m, obs.t, obs.channel, y, res.z)
+    assert res.nll == pytest.approx(lap_net.nll, nan_ok=True)
+
+
+def test_non_positive_values_on_a_log_channel_are_named(variant, variant_path, tmp_path):
+    m = variant.model
+    est = untrained_estimator(variant, variant_path, tmp_path)
+    obs = _real(variant)
+    value = obs.value.copy()
+    j = int(np.flatnonzero(obs.channel[0] == m.channels.index(LOG_CHANNEL))[3])
+    value[0, j] = -0.5
+    with pytest.raises(ValueError, match=f"value -0.5 of channel '{LOG_CHANNEL}' is not positive.*log10 scale"):
+        est.infer(obs.t, obs.channel, value)
+    frame = variant.measurements.copy()
+    frame["experiment"] = np.where(np.arange(len(frame)) < 3, "bad", "good")
+    frame.loc[frame.index[(frame["channel"] == LOG_CHANNEL).to_numpy()][0], "experiment"] = "bad"
+    frame.loc[(frame["experiment"] == "bad") & (frame["channel"] == LOG_CHANNEL), "value"] = 0.0
+    parsed = mechinfer.observations_from_frame(frame, model=m)
+    errors = dict(zip(parsed.experiments, parsed.error))
+    assert errors["good"] is None
+    assert errors["bad"].startswith(f"value 0 at t = 0 h of channel '{LOG_CHANNEL}' is not positive")
+    ok = [{"t": 1.0, "channel": LOG_CHANNEL, "value": 20.0}]
+    assert handlers.to_arrays(est, ok)[2][0] == 20.0  # the served arrays stay in the model's units
+    with pytest.raises(
+        handlers.BadRequest, match=r"observations\[0\]\.value 0 of channel 'rSTAT5A_rel' is not positive"
+    ):
+        handlers.to_arrays(est, [{"t": 1.0, "channel": LOG_CHANNEL, "value": 0.0}])
+    served = handlers.infer(est, *handlers.pad([handlers.to_arrays(est, _observations(variant))]))
+    assert served["error"] == [None] and np.isfinite(served["nll"]).all()
+
+
+def _observations(problem) -> list[dict]:
+    frame = problem.measurements
+    return [
+        {"t": float(t), "channel": c, "value": float(v)}
+        for t, c, v in zip(frame["t"], frame["channel"], frame["value"])
+    ]
+
+
+def test_batches_and_losses_in_the_noise_space(variant):
+    """Dataset rows of the variant: batch_tensors maps value and clean to the noise space;
+    the NLL through the proxy and through the model are finite and differentiable."""
+    from mechinfer.data.format import to_table
+    from mechinfer.data.samples import simulate_chunk
+
+    m = variant.model
+    rows = simulate_chunk(m, 0, 0, 24)
+    table = to_table(m, rows)
+    raw = losses.batch_tensors(table)  # no model: as the dataset holds them
+    mapped = losses.batch_tensors(table, m)
+    assert len(mapped["z"]) == len(raw["z"]) == (rows["status"] == 0).sum() > 12
+    on = mapped["channel"] == m.channels.index(LOG_CHANNEL)
+    assert on.any()
+    for name in ("value", "clean"):
+        assert torch.allclose(mapped[name][on], torch.log10(raw[name][on]), rtol=1e-6)
+        assert torch.equal(mapped[name][~on], raw[name][~on])
+    torch.manual_seed(0)
+    cfg = dict(value_offset=[0.0] * 3, value_scale=[10.0] * 3, width=16, depth=1)
+    proxy = networks.build(networks.default_config(m, "proxy", **cfg))
+    net = networks.build(networks.default_config(m, "inference", **cfg))
+    loss = losses.proxy_loss(m, proxy, mapped)
+    loss.backward()
+    through_proxy = losses.inference_loss(m, net, mapped, through="proxy", proxy=proxy, min_obs=3)
+    through_proxy.backward()
+    through_model = losses.inference_loss(m, net, {k: v[:4] for k, v in mapped.items()}, through="model")
+    through_model.backward()
+    for value in (loss, through_proxy, through_model):
+        assert torch.isfinite(value)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
