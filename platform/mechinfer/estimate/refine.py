@@ -15,7 +15,11 @@ values): the Serve app's cases are single rows, the others batches.
 The refinement itself is one start per row from the network's estimate with
 :func:`mechinfer.fit.mle.fit`, by ``method`` (default :data:`METHOD`, the trust region:
 Gauss-Newton steps on exact sensitivities, a handful of evaluations near an optimum, every
-iterate inside the z box; "bfgs" stays selectable). Together with it runs the maximum a
+iterate inside the z box; "bfgs" stays selectable). For a model whose NLL is not a
+fixed-sigma least-squares problem, or has no fast residual Jacobian (a PEtab problem's
+model: estimated noise scales, Laplace noise), the trust region does not apply and BFGS
+refines instead (:func:`mechinfer.fit.mle.method_for`); :attr:`Refined.method` says which
+ran. Together with it runs the maximum a
 posteriori fit (the N(0, I) prior added) that centres the Laplace approximation of the
 intervals (see :mod:`mechinfer.estimate.uncertainty`).
 """
@@ -90,6 +94,7 @@ class Refined:
     refine_status: np.ndarray  # (B,) object
     laplace: Laplace  # at the maximum a posteriori point (its centre and covariance)
     gof_pvalue: np.ndarray  # (B,) of the fit's NLL against laplace.p_eff
+    method: str = METHOD  # the optimizer that ran (BFGS where the trust region does not apply)
 
     def rows(self) -> dict[str, np.ndarray]:
         """As the rows :func:`combine` takes."""
@@ -127,7 +132,7 @@ def polish(model, t, channel, value, z, *, deadline=None, method: str = METHOD, 
         two(z),
         deadline=deadline,
         prior=with_prior,
-        method=check_method(method),
+        method=mle.method_for(model, check_method(method)),
         **fit_options,
     )
     status = np.array([STATUS.get(FitStatus(int(s)), "failed") for s in fits.status[:b]], dtype=object)
@@ -148,6 +153,7 @@ def polish(model, t, channel, value, z, *, deadline=None, method: str = METHOD, 
         refine_status=status,
         laplace=lap,
         gof_pvalue=uncertainty.gof_pvalue(nll, lap.n_observations, lap.p_eff),
+        method=fits.method,
     )
 
 
