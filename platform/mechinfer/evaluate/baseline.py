@@ -22,6 +22,18 @@ network starts included; the shares add up to the wall-clock), so the
 k-start time of a sample is the sum over its first k starts. A start that is still
 running when few others are left pays for nearly whole rounds: the tail of a batch is
 charged to the slow starts that make it.
+
+Without a checkpoint (a model from a file whose estimator is not trained yet) only the
+prior starts run: the network rows are absent. An optimizer that does not apply to the
+model is not run, and the manifest says why (``optimizers_skipped``): the trust region
+on a PEtab problem's model (see :func:`mechinfer.fit.mle.method_for`).
+
+The real data (SPEC 12): for the model of a PEtab problem, the problem's own measurements
+(one observation set, values mapped to the noise space) are also fitted by BFGS from
+``real_data_starts`` prior draws (stream ``(seed, REAL_DATA_ID)``), as Ray tasks of
+``REAL_DATA_CHUNK`` starts each (one batched fit a task); each start's point, NLL, exact
+PEtab log-likelihood (``problem.log_likelihood``), iterations, status and share of its
+task's wall-clock go to ``real_data.parquet``.
 """
 
 from __future__ import annotations
@@ -52,6 +64,35 @@ INTENT = "_baseline.json"
 OPTIMIZERS = BaselineConfig.optimizers
 MULTISTART = "multistart.parquet"
 PRIOR, NETWORK = "prior", "network"
+REAL_DATA = "real_data.parquet"
+REAL_DATA_STARTS = 64  # SPEC 12: BFGS multistart from the prior with 1 to at least 64 starts
+REAL_DATA_CHUNK = 8  # real-data starts per Ray task (one batched fit)
+REAL_DATA_ID = 2**31 - 1  # the real data's start stream (seed, REAL_DATA_ID): no test sample has this id
+
+
+def petab_problem_of(model: Model):
+    """The PEtab problem a model was loaded from (:func:`mechinfer.models.sources.petab_problem`),
+    or None for any other model."""
+    from ..models.sources import petab_problem
+
+    if model.source is None or model.source.kind != "petab":
+        return None
+    return petab_problem(model)
+
+
+def real_data(model: Model) -> dict | None:
+    """The real measurements of a PEtab problem's model as one observation set: t, channel,
+    value (1, N), values in the noise space (``likelihood.to_noise_space``); None for a
+    model that is not a PEtab problem's."""
+    from ..models import likelihood
+
+    problem = petab_problem_of(model)
+    if problem is None:
+        return None
+    meas = problem.measurements
+    channel = np.array([model.channels.index(c) for c in meas["channel"]], dtype=np.int64)
+    value = likelihood.to_noise_space(model, meas["value"].to_numpy(dtype=np.float64), channel)
+    return {"t": meas["t"].to_numpy(dtype=np.float64)[None], "channel": channel[None], "value": value[None]}
 
 
 def load_test_set(model: str | Model, test_set: str | None = None, limit: int | None = None) -> tuple[dict, dict]:
@@ -119,13 +160,29 @@ def fit_chunk(
     m = load_model(model)
     ids, t, ch, value = rows["sample_id"], rows["t"], rows["channel"], rows["value"]
     n, p = len(ids), m.n_parameters
-    est = load_estimator(checkpoint)
+    est = None if checkpoint is None else load_estimator(checkpoint)
     rep = lambda a: np.repeat(a, n_starts, axis=0)
     prior_z0 = mle.prior_starts(m, ids, n_starts, seed)
-    net_z0 = est.estimate_z(t, ch, value)
     tables = []
     for optimizer in optimizers:
         prior = fit_prior_starts(m, t, ch, value, prior_z0, max_iter, optimizer)
+        if est is None:  # no network yet: the prior starts alone
+            cols = {
+                "optimizer": np.full(n * n_starts, optimizer),
+                "sample_id": rep(ids).astype(np.int64),
+                "method": np.full(n * n_starts, PRIOR),
+                "start": np.tile(np.arange(n_starts), n).astype(np.int16),
+                "z0": prior_z0.reshape(-1, p),
+            }
+            for name in ("z", "theta", "nll", "iterations", "evaluations", "status", "seconds"):
+                cols[name] = getattr(prior, name)
+            cols["iterations"] = cols["iterations"].astype(np.int32)
+            cols["evaluations"] = cols["evaluations"].astype(np.int32)
+            cols["problems"] = np.full(n * n_starts, n * n_starts, dtype=np.int32)
+            cols["fit_wall_s"] = np.full(n * n_starts, prior.wall_s)
+            tables.append(_fits_table(cols, None))
+            continue
+        net_z0 = est.estimate_z(t, ch, value)
         network = fit_network_starts(m, t, ch, value, net_z0, max_iter, optimizer)
         cols = {
             "optimizer": np.full(n * n_starts + n, optimizer),
@@ -144,11 +201,52 @@ def fit_chunk(
     return pa.concat_tables(tables)
 
 
-def _fits_table(cols: dict, checkpoint_id: str) -> pa.Table:
+def _fits_table(cols: dict, checkpoint_id: str | None) -> pa.Table:
     fixed = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), pa.float64()), a.shape[1])
     arrays = {k: fixed(v) if k in ("z0", "z", "theta") else pa.array(v) for k, v in cols.items()}
-    arrays["checkpoint_id"] = pa.array([checkpoint_id] * len(cols["sample_id"]))
+    arrays["checkpoint_id"] = pa.array([checkpoint_id] * len(cols["sample_id"]), pa.string())
     return pa.table(arrays)
+
+
+def fit_real_data(model: str | Model, first: int, last: int, n_starts: int, seed: int, max_iter: int) -> pa.Table:
+    """Real-data starts ``first:last`` of ``n_starts`` (drawn from the prior, stream
+    ``(seed, REAL_DATA_ID)``: start k is the same whatever the chunking) as one batched
+    BFGS fit (H0 = I, as the test set's prior starts) of the problem's measurements; one
+    row per start with its exact PEtab log-likelihood."""
+    m = load_model(model)
+    data = real_data(m)
+    problem = petab_problem_of(m)
+    if data is None or problem is None:
+        raise ValueError(f"model {m.name!r} is not a PEtab problem's: it has no real data")
+    z0 = mle.prior_starts(m, [REAL_DATA_ID], n_starts, seed)[:, first:last]
+    fit = fit_prior_starts(m, data["t"], data["channel"], data["value"], z0, max_iter, "bfgs")
+    n = last - first
+    fixed = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), pa.float64()), a.shape[1])
+    return pa.table(
+        {
+            "start": pa.array(np.arange(first, last, dtype=np.int32)),
+            "optimizer": pa.array([fit.method] * n),
+            "z0": fixed(z0[0]),
+            "z": fixed(fit.z),
+            "theta": fixed(fit.theta),
+            "nll": pa.array(fit.nll),
+            "log_likelihood": pa.array(np.asarray(problem.log_likelihood(fit.theta), dtype=np.float64)),
+            "iterations": pa.array(fit.iterations.astype(np.int32)),
+            "evaluations": pa.array(fit.evaluations.astype(np.int32)),
+            "status": pa.array(fit.status.astype(np.int8)),
+            "seconds": pa.array(fit.seconds),
+            "problems": pa.array(np.full(n, n, dtype=np.int32)),
+            "fit_wall_s": pa.array(np.full(n, fit.wall_s)),
+        }
+    )
+
+
+def _run_real_data(model, first, last, n_starts, seed, max_iter) -> pa.Table:
+    torch.set_num_threads(1)  # one task per CPU
+    data = real_data(load_model(model))
+    assert data is not None
+    mle.warm_up(load_model(model), data["t"], data["channel"], data["value"])
+    return fit_real_data(model, first, last, n_starts, seed, max_iter)
 
 
 def _run_chunk(model, rows, checkpoint, n_starts, seed, max_iter, optimizers, root_uri) -> dict:
@@ -201,11 +299,15 @@ def run_baseline(
     optimizers=BaselineConfig.optimizers,
     overwrite: bool = False,
     command: str = "",
+    real_data_starts: int = REAL_DATA_STARTS,
 ) -> BaselineSummary:
     """Fit every test sample from ``max(starts)`` prior starts and from the network's
     estimate, as Ray tasks of ``chunk_size`` samples (starts an embedded Ray when none is
     connected); write the per-start fits, the per-sample k-start table and a manifest
-    into ``out``. Resumes an unfinished run with the same settings."""
+    into ``out``. Resumes an unfinished run with the same settings. For a model from a
+    file, ``checkpoint`` None runs the prior starts only. For a PEtab problem's model,
+    also ``real_data_starts`` BFGS starts on the problem's measurements (SPEC 12;
+    ``real_data.parquet``, refitted on every run)."""
     import ray
 
     from ..estimate.estimator import load_estimator
@@ -220,11 +322,19 @@ def run_baseline(
     unknown = sorted(set(optimizers) - set(mle.METHODS)) or ([] if optimizers else ["(none)"])
     if unknown:
         raise ValueError(f"optimizers must name some of {list(mle.METHODS)}, got {unknown}")
-    if checkpoint is None and m.source is not None:
-        raise ValueError(f"model {m.name!r} comes from a file and has no shipped checkpoint: give --checkpoint")
-    checkpoint = checkpoint or m.name
-    est = load_estimator(checkpoint)  # fails early on a missing checkpoint or another model's
-    check_model(m, est.meta, f"checkpoint {checkpoint}")
+    skipped = {o: f"does not apply to {m.name} (see mechinfer.fit.mle.method_for)" for o in optimizers}
+    optimizers = tuple(o for o in optimizers if mle.method_for(m, o) == o)
+    skipped = {o: why for o, why in skipped.items() if o not in optimizers}
+    if not optimizers:
+        optimizers = ("bfgs",)
+    problem = petab_problem_of(m)
+    real_starts = positive_int("real_data_starts", real_data_starts) if problem is not None else 0
+    if checkpoint is None and m.source is None:
+        checkpoint = m.name  # the shipped checkpoint
+    est = None  # a model from a file without a checkpoint: prior starts only
+    if checkpoint is not None:
+        est = load_estimator(checkpoint)  # fails early on a missing checkpoint or another model's
+        check_model(m, est.meta, f"checkpoint {checkpoint}")
     rows, described = load_test_set(m, test_set, limit)
     usable = rows["status"] == SolveStatus.OK
     rows = {k: v[usable] for k, v in rows.items()}
@@ -233,25 +343,34 @@ def run_baseline(
     params = {
         "model": m.name,
         **({"model_hash": m.source_hash} if m.source is not None else {}),  # a model file's version
-        "checkpoint_id": est.checkpoint_id,
+        "checkpoint_id": None if est is None else est.checkpoint_id,
         "test_set": described,
         "starts": starts,
         "seed": int(seed),
         "chunk_size": chunk_size,
         "max_iter": max_iter,
         "optimizers": list(optimizers),
+        **({"real_data_starts": real_starts} if real_starts else {}),
     }
     with storage.lock(out, "baseline"):  # one writer at a time; before anything is deleted
         done = ds_format.prepare_location(
-            fs, root, out, params, overwrite, intent=INTENT, outputs=(MULTISTART,), what="baseline"
+            fs, root, out, params, overwrite, intent=INTENT, outputs=(MULTISTART, REAL_DATA), what="baseline"
         )
         chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
         todo = [(a, b) for a, b in chunks if ds_format.part_name(int(rows["sample_id"][a])) not in done]
         start = time.perf_counter()
+        real_pending = []
+        if real_starts:  # first: a handful of tasks the test set's chunks then queue behind
+            ensure_ray()
+            real_task = ray.remote(num_cpus=1, num_gpus=0, max_retries=3)(_run_real_data)
+            real_pending = [
+                real_task.remote(m, a, min(a + REAL_DATA_CHUNK, real_starts), real_starts, seed, max_iter)
+                for a in range(0, real_starts, REAL_DATA_CHUNK)
+            ]
         if todo:
             ensure_ray()
             task = ray.remote(num_cpus=1, num_gpus=0, max_retries=3)(_run_chunk)
-            ckpt = checkpoint if checkpoint == m.name else storage.absolute(checkpoint)
+            ckpt = None if checkpoint is None else checkpoint if checkpoint == m.name else storage.absolute(checkpoint)
             root_uri = storage.absolute(out)
             pending = [
                 task.remote(
@@ -262,7 +381,21 @@ def run_baseline(
             chunk_times = _wait_with_progress(pending, f"baseline {m.name}")
         else:
             chunk_times = []
-        fits = _read_fits(fs, root, out, rows["sample_id"], starts[-1], optimizers)
+        real_summary = None
+        if real_pending:
+            real = pa.concat_tables(ray.get(real_pending)).sort_by("start")
+            storage.write_file(fs, f"{root}/{REAL_DATA}", lambda f: pq.write_table(real, f))
+            real_summary = {
+                "file": REAL_DATA,
+                "starts": real_starts,
+                "starts_per_task": REAL_DATA_CHUNK,
+                "optimizer": "bfgs",
+                "n_measurements": int(np.isfinite(real_data(m)["value"]).sum()),  # type: ignore[index]
+                "reference_log_likelihood": float(problem.log_likelihood()),  # type: ignore[union-attr]
+                "best_log_likelihood": float(np.nanmax(real["log_likelihood"].to_numpy(zero_copy_only=False))),
+                "solver_tolerances": mle.fit_tolerances(m),
+            }
+        fits = _read_fits(fs, root, out, rows["sample_id"], starts[-1], optimizers, network=est is not None)
         table = multistart_table(fits, starts)
         storage.write_file(fs, f"{root}/{MULTISTART}", lambda f: pq.write_table(table, f))
         wall = time.perf_counter() - start
@@ -279,6 +412,10 @@ def run_baseline(
                 "wall_s": round(wall, 3),
                 "excluded_failed_rows": int((~usable).sum()),
                 "chunk_times": chunk_times,  # this run's chunks (resumed ones are not repeated)
+                "network_starts": est is not None,
+                "optimizers_skipped": skipped,
+                "solver_tolerances": mle.fit_tolerances(m),
+                **({"real_data": real_summary} if real_summary else {}),
             },
         )
         storage.write_json(fs, f"{root}/{storage.MANIFEST}", manifest)
@@ -308,15 +445,17 @@ def _wait_with_progress(pending, what: str) -> list:
     return sorted(results, key=lambda r: r["first"])
 
 
-def _read_fits(fs, root: str, out: str, sample_ids: np.ndarray, n_starts: int, optimizers) -> pa.Table:
-    """All per-start fits, checked: every sample once per start and once from the
-    network, for every optimizer."""
+def _read_fits(
+    fs, root: str, out: str, sample_ids: np.ndarray, n_starts: int, optimizers, network: bool = True
+) -> pa.Table:
+    """All per-start fits, checked: every sample once per start and (``network``) once
+    from the network, for every optimizer."""
     table = pads.dataset(ds_format.list_parts(fs, root), filesystem=fs, format="parquet").to_table()
     optimizer = table["optimizer"].to_numpy(zero_copy_only=False)
     method = table["method"].to_numpy(zero_copy_only=False)
     ids = table["sample_id"].to_numpy()
     for opt in optimizers:
-        for kind, per_sample in ((PRIOR, n_starts), (NETWORK, 1)):
+        for kind, per_sample in ((PRIOR, n_starts), (NETWORK, 1))[: 2 if network else 1]:
             got = np.sort(ids[(optimizer == opt) & (method == kind)])
             want = np.sort(np.repeat(sample_ids, per_sample))
             if not np.array_equal(got, want):
@@ -359,7 +498,8 @@ def _multistart(fits: pa.Table, starts: list[int]) -> pa.Table:
         best = rows[np.arange(len(ids)), nll.argmin(1)]
         _append(out, thetas, f, theta, best, PRIOR, k, f["start"][best], rows)
     net_rows = np.flatnonzero(~prior)
-    _append(out, thetas, f, theta, net_rows, NETWORK, 0, np.zeros(len(net_rows), dtype=np.int64), net_rows[:, None])
+    if len(net_rows):
+        _append(out, thetas, f, theta, net_rows, NETWORK, 0, np.zeros(len(net_rows), dtype=np.int64), net_rows[:, None])
     cols = {k: np.concatenate(v) for k, v in out.items()}
     table = pa.table({k: pa.array(v) for k, v in cols.items()})
     theta_all = np.concatenate(thetas)

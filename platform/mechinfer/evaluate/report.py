@@ -96,7 +96,16 @@ ONLINE_SAMPLES = 16  # test samples timed one at a time for the "online" column
 
 
 def online_seconds(
-    m: Model, est_net, est_ft, rows: dict, starts, seed: int, max_iter: int, n: int, optimizers=("bfgs",)
+    m: Model,
+    est_net,
+    est_ft,
+    rows: dict,
+    starts,
+    seed: int,
+    max_iter: int,
+    n: int,
+    optimizers=("bfgs",),
+    network_starts: bool = True,
 ) -> dict:
     """Median wall-clock per method for one experiment alone (batch 1, as a user refining
     one culture waits for it), over the first ``n`` test samples: the network at batch 1;
@@ -113,10 +122,12 @@ def online_seconds(
                 baseline.fit_prior_starts(m, t, ch, x, z_prior[:, :k], max_iter, opt)
                 times.setdefault(row_name(opt, k), []).append(time.perf_counter() - tic)
         for method, est in (("Deep Inference", est_net), ("Deep Inference + MM", est_ft)):
+            if est is None:
+                continue
             tic = time.perf_counter()
             est.estimate(t, ch, x)
             times.setdefault(method, []).append(time.perf_counter() - tic)
-        for opt in optimizers:
+        for opt in optimizers if network_starts else ():
             tic = time.perf_counter()
             baseline.fit_network_starts(m, t, ch, x, est_ft.estimate_z(t, ch, x), max_iter, opt)
             times.setdefault(row_name(opt, 0), []).append(time.perf_counter() - tic)
@@ -131,29 +142,35 @@ def evaluate_model(
     n_boot: int = 1000,
     online_samples: int = ONLINE_SAMPLES,
 ) -> dict:
-    """Every Table 1 row of one model from one baseline result."""
+    """Every Table 1 row of one model from one baseline result; for a PEtab problem's
+    model, the real-data table too (:func:`real_data_results`). A baseline run without
+    a checkpoint (a model from a file, prior starts only) gives the optimizers' rows
+    alone, unless ``network`` and ``finetuned`` checkpoints are given for the Deep
+    Inference rows; the calibration needs them."""
     manifest = storage.read_manifest(location, what="baseline", kind="baseline")
     m = model_from_record(manifest)  # the baseline's stored copy of its model (SPEC 11)
+    network_starts = manifest.get("checkpoint_id") is not None
     if m.source is not None and not (network and finetuned):
-        raise ValueError(
-            f"model {m.name!r} of {location} comes from a file and has no shipped checkpoints: "
-            f"give --network {m.name}=PATH and --finetuned {m.name}=PATH"
-        )
+        if network_starts:
+            raise ValueError(
+                f"model {m.name!r} of {location} comes from a file and has no shipped checkpoints: "
+                f"give --network {m.name}=PATH and --finetuned {m.name}=PATH"
+            )
+        return _evaluate_optimizers(location, manifest, m, n_boot)
     finetuned = finetuned or m.name
     network = network or os.path.join(shipped_checkpoint(m.name), "through-proxy")
     est_ft, est_net = load_estimator(finetuned), load_estimator(network)
     for est, what in ((est_ft, finetuned), (est_net, network)):
         check_model(m, est.meta, f"checkpoint {what} (the baseline {location})")
+    if not network_starts:
+        return _evaluate_optimizers(location, manifest, m, n_boot, est_net, est_ft)
     if est_ft.checkpoint_id != manifest["checkpoint_id"]:
         raise ValueError(
             f"the baseline {location} started BFGS from checkpoint {manifest['checkpoint_id']}, "
             f"not from {est_ft.checkpoint_id} ({finetuned}); rerun the baseline with it"
         )
     source = manifest["test_set"]
-    rows, _ = baseline.load_test_set(
-        m, None if source["source"] == "SPEC test set" else source["source"], source["n_samples"]
-    )
-    rows = {k: v[rows["status"] == SolveStatus.OK] for k, v in rows.items()}
+    rows = _test_rows(m, manifest)
     ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))
     fs, root = storage.resolve(location)
     fits = pq.read_table(f"{root}/{baseline.MULTISTART}", filesystem=fs)
@@ -164,7 +181,6 @@ def evaluate_model(
     net_gpu = network_seconds(est_net, t, ch, x, "cuda")[0] if gpu else None
     ft_gpu = network_seconds(est_ft, t, ch, x, "cuda")[0] if gpu else None
 
-    table = []
     # method -> (theta, CPU seconds, GPU seconds or None, fit cost columns or None)
     estimates: dict[str, tuple[np.ndarray, float, float | None, dict | None]] = {}
     optimizers = manifest.get("optimizers", ["bfgs"])
@@ -172,27 +188,15 @@ def evaluate_model(
         for k in manifest["starts"]:
             theta, cost = _estimates_from(fits, opt, baseline.PRIOR, k, ids)
             estimates[row_name(opt, k)] = (theta, float(cost["seconds"].mean()), None, cost)
-    estimates["Deep Inference"] = (est_net.estimate(t, ch, x), net_cpu, net_gpu, None)
-    estimates["Deep Inference + MM"] = (est_ft.estimate(t, ch, x), ft_cpu, ft_gpu, None)
+    estimates["Deep Inference"] = (_network_theta(m, est_net, t, ch, x), net_cpu, net_gpu, None)
+    estimates["Deep Inference + MM"] = (_network_theta(m, est_ft, t, ch, x), ft_cpu, ft_gpu, None)
     for opt in optimizers:
         theta, cost = _estimates_from(fits, opt, baseline.NETWORK, 0, ids)
         estimates[row_name(opt, 0)] = (theta, ft_cpu + float(cost["seconds"].mean()), None, cost)
     online = online_seconds(
         m, est_net, est_ft, rows, manifest["starts"], manifest["seed"], manifest["max_iter"], online_samples, optimizers
     )
-    for method, (theta, cpu_s, gpu_s, bfgs_cost) in estimates.items():
-        mu = predict(m, theta, t, ch)
-        row = {
-            "model": m.name,
-            "method": method,
-            "r2": likelihood.r2(m, mu, ch, x, n_boot=n_boot),
-            "r2_true": likelihood.r2(m, mu, ch, clean, n_boot=n_boot),
-            "cpu_s": cpu_s,
-            "online_s": online.get(method),
-            "gpu_s": gpu_s,
-            "evaluations": None if bfgs_cost is None else float(bfgs_cost["evaluations"].mean()),
-        }
-        table.append(row)
+    table = _table_rows(m, estimates, online, t, ch, x, clean, n_boot)
     truth = predict(m, rows["theta"], t, ch)
     uncertainty = calibration.calibrate(m, est_ft, rows, n_boot=n_boot)
     runs = uncertainty.pop("_runs")
@@ -204,12 +208,9 @@ def evaluate_model(
         "r2_of_true_parameters": likelihood.r2(m, truth, ch, x, n_boot=n_boot),
         "network_batch": {"Deep Inference": net_batch, "Deep Inference + MM": ft_batch},
         "checkpoints": {"network": est_net.checkpoint_id, "finetuned": est_ft.checkpoint_id},
-        "baseline": {
-            k: manifest[k]
-            for k in ("command", "machine", "starts", "seed", "max_iter", "chunk_size", "wall_s", "threads_per_task")
-        }
-        | {"optimizers": optimizers},
+        "baseline": _baseline_record(manifest),
         "start_costs": start_costs(location),
+        "real_data": real_data_results(location, manifest, m, est_net, est_ft),
         "calibration": uncertainty,
         "_plot_calibration": {"m": m, "rows": rows, "res": runs["always"], "calibration": uncertainty},
         "_plot": {
@@ -219,6 +220,245 @@ def evaluate_model(
             "z_net": est_ft.estimate_z(t, ch, x),
         },
     }
+
+
+def _test_rows(m: Model, manifest: dict) -> dict:
+    """The baseline's test rows that solved (values in the noise space)."""
+    source = manifest["test_set"]
+    rows, _ = baseline.load_test_set(
+        m, None if source["source"] == "SPEC test set" else source["source"], source["n_samples"]
+    )
+    return {k: v[rows["status"] == SolveStatus.OK] for k, v in rows.items()}
+
+
+def _network_theta(m: Model, est, t, ch, x) -> np.ndarray:
+    """The network's estimates of observation sets whose values are in the noise space
+    already (dataset rows, the real data mapped once)."""
+    return m.from_z(est.network_z(t, ch, x))
+
+
+def _table_rows(m: Model, estimates: dict, online: dict, t, ch, x, clean, n_boot: int) -> list[dict]:
+    table = []
+    for method, (theta, cpu_s, gpu_s, bfgs_cost) in estimates.items():
+        mu = predict(m, theta, t, ch)
+        table.append(
+            {
+                "model": m.name,
+                "method": method,
+                "r2": likelihood.r2(m, mu, ch, x, n_boot=n_boot),
+                "r2_true": likelihood.r2(m, mu, ch, clean, n_boot=n_boot),
+                "cpu_s": cpu_s,
+                "online_s": online.get(method),
+                "gpu_s": gpu_s,
+                "evaluations": None if bfgs_cost is None else float(bfgs_cost["evaluations"].mean()),
+            }
+        )
+    return table
+
+
+def _baseline_record(manifest: dict) -> dict:
+    keys = ("command", "machine", "starts", "seed", "max_iter", "chunk_size", "wall_s", "threads_per_task")
+    return {k: manifest[k] for k in keys} | {
+        "optimizers": manifest.get("optimizers", ["bfgs"]),
+        "optimizers_skipped": manifest.get("optimizers_skipped", {}),
+        "network_starts": manifest.get("checkpoint_id") is not None,
+    }
+
+
+def _evaluate_optimizers(location: str, manifest: dict, m: Model, n_boot: int, est_net=None, est_ft=None) -> dict:
+    """:func:`evaluate_model` for a baseline without network starts (a model from a file,
+    run before its estimator was trained): the optimizers' rows, the networks' own rows
+    where checkpoints are given, no calibration."""
+    rows = _test_rows(m, manifest)
+    ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))
+    fs, root = storage.resolve(location)
+    fits = pq.read_table(f"{root}/{baseline.MULTISTART}", filesystem=fs)
+    estimates: dict[str, tuple[np.ndarray, float, float | None, dict | None]] = {}
+    optimizers = manifest.get("optimizers", ["bfgs"])
+    for opt in optimizers:
+        for k in manifest["starts"]:
+            theta, cost = _estimates_from(fits, opt, baseline.PRIOR, k, ids)
+            estimates[row_name(opt, k)] = (theta, float(cost["seconds"].mean()), None, cost)
+    batches = {}
+    for name, est in (("Deep Inference", est_net), ("Deep Inference + MM", est_ft)):
+        if est is not None:
+            seconds, batches[name] = network_seconds(est, t, ch, x)
+            estimates[name] = (_network_theta(m, est, t, ch, x), seconds, None, None)
+    online = online_seconds(
+        m,
+        est_net,
+        est_ft,
+        rows,
+        manifest["starts"],
+        manifest["seed"],
+        manifest["max_iter"],
+        ONLINE_SAMPLES,
+        optimizers,
+        network_starts=False,
+    )
+    truth = predict(m, rows["theta"], t, ch)
+    return {
+        "model": m.name,
+        "rows": _table_rows(m, estimates, online, t, ch, x, clean, n_boot),
+        "n_samples": len(ids),
+        "test_set": manifest["test_set"],
+        "r2_of_true_parameters": likelihood.r2(m, truth, ch, x, n_boot=n_boot),
+        "network_batch": batches,
+        "checkpoints": {
+            "network": None if est_net is None else est_net.checkpoint_id,
+            "finetuned": None if est_ft is None else est_ft.checkpoint_id,
+        },
+        "baseline": _baseline_record(manifest),
+        "start_costs": start_costs(location),
+        "real_data": real_data_results(location, manifest, m, est_net, est_ft),
+        "calibration": None,
+        "_plot": {"m": m, "rows": rows, "estimates": {k: v[0] for k, v in estimates.items()}, "z_net": None},
+    }
+
+
+REAL_DATA_SUCCESS = 0.5  # SPEC 12: a start succeeds within this much of the best log-likelihood found
+
+
+def _powers_of_two(n: int) -> list[int]:
+    return sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n})
+
+
+def real_data_results(location: str, manifest: dict, m: Model, est_net=None, est_ft=None) -> dict | None:
+    """SPEC 12's real-data table of a PEtab problem's baseline (None for another model):
+    per method its best log-likelihood, computed exactly by the problem
+    (``problem.log_likelihood``, PEtab's normalisation included), and its wall-clock;
+    BFGS multistart from the prior as the best of its first k starts (k = 1, 2, 4, ...,
+    all; the time is the sum of those starts' shares of their tasks' fits); Deep Inference
+    (the networks' estimates, where checkpoints are given) and Deep Inference + refine
+    (one fit from the fine-tuned network's estimate by the refine stage's method, which
+    :func:`mechinfer.fit.mle.method_for` may turn into BFGS; its time includes the
+    network's). The multistart's success rate is the share of its starts within
+    :data:`REAL_DATA_SUCCESS` of the best log-likelihood any method found, and its
+    expected time to success the mean time per start over that rate."""
+    info = manifest.get("real_data")
+    if not info:
+        return None
+    from ..estimate import refine
+
+    problem = baseline.petab_problem_of(m)
+    data = baseline.real_data(m)
+    if problem is None or data is None:
+        return None
+    fs, root = storage.resolve(location)
+    fits = pq.read_table(f"{root}/{baseline.REAL_DATA}", filesystem=fs).sort_by("start")
+    ll = fits["log_likelihood"].to_numpy(zero_copy_only=False).astype(np.float64)
+    seconds = fits["seconds"].to_numpy()
+    status = fits["status"].to_numpy()
+    theta = np.stack(fits["theta"].to_numpy(zero_copy_only=False))
+    finite = np.where(np.isfinite(ll), ll, -np.inf)
+    rows: list[dict] = []
+    for k in _powers_of_two(len(ll)):
+        best = int(np.argmax(finite[:k]))
+        rows.append(
+            {
+                "method": f"BFGS multistart, {k} start{'s' if k > 1 else ''}",
+                "starts": k,
+                "log_likelihood": float(ll[best]),
+                "seconds": float(seconds[:k].sum()),
+                "best_start": best,
+                "theta": theta[best].tolist(),
+            }
+        )
+    t, ch, v = data["t"], data["channel"], data["value"]
+    for name, est in (("Deep Inference", est_net), ("Deep Inference + MM", est_ft)):
+        if est is None:
+            continue
+        est.network_z(t, ch, v)  # not timed: the first call loads what it needs
+        tic = time.perf_counter()
+        th = _network_theta(m, est, t, ch, v)
+        sec = time.perf_counter() - tic
+        rows.append({"method": name, "log_likelihood": float(problem.log_likelihood(th[0])), "seconds": sec})
+        rows[-1]["theta"] = th[0].tolist()
+    if est_ft is not None:
+        mle.warm_up(m, t, ch, v)  # not timed: once per process
+        tic = time.perf_counter()
+        z = est_ft.network_z(t, ch, v)
+        fit = mle.fit(m, t, ch, v, z, method=refine.METHOD, hessian="gauss-newton")
+        sec = time.perf_counter() - tic
+        rows.append(
+            {
+                "method": "Deep Inference + refine",
+                "log_likelihood": float(problem.log_likelihood(fit.theta[0])),
+                "seconds": sec,
+                "refine_method": fit.method,
+                "theta": fit.theta[0].tolist(),
+            }
+        )
+    found = [r["log_likelihood"] for r in rows if np.isfinite(r["log_likelihood"])]
+    best_any = max(found) if found else float("nan")
+    best_row = max(
+        (r for r in rows if np.isfinite(r["log_likelihood"])), key=lambda r: r["log_likelihood"], default=None
+    )
+    successes = int((finite >= best_any - REAL_DATA_SUCCESS).sum()) if found else 0
+    rate = successes / len(ll)
+    per_start = float(seconds.mean())
+    return {
+        "problem": problem.name,
+        "n_measurements": int(np.isfinite(v).sum()),
+        "reference_log_likelihood": float(problem.log_likelihood()),
+        "rows": rows,
+        "best_log_likelihood": best_any,
+        "best_method": None if best_row is None else best_row["method"],
+        "starts": len(ll),
+        "successes": successes,
+        "success_rate": rate,
+        "success_threshold": REAL_DATA_SUCCESS,
+        "seconds_per_start": per_start,
+        "expected_seconds_to_success": per_start / rate if rate > 0 else None,
+        "start_status": {str(FitStatus(int(s)).name).lower(): int((status == s).sum()) for s in np.unique(status)},
+        "starts_per_task": info.get("starts_per_task"),
+        "solver_tolerances": info.get("solver_tolerances"),
+        "_plot": {"m": m, "problem": problem, "theta": None if best_row is None else np.asarray(best_row["theta"])},
+    }
+
+
+def plot_real_data(m: Model, problem, theta: np.ndarray | None, **_):
+    """One panel per condition of the problem's measurements, each observable's
+    measurements with the best fit's trajectories (and the nominal parameters', dashed),
+    in the measurements' own units."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    obs = m.observation
+    if obs is None:
+        raise ValueError(f"{m.name} is not a PEtab problem's model")
+    meas = problem.measurements
+    names = list(m.channels)
+    conditions = sorted(set(int(c) for c in obs.channel_condition))
+    cols = min(3, len(conditions))
+    n_rows = -(-len(conditions) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.2 * n_rows), squeeze=False)
+    fits = {"nominal": problem.nominal} | ({} if theta is None else {"best fit": theta})
+    for i, cond in enumerate(conditions):
+        ax = axes[i // cols, i % cols]
+        for j, c in enumerate(np.flatnonzero(obs.channel_condition == cond)):
+            color = f"C{j % 10}"
+            sel = meas["channel"] == names[c]
+            tt, vv = meas["t"][sel].to_numpy(), meas["value"][sel].to_numpy()
+            label = problem.observables[int(obs.channel_observable[c])].name
+            ax.plot(tt, vv, "o", ms=3, color=color, label=label)
+            grid = np.linspace(0.0, float(tt.max()) if len(tt) else m.T, 161)
+            for name, th in fits.items():
+                mu = predict(m, np.asarray(th)[None], grid[None], np.full((1, len(grid)), c))
+                y = obs.from_noise_space(mu[0], np.full(len(grid), c))
+                ax.plot(
+                    grid, y, color=color, lw=1.2 if name == "best fit" else 0.8, ls="-" if name == "best fit" else "--"
+                )
+        ax.set_title(problem.conditions[cond], fontsize=8)
+        ax.set_xlabel("t")
+        ax.legend(fontsize=6)
+    for k in range(len(conditions), n_rows * cols):
+        axes[k // cols, k % cols].axis("off")
+    fig.suptitle(f"{problem.name}: measurements, best fit (solid) and nominal parameters (dashed)")
+    fig.tight_layout()
+    return fig
 
 
 def start_costs(location: str) -> list[dict]:
@@ -231,6 +471,8 @@ def start_costs(location: str) -> list[dict]:
     out = []
     for opt, kind in ((o, k) for o in dict.fromkeys(optimizer.tolist()) for k in (baseline.PRIOR, baseline.NETWORK)):
         sel = (method == kind) & (optimizer == opt)
+        if not sel.any():  # no network starts
+            continue
         it, ev, sec, st = (fits[c].to_numpy()[sel] for c in ("iterations", "evaluations", "seconds", "status"))
         out.append(
             {
@@ -272,12 +514,23 @@ def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
             path = os.path.join(out, f"{name}_{r['model']}.png")
             _write(path, lambda f, fig=fig: fig.savefig(f, dpi=110, bbox_inches="tight"), binary=True)
             written.append(os.path.basename(path))
-        c = r.pop("_plot_calibration")
+        rd = r.get("real_data")
+        if rd is not None:
+            fig = plot_real_data(**rd.pop("_plot"))
+            path = os.path.join(out, f"real_data_{r['model']}.png")
+            _write(path, lambda f, fig=fig: fig.savefig(f, dpi=110, bbox_inches="tight"), binary=True)
+            rd["figure"] = os.path.basename(path)
+            written.append(rd["figure"])
+        c = r.pop("_plot_calibration", None)
         r["calibration_figures"] = []
         for name, fig in (
-            ("calibration", calibration.plot_calibration(c["m"], c["calibration"])),
-            ("interval_widths", calibration.plot_widths(c["m"], c["calibration"])),
-            ("bands", calibration.plot_bands(c["m"], c["rows"], c["res"])),
+            ()
+            if c is None
+            else (
+                ("calibration", calibration.plot_calibration(c["m"], c["calibration"])),
+                ("interval_widths", calibration.plot_widths(c["m"], c["calibration"])),
+                ("bands", calibration.plot_bands(c["m"], c["rows"], c["res"])),
+            )
         ):
             path = os.path.join(out, f"{name}_{r['model']}.png")
             _write(path, lambda f, fig=fig: fig.savefig(f, dpi=110, bbox_inches="tight"), binary=True)
@@ -321,7 +574,30 @@ def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
     )
     md = markdown(results, mach, threads, command, written)
     _write(os.path.join(out, "table1.md"), lambda f: f.write(md))
-    cal_md = calibration.markdown(results)
+    real = [r for r in results if r.get("real_data")]
+    if real:
+        _write(
+            os.path.join(out, "real_data.csv"),
+            lambda f: csv.writer(f).writerows(
+                [
+                    ["model", "method", "starts", "best log-likelihood", "wall-clock (s)", "reference log-likelihood"],
+                    *[
+                        [
+                            r["model"],
+                            row["method"],
+                            row.get("starts", ""),
+                            f"{row['log_likelihood']:.6f}",
+                            f"{row['seconds']:.4e}",
+                            f"{r['real_data']['reference_log_likelihood']:.6f}",
+                        ]
+                        for r in real
+                        for row in r["real_data"]["rows"]
+                    ],
+                ]
+            ),
+        )
+    calibrated = [r for r in results if r.get("calibration")]
+    cal_md = calibration.markdown(calibrated) if calibrated else "# Calibration\n\nNo checkpoints: not measured.\n"
     _write(os.path.join(out, "calibration.md"), lambda f: f.write(cal_md))
     _write(
         os.path.join(out, "calibration.csv"),
@@ -330,7 +606,7 @@ def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
                 ["model", "estimate", "parameter", *[f"coverage at {lv}" for lv in calibration.LEVELS]],
                 *[
                     [r["model"], kind, name, *[f"{row[j]:.4f}" for row in r["calibration"]["coverage"][kind]]]
-                    for r in results
+                    for r in calibrated
                     for kind in r["calibration"]["coverage"]
                     for j, name in enumerate(r["calibration"]["parameters"])
                 ],
@@ -354,6 +630,7 @@ def write_report(results: list[dict], out: str, *, command: str = "") -> dict:
             "table1.md",
             "table1.csv",
             "bfgs_starts.csv",
+            *(["real_data.csv"] if real else []),
             *written,
             "calibration.md",
             "calibration.csv",
@@ -411,10 +688,10 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
         source, seed = r["test_set"]["source"], r["test_set"]["seed"]
         w(f"## {r['model']} ({r['n_samples']} test samples, {source}, seed {seed})\n\n")
         w(
-            f"R2 of the true parameters: {rt}. Checkpoints: network {r['checkpoints']['network']}, "
-            f"fine-tuned {r['checkpoints']['finetuned']}. Baseline job: {r['baseline']['chunk_size']} samples per "
-            f"task, {r['baseline']['wall_s']:.0f} s wall-clock on {r['baseline']['machine']['cpu']} "
-            f"({r['baseline']['machine']['cpu_count']} CPUs).\n\n"
+            f"R2 of the true parameters: {rt}. Checkpoints: network {r['checkpoints']['network'] or 'none'}, "
+            f"fine-tuned {r['checkpoints']['finetuned'] or 'none'}. Baseline job: "
+            f"{r['baseline']['chunk_size']} samples per task, {r['baseline']['wall_s']:.0f} s wall-clock on "
+            f"{r['baseline']['machine']['cpu']} ({r['baseline']['machine']['cpu_count']} CPUs).\n\n"
         )
         w(
             "| Method | R2 | R2_true | time / sample CPU | one experiment alone CPU | time / sample GPU "
@@ -443,9 +720,51 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
                 f"{c['iteration_limit']} | {c['no_decrease']} | {c['start_failed']} |\n"
             )
         w("\n")
+        skipped = r["baseline"].get("optimizers_skipped") or {}
+        for opt, why in skipped.items():
+            w(f"Not run: {LABEL.get(opt, opt)}, which {why}; BFGS ran instead wherever a fit was asked for.\n\n")
+        if r.get("real_data"):
+            w(real_data_markdown(r["real_data"]))
         for fig in figures:
-            if fig.endswith(f"_{r['model']}.png"):
+            if fig.endswith(f"_{r['model']}.png") and not fig.startswith("real_data_"):  # that one is above
                 w(f"![{fig}]({fig})\n\n")
+    return buf.getvalue()
+
+
+def real_data_markdown(rd: dict) -> str:
+    """SPEC 12's real-data table of one PEtab problem."""
+    buf = io.StringIO()
+    w = buf.write
+    w(f"### Real data: {rd['problem']} ({rd['n_measurements']} measurements)\n\n")
+    w(
+        "Best log-likelihood per method, computed exactly by the problem (`problem.log_likelihood`, PEtab's "
+        "normalisation constants included; solver rtol 1e-8, atol 1e-10), against the reference at the problem's "
+        f"nominal parameters: **{rd['reference_log_likelihood']:.4f}**. BFGS multistart: starts drawn from the "
+        f"prior (z ~ N(0, I)), {rd['starts']} in all, {rd['starts_per_task']} per Ray task as one batched fit "
+        f"(solver {rd['solver_tolerances']}); k starts = the best of the first k, their time the sum of their "
+        "shares of their fits' wall-clock. Deep Inference + refine: one fit from the fine-tuned network's "
+        "estimate, the network's time included.\n\n"
+    )
+    w("| Method | best log-likelihood | - reference | wall-clock |\n| --- | --- | --- | --- |\n")
+    for row in rd["rows"]:
+        how = f" ({LABEL.get(row['refine_method'], row['refine_method'])})" if row.get("refine_method") else ""
+        w(
+            f"| {row['method']}{how} | {row['log_likelihood']:.4f} | "
+            f"{row['log_likelihood'] - rd['reference_log_likelihood']:+.4f} | {_fmt_time(row['seconds'])} |\n"
+        )
+    w(
+        f"\nBest log-likelihood any method found: {rd['best_log_likelihood']:.4f} ({rd['best_method']}). "
+        f"Multistart success rate (starts within {rd['success_threshold']} of it): {rd['successes']} / "
+        f"{rd['starts']} = {rd['success_rate']:.3f}; time per start {_fmt_time(rd['seconds_per_start'])}; "
+    )
+    if rd["expected_seconds_to_success"] is None:
+        multistart = max(row["log_likelihood"] for row in rd["rows"] if "starts" in row)
+        w(f"expected time to success: never succeeded (the multistart's best: {multistart:.4f}).\n")
+    else:
+        w(f"expected time to success {_fmt_time(rd['expected_seconds_to_success'])}.\n")
+    w(f"Start outcomes: {', '.join(f'{k} {v}' for k, v in rd['start_status'].items())}.\n\n")
+    if rd.get("figure"):
+        w(f"![{rd['figure']}]({rd['figure']})\n\n")
     return buf.getvalue()
 
 
@@ -457,6 +776,8 @@ def comparisons(r: dict) -> str:
     lines = []
     most = [row_name(o, k) for o in r["baseline"].get("optimizers", ["bfgs"])]
     for opt, many in zip(r["baseline"].get("optimizers", ["bfgs"]), most):
+        if row_name(opt, 0) not in by:  # no network starts
+            continue
         deep = by[row_name(opt, 0)]
         lines.append(
             f"{deep['method']} vs {many}: {by[many]['cpu_s'] / deep['cpu_s']:.1f}x less time per sample, "
@@ -474,6 +795,27 @@ def comparisons(r: dict) -> str:
 
 
 # ------------------------------------------------------------------- figures
+MAX_PANELS = 8  # channels shown in the test set's trajectory figure (a PEtab problem may have dozens)
+
+
+def _most_starts(estimates: dict) -> str:
+    """The name of the BFGS row with the most prior starts."""
+    rows = [k for k in estimates if k.startswith(f"{LABEL['bfgs']}, ")]
+    return max(rows, key=lambda k: int(k.split(", ")[1].split()[0]))
+
+
+def _curves(m: Model, theta: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Noise-free outputs (B, G, C) of every channel on a time grid: the observed states of
+    a built-in model; a PEtab problem's observables (in the noise space, where its test
+    rows are)."""
+    if m.observation is None:
+        return m.simulate(theta, grid)
+    n_ch, g = len(m.channels), len(grid)
+    t = np.tile(grid, n_ch)[None].repeat(len(theta), 0)
+    ch = np.repeat(np.arange(n_ch), g)[None].repeat(len(theta), 0)
+    return predict(m, theta, t, ch).reshape(len(theta), n_ch, g).transpose(0, 2, 1)
+
+
 def plot_trajectories(m: Model, rows: dict, estimates: dict, z_net, n_show: int = 3, **_):
     """Observations, true and fitted trajectories of the first test samples (paper Fig. 3)."""
     import matplotlib
@@ -482,19 +824,15 @@ def plot_trajectories(m: Model, rows: dict, estimates: dict, z_net, n_show: int 
     import matplotlib.pyplot as plt
 
     grid = np.linspace(0.0, m.T, 161)
-    shown = {
-        "truth": rows["theta"][:n_show],
-        "Deep Inference + MM": estimates["Deep Inference + MM"][:n_show],
-        "Deep Inference + BFGS": estimates["Deep Inference + BFGS"][:n_show],
-    }
-    curves = {k: m.simulate(v, grid) for k, v in shown.items()}
-    n_ch = len(m.channels)
+    fitted = [k for k in ("Deep Inference + MM", "Deep Inference + BFGS") if k in estimates] or [
+        _most_starts(estimates)
+    ]
+    shown = {"truth": rows["theta"][:n_show], **{k: estimates[k][:n_show] for k in fitted}}
+    curves = {k: _curves(m, v, grid) for k, v in shown.items()}
+    n_ch = min(len(m.channels), MAX_PANELS)
     fig, axes = plt.subplots(n_show, n_ch, figsize=(3.2 * n_ch, 2.4 * n_show), squeeze=False)
-    styles = {
-        "truth": dict(color="k", ls="--", lw=1.2),
-        "Deep Inference + MM": dict(color="tab:blue", lw=1.2),
-        "Deep Inference + BFGS": dict(color="tab:red", lw=1.0, ls=":"),
-    }
+    looks = [dict(color="tab:blue", lw=1.2), dict(color="tab:red", lw=1.0, ls=":")]
+    styles = {"truth": dict(color="k", ls="--", lw=1.2), **dict(zip(fitted, looks))}
     for i in range(n_show):
         for c in range(n_ch):
             ax = axes[i, c]
@@ -519,14 +857,16 @@ def plot_landscape(
     **_,
 ):
     """NLL on random 2-D planes through the Deep Inference + BFGS optimum of the first
-    test sample, in z space (paper Fig. 1), with the network's estimate projected."""
+    test sample (the BFGS row with most starts where there is no network), in z space
+    (paper Fig. 1), with the network's estimate projected."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(seed)
-    z_opt = m.to_z(estimates["Deep Inference + BFGS"][:1])[0]
+    center = "Deep Inference + BFGS" if "Deep Inference + BFGS" in estimates else _most_starts(estimates)
+    z_opt = m.to_z(estimates[center][:1])[0]
     a = np.linspace(-half_width, half_width, points)
     A, B = np.meshgrid(a, a)
     fig, axes = plt.subplots(1, n_slices, figsize=(4.2 * n_slices, 3.8), squeeze=False)
@@ -544,11 +884,12 @@ def plot_landscape(
         ax = axes[0, j]
         cs = ax.contourf(A, B, level, levels=20, cmap="viridis")
         fig.colorbar(cs, ax=ax, label="log10(NLL - min + 1)")
-        rel = z_net[0] - z_opt
-        ax.plot(0, 0, "r*", ms=10, label="Deep Inference + BFGS")
-        u, v = rel @ q[:, 0], rel @ q[:, 1]
-        if max(abs(u), abs(v)) <= half_width:
-            ax.plot(u, v, "wo", ms=5, label="network estimate (projected)")
+        ax.plot(0, 0, "r*", ms=10, label=center)
+        if z_net is not None:
+            rel = z_net[0] - z_opt
+            u, v = rel @ q[:, 0], rel @ q[:, 1]
+            if max(abs(u), abs(v)) <= half_width:
+                ax.plot(u, v, "wo", ms=5, label="network estimate (projected)")
         ax.set_xlim(-half_width, half_width)
         ax.set_ylim(-half_width, half_width)
         ax.set_xlabel("direction 1 (z)")
