@@ -161,3 +161,31 @@ def evaluate(model: Model, net, data: dict[str, np.ndarray], fractions=(1.0,), s
             continue
         out[frac] = likelihood.r2(model, mu.numpy(), data["channel"], x)
     return out
+
+
+@torch.no_grad()
+def evaluate_observed(model: Model, net, data: dict[str, np.ndarray]) -> dict:
+    """For a model with an observation model of its own, whose noise scale varies with
+    the parameters (R^2 in units of the reference sigma then weighs the noisiest sets
+    most): over a dataset's rows with every observation, R2_true of the network's
+    estimates (SPEC 4: the noise-free values in place of the observations), and the
+    median over sets of the NLL per observation (its log sigma terms included) at the
+    network's estimates and at the true parameters; ``failed``: estimates the solver
+    could not simulate (left out of both)."""
+    channel = torch.from_numpy(data["channel"]).long()
+    t = torch.from_numpy(data["t"]).double()
+    value = torch.from_numpy(likelihood.to_noise_space(model, np.asarray(data["value"], np.float64), data["channel"]))
+    clean = likelihood.to_noise_space(model, np.asarray(data["clean"], np.float64), data["channel"])
+    theta = priors.from_z(model.priors, net(t.float(), channel, value.float()).double())
+    mu, sigma, status = likelihood.predict_with_noise(model, theta, t, channel)
+    ok = (status == SolveStatus.OK).numpy()
+    mask = likelihood.observed_mask(t, value)
+    n = mask.sum(-1).double()
+    nll_net = (likelihood.nll_from_mu(model, mu, channel, value, mask, sigma) / n).numpy()
+    nll_true = likelihood.nll(model, torch.from_numpy(np.asarray(data["theta"], np.float64)), t, channel, value) / n
+    return {
+        "r2_true": likelihood.r2(model, mu.numpy()[ok], data["channel"][ok], clean[ok]),
+        "nll_network": float(np.median(nll_net[ok])),
+        "nll_true_parameters": float(np.nanmedian(nll_true.numpy()[ok])),
+        "failed": int((~ok).sum()),
+    }

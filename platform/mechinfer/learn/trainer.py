@@ -406,6 +406,14 @@ def train_inference_and_report(
         r2_net = losses.evaluate(m, net, test, fractions=(0.25, 0.5, 1.0))
         lines += [f"  R2 of the network {label}, {int(f * 100)}% of n_obs: {r}" for f, r in r2_net.items()]
         report[f"r2_network ({label})"] = {f"{int(f * 100)}%": r.__dict__ for f, r in r2_net.items()}
+        if m.observation is not None:  # noise scales that vary with the parameters: also R2_true and the NLL
+            seen = losses.evaluate_observed(m, net, test)
+            lines += [
+                f"  R2_true of the network {label}: {seen['r2_true']}; median NLL per observation "
+                f"{seen['nll_network']:.4f} (true parameters {seen['nll_true_parameters']:.4f}); "
+                f"{seen['failed']} estimates not simulated"
+            ]
+            report[f"observed ({label})"] = {**seen, "r2_true": seen["r2_true"].__dict__}
     storage.write_json_to(os.path.join(out, "training_summary.json"), report)
     report["text"] = "\n".join(lines)
     return report
