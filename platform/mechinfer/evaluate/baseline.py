@@ -182,7 +182,7 @@ def fit_chunk(
             cols["fit_wall_s"] = np.full(n * n_starts, prior.wall_s)
             tables.append(_fits_table(cols, None))
             continue
-        net_z0 = est.estimate_z(t, ch, value)
+        net_z0 = est.network_z(t, ch, value)  # rows in the noise space already
         network = fit_network_starts(m, t, ch, value, net_z0, max_iter, optimizer)
         cols = {
             "optimizer": np.full(n * n_starts + n, optimizer),
@@ -226,6 +226,7 @@ def fit_real_data(model: str | Model, first: int, last: int, n_starts: int, seed
         {
             "start": pa.array(np.arange(first, last, dtype=np.int32)),
             "optimizer": pa.array([fit.method] * n),
+            "space": pa.array([fit.space] * n),
             "z0": fixed(z0[0]),
             "z": fixed(fit.z),
             "theta": fixed(fit.theta),

@@ -129,7 +129,7 @@ def online_seconds(
             times.setdefault(method, []).append(time.perf_counter() - tic)
         for opt in optimizers if network_starts else ():
             tic = time.perf_counter()
-            baseline.fit_network_starts(m, t, ch, x, est_ft.estimate_z(t, ch, x), max_iter, opt)
+            baseline.fit_network_starts(m, t, ch, x, est_ft.network_z(t, ch, x), max_iter, opt)
             times.setdefault(row_name(opt, 0), []).append(time.perf_counter() - tic)
     return {k: float(np.median(v)) for k, v in times.items()}
 
@@ -217,7 +217,7 @@ def evaluate_model(
             "m": m,
             "rows": rows,
             "estimates": {k: v[0] for k, v in estimates.items()},
-            "z_net": est_ft.estimate_z(t, ch, x),
+            "z_net": est_ft.network_z(t, ch, x),
         },
     }
 
