@@ -97,7 +97,7 @@ def intervals(
 def laplace(model: Model, t, channel, value, z, **solver_options) -> Laplace:
     """The Laplace approximation at z (B, P) for NaN-padded (B, N) observation sets
     (values in the model's noise space), solved at the fit tolerance
-    (:data:`mechinfer.fit.mle.FIT_TOL`) unless ``solver_options`` say otherwise."""
+    (:func:`mechinfer.fit.mle.fit_tolerances`) unless ``solver_options`` say otherwise."""
     if model.observation is not None:
         return _laplace_observed(model, t, channel, value, z, **solver_options)
     t, channel, value = mle._tensors(t, channel, value)
@@ -109,7 +109,7 @@ def laplace(model: Model, t, channel, value, z, **solver_options) -> Laplace:
     if finite.any():
         rows = torch.where(finite)[0]
         r[rows], jac[rows], ok[rows] = mle.residual_jacobian(
-            model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options)
+            model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options, model)
         )
     eye = torch.eye(z.shape[1], dtype=z.dtype).expand(len(z), -1, -1)
     cov = torch.linalg.inv(jac.transpose(1, 2) @ jac + eye)  # the identity where ok is False (J = 0)
@@ -195,7 +195,7 @@ def _laplace_observed(model: Model, t, channel, value, z, **solver_options) -> L
     rows = torch.where(torch.isfinite(z).all(-1))[0]  # a non-finite estimate has no solve
     if len(rows):
         r[rows], log_sigma[rows], d_mu[rows], d_log_sigma[rows], ok[rows] = _observed_jacobians(
-            model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options)
+            model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options, model)
         )
     mask = torch.isfinite(t) & torch.isfinite(value)
     laplace_noise = torch.as_tensor(obs.laplace)[channel] & mask
@@ -252,7 +252,7 @@ def gof_pvalue_at(model: Model, t, channel, value, z, p_eff: np.ndarray, **solve
     mask = torch.isfinite(t) & torch.isfinite(value)
     with torch.no_grad():
         mu, sigma, status = likelihood.predict_with_noise(
-            model, model.from_z(z), t, channel, **mle._fit_options(solver_options)
+            model, model.from_z(z), t, channel, **mle._fit_options(solver_options, model)
         )
     r = torch.where(mask, (value - mu) / torch.where(mask, sigma, 1.0), 0.0)
     laplace_noise = (
