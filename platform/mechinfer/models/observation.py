@@ -98,19 +98,19 @@ class Observation:
         return any(self.observables[o].noise_reads_states for o in set(self.channel_observable.tolist()))
 
     def to_noise_space(self, value, channel):
-        return to_noise_space(self.transformation[np.asarray(channel)], value)
+        return to_noise_space(self.transformation[_indices(channel)], value)
 
     def from_noise_space(self, y, channel):
-        return from_noise_space(self.transformation[np.asarray(channel)], y)
+        return from_noise_space(self.transformation[_indices(channel)], y)
 
     # ------------------------------------------------------------ at observation points
     def _placeholders(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
         """(B, N, Q) placeholder values of each observation: its channel's measurement
         nearest in time."""
-        times = torch.as_tensor(self.placeholder_time, dtype=t.dtype)[channel]  # (B, N, L)
+        times = torch.as_tensor(self.placeholder_time, dtype=t.dtype, device=t.device)[channel]  # (B, N, L)
         nearest = (times - torch.nan_to_num(t)[..., None]).abs().argmin(-1)  # (B, N)
-        idx = torch.as_tensor(self.placeholder_index)[channel, nearest]  # (B, N, Q)
-        val = torch.as_tensor(self.placeholder_value, dtype=theta.dtype)[channel, nearest]
+        idx = torch.as_tensor(self.placeholder_index, device=t.device)[channel, nearest]  # (B, N, Q)
+        val = torch.as_tensor(self.placeholder_value, dtype=theta.dtype, device=t.device)[channel, nearest]
         if theta.shape[1] == 0:
             return val
         picked = torch.gather(theta[:, None, :].expand(-1, idx.shape[1], -1), 2, idx.clamp(min=0))
@@ -118,7 +118,7 @@ class Observation:
 
     def _arguments(self, theta: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         """The solver's arguments (B, len(conditions), P + K): theta and each condition's inputs."""
-        inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype)[conditions]
+        inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype, device=theta.device)[conditions]
         return torch.cat(
             [theta[:, None, :].expand(-1, len(conditions), -1), inputs[None].expand(theta.shape[0], -1, -1)], -1
         )
@@ -140,10 +140,10 @@ class Observation:
 
         n_batch, n_points = t.shape
         channel = channel.long()
-        point_condition = torch.as_tensor(self.channel_condition)[channel]  # (B, N)
+        point_condition = torch.as_tensor(self.channel_condition, device=channel.device)[channel]  # (B, N)
         used = torch.unique(point_condition)
-        slot = torch.full((len(self.condition_inputs),), -1, dtype=torch.long)
-        slot[used] = torch.arange(len(used))
+        slot = torch.full((len(self.condition_inputs),), -1, dtype=torch.long, device=channel.device)
+        slot[used] = torch.arange(len(used), device=channel.device)
         args = self._arguments(theta, used)  # (B, U, P + K)
         order = torch.argsort(t, dim=1)
         t_sorted = torch.gather(t, 1, order)
@@ -179,10 +179,10 @@ class Observation:
             raise ValueError("a noise formula reads model states: its scale needs the solver (Observation.predict)")
         channel = channel.long()
         n_states = self.n_system_states + 1
-        at = torch.zeros(*t.shape, n_states, dtype=theta.dtype)
+        at = torch.zeros(*t.shape, n_states, dtype=theta.dtype, device=theta.device)
         at[..., -1] = torch.nan_to_num(t)
-        conds = torch.as_tensor(self.channel_condition)[channel]
-        inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype)[conds]  # (B, N, K)
+        conds = torch.as_tensor(self.channel_condition, device=channel.device)[channel]
+        inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype, device=theta.device)[conds]  # (B, N, K)
         point_args = torch.cat([theta[:, None, :].expand(-1, t.shape[1], -1), inputs], -1)
         q = self._placeholders(theta, t, channel)
         _, sigma = self._evaluate(channel, at, point_args, q, theta, noise_only=True)
@@ -192,9 +192,9 @@ class Observation:
         """Observable values h and noise scales (B, N) from each point's states (with time
         last), arguments and placeholders."""
         n_batch = channel.shape[0]
-        point_observable = torch.as_tensor(self.channel_observable)[channel]
-        h = torch.zeros(channel.shape, dtype=theta.dtype)
-        sigma = torch.zeros(channel.shape, dtype=theta.dtype)
+        point_observable = torch.as_tensor(self.channel_observable, device=channel.device)[channel]
+        h = torch.zeros(channel.shape, dtype=theta.dtype, device=theta.device)
+        sigma = torch.zeros(channel.shape, dtype=theta.dtype, device=theta.device)
         for o in torch.unique(point_observable).tolist():
             where = point_observable == o
             fn = self.observables[o].function
@@ -225,10 +225,17 @@ class Observation:
         return np.array(out)
 
 
+def _indices(channel) -> np.ndarray:
+    """Channel indices as a numpy array, from a tensor on any device or an array."""
+    if isinstance(channel, torch.Tensor):
+        return channel.detach().cpu().numpy()
+    return np.asarray(channel)
+
+
 def _full(x, n: int, like: torch.Tensor) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(like.dtype).expand(n) if x.ndim == 0 else x.to(like.dtype)
-    return torch.full((n,), float(x), dtype=like.dtype)
+    return torch.full((n,), float(x), dtype=like.dtype, device=like.device)
 
 
 def standard_noise(normal: np.ndarray, laplace: np.ndarray) -> np.ndarray:
