@@ -94,10 +94,12 @@ def test_killed_mid_stage_then_rerun_resumes_then_every_stage_to_a_live_answer(t
     assert status == 2 and "made for SPEC version 0" in err and "Traceback" not in err
 
 
-def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path):
+def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path, run_cli):
+    """Refused before Ray starts: in this process (the job file runs as a subprocess in
+    the test above)."""
     (tmp_path / "notes.txt").write_text("mine")
-    r = _pipeline("--model", "mmk", "--run", str(tmp_path), timeout=180)
-    assert r.returncode == 2 and "is not empty and holds no run.json" in r.stderr
+    status, _, err = run_cli("pipeline", "--model", "mmk", "--run", str(tmp_path))
+    assert status == 2 and "is not empty and holds no run.json" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 

@@ -148,7 +148,7 @@ PRESETS: dict[str, PipelineConfig] = {
     "small": PipelineConfig(),
     "tiny": PipelineConfig(
         n=2000,
-        proxy_epochs=2,
+        proxy_epochs=1,
         epochs=1,
         finetune_steps=2,
         batch_size=64,
