@@ -116,12 +116,19 @@ def test_model_show_names_the_unsupported_element(tmp_path, capsys, extra):
     assert "not supported" in err or "unsupported" in err.lower(), err
 
 
-def test_stages_refuse_a_petab_problem_until_they_train_on_one(tmp_path, capsys):
-    """The stages simulate states at random designs; a PEtab problem's observables and
-    conditions are its own (SPEC 12): refused in one line before anything is written."""
+def test_stages_refuse_a_petab_problem_whose_noise_reads_states(tmp_path, capsys):
+    """The stages train on PEtab problems (SPEC 12), evaluating the noise scale from the
+    parameters alone; a noise formula that reads a model state is refused in one line
+    before anything is written."""
+    problem = tmp_path / "problem"
+    shutil.copytree(PETAB, problem)
+    table = problem / "observables_Boehm_JProteomeRes2014.tsv"
+    obs = pd.read_csv(table, sep="\t")
+    obs.loc[0, "noiseFormula"] = "noiseParameter1_pSTAT5A_rel * (1 + pApB)"
+    obs.to_csv(table, sep="\t", index=False)
     out = tmp_path / "out"
     code, err = _run(
-        ["simulate", "--model", str(PETAB / "Boehm_JProteomeRes2014.yaml"), "--n", "4", "--out", str(out)], capsys
+        ["simulate", "--model", str(problem / "Boehm_JProteomeRes2014.yaml"), "--n", "4", "--out", str(out)], capsys
     )
-    assert code == 2 and len(err.splitlines()) == 1 and "PEtab problem" in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and "noise formula reads model states" in err, err
     assert not out.exists()
