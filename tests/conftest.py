@@ -98,6 +98,8 @@ def ray_local():
     """A real local Ray with 2 CPUs, shared by the tests that need one."""
     import ray
 
+    if ray.is_initialized():  # a failed in-process CLI test's embedded Ray: not the one we want
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
