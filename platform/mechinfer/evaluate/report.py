@@ -412,6 +412,7 @@ def real_data_results(location: str, manifest: dict, m: Model, est_net=None, est
         "expected_seconds_to_success": per_start / rate if rate > 0 else None,
         "start_status": {str(FitStatus(int(s)).name).lower(): int((status == s).sum()) for s in np.unique(status)},
         "starts_per_task": info.get("starts_per_task"),
+        "space": ", ".join(sorted(set(fits["space"].to_pylist()))) if "space" in fits.column_names else "z",
         "solver_tolerances": info.get("solver_tolerances"),
         "_plot": {"m": m, "problem": problem, "theta": None if best_row is None else np.asarray(best_row["theta"])},
     }
@@ -740,7 +741,8 @@ def real_data_markdown(rd: dict) -> str:
         "Best log-likelihood per method, computed exactly by the problem (`problem.log_likelihood`, PEtab's "
         "normalisation constants included; solver rtol 1e-8, atol 1e-10), against the reference at the problem's "
         f"nominal parameters: **{rd['reference_log_likelihood']:.4f}**. BFGS multistart: starts drawn from the "
-        f"prior (z ~ N(0, I)), {rd['starts']} in all, {rd['starts_per_task']} per Ray task as one batched fit "
+        f"prior (z ~ N(0, I)), BFGS moving in {rd['space']} (`mechinfer.fit.mle.fit`), "
+        f"{rd['starts']} in all, {rd['starts_per_task']} per Ray task as one batched fit "
         f"(solver {rd['solver_tolerances']}); k starts = the best of the first k, their time the sum of their "
         "shares of their fits' wall-clock. Deep Inference + refine: one fit from the fine-tuned network's "
         "estimate, the network's time included.\n\n"
