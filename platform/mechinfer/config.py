@@ -117,6 +117,7 @@ class BaselineConfig:
     max_iter: int = _opt(1024, "iterations per start, at most (SPEC 6.5)")
     optimizers: tuple[str, ...] = _opt(("bfgs", "trust-region"), "optimizers to run every start with")
     limit: int | None = _opt(None, "fit only the first LIMIT test samples")
+    real_data_starts: int = _opt(64, "BFGS starts from the prior on a PEtab problem's own measurements (SPEC 12)")
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class PipelineConfig:
     tune_samples: int = _opt(4, "Tune trials")
     baseline_limit: int | None = _opt(64, "test samples in the baseline (None: all 1024)")
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts in the baseline")
+    real_data_starts: int = _opt(64, "prior starts on a PEtab problem's own measurements (SPEC 12)")
     compile: bool = _opt(False, "torch.compile'd solver steps in the served application (torch backend only)")
     device: str = _opt("auto", DEVICE_HELP, choices=DEVICES)
     gpu_timeout_s: float = _opt(600.0, GPU_TIMEOUT_HELP)
@@ -156,6 +158,7 @@ PRESETS: dict[str, PipelineConfig] = {
         depth=1,
         baseline_limit=4,
         starts=(1, 2),
+        real_data_starts=8,
         recalibration_samples=256,
     ),
     "paper": PipelineConfig(

@@ -65,7 +65,7 @@ OPTIMIZERS = BaselineConfig.optimizers
 MULTISTART = "multistart.parquet"
 PRIOR, NETWORK = "prior", "network"
 REAL_DATA = "real_data.parquet"
-REAL_DATA_STARTS = 64  # SPEC 12: BFGS multistart from the prior with 1 to at least 64 starts
+REAL_DATA_STARTS = BaselineConfig.real_data_starts  # SPEC 12: 1 to at least 64 starts
 REAL_DATA_CHUNK = 8  # real-data starts per Ray task (one batched fit)
 REAL_DATA_ID = 2**31 - 1  # the real data's start stream (seed, REAL_DATA_ID): no test sample has this id
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from .. import SPEC_VERSION
-from ..config import DEVICES, NETWORK_KEYS, PRESETS, replace
+from ..config import DEVICES, NETWORK_KEYS, PRESETS, BaselineConfig, replace
 from ..models import load_model
 from ..models.base import Model
 from ..models.sources import petab_problem, recorded_hash
@@ -276,7 +276,13 @@ def _baseline(model, run, s, records, command, **_):
     ckpt = _needs(records, "train-inference")["checkpoint"]
     out = os.path.join(run, "baseline")
     summary = run_baseline(
-        model, out, checkpoint=ckpt, limit=s["baseline_limit"], starts=s["starts"], command=command
+        model,
+        out,
+        checkpoint=ckpt,
+        limit=s["baseline_limit"],
+        starts=s["starts"],
+        real_data_starts=s.get("real_data_starts", BaselineConfig.real_data_starts),  # runs from before it existed
+        command=command,
     )  # resumes its own parts
     log.info("%s", summary)
     return {"baseline": out}
