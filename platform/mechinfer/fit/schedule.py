@@ -110,8 +110,16 @@ def run(
         done = advance(r)
         if deadline is not None:
             done = np.where((done < 0) & (deadline[r.idx] < time.time()), int(FitStatus.DEADLINE), done)
+        elapsed = time.perf_counter() - tic
+        if len(r) == 1:  # one problem (online refinement): scalars, no fancy indexing
+            i, d = int(r.idx[0]), int(done[0])
+            status[i] = d
+            seconds[i] += elapsed
+            if d >= 0:
+                running = None
+            continue
         status[r.idx] = done
-        seconds[r.idx] += (time.perf_counter() - tic) / len(r)
+        seconds[r.idx] += elapsed / len(r)
         keep = done < 0
         if not keep.all():
             running = r.select(keep)
