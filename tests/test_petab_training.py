@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
@@ -195,50 +194,5 @@ def test_batches_and_losses_in_the_noise_space(variant):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
-# ------------------------------------------------------------ the stages, end to end
-TINY = dict(batch_size=64, max_steps_per_epoch=6, network=dict(width=32, depth=2), device="cpu")
-
-
-@pytest.mark.slow
-def test_simulate_train_and_estimate_boehms_measurements(ray_local, boehm, tmp_path):
-    """simulate -> train-proxy -> train-inference (through the proxy, then fine-tuned
-    through the solver), as the CLI runs them, at a tiny size; the network's NLL through
-    the proxy went down, and the estimator answers Boehm's real measurements with
-    finite parameters inside the prior, a finite NLL and finite intervals."""
-    from mechinfer.data.format import read_table
-    from mechinfer.data.generate import simulate_dataset
-    from mechinfer.learn.trainer import VALIDATION_EVERY, train, train_inference_and_report
-
-    model, data = str(BOEHM), str(tmp_path / "data")
-    simulate_dataset(model, 400, 0, data, chunk_size=200)
-    proxy = str(tmp_path / "proxy")
-    summary = train("proxy", model, data, proxy, epochs=2, seed=1, **TINY)
-    assert summary.steps == 12 and np.isfinite(summary.val_loss)
-    out = str(tmp_path / "inference")
-    report = train_inference_and_report(
-        model, data, proxy, out, epochs=2, finetune_epochs=1, finetune_steps_per_epoch=2, **TINY
-    )
-    assert "R2_true of the network fine-tuned through the solver" in report["text"]
-    assert np.isfinite(report["observed (fine-tuned through the solver)"]["nll_network"])
-
-    m = boehm.model
-    table = read_table(data)
-    validation = table.filter(pa.array(np.asarray(table["sample_id"]) % VALIDATION_EVERY == 0))
-    rows = losses.batch_tensors(validation, m)
-    net, meta = checkpoint.load(f"{out}/through-proxy", model=mechinfer.load_model(model), kind="inference")
-    proxy_net, _ = checkpoint.load(proxy, kind="proxy")
-    torch.manual_seed(0)  # the trainer's seed (0) and rank: its first weights
-    fresh = networks.build(meta["network"])
-    with torch.no_grad():
-        before = losses.inference_loss(m, fresh, rows, through="proxy", proxy=proxy_net)
-        after = losses.inference_loss(m, net, rows, through="proxy", proxy=proxy_net)
-    assert after < 0.5 * before
-
-    est = mechinfer.load_estimator(out)
-    obs = _real(boehm)
-    res = est.infer(obs.t, obs.channel, obs.value)
-    low = np.array([p.low for p in m.priors])
-    high = np.array([p.high for p in m.priors])
-    assert np.isfinite(res.theta).all() and ((low <= res.theta) & (res.theta <= high)).all()
-    assert np.isfinite(res.nll).all() and np.isfinite(res.lower).all() and np.isfinite(res.upper).all()
-    assert res.nll[0] == pytest.approx(-boehm.log_likelihood(res.theta[0]) - 0.5 * np.log(2 * np.pi) * 48, rel=1e-4)
+# The stages end to end (simulate, train-proxy, train-inference, the estimator on the
+# problem's measurements): tests/test_petab_pipeline.py.

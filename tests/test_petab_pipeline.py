@@ -1,0 +1,95 @@
+"""The whole pipeline on a PEtab problem (SPEC 12), Boehm at the tiny preset: every stage
+with no per-problem settings, the real-data table (each method's exact log-likelihood on
+the problem's own measurements) and a live served answer for those measurements that
+equals ``est.infer`` on the same measurements. Boehm is vendored in tests/data/petab
+(BSD license)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+from processes import free_port
+
+import mechinfer
+from mechinfer.data.format import read_table
+from mechinfer.learn import checkpoint, losses, networks
+from mechinfer.learn.trainer import VALIDATION_EVERY
+from mechinfer.models.sources import petab_problem
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BOEHM = REPO / "tests" / "data" / "petab" / "Boehm_JProteomeRes2014" / "Boehm_JProteomeRes2014.yaml"
+PUBLISHED = -138.22199693517703  # AMICI's benchmark tests, at the nominal parameters
+
+
+def test_boehm_tiny_pipeline_real_data_table_and_served_answer(tmp_path):
+    run = tmp_path / "run"
+    port = free_port()
+    args = ["--model", str(BOEHM), "--preset", "tiny", "--run", str(run), "--port", str(port)]
+    r = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "pipeline.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    # the real-data table: every method's exact log-likelihood finite, none above the best
+    # found, the reference the published one, the multistart's success rate a share
+    table = pd.read_csv(run / "evaluate" / "real_data.csv")
+    assert set(table["model"]) == {"Boehm_JProteomeRes2014"}
+    methods = list(table["method"])
+    assert any(m.startswith("BFGS multistart, 8 starts") for m in methods)
+    assert any(m.startswith("Deep Inference + refine") for m in methods) and "Deep Inference" in methods
+    ll = table["best log-likelihood"].to_numpy()
+    assert np.isfinite(ll).all()
+    best = ll.max()
+    assert (ll <= best + 1e-9).all()
+    np.testing.assert_allclose(table["reference log-likelihood"], PUBLISHED, atol=0.01)
+    report = (run / "evaluate" / "table1.md").read_text()
+    assert "Real data: Boehm_JProteomeRes2014 (48 measurements)" in report
+    assert "success rate" in report and (run / "evaluate" / "real_data_Boehm_JProteomeRes2014.png").exists()
+
+    # training learned: the network's NLL through the proxy on the validation rows is well
+    # below that of its initial weights
+    data, proxy = run / "simulate", run / "train-proxy" / "checkpoint"
+    table = read_table(str(data))
+    validation = table.filter(pa.array(np.asarray(table["sample_id"]) % VALIDATION_EVERY == 0))
+    m = mechinfer.load_model(str(BOEHM))
+    rows = losses.batch_tensors(validation, m)
+    net, meta = checkpoint.load(
+        str(run / "train-inference" / "checkpoint" / "through-proxy"), model=m, kind="inference"
+    )
+    proxy_net, _ = checkpoint.load(str(proxy), kind="proxy")
+    torch.manual_seed(0)  # the trainer's seed (0) and rank: its first weights
+    fresh = networks.build(meta["network"])
+    with torch.no_grad():
+        before = losses.inference_loss(m, fresh, rows, through="proxy", proxy=proxy_net)
+        after = losses.inference_loss(m, net, rows, through="proxy", proxy=proxy_net)
+    assert after < 0.5 * before
+
+    # the served answer for the problem's measurements equals est.infer on them
+    served = json.loads((run / "stages" / "serve.json").read_text())["outputs"]
+    assert served["answered"] == "the problem's measurements"
+    answer = served["answer"]
+    ckpt = json.loads((run / "stages" / "train-inference.json").read_text())["outputs"]["checkpoint"]
+    est = mechinfer.load_estimator(ckpt)
+    problem = petab_problem(est.model)
+    obs = mechinfer.observations_from_frame(problem.measurements, model=est.model)
+    res = est.infer(obs.t, obs.channel, obs.value, refine=True)
+    assert answer["refine_status"] == res.refine_status[0]
+    served_theta = np.array([answer["parameters"][n] for n in est.model.parameter_names])
+    np.testing.assert_allclose(served_theta, res.theta[0], rtol=1e-6)
+    assert np.isfinite(answer["nll"])
+    # the estimate's exact log-likelihood is at most the best any method found
+    assert problem.log_likelihood(res.theta[0]) <= best + 1e-6
