@@ -159,7 +159,7 @@ PRESETS: dict[str, PipelineConfig] = {
         baseline_limit=4,
         starts=(1, 2),
         real_data_starts=8,
-        recalibration_samples=256,
+        recalibration_samples=64,
     ),
     "paper": PipelineConfig(
         n=1_000_000,
