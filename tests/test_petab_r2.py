@@ -2,6 +2,7 @@
 noise scale (Boehm estimates its noise sd over 10 decades: in units of the reference
 sigma every method, the true parameters included, scored ~0)."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 
 import mechinfer
 from mechinfer.data.samples import TEST_SEED, simulate_chunk
+from mechinfer.evaluate import report
+from mechinfer.learn import losses
 from mechinfer.models import likelihood, priors
 
 BOEHM = Path(__file__).parent / "data" / "petab" / "Boehm_JProteomeRes2014" / "Boehm_JProteomeRes2014.yaml"
@@ -29,6 +32,7 @@ def boehm():
     assert (status == 0).all() and (status_median == 0).all()
     return {
         "m": m,
+        "rows": rows,
         "channel": ch,
         "x": likelihood.to_noise_space(m, rows["value"], ch),
         "clean": likelihood.to_noise_space(m, rows["clean"], ch),
@@ -73,3 +77,63 @@ def test_r2_with_each_channels_sigma_is_the_default(name):
     given = likelihood.r2(m, mu, ch, x, sigma=m.sigma[ch], n_boot=300)
     assert given.value == pytest.approx(default.value, rel=1e-10, abs=1e-12)
     assert given.stderr == pytest.approx(default.stderr, rel=1e-8)
+
+
+class _Net:
+    """A stand-in network: the rows' true z, or the prior median (z = 0) everywhere."""
+
+    def __init__(self, z):
+        self.z = torch.as_tensor(z, dtype=torch.float32)
+
+    def __call__(self, t, channel, value):
+        return self.z.expand(len(t), -1) if self.z.ndim == 1 else self.z
+
+
+def test_train_inference_metrics_in_units_of_the_true_noise_scale(boehm):
+    m, rows = boehm["m"], boehm["rows"]
+    right, wrong = _Net(rows["z"]), _Net(torch.zeros(m.n_parameters))
+    assert losses.evaluate(m, right, rows)[1.0].value > 0.99
+    assert losses.evaluate(m, wrong, rows)[1.0].value < 0.5
+    assert losses.evaluate_observed(m, right, rows)["r2_true"].value > 0.999  # float32 z
+    assert losses.evaluate_observed(m, wrong, rows)["r2_true"].value < 0.5
+    sigma = losses.true_noise_scale(m, rows)
+    assert sigma is not None and np.allclose(sigma, boehm["sigma"])
+    assert losses.true_noise_scale(mechinfer.get_model("mmk"), rows) is None
+
+
+def test_table1_rows_in_units_of_the_true_noise_scale(boehm):
+    m, rows = boehm["m"], boehm["rows"]
+    t, ch, x, clean = rows["t"], rows["channel"], boehm["x"], boehm["clean"]
+    sigma = report.true_noise_scale(m, rows["theta"], t, ch)
+    median = np.broadcast_to(m.from_z(np.zeros((1, m.n_parameters))), rows["theta"].shape)
+    estimates = {"truth": (rows["theta"], 1.0, None, None), "median": (median, 1.0, None, None)}
+    table = {r["method"]: r for r in report._table_rows(m, estimates, {}, t, ch, x, clean, 50, sigma)}
+    assert table["truth"]["r2"].value > 0.99 and table["truth"]["r2_true"].value == pytest.approx(1.0)
+    assert table["median"]["r2"].value < 0.5 and table["median"]["r2_true"].value < 0.5
+    assert report.r2_units(m) == report.R2_UNITS and report.r2_units(mechinfer.get_model("mmk")) != report.R2_UNITS
+
+
+def test_one_experiment_alone_times_the_estimator_on_values_in_the_models_units(tmp_path):
+    """est.estimate takes values in the model's own units; the test rows hold them in the
+    noise space (Boehm with rSTAT5A_rel on a log10 scale, where they differ)."""
+    root = tmp_path / BOEHM.parent.name
+    shutil.copytree(BOEHM.parent, root)
+    table = root / "observables_Boehm_JProteomeRes2014.tsv"
+    lines = table.read_text().splitlines()
+    log10 = [ln.replace("\tlin\t", "\tlog10\t") if ln.startswith("rSTAT5A_rel\t") else ln for ln in lines]
+    table.write_text("\n".join(log10) + "\n")
+    m = mechinfer.load_petab(root / BOEHM.name).model
+    assert m.observation is not None and list(m.observation.transformation) == [0, 0, 2]
+    rows = simulate_chunk(m, TEST_SEED, 0, 16)  # a log10 value of noise sd 1e5 overflows: flagged
+    rows = {k: v[rows["status"] == 0][:2] for k, v in rows.items()}
+    seen = []
+
+    class Est:
+        def estimate(self, t, channel, value):
+            seen.append(value)
+
+    test_rows = {**rows, "value": likelihood.to_noise_space(m, rows["value"], rows["channel"])}  # as _test_rows
+    assert not np.allclose(test_rows["value"], rows["value"])
+    report.online_seconds(m, Est(), None, test_rows, (1,), 0, 1, 2, optimizers=(), network_starts=False)
+    assert len(seen) == 2
+    np.testing.assert_allclose(np.concatenate(seen), rows["value"], rtol=1e-12)

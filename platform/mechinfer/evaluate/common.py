@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..learn import losses
 from ..models import likelihood
 from ..models.base import Model
 from ..solver import SolveStatus
@@ -19,6 +20,22 @@ def predict(m: Model, theta: np.ndarray, t, ch) -> np.ndarray:
     mu = mu.numpy()
     mu[status.numpy() != SolveStatus.OK] = np.nan
     return mu
+
+
+def true_noise_scale(m: Model, theta: np.ndarray, t, ch) -> np.ndarray | None:
+    """sigma (B, N) of each test observation at its sample's true theta, the units of R2
+    (:func:`mechinfer.models.likelihood.r2`) for a model with an observation model of its
+    own, whose noise scale varies with the parameters; None for the other models (each
+    channel's fixed sigma)."""
+    return losses.true_noise_scale(m, {"theta": theta, "t": t, "channel": ch})
+
+
+R2_UNITS = "each test sample's true noise scale"  # a model whose noise scale varies with theta
+
+
+def r2_units(m: Model) -> str:
+    """What R2's residuals are in units of, for the reports' header lines."""
+    return "each channel's sigma" if m.observation is None else R2_UNITS
 
 
 def draw_observations(ax, m: Model, rows: dict, i: int, c: int, n_show: int) -> None:

@@ -32,7 +32,7 @@ from ..models.base import Model
 from ..models.sources import check_model, model_from_record
 from ..solver import SolveStatus
 from . import baseline, calibration
-from .common import draw_observations, predict
+from .common import R2_UNITS, draw_observations, predict, r2_units, true_noise_scale
 
 REPORT = "report.json"
 NETWORK_BATCHES = (1, 64, 256, 1024)
@@ -110,11 +110,15 @@ def online_seconds(
     """Median wall-clock per method for one experiment alone (batch 1, as a user refining
     one culture waits for it), over the first ``n`` test samples: the network at batch 1;
     an optimizer with k starts = the k prior starts of that sample as one batched fit;
-    Deep Inference + an optimizer = the fine-tuned network's estimate and one fit from it."""
+    Deep Inference + an optimizer = the fine-tuned network's estimate and one fit from it.
+    The test rows' values are in the noise space; the networks are timed as a user calls
+    them, ``est.estimate`` on values in the model's own units (its entry checks and the
+    map to the noise space included)."""
     times: dict[str, list[float]] = {}
     mle.warm_up(m, rows["t"][:2], rows["channel"][:2], rows["value"][:2])  # not timed: once per process
     for i in range(min(n, len(rows["sample_id"]))):
         t, ch, x = (rows[k][i : i + 1] for k in ("t", "channel", "value"))
+        x_user = x if m.observation is None else m.observation.from_noise_space(x, ch)
         z_prior = mle.prior_starts(m, rows["sample_id"][i : i + 1], max(starts), seed)
         for opt in optimizers:
             for k in starts:
@@ -125,7 +129,7 @@ def online_seconds(
             if est is None:
                 continue
             tic = time.perf_counter()
-            est.estimate(t, ch, x)
+            est.estimate(t, ch, x_user)
             times.setdefault(method, []).append(time.perf_counter() - tic)
         for opt in optimizers if network_starts else ():
             tic = time.perf_counter()
@@ -196,7 +200,8 @@ def evaluate_model(
     online = online_seconds(
         m, est_net, est_ft, rows, manifest["starts"], manifest["seed"], manifest["max_iter"], online_samples, optimizers
     )
-    table = _table_rows(m, estimates, online, t, ch, x, clean, n_boot)
+    sigma = true_noise_scale(m, rows["theta"], t, ch)
+    table = _table_rows(m, estimates, online, t, ch, x, clean, n_boot, sigma)
     truth = predict(m, rows["theta"], t, ch)
     uncertainty = calibration.calibrate(m, est_ft, rows, n_boot=n_boot)
     runs = uncertainty.pop("_runs")
@@ -205,7 +210,8 @@ def evaluate_model(
         "rows": table,
         "n_samples": len(ids),
         "test_set": source,
-        "r2_of_true_parameters": likelihood.r2(m, truth, ch, x, n_boot=n_boot),
+        "r2_of_true_parameters": likelihood.r2(m, truth, ch, x, sigma=sigma, n_boot=n_boot),
+        "r2_units": r2_units(m),
         "network_batch": {"Deep Inference": net_batch, "Deep Inference + MM": ft_batch},
         "checkpoints": {"network": est_net.checkpoint_id, "finetuned": est_ft.checkpoint_id},
         "baseline": _baseline_record(manifest),
@@ -237,7 +243,9 @@ def _network_theta(m: Model, est, t, ch, x) -> np.ndarray:
     return m.from_z(est.network_z(t, ch, x))
 
 
-def _table_rows(m: Model, estimates: dict, online: dict, t, ch, x, clean, n_boot: int) -> list[dict]:
+def _table_rows(m: Model, estimates: dict, online: dict, t, ch, x, clean, n_boot: int, sigma=None) -> list[dict]:
+    """Table 1's rows; R2 and R2_true in units of ``sigma`` (B, N) where given (the test
+    samples' true noise scales, :func:`.common.true_noise_scale`)."""
     table = []
     for method, (theta, cpu_s, gpu_s, bfgs_cost) in estimates.items():
         mu = predict(m, theta, t, ch)
@@ -245,8 +253,8 @@ def _table_rows(m: Model, estimates: dict, online: dict, t, ch, x, clean, n_boot
             {
                 "model": m.name,
                 "method": method,
-                "r2": likelihood.r2(m, mu, ch, x, n_boot=n_boot),
-                "r2_true": likelihood.r2(m, mu, ch, clean, n_boot=n_boot),
+                "r2": likelihood.r2(m, mu, ch, x, sigma=sigma, n_boot=n_boot),
+                "r2_true": likelihood.r2(m, mu, ch, clean, sigma=sigma, n_boot=n_boot),
                 "cpu_s": cpu_s,
                 "online_s": online.get(method),
                 "gpu_s": gpu_s,
@@ -297,12 +305,14 @@ def _evaluate_optimizers(location: str, manifest: dict, m: Model, n_boot: int, e
         network_starts=False,
     )
     truth = predict(m, rows["theta"], t, ch)
+    sigma = true_noise_scale(m, rows["theta"], t, ch)
     return {
         "model": m.name,
-        "rows": _table_rows(m, estimates, online, t, ch, x, clean, n_boot),
+        "rows": _table_rows(m, estimates, online, t, ch, x, clean, n_boot, sigma),
         "n_samples": len(ids),
         "test_set": manifest["test_set"],
-        "r2_of_true_parameters": likelihood.r2(m, truth, ch, x, n_boot=n_boot),
+        "r2_of_true_parameters": likelihood.r2(m, truth, ch, x, sigma=sigma, n_boot=n_boot),
+        "r2_units": r2_units(m),
         "network_batch": batches,
         "checkpoints": {
             "network": None if est_net is None else est_net.checkpoint_id,
@@ -688,6 +698,12 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
         rt = r["r2_of_true_parameters"]
         source, seed = r["test_set"]["source"], r["test_set"]["seed"]
         w(f"## {r['model']} ({r['n_samples']} test samples, {source}, seed {seed})\n\n")
+        if r.get("r2_units") == R2_UNITS:
+            w(
+                f"R2 in units of {r['r2_units']} (weights 1 / sigma^2 and each channel's weighted mean: the most "
+                "precisely observed samples count most; in units of the channels' reference sigma every method, "
+                "the true parameters included, scores about 0).\n\n"
+            )
         w(
             f"R2 of the true parameters: {rt}. Checkpoints: network {r['checkpoints']['network'] or 'none'}, "
             f"fine-tuned {r['checkpoints']['finetuned'] or 'none'}. Baseline job: "

@@ -140,10 +140,11 @@ def evaluate(model: Model, net, data: dict[str, np.ndarray], fractions=(1.0,), s
     """R^2 (SPEC 4) of the network's estimates on a dataset's rows (values in the model's
     own units, as a dataset holds them), with a fraction of each set's observations kept
     (randomly, fixed by seed); for a model with an observation model of its own, in its
-    noise space, scaled by the channels' reference sigma."""
+    noise space, in units of each row's true noise scale (:func:`true_noise_scale`)."""
     out = {}
     gen = torch.Generator().manual_seed(seed)
     observed = likelihood.to_noise_space(model, np.asarray(data["value"], dtype=np.float64), data["channel"])
+    sigma = true_noise_scale(model, data)
     for frac in fractions:
         t, value = keep_random(
             torch.from_numpy(data["t"]).float(),
@@ -157,21 +158,37 @@ def evaluate(model: Model, net, data: dict[str, np.ndarray], fractions=(1.0,), s
         x = value.double().numpy()
         if model.observation is not None:  # wide priors: an estimate may not solve; R2 of the others
             ok = (status == SolveStatus.OK).numpy()
-            out[frac] = likelihood.r2(model, mu.numpy()[ok], data["channel"][ok], x[ok])
+            assert sigma is not None
+            out[frac] = likelihood.r2(model, mu.numpy()[ok], data["channel"][ok], x[ok], sigma=sigma[ok])
             continue
         out[frac] = likelihood.r2(model, mu.numpy(), data["channel"], x)
     return out
 
 
 @torch.no_grad()
+def true_noise_scale(model: Model, data: dict[str, np.ndarray]) -> np.ndarray | None:
+    """sigma (B, N) of each of a dataset's observations at its row's true theta, the units
+    of R^2 for a model with an observation model of its own (its noise scale varies with
+    the parameters; in units of the reference sigma every estimate, the true parameters'
+    included, scores about 0); None for the other models."""
+    if model.observation is None:
+        return None
+    theta = torch.as_tensor(np.asarray(data["theta"], np.float64))
+    t = torch.as_tensor(np.asarray(data["t"], np.float64))
+    channel = torch.as_tensor(np.asarray(data["channel"], np.int64))
+    if model.observation.noise_reads_states:
+        return likelihood.predict_with_noise(model, theta, t, channel)[1].numpy()
+    return likelihood.noise_scale(model, theta, t, channel).numpy()
+
+
+@torch.no_grad()
 def evaluate_observed(model: Model, net, data: dict[str, np.ndarray]) -> dict:
     """For a model with an observation model of its own, whose noise scale varies with
-    the parameters (R^2 in units of the reference sigma then weighs the noisiest sets
-    most): over a dataset's rows with every observation, R2_true of the network's
-    estimates (SPEC 4: the noise-free values in place of the observations), and the
-    median over sets of the NLL per observation (its log sigma terms included) at the
-    network's estimates and at the true parameters; ``failed``: estimates the solver
-    could not simulate (left out of both)."""
+    the parameters: over a dataset's rows with every observation, R2_true of the network's
+    estimates (SPEC 4: the noise-free values in place of the observations, in units of
+    each row's true noise scale), and the median over sets of the NLL per observation
+    (its log sigma terms included) at the network's estimates and at the true parameters;
+    ``failed``: estimates the solver could not simulate (left out of both)."""
     channel = torch.from_numpy(data["channel"]).long()
     t = torch.from_numpy(data["t"]).double()
     value = torch.from_numpy(likelihood.to_noise_space(model, np.asarray(data["value"], np.float64), data["channel"]))
@@ -179,12 +196,14 @@ def evaluate_observed(model: Model, net, data: dict[str, np.ndarray]) -> dict:
     theta = priors.from_z(model.priors, net(t.float(), channel, value.float()).double())
     mu, sigma, status = likelihood.predict_with_noise(model, theta, t, channel)
     ok = (status == SolveStatus.OK).numpy()
+    true_sigma = true_noise_scale(model, data)
+    assert true_sigma is not None
     mask = likelihood.observed_mask(t, value)
     n = mask.sum(-1).double()
     nll_net = (likelihood.nll_from_mu(model, mu, channel, value, mask, sigma) / n).numpy()
     nll_true = likelihood.nll(model, torch.from_numpy(np.asarray(data["theta"], np.float64)), t, channel, value) / n
     return {
-        "r2_true": likelihood.r2(model, mu.numpy()[ok], data["channel"][ok], clean[ok]),
+        "r2_true": likelihood.r2(model, mu.numpy()[ok], data["channel"][ok], clean[ok], sigma=true_sigma[ok]),
         "nll_network": float(np.median(nll_net[ok])),
         "nll_true_parameters": float(np.nanmedian(nll_true.numpy()[ok])),
         "failed": int((~ok).sum()),

@@ -392,12 +392,16 @@ def train_inference_and_report(
     ok = test["status"] == SolveStatus.OK
     test = {k: v[ok] for k, v in test.items()}
     clean = likelihood.to_noise_space(m, test["clean"], test["channel"])  # metrics in the noise space
-    r2_truth = r2(m, clean, test["channel"], likelihood.to_noise_space(m, test["value"], test["channel"]))
+    sigma = losses.true_noise_scale(m, test)  # None: each channel's sigma
+    r2_truth = r2(m, clean, test["channel"], likelihood.to_noise_space(m, test["value"], test["channel"]), sigma=sigma)
+    units = "" if sigma is None else "; R2 in units of each test sample's true noise scale"
     lines = [str(s) for s in summaries] + [
-        f"SPEC test set ({len(test['t'])} samples, seed {TEST_SEED}):",
+        f"SPEC test set ({len(test['t'])} samples, seed {TEST_SEED}{units}):",
         f"  R2 of the true parameters: {r2_truth}",
     ]
     report = {"model": m.name, "stages": [s.__dict__ for s in summaries], "r2_true_parameters": r2_truth.__dict__}
+    if sigma is not None:
+        report["r2_units"] = "each test sample's true noise scale"
     checkpoints = [("through the proxy", stage1_out)] + (
         [("fine-tuned through the solver", out)] if finetune_epochs else []
     )
