@@ -64,10 +64,18 @@ class Recalibration:
         that were (``refined`` (B,) True) or were not refined; the tables interpolated
         linearly between the tabulated levels."""
         level = check_level(level)
-        n_l = special.ndtri(0.5 + 0.5 * level)
-        pick = lambda table: np.array([np.interp(level, self.levels, col) for col in table.T])
-        q = np.where(np.asarray(refined, bool)[:, None], pick(self.refined), pick(self.network))
+        n_l, network, refined_q = self._at(level)
+        q = np.where(np.asarray(refined, bool)[:, None], refined_q, network)
         return np.maximum(n_l + (q - n_l) * data_share(sd), 0.0)
+
+    def _at(self, level: float) -> tuple[float, np.ndarray, np.ndarray]:
+        """The normal quantile and both tables' (P,) rows at ``level``: worked out once per
+        level (a served answer asks for them per case, nearly always at 0.95)."""
+        cache = self.__dict__.setdefault("_rows", {})  # frozen dataclass: a plain attribute cache
+        if level not in cache:
+            pick = lambda table: np.array([np.interp(level, self.levels, col) for col in table.T])
+            cache[level] = (float(special.ndtri(0.5 + 0.5 * level)), pick(self.network), pick(self.refined))
+        return cache[level]
 
     def as_dict(self) -> dict:
         return {
