@@ -11,7 +11,7 @@ import torch
 
 import mechinfer
 from mechinfer.data.samples import TEST_SEED, simulate_chunk
-from mechinfer.evaluate import report
+from mechinfer.evaluate import baseline, report
 from mechinfer.learn import losses
 from mechinfer.models import likelihood, priors
 
@@ -137,3 +137,22 @@ def test_one_experiment_alone_times_the_estimator_on_values_in_the_models_units(
     report.online_seconds(m, Est(), None, test_rows, (1,), 0, 1, 2, optimizers=(), network_starts=False)
     assert len(seen) == 2
     np.testing.assert_allclose(np.concatenate(seen), rows["value"], rtol=1e-12)
+
+
+def test_test_rows_are_in_the_noise_space(tmp_path):
+    """The baseline and the report fit and score the test rows in the noise space: the
+    SPEC test set of a problem with a log10 observable comes from load_test_set mapped
+    (value and clean), once."""
+    root = tmp_path / BOEHM.parent.name
+    shutil.copytree(BOEHM.parent, root)
+    table = root / "observables_Boehm_JProteomeRes2014.tsv"
+    lines = table.read_text().splitlines()
+    log10 = [ln.replace("\tlin\t", "\tlog10\t") if ln.startswith("rSTAT5A_rel\t") else ln for ln in lines]
+    table.write_text("\n".join(log10) + "\n")
+    m = mechinfer.load_model(root / BOEHM.name)
+    raw = simulate_chunk(m, TEST_SEED, 0, 8)
+    rows, _ = baseline.load_test_set(m, None, 8)
+    for key in ("value", "clean"):
+        np.testing.assert_array_equal(rows[key], likelihood.to_noise_space(m, raw[key], raw["channel"]))
+    on_log = (rows["channel"] == 2) & (rows["status"][:, None] == 0)
+    assert on_log.any() and not np.allclose(rows["value"][on_log], raw["value"][on_log])

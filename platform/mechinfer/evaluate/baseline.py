@@ -96,13 +96,15 @@ def real_data(model: Model) -> dict | None:
 
 
 def load_test_set(model: str | Model, test_set: str | None = None, limit: int | None = None) -> tuple[dict, dict]:
-    """The rows to fit and a description of them. ``test_set``: a dataset location
-    (SPEC 5) of the same model; default the SPEC test set (1024 samples, seed 20231205).
-    ``limit`` keeps the first samples only (quick runs and tests)."""
+    """The rows to fit and a description of them, values and clean values in the model's
+    noise space (``likelihood.to_noise_space``; the model's units for the built-in
+    models). ``test_set``: a dataset location (SPEC 5) of the same model; default the SPEC
+    test set (1024 samples, seed 20231205). ``limit`` keeps the first samples only (quick
+    runs and tests)."""
     m = load_model(model)
     if test_set is None:
         n = TEST_SIZE if limit is None else min(positive_int("limit", limit), TEST_SIZE)
-        rows = simulate_chunk(m, TEST_SEED, 0, n)
+        rows = _to_noise_space(m, simulate_chunk(m, TEST_SEED, 0, n))
         return rows, {"source": "SPEC test set", "seed": TEST_SEED, "n_samples": n}
     manifest = storage.read_manifest(test_set, what="test set", model=m.name)
     check_model(m, manifest, f"test set {test_set}")
@@ -116,7 +118,21 @@ def load_test_set(model: str | Model, test_set: str | None = None, limit: int | 
     }
     for name in ("t", "channel", "value", "clean"):
         rows[name] = _padded(table[name], np.int64 if name == "channel" else np.float64)
-    return rows, {"source": test_set, "seed": manifest["seed"], "n_samples": len(rows["sample_id"])}
+    return _to_noise_space(m, rows), {"source": test_set, "seed": manifest["seed"], "n_samples": len(rows["sample_id"])}
+
+
+def _to_noise_space(m: Model, rows: dict) -> dict:
+    """Dataset rows (values in the model's units, SPEC 5) with value and clean mapped to
+    the noise space, where the fits and metrics take them."""
+    if m.observation is None:
+        return rows
+    from ..models import likelihood
+
+    return {
+        **rows,
+        "value": likelihood.to_noise_space(m, rows["value"], rows["channel"]),
+        "clean": likelihood.to_noise_space(m, rows["clean"], rows["channel"]),
+    }
 
 
 def _padded(column, dtype) -> np.ndarray:

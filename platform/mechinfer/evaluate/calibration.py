@@ -16,6 +16,7 @@ from ..config import AUTO_PVALUE
 from ..estimate import bands, uncertainty
 from ..estimate.estimator import Estimator
 from ..fit.trust_region import Z_BOX
+from ..learn.losses import true_noise_scale
 from ..models import likelihood
 from ..models.base import Model
 from .common import draw_observations, predict
@@ -42,15 +43,18 @@ def coverage(
 def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pvalue: float = AUTO_PVALUE) -> dict:
     """Coverage, widths and the auto-refine comparison on the test rows (solved ones)."""
     t, ch, x, theta = (rows[k] for k in ("t", "channel", "value", "theta"))
+    # the rows' values are in the model's noise space; est.infer takes the model's units
+    given = x if m.observation is None else m.observation.from_noise_space(x, ch)
+    sigma = true_noise_scale(m, rows)  # R2's units for a model whose noise scale varies
     runs, seconds = {}, {}
-    est.infer(t[:2], ch[:2], x[:2], refine=True)  # not timed: what a process does once (loading the solver)
+    est.infer(t[:2], ch[:2], given[:2], refine=True)  # not timed: what a process does once (loading the solver)
     for mode in ("never", "always", "auto"):
         tic = time.perf_counter()
-        runs[mode] = est.infer(t, ch, x, refine=mode, auto_pvalue=auto_pvalue)
+        runs[mode] = est.infer(t, ch, given, refine=mode, auto_pvalue=auto_pvalue)
         seconds[mode] = (time.perf_counter() - tic) / len(t)
     mu = {mode: predict(m, r.theta, t, ch) for mode, r in runs.items()}
-    r2 = {mode: likelihood.r2(m, mu[mode], ch, x, n_boot=n_boot) for mode in runs}
-    r2_true = {mode: likelihood.r2(m, mu[mode], ch, rows["clean"], n_boot=n_boot) for mode in runs}
+    r2 = {mode: likelihood.r2(m, mu[mode], ch, x, sigma=sigma, n_boot=n_boot) for mode in runs}
+    r2_true = {mode: likelihood.r2(m, mu[mode], ch, rows["clean"], sigma=sigma, n_boot=n_boot) for mode in runs}
     never, always = runs["never"], runs["always"]
     sweep = []
     for thr in SWEEP:
@@ -61,7 +65,7 @@ def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pva
             {
                 "threshold": thr,
                 "share_refined": share,
-                "r2": likelihood.r2(m, predict(m, theta_mix, t, ch), ch, x, n_boot=n_boot).value,
+                "r2": likelihood.r2(m, predict(m, theta_mix, t, ch), ch, x, sigma=sigma, n_boot=n_boot).value,
                 "seconds": seconds["never"] + share * (seconds["always"] - seconds["never"]),
             }
         )
