@@ -113,16 +113,21 @@ def test_table1_rows_in_units_of_the_true_noise_scale(boehm):
     assert report.r2_units(m) == report.R2_UNITS and report.r2_units(mechinfer.get_model("mmk")) != report.R2_UNITS
 
 
-def test_one_experiment_alone_times_the_estimator_on_values_in_the_models_units(tmp_path):
-    """est.estimate takes values in the model's own units; the test rows hold them in the
-    noise space (Boehm with rSTAT5A_rel on a log10 scale, where they differ)."""
+def _log10_variant(tmp_path: Path) -> Path:
+    """Boehm with rSTAT5A_rel on a log10 scale (where the noise space and the model's units differ)."""
     root = tmp_path / BOEHM.parent.name
     shutil.copytree(BOEHM.parent, root)
     table = root / "observables_Boehm_JProteomeRes2014.tsv"
     lines = table.read_text().splitlines()
     log10 = [ln.replace("\tlin\t", "\tlog10\t") if ln.startswith("rSTAT5A_rel\t") else ln for ln in lines]
     table.write_text("\n".join(log10) + "\n")
-    m = mechinfer.load_petab(root / BOEHM.name).model
+    return root / BOEHM.name
+
+
+def test_one_experiment_alone_times_the_estimator_on_values_in_the_models_units(tmp_path):
+    """est.estimate takes values in the model's own units; the test rows hold them in the
+    noise space (Boehm with rSTAT5A_rel on a log10 scale, where they differ)."""
+    m = mechinfer.load_model(_log10_variant(tmp_path))
     assert m.observation is not None and list(m.observation.transformation) == [0, 0, 2]
     rows = simulate_chunk(m, TEST_SEED, 0, 16)  # a log10 value of noise sd 1e5 overflows: flagged
     rows = {k: v[rows["status"] == 0][:2] for k, v in rows.items()}
@@ -143,13 +148,7 @@ def test_test_rows_are_in_the_noise_space(tmp_path):
     """The baseline and the report fit and score the test rows in the noise space: the
     SPEC test set of a problem with a log10 observable comes from load_test_set mapped
     (value and clean), once."""
-    root = tmp_path / BOEHM.parent.name
-    shutil.copytree(BOEHM.parent, root)
-    table = root / "observables_Boehm_JProteomeRes2014.tsv"
-    lines = table.read_text().splitlines()
-    log10 = [ln.replace("\tlin\t", "\tlog10\t") if ln.startswith("rSTAT5A_rel\t") else ln for ln in lines]
-    table.write_text("\n".join(log10) + "\n")
-    m = mechinfer.load_model(root / BOEHM.name)
+    m = mechinfer.load_model(_log10_variant(tmp_path))
     raw = simulate_chunk(m, TEST_SEED, 0, 8)
     rows, _ = baseline.load_test_set(m, None, 8)
     for key in ("value", "clean"):

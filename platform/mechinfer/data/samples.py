@@ -25,26 +25,31 @@ def simulate_chunk(model: Model, seed: int, first: int, last: int, **solver_opti
     ids = np.arange(first, last, dtype=np.int64)
     d = draw_experiments(model, seed, ids)
     if model.observation is not None:
-        return _fixed_design_rows(model, ids, d, **solver_options)
-    with torch.no_grad():
-        y, status = simulate_observed(model, torch.from_numpy(d["theta"]), torch.from_numpy(d["t"]), **solver_options)
-    clean = np.take_along_axis(y.numpy(), d["channel"][..., None].astype(np.int64), axis=2)[..., 0]
-    failed = status.numpy() != SolveStatus.OK
-    clean[failed] = np.nan  # a failed solve is flagged and carries no numbers
+        value, clean, status = _fixed_design_values(model, d, **solver_options)
+    else:
+        with torch.no_grad():
+            y, solved = simulate_observed(
+                model, torch.from_numpy(d["theta"]), torch.from_numpy(d["t"]), **solver_options
+            )
+        clean = np.take_along_axis(y.numpy(), d["channel"][..., None].astype(np.int64), axis=2)[..., 0]
+        status = solved.numpy().astype(np.int8)
+        clean[status != SolveStatus.OK] = np.nan  # a failed solve is flagged and carries no numbers
+        value = clean + d["noise"]
     return {
         "sample_id": ids,
         "theta": d["theta"],
         "z": d["z"],
         "t": d["t"],
         "channel": d["channel"],
-        "value": clean + d["noise"],
+        "value": value,
         "clean": clean,
-        "status": status.numpy().astype(np.int8),
+        "status": status,
     }
 
 
-def _fixed_design_rows(model: Model, ids: np.ndarray, d: dict, **solver_options) -> dict[str, np.ndarray]:
-    """Rows of a model with its own observation model and design (a PEtab problem's):
+def _fixed_design_values(model: Model, d: dict, **solver_options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """value, clean (n, N) and status (n,) of a model with its own observation model and
+    design (a PEtab problem's):
     noise of the theta-dependent scale added in the noise space. A draw whose solve fails,
     or whose observables come out non-finite (wide priors blow some solves up), is flagged
     and carries no numbers."""
@@ -66,16 +71,7 @@ def _fixed_design_rows(model: Model, ids: np.ndarray, d: dict, **solver_options)
     failed = status != SolveStatus.OK
     clean[failed] = np.nan
     value[failed] = np.nan
-    return {
-        "sample_id": ids,
-        "theta": d["theta"],
-        "z": d["z"],
-        "t": d["t"],
-        "channel": d["channel"],
-        "value": value,
-        "clean": clean,
-        "status": status,
-    }
+    return value, clean, status
 
 
 def spec_test_set(model: Model, n: int = TEST_SIZE) -> dict[str, np.ndarray]:

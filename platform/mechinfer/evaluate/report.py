@@ -186,12 +186,8 @@ def evaluate_model(
     ft_gpu = network_seconds(est_ft, t, ch, x, "cuda")[0] if gpu else None
 
     # method -> (theta, CPU seconds, GPU seconds or None, fit cost columns or None)
-    estimates: dict[str, tuple[np.ndarray, float, float | None, dict | None]] = {}
+    estimates = _prior_start_rows(fits, manifest, ids)
     optimizers = manifest.get("optimizers", ["bfgs"])
-    for opt in optimizers:
-        for k in manifest["starts"]:
-            theta, cost = _estimates_from(fits, opt, baseline.PRIOR, k, ids)
-            estimates[row_name(opt, k)] = (theta, float(cost["seconds"].mean()), None, cost)
     estimates["Deep Inference"] = (_network_theta(m, est_net, t, ch, x), net_cpu, net_gpu, None)
     estimates["Deep Inference + MM"] = (_network_theta(m, est_ft, t, ch, x), ft_cpu, ft_gpu, None)
     for opt in optimizers:
@@ -226,6 +222,17 @@ def evaluate_model(
             "z_net": est_ft.network_z(t, ch, x),
         },
     }
+
+
+def _prior_start_rows(fits, manifest: dict, ids) -> dict[str, tuple[np.ndarray, float, float | None, dict | None]]:
+    """Table 1's rows of k prior starts per optimiser: method -> (theta, CPU seconds per
+    sample, GPU seconds (None), fit cost columns)."""
+    rows: dict[str, tuple[np.ndarray, float, float | None, dict | None]] = {}
+    for opt in manifest.get("optimizers", ["bfgs"]):
+        for k in manifest["starts"]:
+            theta, cost = _estimates_from(fits, opt, baseline.PRIOR, k, ids)
+            rows[row_name(opt, k)] = (theta, float(cost["seconds"].mean()), None, cost)
+    return rows
 
 
 def _test_rows(m: Model, manifest: dict) -> dict:
@@ -281,12 +288,8 @@ def _evaluate_optimizers(location: str, manifest: dict, m: Model, n_boot: int, e
     ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))
     fs, root = storage.resolve(location)
     fits = pq.read_table(f"{root}/{baseline.MULTISTART}", filesystem=fs)
-    estimates: dict[str, tuple[np.ndarray, float, float | None, dict | None]] = {}
+    estimates = _prior_start_rows(fits, manifest, ids)
     optimizers = manifest.get("optimizers", ["bfgs"])
-    for opt in optimizers:
-        for k in manifest["starts"]:
-            theta, cost = _estimates_from(fits, opt, baseline.PRIOR, k, ids)
-            estimates[row_name(opt, k)] = (theta, float(cost["seconds"].mean()), None, cost)
     batches = {}
     for name, est in (("Deep Inference", est_net), ("Deep Inference + MM", est_ft)):
         if est is not None:
