@@ -21,8 +21,9 @@ time its own noise, measured replicates' spreads for example).
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,22 +79,21 @@ class Observation:
     design_t: np.ndarray  # (M,) the measurement table's times, sorted
     design_channel: np.ndarray  # (M,) their channels
     conditions: tuple[str, ...] = ()  # the conditions' ids, indexed by channel_condition
-    _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ per channel
-    @property
+    @functools.cached_property
     def transformation(self) -> np.ndarray:
         """(channels,) transformation code (0 lin, 1 log, 2 log10)."""
         return np.array(
             [TRANSFORMATION_CODES[self.observables[o].transformation] for o in self.channel_observable], dtype=np.int64
         )
 
-    @property
+    @functools.cached_property
     def laplace(self) -> np.ndarray:
         """(channels,) whether the channel's noise is Laplace (else normal)."""
         return np.array([self.observables[o].distribution == "laplace" for o in self.channel_observable])
 
-    @property
+    @functools.cached_property
     def noise_reads_states(self) -> bool:
         return any(self.observables[o].noise_reads_states for o in set(self.channel_observable.tolist()))
 
