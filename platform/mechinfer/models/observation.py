@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,6 +79,7 @@ class Observation:
     design_t: np.ndarray  # (M,) the measurement table's times, sorted
     design_channel: np.ndarray  # (M,) their channels
     conditions: tuple[str, ...] = ()  # the conditions' ids, indexed by channel_condition
+    _cache: dict = field(default_factory=dict, repr=False)  # what callers work out once per model (mle)
 
     # ------------------------------------------------------------ per channel
     @functools.cached_property
