@@ -27,7 +27,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,19 +37,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from processes import free_ports  # the tests' helper: distinct free ports, bound at once
+
 CONFIG = Path(__file__).resolve().parents[1] / "serving" / "config.yaml"
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (bound at once, so that no two are the same)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 async def _exchange(reader, writer, request: bytes) -> tuple[int, bytes, bool]:
@@ -389,7 +379,7 @@ def main() -> None:
 
 def _measure(path: str, args, bodies, k: int) -> None:
     """Start the server ``path`` way, load it, stop it."""
-    ports = _free_ports(3)
+    ports = free_ports(3)
     port, mark = ports[0], f"{os.getpid()}-{ports[0]}"
     log = Path(tempfile.mkdtemp()) / "serve.log"
     start = time.perf_counter()
