@@ -165,13 +165,6 @@ class Estimator:
 
     def _polish(self, t, channel, y, z, deadline=None, **fit_options) -> Refined:
         r = stage.polish(self.model, t, channel, y, z, deadline=deadline, **fit_options)
-        if self.model.observation is not None:  # its NLL has log sigma terms: the statistic from the residuals
-            ok = np.isfinite(r.z).all(axis=1)
-            r.gof_pvalue = np.full(len(z), np.nan)
-            if ok.any():
-                r.gof_pvalue[ok] = uncertainty.gof_pvalue_at(
-                    self.model, t[ok], channel[ok], y[ok], r.z[ok], r.laplace.p_eff[ok]
-                )
         r.laplace.scale = self.interval_scale(np.ones(len(z), bool))
         return r
 

@@ -146,15 +146,14 @@ def polish(model, t, channel, value, z, *, deadline=None, method: str = METHOD, 
     nll = fits.nll[:b].copy()
     if kept.any():  # a kept row's NLL at its start: one plain solve, for those rows only
         nll[kept] = mle.nll(model, t[kept], channel[kept], value[kept], z_ml[kept])
-    return Refined(
-        z=z_ml,
-        nll=nll,
-        kept=kept,
-        refine_status=status,
-        laplace=lap,
-        gof_pvalue=uncertainty.gof_pvalue(nll, lap.n_observations, lap.p_eff),
-        method=fits.method,
-    )
+    if model.observation is None:
+        gof = uncertainty.gof_pvalue(nll, lap.n_observations, lap.p_eff)
+    else:  # its NLL has log sigma terms: the statistic from the residuals at z_ml
+        gof = np.full(b, np.nan)
+        ok = np.isfinite(z_ml).all(axis=1)
+        if ok.any():
+            gof[ok] = uncertainty.gof_pvalue_at(model, t[ok], channel[ok], value[ok], z_ml[ok], lap.p_eff[ok])
+    return Refined(z=z_ml, nll=nll, kept=kept, refine_status=status, laplace=lap, gof_pvalue=gof, method=fits.method)
 
 
 def _where(keep, a, b):

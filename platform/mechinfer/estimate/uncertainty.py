@@ -111,31 +111,30 @@ def laplace(model: Model, t, channel, value, z, **solver_options) -> Laplace:
         r[rows], jac[rows], ok[rows] = mle.residual_jacobian(
             model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options, model)
         )
-    eye = torch.eye(z.shape[1], dtype=z.dtype).expand(len(z), -1, -1)
-    cov = torch.linalg.inv(jac.transpose(1, 2) @ jac + eye)  # the identity where ok is False (J = 0)
     gradient = (jac.transpose(1, 2) @ r[..., None])[..., 0] + z  # of NLL + |z|^2 / 2
-    center = torch.where(ok[:, None], z - (cov @ gradient[..., None])[..., 0], z)
+    center, cov, p_eff = _newton_step(z, jac.transpose(1, 2) @ jac, gradient, ok)
     n_obs = np.isfinite(value.numpy()).sum(axis=1)
     nll = np.where(ok.numpy(), 0.5 * r.square().sum(-1).numpy(), np.nan)
-    p_eff = z.shape[1] - np.trace(cov.numpy(), axis1=1, axis2=2)
     return Laplace(
-        center=center.numpy(),
-        cov_z=cov.numpy(),
-        nll=nll,
-        n_observations=n_obs,
-        p_eff=p_eff,
-        gof_pvalue=gof_pvalue(nll, n_obs, p_eff),
+        center=center, cov_z=cov, nll=nll, n_observations=n_obs, p_eff=p_eff, gof_pvalue=gof_pvalue(nll, n_obs, p_eff)
     )
+
+
+def _newton_step(z: torch.Tensor, info: torch.Tensor, gradient: torch.Tensor, ok: torch.Tensor):
+    """The approximation's centre, one Newton step on NLL + |z|^2 / 2 from z with the
+    (Gauss-Newton or Fisher) information ``info`` (B, P, P) and the gradient (B, P), its
+    covariance (info + I)^-1 (the prior's, I, where ``info`` is zero: rows not ``ok``)
+    and p_eff = P - trace(cov), the parameters the observations determine; numpy."""
+    eye = torch.eye(z.shape[1], dtype=z.dtype).expand(len(z), -1, -1)
+    cov = torch.linalg.inv(info + eye)
+    center = torch.where(ok[:, None], z - (cov @ gradient[..., None])[..., 0], z)
+    return center.numpy(), cov.numpy(), z.shape[1] - np.trace(cov.numpy(), axis1=1, axis2=2)
 
 
 def gof_pvalue(nll: np.ndarray, n_observations: np.ndarray, p_eff: np.ndarray) -> np.ndarray:
     """P(chi2(n_observations - p_eff) >= 2 NLL); NaN where fewer than one degree of
     freedom is left or the NLL is not finite."""
-    dof = np.asarray(n_observations, dtype=np.float64) - p_eff
-    ok = (dof >= 1) & np.isfinite(nll)
-    out = np.full(np.shape(nll), np.nan)
-    out[ok] = stats.chi2.sf(2.0 * np.asarray(nll)[ok], dof[ok])
-    return out
+    return chi2_pvalue(2.0 * np.asarray(nll, dtype=np.float64), n_observations, p_eff)
 
 
 def _observed_jacobians(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
@@ -206,22 +205,13 @@ def _laplace_observed(model: Model, t, channel, value, z, **solver_options) -> L
     d_r = torch.where(laplace_noise, torch.sign(r), r)  # -dNLL/dmu * sigma
     d_s = torch.where(laplace_noise, 1.0 - r.abs(), 1.0 - r.square())  # dNLL/dlog sigma
     gradient = (-(d_mu * d_r[..., None]) + d_log_sigma * torch.where(mask, d_s, 0.0)[..., None]).sum(1) + z
-    eye = torch.eye(p, dtype=z.dtype).expand(n, -1, -1)
-    cov = torch.linalg.inv(info + eye)  # the identity where ok is False (all zero)
-    center = torch.where(ok[:, None], z - (cov @ gradient[..., None])[..., 0], z)
+    center, cov, p_eff = _newton_step(z, info, gradient, ok)  # info is zero where ok is False
     per = torch.where(laplace_noise, r.abs(), 0.5 * r.square()) + log_sigma
     nll = np.where(ok.numpy(), torch.where(mask, per, 0.0).sum(-1).numpy(), np.nan)
     n_obs = mask.numpy().sum(axis=1)
-    p_eff = p - np.trace(cov.numpy(), axis1=1, axis2=2)
     statistic, dof = _statistic(r, laplace_noise, mask)
-    return Laplace(
-        center=center.numpy(),
-        cov_z=cov.numpy(),
-        nll=nll,
-        n_observations=n_obs,
-        p_eff=p_eff,
-        gof_pvalue=chi2_pvalue(np.where(ok.numpy(), statistic, np.nan), dof, p_eff),
-    )
+    gof = chi2_pvalue(np.where(ok.numpy(), statistic, np.nan), dof, p_eff)
+    return Laplace(center=center, cov_z=cov, nll=nll, n_observations=n_obs, p_eff=p_eff, gof_pvalue=gof)
 
 
 def _statistic(r: torch.Tensor, laplace_noise: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
