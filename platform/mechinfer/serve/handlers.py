@@ -96,8 +96,9 @@ def to_arrays(
             if scale is not None and not y > 0:
                 raise BadRequest(f"{where}[{i}].{not_positive(name, y, scale)}")
             y = float(likelihood.to_noise_space(m, np.array([y], dtype=np.float64), np.array([c]))[0])
-            low, high = (float(x) for x in m.observation.from_noise_space(np.array([low, high]), np.array([c, c])))
-        if not bounds[c][0] <= y <= bounds[c][1]:
+        if not low <= y <= high:
+            if m.observation is not None:  # the message in the model's units
+                low, high = (float(x) for x in m.observation.from_noise_space(np.array([low, high]), np.array([c, c])))
             raise BadRequest(
                 f"{where}[{i}].value = {o['value']:g} is outside the bounds [{low:g}, {high:g}] of channel "
                 f"{name!r} for {m.name} (value_bounds in the configuration)"
