@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import sympy
+from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
 
@@ -106,6 +107,16 @@ class _Printer(PythonCodePrinter):
 
     def _print_Step(self, expr):
         return f"(1.0 if {self._print(expr.args[0])} > 0.0 else 0.0)"
+
+    def _print_Pow(self, expr, rational=False):
+        # x ** -n for an integer n: numba's integer power raises ZeroDivisionError at
+        # x = 0 whatever the error model (found on Elowitz's Hill terms at a draw's
+        # zero state); 1.0 / x ** n gives inf there, as every other division does
+        base, exponent = expr.args
+        if exponent.is_Integer and exponent < 0:
+            inner = base if exponent == -1 else sympy.Pow(base, -exponent, evaluate=False)
+            return f"(1.0 / {self.parenthesize(inner, PRECEDENCE['Mul'])})"
+        return super()._print_Pow(expr, rational=rational)
 
     def _print_Float(self, expr):
         return repr(float(expr))
