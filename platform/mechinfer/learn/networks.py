@@ -68,10 +68,17 @@ class TimeChannelEncoding(nn.Module):
 
 
 class ProxyNet(nn.Module):
-    """(z (B, P), t (B, N), channel (B, N)) -> predicted noise-free output (B, N)."""
+    """(z (B, P), t (B, N), channel (B, N)) -> predicted noise-free output (B, N).
+
+    The body predicts each value normalised (minus the channel's offset, over its scale)
+    and, with ``value_transform`` "asinh" (a PEtab problem's model), through asinh: a
+    lin-scale observable over priors of many decades (Fujita's span 16) takes values
+    from 1e-20 to 1e30, which no layer outputs and whose squared error overflows; the
+    loss (:meth:`normalise`) then compares in that space."""
 
     scale: torch.Tensor  # registered buffers
     offset: torch.Tensor
+    SINH_MAX = 88.0  # sinh(88) ~ 8e37, below float32's largest
 
     def __init__(self, config: dict):
         super().__init__()
@@ -83,14 +90,38 @@ class ProxyNet(nn.Module):
         self.body = mlp(c["n_parameters"] + self.encoding.n_features, c["width"], c["depth"], c["n_channels"])
         self.register_buffer("scale", torch.tensor(c["value_scale"], dtype=torch.float32))
         self.register_buffer("offset", torch.tensor(c["value_offset"], dtype=torch.float32))
+        self.asinh = _value_transform(c) == "asinh"
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    def normalise(self, value: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+        """Values (B, N) of the channels where the body predicts them."""
+        ch = channel.long()
+        v = (value - self.offset[ch]) / self.scale[ch]
+        return torch.asinh(v) if self.asinh else v
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, normalised: bool = False):
+        """The prediction (B, N); with ``normalised``, the body's, in the space of
+        :meth:`normalise` (an argument rather than a method, so a DistributedDataParallel
+        wrapper's forward runs for the loss too)."""
         feats = self.encoding(t, channel)
         zz = z.to(feats.dtype).unsqueeze(-2).expand(*t.shape, z.shape[-1])
-        out = self.body(torch.cat([zz, feats], dim=-1))  # (B, N, C) normalised
+        out = self.body(torch.cat([zz, feats], dim=-1))  # (B, N, C)
         out = out.gather(-1, channel.long().unsqueeze(-1)).squeeze(-1)
+        if normalised:
+            return out
+        if self.asinh:
+            out = torch.sinh(out.clamp(-self.SINH_MAX, self.SINH_MAX))
         ch = channel.long()
         return out * self.scale[ch] + self.offset[ch]
+
+
+VALUE_TRANSFORMS = ("linear", "asinh")
+
+
+def _value_transform(config: dict) -> str:
+    name = config.get("value_transform", "linear")
+    if name not in VALUE_TRANSFORMS:
+        raise ValueError(f"unknown value_transform {name!r}; one of {VALUE_TRANSFORMS}")
+    return name
 
 
 class DeepSet(nn.Module):
@@ -102,7 +133,6 @@ class DeepSet(nn.Module):
     # "asinh": scaled values pass through asinh, linear near 0 and logarithmic far out, so
     # that values whose noise scale spans decades (a PEtab problem's estimated sigma) stay
     # in the range the network's layers resolve; "linear" (the built-in models): as they are
-    VALUE_TRANSFORMS = ("linear", "asinh")
     scale: torch.Tensor  # registered buffers
     offset: torch.Tensor
 
@@ -121,9 +151,7 @@ class DeepSet(nn.Module):
         self.rho = mlp(pooled, c["width"], c["depth"], c["n_parameters"])
         self.register_buffer("scale", torch.tensor(c["value_scale"], dtype=torch.float32))
         self.register_buffer("offset", torch.tensor(c["value_offset"], dtype=torch.float32))
-        if c.get("value_transform", "linear") not in self.VALUE_TRANSFORMS:
-            raise ValueError(f"unknown value_transform {c.get('value_transform')!r}; one of {self.VALUE_TRANSFORMS}")
-        self.asinh = c.get("value_transform", "linear") == "asinh"
+        self.asinh = _value_transform(c) == "asinh"
 
     def forward(self, t: torch.Tensor, channel: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         mask = torch.isfinite(t) & torch.isfinite(value)
@@ -147,8 +175,8 @@ class DeepSet(nn.Module):
 
 def default_config(model: Model, kind: str, **overrides) -> dict:
     """A network config for ``model``; value scales default to the noise sigma. The
-    Deep Set of a model with an observation model of its own (a PEtab problem's) takes its
-    scaled values through asinh (see :class:`DeepSet`)."""
+    networks of a model with an observation model of its own (a PEtab problem's) take
+    scaled values through asinh (see :class:`DeepSet`, :class:`ProxyNet`)."""
     config = {
         "kind": kind,
         "model": model.name,
@@ -160,7 +188,7 @@ def default_config(model: Model, kind: str, **overrides) -> dict:
         "value_scale": model.sigma.tolist(),
         "value_offset": [0.0] * len(model.channels),
     }
-    if kind == "inference" and model.observation is not None:
+    if model.observation is not None:
         config["value_transform"] = "asinh"
     config.update(overrides)
     return config
