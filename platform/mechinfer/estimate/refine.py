@@ -15,13 +15,11 @@ values): the Serve app's cases are single rows, the others batches.
 The refinement itself is one start per row from the network's estimate with
 :func:`mechinfer.fit.mle.fit`, by ``method`` (default :data:`METHOD`, the trust region:
 Gauss-Newton steps on exact sensitivities, a handful of evaluations near an optimum, every
-iterate inside the z box; "bfgs" stays selectable). For a model whose NLL is not a
-fixed-sigma least-squares problem, or has no fast residual Jacobian (a PEtab problem's
-model: estimated noise scales, Laplace noise), the trust region does not apply and BFGS
-refines instead (:func:`mechinfer.fit.mle.method_for`); :attr:`Refined.method` says which
-ran. Together with it runs the maximum a
-posteriori fit (the N(0, I) prior added) that centres the Laplace approximation of the
-intervals (see :mod:`mechinfer.estimate.uncertainty`).
+iterate inside the z box; "bfgs" stays selectable). Where some observation's noise is
+Laplace (a PEtab problem may say so), the trust region does not apply and BFGS refines
+instead (:func:`mechinfer.fit.mle.method_for`); :attr:`Refined.method` says which ran.
+Together with it runs the maximum a posteriori fit (the N(0, I) prior added) that centres
+the Laplace approximation of the intervals (see :mod:`mechinfer.estimate.uncertainty`).
 """
 
 from __future__ import annotations

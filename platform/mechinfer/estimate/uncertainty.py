@@ -137,49 +137,6 @@ def gof_pvalue(nll: np.ndarray, n_observations: np.ndarray, p_eff: np.ndarray) -
     return chi2_pvalue(2.0 * np.asarray(nll, dtype=np.float64), n_observations, p_eff)
 
 
-def _observed_jacobians(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
-    """For a model with an observation model of its own: the standardised residuals
-    r (b, N) = (x - mu) / sigma, log sigma (b, N), the Jacobians in z of mu / sigma and
-    of log sigma (b, N, P) (padded entries 0), and ok (b,): rows solved with finite
-    numbers. One backward pass through the solver over the sets repeated once per
-    observation (copy i differentiates observation i), as mle.residual_jacobian does."""
-    mask = torch.isfinite(t) & torch.isfinite(value)
-    b, n = t.shape
-    rep = torch.arange(b).repeat_interleave(n)
-    zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
-    with torch.enable_grad():
-        mu_rep, sigma_rep, status = likelihood.predict_with_noise(
-            model, model.from_z(zz), t[rep], channel[rep], **solver_options
-        )
-        pick = lambda a: a.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, observation i
-        mu, log_sigma = pick(mu_rep), pick(torch.log(sigma_rep))
-        outputs = [torch.where(mask, mu, torch.zeros_like(mu)).sum(), torch.where(mask, log_sigma, 0.0).sum()]
-        grads = []
-        for k, out in enumerate(outputs):
-            if not out.requires_grad:  # constant noise: no dependence on z
-                grads.append(torch.zeros_like(zz))
-                continue
-            (g,) = torch.autograd.grad(out, zz, retain_graph=k == 0, allow_unused=True)
-            grads.append(torch.zeros_like(zz) if g is None else g)
-    sigma = torch.exp(log_sigma.detach())
-    d_mu = grads[0].reshape(b, n, -1) / torch.where(mask, sigma, 1.0)[..., None]
-    d_log_sigma = grads[1].reshape(b, n, -1)
-    r = torch.where(mask, (value - mu.detach()) / sigma, 0.0)
-    status = status.reshape(b, n).amax(1)  # a row fails if any of its copies failed
-    finite = lambda a: torch.isfinite(torch.where(mask.reshape(mask.shape + (1,) * (a.ndim - 2)), a, 0.0))
-    ok = (
-        (status == SolveStatus.OK)
-        & finite(d_mu).all(-1).all(-1)
-        & finite(d_log_sigma).all(-1).all(-1)
-        & finite(r).all(-1)
-        & finite(log_sigma.detach()).all(-1)
-    )
-    zero = lambda a: torch.where(
-        mask.reshape(mask.shape + (1,) * (a.ndim - 2)) & ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0.0
-    )
-    return zero(r), zero(log_sigma.detach()), zero(d_mu), zero(d_log_sigma), ok
-
-
 def _laplace_observed(model: Model, t, channel, value, z, **solver_options) -> Laplace:
     """:func:`laplace` for a model with an observation model of its own (see the module)."""
     obs = model.observation
@@ -193,7 +150,7 @@ def _laplace_observed(model: Model, t, channel, value, z, **solver_options) -> L
     ok = torch.zeros(n, dtype=torch.bool)
     rows = torch.where(torch.isfinite(z).all(-1))[0]  # a non-finite estimate has no solve
     if len(rows):
-        r[rows], log_sigma[rows], d_mu[rows], d_log_sigma[rows], ok[rows] = _observed_jacobians(
+        r[rows], log_sigma[rows], d_mu[rows], d_log_sigma[rows], ok[rows] = mle.standardised(
             model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options, model)
         )
     mask = torch.isfinite(t) & torch.isfinite(value)

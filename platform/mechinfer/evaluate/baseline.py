@@ -26,7 +26,7 @@ charged to the slow starts that make it.
 Without a checkpoint (a model from a file whose estimator is not trained yet) only the
 prior starts run: the network rows are absent. An optimizer that does not apply to the
 model is not run, and the manifest says why (``optimizers_skipped``): the trust region
-on a PEtab problem's model (see :func:`mechinfer.fit.mle.method_for`).
+where a PEtab problem's noise is Laplace (see :func:`mechinfer.fit.mle.method_for`).
 
 The real data (SPEC 12): for the model of a PEtab problem, the problem's own measurements
 (one observation set, values mapped to the noise space) are also fitted by BFGS from

@@ -155,15 +155,76 @@ def objective(model: Model, t, channel, value, device=None, prior=False, **solve
 
 def residual_jacobian(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
     """r (B, N), the sigma-scaled residuals (x_i - mu_i) / sigma_i at z, J (B, N, P), their
-    Jacobian in z (padded entries 0 in both), and ok (B,): rows whose solve succeeded
-    with a finite J (others get r = J = 0). From the native solver's forward
-    sensitivities where it applies; otherwise by one backward pass through the torch
-    steps over the sets repeated once per observation (copy i differentiates residual i,
-    so compiled backward graphs run once rather than N times). For a model with an
-    observation model of its own, sigma_i is each observation's noise scale and J the
-    Jacobian of mu_i / sigma_i at fixed sigma (see :func:`observation_jacobians`)."""
-    r, jac, _, ok = observation_jacobians(model, z, t, channel, value, **solver_options)
-    return r, jac, ok
+    Jacobian in z at fixed sigma (padded entries 0 in both), and ok (B,): rows whose solve
+    succeeded with a finite J (others get r = J = 0); see :func:`standardised`."""
+    r, _, d_mu, _, ok = standardised(model, z, t, channel, value, **solver_options)
+    return r, -d_mu, ok
+
+
+def standardised(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
+    """(r, log_sigma, d_mu, d_log_sigma, ok) of NaN-padded observation sets at z (B, P):
+    the standardised residuals r (B, N) = (x - mu) / sigma, log sigma (B, N), the
+    Jacobians in z of mu / sigma at fixed sigma and of log sigma (B, N, P), and ok (B,):
+    rows solved with finite numbers. Padded entries, and every entry of a row not ok, are 0.
+
+    From the native solver's forward sensitivities where it applies (one solve per set,
+    and condition, whatever N: :func:`likelihood.predict_jacobian`,
+    :meth:`~mechinfer.models.observation.Observation.predict_jacobian`); otherwise by
+    one backward pass through the torch steps over the sets repeated once per
+    observation (copy i differentiates observation i, so compiled backward graphs run
+    once rather than N times). log sigma depends on z only where the model estimates a
+    noise scale (a PEtab problem's sd parameters); for a built-in model it is constant."""
+    mask = likelihood.observed_mask(t, value)
+    theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z.detach())
+    t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+    solved = None
+    if model.observation is not None:
+        solved = model.observation.predict_jacobian(model, theta, t_filled, channel, **solver_options)
+    else:
+        found = likelihood.predict_jacobian(model, theta, t, channel, **solver_options)
+        if found is not None:
+            mu, d_mu, status = found
+            sigma = torch.as_tensor(model.sigma, device=t.device)[channel]
+            solved = mu, d_mu, sigma, torch.zeros_like(d_mu), status
+    if solved is not None:
+        mu, d_mu, sigma, d_log_sigma, status = solved
+        d_mu, d_log_sigma = d_mu * dtheta_dz[:, None, :], d_log_sigma * dtheta_dz[:, None, :]
+    else:
+        mu, d_mu, sigma, d_log_sigma, status = _repeated_backward(model, z, t, channel, mask, **solver_options)
+    sd = torch.where(mask, sigma, torch.ones_like(sigma))
+    r = torch.where(mask, (value - mu) / sd, torch.zeros_like(mu))
+    log_sigma = torch.log(sd)
+    d_mu = d_mu / sd[..., None]
+    entries = mask[..., None]
+    finite = lambda a: torch.isfinite(torch.where(entries if a.ndim == 3 else mask, a, 0.0)).flatten(1).all(1)
+    ok = (status == SolveStatus.OK) & finite(r) & finite(log_sigma) & finite(d_mu) & finite(d_log_sigma)
+    keep = lambda a: torch.where((entries if a.ndim == 3 else mask) & ok.reshape(-1, *[1] * (a.ndim - 1)), a, 0.0)
+    return keep(r), keep(log_sigma), keep(d_mu), keep(d_log_sigma), ok
+
+
+def _repeated_backward(model: Model, z: torch.Tensor, t, channel, mask, **solver_options):
+    """(mu, d mu / dz, sigma, d log sigma / dz, status) for :func:`standardised` by
+    autograd: the sets repeated once per observation, copy i differentiating
+    observation i."""
+    b, n = t.shape
+    rep = torch.arange(b, device=t.device).repeat_interleave(n)
+    zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
+    with torch.enable_grad():
+        mu_rep, sigma_rep, status = likelihood.predict_with_noise(
+            model, model.from_z(zz), t[rep], channel[rep], **solver_options
+        )
+        pick = lambda a: a.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, observation i
+        mu, sigma = pick(mu_rep), pick(sigma_rep)
+        outputs = (torch.where(mask, mu, 0.0), torch.where(mask, torch.log(torch.where(mask, sigma, 1.0)), 0.0))
+        grads = []
+        for k, out in enumerate(outputs):
+            if not out.requires_grad:  # constant noise: no dependence on z
+                grads.append(torch.zeros_like(zz))
+                continue
+            (g,) = torch.autograd.grad(out.sum(), zz, retain_graph=k == 0, allow_unused=True)
+            grads.append(torch.zeros_like(zz) if g is None else g)
+    status = status.reshape(b, n).amax(1)  # a row fails if any of its copies failed
+    return mu.detach(), grads[0].reshape(b, n, -1), sigma.detach(), grads[1].reshape(b, n, -1), status
 
 
 def observation_jacobians(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
@@ -173,51 +234,11 @@ def observation_jacobians(model: Model, z: torch.Tensor, t, channel, value, **so
     not depend on theta, as for every built-in model), so that J^T J + L^T L is the
     Fisher information of the observations in z (:func:`fisher_information`). For
     Laplace noise J^T J is the location's Fisher information too (E[sign(r)^2] = 1)."""
-    mask = likelihood.observed_mask(t, value)
-    theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z.detach())
-    solved = likelihood.predict_jacobian(model, theta, t, channel, **solver_options)
-    lsig = None
-    if solved is not None:
-        sigma = torch.as_tensor(model.sigma, device=t.device)[channel]
-        mu, dmu, status = solved
-        jac = torch.where(mask[..., None], -dmu * dtheta_dz[:, None, :] / sigma[..., None], 0.0)
-    else:
-        b, n = t.shape
-        rep = torch.arange(b, device=t.device).repeat_interleave(n)
-        zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
-        with torch.enable_grad():
-            mu_rep, sigma_rep, status = likelihood.predict_with_noise(
-                model, model.from_z(zz), t[rep], channel[rep], **solver_options
-            )
-            sd = sigma_rep.detach()
-            scaled = torch.where(mask[rep], -mu_rep / sd, torch.zeros_like(mu_rep))  # (b n, n)
-            pick = scaled.reshape(b, n, n).diagonal(dim1=1, dim2=2)  # copy i, residual i
-            if model.observation is not None and sigma_rep.requires_grad:
-                log_sd = torch.where(mask[rep], torch.log(sigma_rep), torch.zeros_like(sigma_rep))
-                pick_log = log_sd.reshape(b, n, n).diagonal(dim1=1, dim2=2)
-                (jac,) = torch.autograd.grad(pick.sum(), zz, retain_graph=True)
-                (lsig,) = torch.autograd.grad(pick_log.sum(), zz, allow_unused=True)
-            else:
-                (jac,) = torch.autograd.grad(pick.sum(), zz)
-        mu = mu_rep.detach().reshape(b, n, n)[:, 0]
-        sigma = sd.reshape(b, n, n)[:, 0]
-        jac = jac.reshape(b, n, -1)
-        status = status.reshape(b, n).amax(1)  # a row fails if any of its copies failed
-    r = torch.where(mask, (value - mu) / sigma, torch.zeros_like(mu))
-    if lsig is None or model.observation is None:
-        lsig = torch.zeros_like(jac)
-    else:
+    r, _, d_mu, d_log_sigma, ok = standardised(model, z, t, channel, value, **solver_options)
+    if model.observation is not None:
         laplace = torch.as_tensor(model.observation.laplace, device=t.device)[channel]
-        weight = torch.where(laplace, 1.0, 2.0).to(jac.dtype).sqrt()
-        lsig = torch.where(mask[..., None], lsig.reshape(jac.shape) * weight[..., None], 0.0)
-    ok = (
-        (status == SolveStatus.OK)
-        & torch.isfinite(jac).all(-1).all(-1)
-        & torch.isfinite(lsig).all(-1).all(-1)
-        & torch.isfinite(r).all(-1)
-    )
-    zero = lambda a: torch.where(ok.reshape(-1, *[1] * (a.ndim - 1)), a, torch.zeros_like(a))
-    return zero(r), zero(jac), zero(lsig), ok
+        d_log_sigma = d_log_sigma * torch.where(laplace, 1.0, 2.0).to(z.dtype).sqrt()[..., None]
+    return r, -d_mu, d_log_sigma, ok
 
 
 def fisher_information(model: Model, z: torch.Tensor, t, channel, value, **solver_options):
@@ -229,48 +250,17 @@ def fisher_information(model: Model, z: torch.Tensor, t, channel, value, **solve
     return jac.transpose(1, 2) @ jac + lsig.transpose(1, 2) @ lsig, ok
 
 
-def least_squares(model: Model) -> bool:
-    """Whether the model's NLL is half a sum of squared sigma-scaled residuals with noise
-    scales that do not depend on theta (up to a constant): then Gauss-Newton steps and the
-    trust region (:func:`~.trust_region.trust_region`, which minimises |r|^2 / 2) apply.
-    True for every built-in model and for normal noise of fixed scales (Fujita's); False
-    where the model estimates a noise scale (Boehm's sd parameters), a noise formula reads
-    states, or the noise is Laplace. Found by evaluating the noise scales at the design
-    for a few prior draws, once per model."""
-    obs = model.observation
-    if obs is None:
-        return True
-    key = "mechinfer.fit.mle.least_squares"
-    if key not in obs._cache:
-        if obs.laplace.any() or obs.noise_reads_states:
-            obs._cache[key] = False
-        else:
-            t = torch.as_tensor(obs.design_t, dtype=torch.float64)[None].expand(4, -1)
-            ch = torch.as_tensor(obs.design_channel, dtype=torch.long)[None].expand(4, -1)
-            z = torch.as_tensor(np.random.default_rng(0).standard_normal((4, model.n_parameters)))
-            with torch.no_grad():
-                sd = likelihood.noise_scale(model, model.from_z(z), t, ch).numpy()
-            obs._cache[key] = bool(np.all(sd == sd[:1]))
-    return bool(obs._cache[key])
-
-
 def method_for(model: Model, method: str) -> str:
     """The optimizer a fit by ``method`` runs for this model: ``method``, except that the
-    trust region (Gauss-Newton on sigma-scaled residuals) becomes BFGS for a model with an
-    observation model of its own (a PEtab problem's):
-
-    - where its NLL is not a fixed-sigma least-squares problem (:func:`least_squares`:
-      estimated noise scales, as Boehm's, or Laplace noise), the trust region's |r|^2 / 2
-      is not the NLL;
-    - where it is (Fujita's fixed noise), the residuals' Jacobian has no forward-sensitivity
-      path yet (``likelihood.predict_jacobian`` is None for such models) and costs one
-      backward pass per observation: 2.3 s for Fujita's 144 measurements against 0.02 s
-      for the NLL's gradient (one thread), so a trust-region fit would cost more than BFGS.
-
+    trust region becomes BFGS where some observation's noise is Laplace: its NLL term
+    |x - mu| / sigma is no square of a smooth residual, so a Gauss-Newton model of it
+    does not exist (at x = mu the root's derivative is infinite). Every other NLL the
+    models have is a sum of squares: sigma-scaled residuals, and where a noise scale is
+    estimated, noise residuals beside them (:func:`_with_noise_residuals`).
     :attr:`Fit.method` says which ran."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "trust-region" and (model.observation is not None or not least_squares(model)):
+    if method == "trust-region" and model.observation is not None and model.observation.laplace.any():
         return "bfgs"
     return method
 
@@ -419,20 +409,68 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
 
         return native_fun, native_residuals
 
+    observed = model.observation is not None
+    mask = likelihood.observed_mask(t, value)
+
     def fun(z, rows):
         z, rows = torch.as_tensor(z), torch.as_tensor(rows)
         step = max(1, JACOBIAN_ROWS // t.shape[1])
         parts = []
         for i in range(0, len(rows), step):
             zi, ri = z[i : i + step].to(t.device), rows[i : i + step].to(t.device)
-            r, jac, ok = residual_jacobian(model, zi, t[ri], channel[ri], value[ri], **solver_options)
+            if observed:
+                r, jac, ok = _with_noise_residuals(
+                    mask[ri], *standardised(model, zi, t[ri], channel[ri], value[ri], **solver_options)
+                )
+            else:
+                r, jac, ok = residual_jacobian(model, zi, t[ri], channel[ri], value[ri], **solver_options)
             parts.append((torch.where(ok[:, None], r, torch.nan), jac))
         r_all = torch.cat([r for r, _ in parts]).cpu().numpy()
         jac_all = torch.cat([j for _, j in parts]).cpu().numpy()
         r_all, jac_all = with_prior_rows(z.detach().cpu().numpy(), rows.cpu().numpy(), r_all, jac_all)
         return torch.from_numpy(r_all), torch.from_numpy(jac_all)
 
-    return fun, (lambda z, rows: fun(z, rows)[0])
+    def observed_residuals(z, rows):
+        """The residuals alone for a model with an observation model of its own: one plain solve."""
+        z, rows = torch.as_tensor(z).to(t.device), torch.as_tensor(rows).to(t.device)
+        with torch.no_grad():
+            mu, sigma, status = likelihood.predict_with_noise(
+                model, model.from_z(z), t[rows], channel[rows], **solver_options
+            )
+        m = mask[rows]
+        sd = torch.where(m, sigma, torch.ones_like(sigma))
+        r = torch.where(m, (value[rows] - mu) / sd, 0.0)
+        r = torch.cat([r, torch.where(m, torch.sqrt(2.0 * (torch.log(sd) + NOISE_OFFSET)), 0.0)], 1)
+        r = torch.where((status == SolveStatus.OK)[:, None], r, torch.nan).cpu().numpy()
+        return with_prior_rows(z.cpu().numpy(), rows.cpu().numpy(), r, None)[0]
+
+    return fun, (observed_residuals if observed else (lambda z, rows: fun(z, rows)[0]))
+
+
+# The offset c in the noise residuals sqrt(2 (log sigma_i + c)) of a model whose noise
+# scales may depend on the parameters (:func:`_with_noise_residuals`): half their square
+# is log sigma_i + c, so the sum of squares is the NLL plus c per observation. It must
+# keep log sigma_i + c > 0 wherever a fit goes: 50 does for sigma > 2e-22 (AMICI's
+# residual form of such likelihoods uses the same offset); a point with a smaller sigma
+# gets a NaN residual, and the trust region rejects it.
+NOISE_OFFSET = 50.0
+
+
+def _with_noise_residuals(mask, r, log_sigma, d_mu, d_log_sigma, ok):
+    """The trust region's residuals (b, 2 N) and Jacobian (b, 2 N, P) for a model with an
+    observation model of its own, from :func:`standardised`'s pieces: the standardised
+    residuals r_i = (x_i - mu_i) / sigma_i with sigma at theta (d r_i = -d mu_i / sigma_i
+    - r_i d log sigma_i), then the noise residuals s_i = sqrt(2 (log sigma_i + c))
+    (:data:`NOISE_OFFSET`; d s_i = d log sigma_i / s_i). Half the sum of their squares is
+    the NLL plus c per observation. The Gauss-Newton Hessian then has curvature along a
+    noise scale where the Fisher information has it: through r_i d log sigma_i, about 1
+    per observation near the optimum (where r_i^2 averages 1) against the Fisher
+    information's 2; s_i adds 1 / s_i^2, a hundredth of that."""
+    s = torch.where(mask, torch.sqrt(2.0 * (log_sigma + NOISE_OFFSET)), 0.0)
+    d_r = -d_mu - r[..., None] * d_log_sigma
+    d_s = torch.where(mask[..., None], d_log_sigma / torch.where(mask, s, 1.0)[..., None], 0.0)
+    ok = ok & torch.isfinite(s).all(1)
+    return torch.cat([r, s], 1), torch.cat([d_r, d_s], 1), ok
 
 
 def gauss_newton_h0(model: Model, t, channel, value, device=None, **solver_options):
@@ -483,9 +521,9 @@ def fit(
     ``method``: "bfgs" (:func:`~mechinfer.fit.bfgs.bfgs`, the default) or "trust-region"
     (:func:`~mechinfer.fit.trust_region.trust_region`: Gauss-Newton on the residuals'
     Jacobian, in far fewer evaluations, every iterate inside |z_i| <= Z_BOX; ``hessian``
-    does not apply to it). Where the model's NLL is not a fixed-sigma least-squares
-    problem (estimated noise scales, Laplace noise: :func:`least_squares`), the trust
-    region does not apply and BFGS runs instead; the result's ``method`` says which ran.
+    does not apply to it). Where some observation's noise is Laplace, the trust region
+    does not apply and BFGS runs instead (:func:`method_for`); the result's ``method``
+    says which ran.
     The solver's tolerances default to :func:`fit_tolerances` of the model.
 
     ``space``: where BFGS moves, "z" (SPEC 3) or "u" (:func:`u_objective`: the prior's
@@ -558,8 +596,9 @@ def fit(
     wall = time.perf_counter() - start
     z = result.x.cpu().numpy()
     f = result.f.cpu().numpy()
-    if method == "trust-region" and model.observation is not None:
-        f = f + _log_sigma_sum(model, t, channel, value)  # |r|^2 / 2 -> the NLL, log sigma included
+    if method == "trust-region" and model.observation is not None:  # |r|^2 / 2 -> the NLL
+        t_, _, value_ = _tensors(t, channel, value)
+        f = f - NOISE_OFFSET * likelihood.observed_mask(t_, value_).sum(1).numpy()
     return Fit(
         z=z,
         theta=model.from_z(z),
@@ -616,17 +655,6 @@ def u_objective(model: Model, t, channel, value, device=None, **solver_options):
         return f.detach(), g
 
     return fun
-
-
-def _log_sigma_sum(model: Model, t, channel, value) -> np.ndarray:
-    """(B,) sum of log sigma over each set's observations, for a model whose noise scales
-    do not depend on theta (:func:`least_squares`): the NLL minus |r|^2 / 2."""
-    t, channel, value = _tensors(t, channel, value)
-    z = torch.zeros(t.shape[0], model.n_parameters, dtype=torch.float64)
-    with torch.no_grad():
-        sd = likelihood.noise_scale(model, model.from_z(z), t, channel)
-    mask = likelihood.observed_mask(t, value)
-    return torch.where(mask, torch.log(sd), torch.zeros_like(sd)).sum(-1).numpy()
 
 
 def prior_starts(model: Model, sample_ids, n_starts: int, seed: int) -> np.ndarray:

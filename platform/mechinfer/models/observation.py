@@ -107,14 +107,15 @@ class Observation:
     # ------------------------------------------------------------ at observation points
     def _placeholders(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
         """(B, N, Q) placeholder values of each observation: its channel's measurement
-        nearest in time."""
+        nearest in time. theta (B, P), or (B, N, P): each observation's own."""
         times = torch.as_tensor(self.placeholder_time, dtype=t.dtype, device=t.device)[channel]  # (B, N, L)
         nearest = (times - torch.nan_to_num(t)[..., None]).abs().argmin(-1)  # (B, N)
         idx = torch.as_tensor(self.placeholder_index, device=t.device)[channel, nearest]  # (B, N, Q)
         val = torch.as_tensor(self.placeholder_value, dtype=theta.dtype, device=t.device)[channel, nearest]
-        if theta.shape[1] == 0:
+        if theta.shape[-1] == 0:
             return val
-        picked = torch.gather(theta[:, None, :].expand(-1, idx.shape[1], -1), 2, idx.clamp(min=0))
+        own = theta if theta.ndim == 3 else theta[:, None, :].expand(-1, idx.shape[1], -1)
+        picked = torch.gather(own, 2, idx.clamp(min=0))
         return torch.where(idx >= 0, picked, val)
 
     def _arguments(self, theta: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
@@ -137,6 +138,55 @@ class Observation:
         """mu (B, N) in the noise space, sigma (B, N) and status (B,) of observations at
         (t, channel) (t finite, inside [0, T]). One solve per (row, condition the batch
         observes), each at the row's times; differentiable in theta."""
+        at, _, point_args, solved = self._states_at(model, theta, t, channel, solver, False, solver_options)
+        q = self._placeholders(theta, t, channel)
+        h, sigma = self._evaluate(channel.long(), at, point_args, q, theta)
+        mu = self.to_noise_space(h, channel)
+        return mu, sigma, _status(solved, mu, sigma)
+
+    def predict_jacobian(
+        self, model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, **solver_options
+    ):
+        """(mu, d mu / d theta (B, N, P), sigma, d log sigma / d theta (B, N, P), status):
+        :meth:`predict`'s values and their Jacobians in theta, from the native solver's
+        forward sensitivities (one solve per row and condition, whatever N) and autograd
+        through the observable and noise formulas alone; ``None`` where the native solver
+        does not apply (a GPU tensor, the torch backend): differentiate :meth:`predict`.
+
+        Each observation is given its own copy of theta (B, N, P), and its states enter
+        as their first-order expansion in it (the solved states plus their
+        sensitivities times the copy's displacement, zero): one backward pass over the
+        sum of the N predictions then gives every observation's own gradient."""
+        theta = theta.detach()
+        found = self._states_at(model, theta, t, channel, None, True, solver_options)
+        if found is None:
+            return None
+        at, d_at, _, solved = found
+        channel = channel.long()
+        n_p = theta.shape[1]
+        own = theta[:, None, :].expand(-1, t.shape[1], -1).clone().requires_grad_(True)  # (B, N, P)
+        with torch.enable_grad():
+            shift = own - own.detach()
+            states = at + (d_at[..., :n_p] @ shift[..., None])[..., 0]
+            inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype)[
+                torch.as_tensor(self.channel_condition)[channel]
+            ]
+            q = self._placeholders(own, t, channel)
+            h, sigma = self._evaluate(channel, states, torch.cat([own, inputs], -1), q, theta)
+            mu = self.to_noise_space(h, channel)
+            log_sigma = torch.log(sigma)
+            d_mu = _gradient(mu, own, retain=True)
+            d_log_sigma = _gradient(log_sigma, own, retain=False)
+        mu, sigma = mu.detach(), sigma.detach()
+        return mu, d_mu, sigma, d_log_sigma, _status(solved, mu, sigma)
+
+    def _states_at(self, model, theta, t, channel, solver, jacobian: bool, solver_options: dict):
+        """The states at each observation (B, N, S'), time appended where it is not a
+        state; with ``jacobian`` their Jacobian in the solver's arguments (B, N, S', P + K)
+        from the native solver's sensitivities (else None); each observation's solver
+        arguments (B, N, P + K); and the status per (row, condition solved) (B, U). One
+        solve per (row, condition the batch observes), each at the row's sorted times.
+        ``None`` if ``jacobian`` and the native solver does not apply."""
         from .simulate import term
 
         n_batch, n_points = t.shape
@@ -150,28 +200,36 @@ class Observation:
         t_sorted = torch.gather(t, 1, order)
         flat_args = args.reshape(n_batch * len(used), -1)
         t_rep = t_sorted[:, None, :].expand(-1, len(used), -1).reshape(n_batch * len(used), n_points)
-        method = solver or model.solver
-        y0 = model.initial_state(flat_args)
-        states, status = _solver.solve(term(model), y0, flat_args, t_rep, method=method, **solver_options)
-        states = states.to(theta.dtype).reshape(n_batch, len(used), n_points, -1)
+        d_states = None
+        if jacobian:
+            options = {k: v for k, v in solver_options.items() if k != "compile"}
+            found = _solver.jacobian(term(model), flat_args, t_rep, **options)
+            if found is None:
+                return None
+            states, d_states, status = found
+        else:
+            y0 = model.initial_state(flat_args)
+            states, status = _solver.solve(
+                term(model), y0, flat_args, t_rep, method=solver or model.solver, **solver_options
+            )
         unsort = torch.argsort(order, dim=1)
-        states = torch.gather(states, 2, unsort[:, None, :, None].expand_as(states))
         point_slot = slot[point_condition]  # (B, N)
-        at = torch.gather(states, 1, point_slot[:, None, :, None].expand(-1, 1, -1, states.shape[-1]))[:, 0]
+
+        def at_points(a: torch.Tensor) -> torch.Tensor:  # (B U, N, ...) sorted -> (B, N, ...) per observation
+            a = a.to(theta.dtype).reshape(n_batch, len(used), n_points, *a.shape[2:])
+            tail = a.shape[3:]
+            a = torch.gather(a, 2, unsort.reshape(n_batch, 1, n_points, *[1] * len(tail)).expand_as(a))
+            pick = point_slot.reshape(n_batch, 1, n_points, *[1] * len(tail)).expand(-1, 1, -1, *tail)
+            return torch.gather(a, 1, pick)[:, 0]
+
+        at = at_points(states)
         if len(model.states) == self.n_system_states:  # time is not a state: append it
             at = torch.cat([at, t[..., None].to(at.dtype)], -1)
+            if d_states is not None:
+                d_states = torch.cat([d_states, torch.zeros_like(d_states[:, :, :1])], 2)
+        d_at = None if d_states is None else at_points(d_states)
         point_args = torch.gather(args, 1, point_slot[..., None].expand(-1, -1, args.shape[-1]))  # (B, N, P + K)
-        q = self._placeholders(theta, t, channel)
-        h, sigma = self._evaluate(channel, at, point_args, q, theta)
-        mu = self.to_noise_space(h, channel)
-        ok = (status.reshape(n_batch, len(used)) == SolveStatus.OK).all(1)
-        finite = torch.isfinite(mu).all(1) & torch.isfinite(sigma).all(1) & (sigma > 0).all(1)
-        status = torch.where(
-            ok,
-            torch.where(finite, SolveStatus.OK, SolveStatus.NONFINITE),
-            status.reshape(n_batch, len(used)).amax(1),
-        )
-        return mu, sigma, status
+        return at, d_at, point_args, status.reshape(n_batch, len(used))
 
     def noise(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
         """sigma (B, N) of observations at (t, channel), without a solve (the noise formulas
@@ -224,6 +282,24 @@ class Observation:
                 ok = sd[np.isfinite(sd) & (sd > 0)]
                 out.append(float(np.median(ok)) if len(ok) else 1.0)
         return np.array(out)
+
+
+def _status(solved: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(B,) status of rows whose solves per condition had ``solved`` (B, U): the worst
+    solver status, else NONFINITE where a prediction or noise scale is not finite (or
+    sigma not positive), else OK."""
+    ok = (solved == SolveStatus.OK).all(1)
+    finite = torch.isfinite(mu).all(1) & torch.isfinite(sigma).all(1) & (sigma > 0).all(1)
+    return torch.where(ok, torch.where(finite, SolveStatus.OK, SolveStatus.NONFINITE), solved.amax(1))
+
+
+def _gradient(out: torch.Tensor, wrt: torch.Tensor, retain: bool) -> torch.Tensor:
+    """d out.sum() / d wrt, zero where ``out`` does not depend on ``wrt``; NaN entries of
+    ``out`` contribute nothing."""
+    if not out.requires_grad:
+        return torch.zeros_like(wrt)
+    (g,) = torch.autograd.grad(torch.nan_to_num(out).sum(), wrt, retain_graph=retain, allow_unused=True)
+    return torch.zeros_like(wrt) if g is None else g
 
 
 def _indices(channel) -> np.ndarray:
