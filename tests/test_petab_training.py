@@ -7,6 +7,7 @@ solver) on Boehm gives an estimator that answers Boehm's own measurements."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -196,3 +197,37 @@ def test_batches_and_losses_in_the_noise_space(variant):
 
 # The stages end to end (simulate, train-proxy, train-inference, the estimator on the
 # problem's measurements): tests/test_petab_pipeline.py.
+
+
+def test_tamed_training_nll(variant):
+    """The training NLL beyond TAME noise scales: exact within it, continuous with its
+    slope at the edge (normal and Laplace channels), and for a prediction 1e30 away (a
+    16-decade prior's early estimate) finite with a gradient in log |mu| near TAME^2."""
+    m = variant.model
+    ch = torch.tensor([[m.channels.index(LAPLACE_CHANNEL), 0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    sigma = torch.full((1, 2), 0.5, dtype=torch.float64)
+    value = torch.zeros(1, 2, dtype=torch.float64)
+    tame = losses.TAME
+
+    def nll(mu, tamed=True):
+        return likelihood.nll_from_mu(m, mu, ch, value, mask, sigma, tame=tame if tamed else None)
+
+    inside = torch.tensor([[3.0, -7.0]], dtype=torch.float64)
+    assert float(nll(inside)) == pytest.approx(float(nll(inside, tamed=False)), rel=1e-15)
+    for k in range(2):  # each channel at the edge, from both sides: value and slope
+        for side in (-1e-7, 1e-7):
+            mu = torch.zeros(1, 2, dtype=torch.float64)
+            mu[0, k] = tame * 0.5 * (1 + side)
+            mu.requires_grad_(True)
+            f = nll(mu)
+            (g,) = torch.autograd.grad(f.sum(), mu)
+            exact = mu.detach().clone().requires_grad_(True)
+            (ge,) = torch.autograd.grad(nll(exact, tamed=False).sum(), exact)
+            assert float(f) == pytest.approx(float(nll(mu.detach(), tamed=False)), rel=1e-6)
+            assert float(g[0, k]) == pytest.approx(float(ge[0, k]), rel=1e-5)
+    log_mu = torch.tensor([[math.log(1e30), math.log(1e30)]], dtype=torch.float64, requires_grad=True)
+    f = nll(torch.exp(log_mu))
+    (g,) = torch.autograd.grad(f.sum(), log_mu)
+    assert torch.isfinite(f).all() and float(nll(torch.exp(log_mu.detach()), tamed=False)) > 1e58
+    assert float(g[0, 1]) == pytest.approx(tame * tame, rel=1e-6) and float(g[0, 0]) == pytest.approx(tame, rel=1e-6)

@@ -92,6 +92,12 @@ def noise_at(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.
     return sigma.to(theta.device)
 
 
+# Residuals beyond TAME noise scales enter the training NLL of a model with an observation
+# model of its own tamed (``likelihood.nll_from_mu``'s ``tame``): 100 sigma is far outside
+# anything a fitted estimate leaves, so the NLL of every estimate worth refining is exact.
+TAME = 100.0
+
+
 def inference_loss(
     model: Model,
     net,
@@ -104,7 +110,8 @@ def inference_loss(
     solver_options: dict | None = None,
 ) -> torch.Tensor:
     """NLL per observation of the network's estimate, with the model output from the
-    frozen proxy (``through="proxy"``) or the mechanistic solver (``through="model"``)."""
+    frozen proxy (``through="proxy"``) or the mechanistic solver (``through="model"``);
+    for a model with an observation model of its own, tamed beyond :data:`TAME`."""
     t, value = batch["t"], batch["value"]
     if min_obs is not None:
         t, value = random_subsets(t, value, min_obs, generator)
@@ -115,7 +122,9 @@ def inference_loss(
         if model.observation is not None:  # each observation's noise at the estimate, its distribution
             theta = priors.from_z(model.priors, z_hat.double())
             sigma = noise_at(model, theta, t, batch["channel"])
-            per_set = likelihood.nll_from_mu(model, mu.double(), batch["channel"], value.double(), mask, sigma)
+            per_set = likelihood.nll_from_mu(
+                model, mu.double(), batch["channel"], value.double(), mask, sigma, tame=TAME
+            )
             return (per_set.sum() / mask.sum()).to(mu.dtype)
         sigma = torch.as_tensor(model.sigma, dtype=mu.dtype, device=mu.device)[batch["channel"]]
         r = torch.where(mask, (value - mu) / sigma, torch.zeros_like(mu))
@@ -127,7 +136,7 @@ def inference_loss(
                 model, theta, t.double(), batch["channel"], **(solver_options or {})
             )
             ok = status == SolveStatus.OK
-            per_set = likelihood.nll_from_mu(model, mu, batch["channel"], value.double(), mask, sigma)
+            per_set = likelihood.nll_from_mu(model, mu, batch["channel"], value.double(), mask, sigma, tame=TAME)
             return per_set[ok].sum() / mask[ok].sum()
         mu, status = likelihood.predict(model, theta, t.double(), batch["channel"], **(solver_options or {}))
         ok = status == SolveStatus.OK

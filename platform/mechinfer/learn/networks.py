@@ -68,7 +68,8 @@ class TimeChannelEncoding(nn.Module):
 
 
 class ProxyNet(nn.Module):
-    """(z (B, P), t (B, N), channel (B, N)) -> predicted noise-free output (B, N).
+    """(z (B, P), t (B, N), channel (B, N)) -> predicted noise-free output (B, N) (float64
+    through asinh, below).
 
     The body predicts each value normalised (minus the channel's offset, over its scale)
     and, with ``value_transform`` "asinh" (a PEtab problem's model), through asinh: a
@@ -78,7 +79,7 @@ class ProxyNet(nn.Module):
 
     scale: torch.Tensor  # registered buffers
     offset: torch.Tensor
-    SINH_MAX = 88.0  # sinh(88) ~ 8e37, below float32's largest
+    SINH_MAX = 700.0  # sinh(700) ~ 5e303, below float64's largest
 
     def __init__(self, config: dict):
         super().__init__()
@@ -108,9 +109,10 @@ class ProxyNet(nn.Module):
         out = out.gather(-1, channel.long().unsqueeze(-1)).squeeze(-1)
         if normalised:
             return out
-        if self.asinh:
-            out = torch.sinh(out.clamp(-self.SINH_MAX, self.SINH_MAX))
         ch = channel.long()
+        if self.asinh:  # in float64: the values may pass float32's largest
+            wide = torch.sinh(out.double().clamp(-self.SINH_MAX, self.SINH_MAX))
+            return wide * self.scale[ch].double() + self.offset[ch].double()
         return out * self.scale[ch] + self.offset[ch]
 
 

@@ -133,20 +133,41 @@ def nll_from_mu(
     value: torch.Tensor,
     mask: torch.Tensor,
     sigma: torch.Tensor | None = None,
+    *,
+    tame: float | None = None,
 ) -> torch.Tensor:
     """1/2 sum_i ((x_i - mu_i) / sigma_{c_i})^2 over the observed entries: (B,). For a model
     with an observation model of its own (values and mu in its noise space, ``sigma`` per
     observation from :func:`predict_with_noise`): sum_i log sigma_i + r_i^2 / 2 (normal)
-    or + |r_i| (Laplace), r_i = (x_i - mu_i) / sigma_i, constants dropped."""
+    or + |r_i| (Laplace), r_i = (x_i - mu_i) / sigma_i, constants dropped.
+
+    ``tame`` (R, for training): each term of a residual beyond R grows like the log of
+    |r| instead, continuous with its first derivative at R (normal: R^2 / 2 + R^2
+    log(|r| / R); Laplace: R + R log(|r| / R)); unchanged within R. A network's early
+    estimates for a PEtab problem's model can put a lin-scale observable 1e30 away
+    from its value (priors of 16 decades): the exact term overflows float32 and its
+    gradient swamps every other sample's, while the tamed one's gradient in log |mu|
+    stays about R^2 and still points the right way."""
     if sigma is None:
         sigma = torch.as_tensor(model.sigma, dtype=mu.dtype, device=mu.device)[channel.long()]
     sigma = torch.where(mask, sigma.to(mu.dtype), torch.ones_like(mu))
     r = torch.where(mask, (value.to(mu.dtype) - mu) / sigma, torch.zeros_like(mu))
-    if model.observation is None:
+    if model.observation is None and tame is None:
         return 0.5 * r.square().sum(dim=-1)
-    laplace = torch.as_tensor(model.observation.laplace, device=mu.device)[channel.long()]
-    per = torch.where(laplace, r.abs(), 0.5 * r.square()) + torch.where(mask, torch.log(sigma), torch.zeros_like(mu))
-    return per.sum(dim=-1)
+    laplace = (
+        torch.as_tensor(model.observation.laplace, device=mu.device)[channel.long()]
+        if model.observation is not None
+        else torch.zeros_like(mask)
+    )
+    size = r.abs()
+    per = torch.where(laplace, size, 0.5 * r.square())
+    if tame is not None:
+        far = size > tame
+        grown = torch.log(torch.where(far, size, tame) / tame)
+        per = torch.where(far, torch.where(laplace, tame * (1.0 + grown), tame * tame * (0.5 + grown)), per)
+    if model.observation is None:
+        return per.sum(dim=-1)
+    return (per + torch.where(mask, torch.log(sigma), torch.zeros_like(mu))).sum(dim=-1)
 
 
 def nll(
