@@ -14,6 +14,7 @@ import io
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -431,14 +432,45 @@ def real_data_results(location: str, manifest: dict, m: Model, est_net=None, est
         "starts_per_task": info.get("starts_per_task"),
         "space": ", ".join(sorted(set(fits["space"].to_pylist()))) if "space" in fits.column_names else "z",
         "solver_tolerances": info.get("solver_tolerances"),
-        "_plot": {"m": m, "problem": problem, "theta": None if best_row is None else np.asarray(best_row["theta"])},
+        "_plot": {
+            "m": m,
+            "problem": problem,
+            "theta": None if best_row is None else np.asarray(best_row["theta"]),
+            "data": data,
+        },
     }
 
 
-def plot_real_data(m: Model, problem, theta: np.ndarray | None, **_):
+REAL_DATA_BAND_DRAWS = 100  # draws of the best fit's Laplace approximation per band
+
+
+def _real_data_draws(m: Model, theta: np.ndarray, data: dict | None) -> np.ndarray | None:
+    """Parameter draws (D, P) from the Laplace approximation at ``theta`` given the
+    problem's measurements (the parameters' uncertainty, for the figure's bands), the
+    parameters the measurements do not determine (``refine.determined``) held at its
+    centre: along them the approximation is the prior's, whose draws far out would show
+    the prior rather than the data. None where it has no covariance."""
+    if data is None:
+        return None
+    from ..estimate import refine, uncertainty
+
+    y = likelihood.to_noise_space(m, data["value"], data["channel"])
+    lap = uncertainty.laplace(m, data["t"], data["channel"], y, m.to_z(np.asarray(theta)[None]))
+    if not np.isfinite(lap.cov_z).all():
+        return None
+    p = m.n_parameters
+    chol = np.linalg.cholesky(lap.cov_z[0] + 1e-12 * np.eye(p))
+    z = lap.center[0] + np.random.default_rng(0).standard_normal((REAL_DATA_BAND_DRAWS, p)) @ chol.T
+    held = ~refine.determined(lap.cov_z[0])  # what the data do not determine stays at the fit
+    z[:, held] = lap.center[0, held]
+    return m.from_z(z)
+
+
+def plot_real_data(m: Model, problem, theta: np.ndarray | None, data: dict | None = None, **_):
     """One panel per condition of the problem's measurements, each observable's
-    measurements with the best fit's trajectories (and the nominal parameters', dashed),
-    in the measurements' own units."""
+    measurements with the best fit's trajectories and their 95% band (the determined
+    parameters' uncertainty: :func:`_real_data_draws`, no measurement noise added), and
+    the nominal parameters' (dashed), in the measurements' own units."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -454,6 +486,7 @@ def plot_real_data(m: Model, problem, theta: np.ndarray | None, **_):
     n_rows = -(-len(conditions) // cols)
     fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.2 * n_rows), squeeze=False)
     fits = {"nominal": problem.nominal} | ({} if theta is None else {"best fit": theta})
+    draws = None if theta is None else _real_data_draws(m, theta, data)
     for i, cond in enumerate(conditions):
         ax = axes[i // cols, i % cols]
         for j, c in enumerate(np.flatnonzero(obs.channel_condition == cond)):
@@ -469,12 +502,19 @@ def plot_real_data(m: Model, problem, theta: np.ndarray | None, **_):
                 ax.plot(
                     grid, y, color=color, lw=1.2 if name == "best fit" else 0.8, ls="-" if name == "best fit" else "--"
                 )
+            if draws is not None:
+                shape = (len(draws), len(grid))
+                mu = predict(m, draws, np.broadcast_to(grid, shape).copy(), np.full(shape, c))
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a time where every draw failed: no band
+                    low, high = np.nanpercentile(obs.from_noise_space(mu, np.full(mu.shape, c)), [2.5, 97.5], axis=0)
+                ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
         ax.set_title(problem.conditions[cond], fontsize=8)
         ax.set_xlabel("t")
         ax.legend(fontsize=6)
     for k in range(len(conditions), n_rows * cols):
         axes[k // cols, k % cols].axis("off")
-    fig.suptitle(f"{problem.name}: measurements, best fit (solid) and nominal parameters (dashed)")
+    fig.suptitle(f"{problem.name}: measurements, best fit (solid, 95% band) and nominal parameters (dashed)")
     fig.tight_layout()
     return fig
 
