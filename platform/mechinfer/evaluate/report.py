@@ -893,6 +893,8 @@ def plot_trajectories(m: Model, rows: dict, estimates: dict, z_net, n_show: int 
     fitted = [k for k in ("Deep Inference + MM", "Deep Inference + BFGS") if k in estimates] or [
         _most_starts(estimates)
     ]
+    # a small baseline may hold fewer rows (the tiny preset fits 4, less the failed solves)
+    n_show = max(1, min(n_show, len(rows["theta"]), *(len(estimates[k]) for k in fitted)))
     shown = {"truth": rows["theta"][:n_show], **{k: estimates[k][:n_show] for k in fitted}}
     curves = {k: _curves(m, v, grid) for k, v in shown.items()}
     n_ch = min(len(m.channels), MAX_PANELS)
