@@ -112,3 +112,31 @@ def test_simulate_gives_every_channel_in_the_models_units():
         row = np.searchsorted(t, problem.m_time[k])
         value, _, _ = problem.simulate_measurements(torch.as_tensor(theta))
         np.testing.assert_allclose(y[0, row, col], value[0, k].item(), rtol=1e-4)
+
+
+def test_padding_is_left_out_of_the_status(tmp_path):
+    """Padded entries (NaN t, as a subset of a set's observations leaves them) are
+    predicted at t = 0 but do not decide a row's status: with pSTAT5A_rel on a log10
+    scale (0 at t = 0, no log there) a padded set still solves, with its Jacobian; a real
+    observation at t = 0 of that channel is NONFINITE."""
+    import shutil
+
+    root = tmp_path / "Boehm_JProteomeRes2014"
+    shutil.copytree(DATA / "Boehm_JProteomeRes2014", root)
+    table = root / "observables_Boehm_JProteomeRes2014.tsv"
+    lines = table.read_text().splitlines()
+    column = lines[0].split("\t").index("observableTransformation")
+    rows = [line.split("\t") for line in lines[1:]]
+    rows[[r[0] for r in rows].index("pSTAT5A_rel")][column] = "log10"
+    table.write_text("\n".join([lines[0], *("\t".join(r) for r in rows)]) + "\n")
+    p = mechinfer.load_petab(root / "Boehm_JProteomeRes2014.yaml")
+    m = p.model
+    theta = torch.as_tensor(p.nominal[None])
+    c = m.channels.index("pSTAT5A_rel")
+    t = torch.tensor([[10.0, 20.0, float("nan")], [0.0, 20.0, 30.0]], dtype=torch.float64)
+    ch = torch.full((2, 3), c)
+    _, _, status = likelihood.predict_with_noise(m, theta.expand(2, -1), t, ch)
+    assert status.tolist() == [SolveStatus.OK, SolveStatus.NONFINITE]
+    mu, d_mu, _, _, status = m.observation.predict_jacobian(m, theta.expand(2, -1), t, ch)
+    assert status.tolist() == [SolveStatus.OK, SolveStatus.NONFINITE]
+    assert torch.isfinite(mu[0, :2]).all() and torch.isfinite(d_mu[0, :2]).all()

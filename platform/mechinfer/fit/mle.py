@@ -176,10 +176,9 @@ def standardised(model: Model, z: torch.Tensor, t, channel, value, **solver_opti
     noise scale (a PEtab problem's sd parameters); for a built-in model it is constant."""
     mask = likelihood.observed_mask(t, value)
     theta, dtheta_dz = priors.from_z_and_derivative(model.priors, z.detach())
-    t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
     solved = None
     if model.observation is not None:
-        solved = model.observation.predict_jacobian(model, theta, t_filled, channel, **solver_options)
+        solved = model.observation.predict_jacobian(model, theta, t, channel, **solver_options)
     else:
         found = likelihood.predict_jacobian(model, theta, t, channel, **solver_options)
         if found is not None:

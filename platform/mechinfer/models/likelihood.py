@@ -50,9 +50,9 @@ def predict(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.T
 def predict_with_noise(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, **solver_options):
     """mu (B, N) as :func:`predict` gives it, the noise scale sigma (B, N) of each
     observation (a function of theta where the model estimates it), and status (B,)."""
+    if model.observation is not None:  # it takes padding (NaN t) as it is
+        return model.observation.predict(model, theta, t, channel.long(), **solver_options)
     t_filled = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
-    if model.observation is not None:
-        return model.observation.predict(model, theta, t_filled, channel.long(), **solver_options)
     y, status = simulate_observed(model, theta, t_filled, **solver_options)
     mu = y.gather(2, channel.long().unsqueeze(-1)).squeeze(-1)
     return mu, noise_scale(model, theta, t, channel).to(mu.dtype), status

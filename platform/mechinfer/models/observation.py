@@ -136,13 +136,16 @@ class Observation:
         **solver_options,
     ):
         """mu (B, N) in the noise space, sigma (B, N) and status (B,) of observations at
-        (t, channel) (t finite, inside [0, T]). One solve per (row, condition the batch
-        observes), each at the row's times; differentiable in theta."""
+        (t, channel) (t inside [0, T], or NaN: padding, predicted at t = 0 and left out of
+        the status, since a log-scale observable may have no image there). One solve per
+        (row, condition the batch observes), each at the row's times; differentiable in theta."""
+        observed = torch.isfinite(t)
+        t = torch.where(observed, t, torch.zeros_like(t))
         at, _, point_args, solved = self._states_at(model, theta, t, channel, solver, False, solver_options)
         q = self._placeholders(theta, t, channel)
         h, sigma = self._evaluate(channel.long(), at, point_args, q, theta)
         mu = self.to_noise_space(h, channel)
-        return mu, sigma, _status(solved, mu, sigma)
+        return mu, sigma, _status(solved, mu, sigma, observed)
 
     def predict_jacobian(
         self, model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, **solver_options
@@ -158,6 +161,8 @@ class Observation:
         sensitivities times the copy's displacement, zero): one backward pass over the
         sum of the N predictions then gives every observation's own gradient."""
         theta = theta.detach()
+        observed = torch.isfinite(t)
+        t = torch.where(observed, t, torch.zeros_like(t))
         found = self._states_at(model, theta, t, channel, None, True, solver_options)
         if found is None:
             return None
@@ -178,7 +183,7 @@ class Observation:
             d_mu = _gradient(mu, own, retain=True)
             d_log_sigma = _gradient(log_sigma, own, retain=False)
         mu, sigma = mu.detach(), sigma.detach()
-        return mu, d_mu, sigma, d_log_sigma, _status(solved, mu, sigma)
+        return mu, d_mu, sigma, d_log_sigma, _status(solved, mu, sigma, observed)
 
     def _states_at(self, model, theta, t, channel, solver, jacobian: bool, solver_options: dict):
         """The states at each observation (B, N, S'), time appended where it is not a
@@ -284,12 +289,13 @@ class Observation:
         return np.array(out)
 
 
-def _status(solved: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _status(solved: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """(B,) status of rows whose solves per condition had ``solved`` (B, U): the worst
-    solver status, else NONFINITE where a prediction or noise scale is not finite (or
-    sigma not positive), else OK."""
+    solver status, else NONFINITE where an ``observed`` (B, N) entry's prediction or
+    noise scale is not finite (or sigma not positive), else OK."""
     ok = (solved == SolveStatus.OK).all(1)
-    finite = torch.isfinite(mu).all(1) & torch.isfinite(sigma).all(1) & (sigma > 0).all(1)
+    good = torch.isfinite(mu) & torch.isfinite(sigma) & (sigma > 0)
+    finite = (good | ~observed).all(1)
     return torch.where(ok, torch.where(finite, SolveStatus.OK, SolveStatus.NONFINITE), solved.amax(1))
 
 
