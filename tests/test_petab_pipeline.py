@@ -51,7 +51,7 @@ def test_boehm_tiny_pipeline_real_data_table_and_served_answer(tmp_path):
     assert set(table["model"]) == {"Boehm_JProteomeRes2014"}
     methods = list(table["method"])
     assert any(m.startswith("BFGS multistart, 8 starts") for m in methods)
-    assert {"Deep Inference", "Deep Inference + trust-region", "Deep Inference + BFGS"} <= set(methods)
+    assert {"Deep Inference", "Deep Inference + refine", "Deep Inference + BFGS"} <= set(methods)
     ll = table["best log-likelihood"].to_numpy()
     assert np.isfinite(ll).all()
     best = ll.max()
