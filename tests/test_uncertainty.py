@@ -252,3 +252,19 @@ def test_determined_says_which_parameters_the_observations_pin_down():
     assert (res.determined == (variance <= stage.DETERMINED_VARIANCE)).all()
     share = dict(zip(est.model.parameter_names, res.determined.mean(axis=0)))
     assert share["S_0"] > 0.9 and share["Km"] < 0.1, share
+
+
+def test_recalibration_refines_within_its_time_budget(caplog):
+    """A spent budget stops the refined table's experiments after their first chunk (the
+    network's table keeps all of them) and says so; a sufficient one refines them all."""
+    import logging
+
+    est = mechinfer.load_estimator("mmk")
+    n = 2 * recalibration.REFINE_CHUNK + 5
+    with caplog.at_level(logging.WARNING, logger="mechinfer.estimate.recalibration"):
+        spent = recalibration.recalibrate(est, samples=n, budget_s=0.0)
+    assert spent.samples == recalibration.REFINE_CHUNK
+    assert f"after {recalibration.REFINE_CHUNK} of {n} experiments" in caplog.text
+    whole = recalibration.recalibrate(est, samples=n, budget_s=3600.0)
+    assert whole.samples == n
+    np.testing.assert_array_equal(whole.network, spent.network)
