@@ -19,7 +19,7 @@ from ..fit.trust_region import Z_BOX
 from ..learn.losses import true_noise_scale
 from ..models import likelihood
 from ..models.base import Model
-from .common import draw_observations, predict
+from .common import MAX_PANELS, draw_observations, predict
 
 LEVELS = (0.5, 0.68, 0.9, 0.95, 0.99)
 SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # auto thresholds estimated from the always/never runs
@@ -279,7 +279,8 @@ def plot_bands(m: Model, rows: dict, res, n_show: int = 3, seed: int = 0):
 
     grid = np.linspace(0.0, m.T, 121)
     rng = np.random.default_rng(seed)
-    n_ch = len(m.channels)
+    n_show = max(1, min(n_show, len(res.theta), len(rows["theta"])))  # a small test set may hold fewer
+    n_ch = min(len(m.channels), MAX_PANELS)
     fig, axes = plt.subplots(n_show, n_ch, figsize=(3.2 * n_ch, 2.4 * n_show), squeeze=False)
     for i in range(n_show):
         low, high = bands.band(m, res.center[i], res.cov_z[i], grid, 0.95, rng)

@@ -30,6 +30,7 @@ def true_noise_scale(m: Model, theta: np.ndarray, t, ch) -> np.ndarray | None:
     return losses.true_noise_scale(m, {"theta": theta, "t": t, "channel": ch})
 
 
+MAX_PANELS = 8  # channels a test-set figure shows (a PEtab problem may have dozens of observable@condition ones)
 R2_UNITS = "each test sample's true noise scale"  # a model whose noise scale varies with theta
 
 

@@ -33,7 +33,7 @@ from ..models.base import Model
 from ..models.sources import check_model, model_from_record
 from ..solver import SolveStatus
 from . import baseline, calibration
-from .common import R2_UNITS, draw_observations, predict, r2_units, true_noise_scale
+from .common import MAX_PANELS, R2_UNITS, draw_observations, predict, r2_units, true_noise_scale
 
 REPORT = "report.json"
 NETWORK_BATCHES = (1, 64, 256, 1024)
@@ -864,7 +864,6 @@ def comparisons(r: dict) -> str:
 
 
 # ------------------------------------------------------------------- figures
-MAX_PANELS = 8  # channels shown in the test set's trajectory figure (a PEtab problem may have dozens)
 
 
 def _most_starts(estimates: dict) -> str:
