@@ -25,3 +25,15 @@ def test_band_brackets_the_trajectory_widens_with_the_level_and_collapses_withou
     np.testing.assert_allclose(tight, [fit, fit], atol=1e-5)
     with pytest.raises(ValueError, match="level"):
         bands.band(m, z, cov, grid, 0.2)
+
+
+def test_draws_of_a_covariance_indefinite_in_rounding():
+    """A Laplace covariance with a direction of (rounded) negative variance still gets
+    draws, with the covariance's spread along the others (np.linalg.cholesky refuses it)."""
+    cov = np.array([[1.0, 1.0 + 1e-9], [1.0 + 1e-9, 1.0]])  # eigenvalues 2 and -1e-9
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(cov)
+    z = bands.gaussian_draws(np.array([1.0, -1.0]), cov, 20000, np.random.default_rng(0))
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(np.cov(z.T), cov, atol=0.05)
+    np.testing.assert_allclose(z.mean(axis=0), [1.0, -1.0], atol=0.05)

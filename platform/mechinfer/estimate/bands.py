@@ -31,11 +31,19 @@ def band(
     always gets the same band). Draws whose solve fails are left out; NaN where all do."""
     level = check_level(level)
     rng = np.random.default_rng(0) if rng is None else rng
-    p = m.n_parameters
-    chol = np.linalg.cholesky(cov_z + 1e-12 * np.eye(p))
-    z = center + rng.standard_normal((draws, p)) @ chol.T
+    z = gaussian_draws(center, cov_z, draws, rng)
     sims = m.simulate(m.from_z(z), grid)
     with warnings.catch_warnings():  # an all-NaN column (every draw failed there) is NaN, without a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanpercentile(sims, [50.0 * (1.0 - level), 50.0 * (1.0 + level)], axis=0)
     return low, high
+
+
+def gaussian_draws(center: np.ndarray, cov_z: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n draws (n, P) of N(center, cov_z), through the covariance's eigendecomposition
+    with negative eigenvalues taken as 0: a Laplace covariance of a nearly undetermined
+    direction can be indefinite in rounding (Fujita's was), where a Cholesky factor
+    does not exist."""
+    w, v = np.linalg.eigh(0.5 * (cov_z + cov_z.T))
+    factor = v * np.sqrt(np.clip(w, 0.0, None))
+    return center + rng.standard_normal((n, len(center))) @ factor.T

@@ -453,15 +453,13 @@ def _real_data_draws(m: Model, theta: np.ndarray, data: dict | None) -> np.ndarr
     the prior rather than the data. None where it has no covariance."""
     if data is None:
         return None
-    from ..estimate import refine, uncertainty
+    from ..estimate import bands, refine, uncertainty
 
     y = likelihood.to_noise_space(m, data["value"], data["channel"])
     lap = uncertainty.laplace(m, data["t"], data["channel"], y, m.to_z(np.asarray(theta)[None]))
     if not np.isfinite(lap.cov_z).all():
         return None
-    p = m.n_parameters
-    chol = np.linalg.cholesky(lap.cov_z[0] + 1e-12 * np.eye(p))
-    z = lap.center[0] + np.random.default_rng(0).standard_normal((REAL_DATA_BAND_DRAWS, p)) @ chol.T
+    z = bands.gaussian_draws(lap.center[0], lap.cov_z[0], REAL_DATA_BAND_DRAWS, np.random.default_rng(0))
     held = ~refine.determined(lap.cov_z[0])  # what the data do not determine stays at the fit
     z[:, held] = lap.center[0, held]
     return m.from_z(z)
