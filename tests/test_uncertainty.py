@@ -255,15 +255,16 @@ def test_determined_says_which_parameters_the_observations_pin_down():
 
 
 def test_recalibration_refines_within_its_time_budget(caplog):
-    """A spent budget stops the refined table's experiments after their first chunk (the
-    network's table keeps all of them) and says so; a sufficient one refines them all."""
+    """A spent budget stops the refined table's experiments (the fits running then stop
+    and their experiments are left out; the network's table keeps all of them) and says
+    so; a sufficient one refines them all."""
     import logging
 
     est = mechinfer.load_estimator("mmk")
     n = 2 * recalibration.REFINE_CHUNK + 5
     with caplog.at_level(logging.WARNING, logger="mechinfer.estimate.recalibration"):
         spent = recalibration.recalibrate(est, samples=n, budget_s=0.0)
-    assert spent.samples == recalibration.REFINE_CHUNK
+    assert spent.samples < recalibration.REFINE_CHUNK
     assert f"after {recalibration.REFINE_CHUNK} of {n} experiments" in caplog.text
     whole = recalibration.recalibrate(est, samples=n, budget_s=3600.0)
     assert whole.samples == n
