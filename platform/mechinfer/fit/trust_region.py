@@ -53,7 +53,7 @@ model predicts no more than f_atol from any step within max(radius, sqrt(P)) of 
 accepted point (near an optimum the model's predicted decrease estimates f - f*; at a
 radius this wide, a radius cut short by a bad step does not make a creeping fit look
 converged), or once the last STALL accepted steps decreased f by less than
-STALL_SUM f_atol in all (a crawl that would need thousands of evaluations for what
+STALL_SUM f_atol in all (``stall_atol`` sets another sum) (a crawl that would need thousands of evaluations for what
 matters: in narrow sloppy valleys the radius stays at 1e-3 - 1e-2 and each step gains
 1e-6 - 1e-5). Asking that of each step in a row instead let one slightly larger step
 restart the count: 3 of 192 E. coli refinements crawled 300 - 1084 Jacobians; with the
@@ -402,6 +402,7 @@ def _round(
     gtol,
     ftol,
     f_atol,
+    stall_atol,
     accelerate,
     max_trials,
     max_iter,
@@ -425,7 +426,8 @@ def _round(
             evaluations[row] += 1
         done[i] = _one(
             i, x, f, g, H, r_cur, J_cur, radius, x_try, pred, trials, fresh, probe, v, lam, free, w, V, a, nfree,
-            decs, r_try[i], J_try[i], iterations, row, box, gtol, ftol, f_atol, accelerate, max_trials, max_iter,
+            decs, r_try[i], J_try[i], iterations, row, box, gtol, ftol, f_atol, stall_atol, accelerate, max_trials,
+            max_iter,
             radius_max, radius_wide,
         )  # fmt: skip
         x_all[row] = x[i]
@@ -435,7 +437,8 @@ def _round(
 @numba.njit(cache=True)
 def _one(
     i, x, f, g, H, r_cur, J_cur, radius, x_try, pred, trials, fresh, probe, v, lam, free, w, V, a, nfree,
-    decs, r, J, iterations, row, box, gtol, ftol, f_atol, accelerate, max_trials, max_iter, radius_max, radius_wide,
+    decs, r, J, iterations, row, box, gtol, ftol, f_atol, stall_atol, accelerate, max_trials, max_iter, radius_max,
+    radius_wide,
 ):  # fmt: skip
     """:func:`_round` for problem i (row ``row`` of the whole batch): its FitStatus or -1."""
     p = x.shape[1]
@@ -477,8 +480,8 @@ def _one(
             if actual <= ftol * max(abs(f_before), abs(f_t), 1.0):
                 status = _CONVERGED
             decs[i, iterations[row] % STALL] = actual
-            if np.sum(decs[i]) < STALL_SUM * f_atol:
-                status = _CONVERGED  # creeping: the last STALL steps gained < STALL_SUM f_atol in all
+            if np.sum(decs[i]) < stall_atol:
+                status = _CONVERGED  # creeping: the last STALL steps gained < stall_atol in all
         else:
             radius[i] = SHRINK * size
             trials[i] += 1
@@ -546,6 +549,7 @@ def trust_region(
     gtol: float = 1e-5,
     ftol: float = 2.2e-9,
     f_atol: float = 0.0,
+    stall_atol: float | None = None,
     accelerate: bool = True,
     numpy_io: bool = False,
     max_trials: int = 30,
@@ -573,7 +577,8 @@ def trust_region(
     point's quadratic model predicts a decrease of at most f_atol within
     max(radius, sqrt(P)) of it, whatever the step the radius allows (0: off): for a
     likelihood, an absolute tolerance in NLL units, beyond which decreases do not
-    matter for the estimate.
+    matter for the estimate. ``stall_atol``: CONVERGED once the last STALL accepted steps
+    decreased f by less than this in all (default STALL_SUM f_atol; 0: off).
 
     Starts outside the box are projected onto it. ``radius0``: the first trust radius
     (default sqrt(P), one prior standard deviation per parameter in z). ``max_batch``
@@ -651,6 +656,7 @@ def trust_region(
             gtol,
             ftol,
             f_atol,
+            STALL_SUM * f_atol if stall_atol is None else float(stall_atol),
             accelerate,
             max_trials,
             max_iter,
