@@ -152,6 +152,9 @@ class TrajectoriesAnswer(BaseModel):
 
 class LimitsAnswer(BaseModel):
     max_observations: int = Field(description="observations per set")
+    max_observations_by_model: dict[str, int] = Field(
+        default_factory=dict, description="models whose sets may hold more: a PEtab problem's measurements"
+    )
     max_batch: int = Field(description="observation sets per batch request")
     max_refine_cases: int = Field(description="observation sets one request may refine (refine true or 'auto')")
     max_body_bytes: int
@@ -345,6 +348,9 @@ class Api:
         self._refiner_probe: asyncio.Future | None = None
         configured = settings.value_bounds or {}
         self.bounds = {name: service.value_bounds(e, configured.get(name)) for name, e in self.estimators.items()}
+        self.observation_limits = {
+            name: service.observation_limit(e.model, self.max_observations) for name, e in self.estimators.items()
+        }
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=INFER_BATCH_WAIT_S)
     async def _infer(self, cases: list[tuple]) -> list[dict]:
@@ -485,7 +491,9 @@ class Api:
             try:
                 where = "observations" if req.batch is None else f"batch[{i}]"
                 dumped = [o.model_dump() for o in obs]
-                checked.append(service.to_arrays(est, dumped, self.max_observations, where, self.bounds[model]))
+                checked.append(
+                    service.to_arrays(est, dumped, self.observation_limits[model], where, self.bounds[model])
+                )
             except service.BadRequest as exc:
                 if req.batch is None:
                     return _error(exc.status, str(exc))
@@ -561,6 +569,9 @@ class Api:
     def limits(self) -> dict:
         return {
             "max_observations": self.max_observations,
+            "max_observations_by_model": {
+                name: n for name, n in self.observation_limits.items() if n > self.max_observations
+            },
             "max_batch": self.max_batch,
             "max_refine_cases": self.max_refine_cases,
             "max_body_bytes": self.max_body_bytes,

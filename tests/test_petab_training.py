@@ -231,3 +231,20 @@ def test_tamed_training_nll(variant):
     (g,) = torch.autograd.grad(f.sum(), log_mu)
     assert torch.isfinite(f).all() and float(nll(torch.exp(log_mu.detach()), tamed=False)) > 1e58
     assert float(g[0, 1]) == pytest.approx(tame * tame, rel=1e-6) and float(g[0, 0]) == pytest.approx(tame, rel=1e-6)
+
+
+def test_a_problems_own_measurements_fit_the_observation_limit(boehm, tmp_path):
+    """A served PEtab model takes sets as large as its problem's measurements, whatever
+    the configured limit (Schwen's 286 are over the default 256); a built-in model keeps
+    the configured limit."""
+    assert handlers.observation_limit(boehm.model, 10) == 48
+    assert handlers.observation_limit(boehm.model, 256) == 256
+    assert handlers.observation_limit(mechinfer.get_model("mmk"), 10) == 10
+    obs = _real(boehm)
+    rows = zip(obs.t[0], obs.channel[0], obs.value[0])
+    given = [{"t": float(t), "channel": boehm.model.channels[c], "value": float(v)} for t, c, v in rows]
+    est = untrained_estimator(boehm, BOEHM, tmp_path)
+    with pytest.raises(handlers.BadRequest, match="the limit is 10"):
+        handlers.to_arrays(est, given, 10)
+    t, _, _ = handlers.to_arrays(est, given, handlers.observation_limit(boehm.model, 10))
+    assert t.shape == (48,)

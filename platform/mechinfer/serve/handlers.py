@@ -57,6 +57,15 @@ def value_bounds(est: Estimator, configured: dict[str, tuple[float, float]] | No
     return bounds
 
 
+def observation_limit(model, configured: int = MAX_OBSERVATIONS) -> int:
+    """Observations one set of ``model`` may hold: the configured limit, or a PEtab
+    problem's number of measurements where that is more (its own measurements must be
+    answerable: Schwen's are 286, the default limit 256)."""
+    if model.observation is None:
+        return configured
+    return max(configured, len(model.observation.design_t))
+
+
 def to_arrays(
     est: Estimator,
     observations: list[dict],
