@@ -140,3 +140,25 @@ def test_padding_is_left_out_of_the_status(tmp_path):
     mu, d_mu, _, _, status = m.observation.predict_jacobian(m, theta.expand(2, -1), t, ch)
     assert status.tolist() == [SolveStatus.OK, SolveStatus.NONFINITE]
     assert torch.isfinite(mu[0, :2]).all() and torch.isfinite(d_mu[0, :2]).all()
+
+
+def test_times_grouped_by_condition():
+    """_by_condition: each observation's time sits at its (row, condition, position), every
+    group's times are sorted and padded with their last (0 where a row has none there),
+    whatever the order, ties and group sizes."""
+    from mechinfer.models.observation import _by_condition
+
+    rng = np.random.default_rng(0)
+    t = torch.as_tensor(rng.choice([0.0, 1.0, 2.5, 4.0, 7.0], size=(5, 9)))
+    slot = torch.as_tensor(rng.integers(0, 3, size=(5, 9)))
+    slot[0] = 1  # a row with every observation under one condition (none under 0 and 2)
+    t_cond, position = _by_condition(t, slot, 3)
+    assert t_cond.shape == (5, 3, int(max((slot[b] == u).sum() for b in range(5) for u in range(3))))
+    np.testing.assert_array_equal(t_cond[torch.arange(5)[:, None], slot, position], t)
+    assert (t_cond[:, :, 1:] >= t_cond[:, :, :-1]).all()
+    for b in range(5):
+        for u in range(3):
+            times = sorted(t[b][slot[b] == u].tolist())
+            group = t_cond[b, u].tolist()
+            assert group[: len(times)] == times
+            assert all(x == (times[-1] if times else 0.0) for x in group[len(times) :])
