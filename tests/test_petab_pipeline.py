@@ -1,14 +1,18 @@
-"""The whole pipeline on a PEtab problem (SPEC 12), Boehm at the tiny preset: every stage
-with no per-problem settings, the real-data table (each method's exact log-likelihood on
-the problem's own measurements) and a live served answer for those measurements that
-equals ``est.infer`` on the same measurements. Boehm is vendored in tests/data/petab
-(BSD license)."""
+"""The whole pipeline on a PEtab problem (SPEC 12), Boehm at the tiny preset, killed in
+the middle of a stage and rerun: every stage with no per-problem settings, resumed where
+it stopped, the real-data table (each method's exact log-likelihood on the problem's own
+measurements) and a live served answer for those measurements that equals ``est.infer``
+on the same measurements. Boehm is vendored in tests/data/petab (BSD license). The
+pipeline's bad input: tests/test_pipeline.py."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +35,54 @@ BOEHM = REPO / "tests" / "data" / "petab" / "Boehm_JProteomeRes2014" / "Boehm_JP
 PUBLISHED = -138.22199693517703  # AMICI's benchmark tests, at the nominal parameters
 
 
-def test_boehm_tiny_pipeline_real_data_table_and_served_answer(tmp_path):
+def test_killed_mid_stage_then_resumed_to_the_real_data_table_and_a_served_answer(tmp_path, run_cli):
+    """jobs/pipeline.py on Boehm at the tiny preset (half its samples): killed in the
+    middle of train-proxy and rerun, it skips the finished stage, completes the
+    interrupted one and runs every other stage to the real-data table and a live served
+    answer; then a run directory of another model or SPEC version is refused."""
     run = tmp_path / "run"
-    port = free_port()
-    # the tiny preset at half its samples: every stage still runs, in a minute less
-    args = ["--model", str(BOEHM), "--preset", "tiny", "--n", "1000", "--run", str(run), "--port", str(port)]
-    r = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "pipeline.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    tiny = ["--model", str(BOEHM), "--preset", "tiny", "--n", "1000", "--run", str(run)]
+    job = [sys.executable, str(REPO / "jobs" / "pipeline.py")]
+    proc = subprocess.Popen(
+        [*job, *tiny, "--stages", "simulate,train-proxy"],
         cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    deadline = time.time() + 300
+    while not (run / "stages" / "simulate.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert (run / "stages" / "simulate.json").exists(), proc.communicate()[0][-3000:]
+    while not (run / "train-proxy" / "ray_results").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(3)  # inside Ray Train
+    assert proc.poll() is None, "the pipeline was still in the train-proxy stage"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the embedded Ray it started
+    proc.wait()
+    assert not (run / "stages" / "train-proxy.json").exists()
+    simulated = json.loads((run / "stages" / "simulate.json").read_text())
+
+    # rerun with every stage, in the same run directory, to an answer from the endpoint
+    port = free_port()
+    r = subprocess.run([*job, *tiny, "--port", str(port)], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "[simulate] done already" in r.stderr  # finished before the kill: not redone
+    for stage in ("train-proxy", "train-inference", "baseline", "evaluate", "serve"):
+        assert f"[{stage}] done in" in r.stderr  # the interrupted stage, then the rest
+    assert "[tune]" not in r.stderr  # off in the preset
+    assert json.loads((run / "stages" / "simulate.json").read_text()) == simulated
+    proxy_ck = json.loads((run / "stages" / "train-proxy.json").read_text())["outputs"]["checkpoint"]
+    assert (Path(proxy_ck) / "checkpoint.json").exists() and (Path(proxy_ck) / "weights.pt").exists()
+    ids = read_table(str(run / "simulate"), columns=["sample_id"]).column("sample_id").to_numpy()
+    assert sorted(ids.tolist()) == list(range(1000))
+    assert not list(run.rglob("*.tmp"))
+    served = json.loads((run / "stages" / "serve.json").read_text())["outputs"]
+    assert served["endpoint"].startswith(f"http://127.0.0.1:{port}/runs/run-")
+    assert f"served answer ({served['endpoint']})" in r.stdout
+    table1 = (run / "evaluate" / "table1.md").read_text()
+    assert "BFGS, 2 starts" in table1 and "Deep Inference + BFGS" in table1
 
     # the real-data table: every method's exact log-likelihood finite, none above the best
     # found, the reference the published one, the multistart's success rate a share
@@ -94,3 +133,12 @@ def test_boehm_tiny_pipeline_real_data_table_and_served_answer(tmp_path):
     assert np.isfinite(answer["nll"])
     # the estimate's exact log-likelihood is at most the best any method found
     assert problem.log_likelihood(res.theta[0]) <= best + 1e-6
+
+    # the same run directory for another model, or made under another SPEC version (refused
+    # before Ray starts: in this process)
+    status, _, err = run_cli("pipeline", "--model", "mmk", "--run", str(run), "--stages", "simulate")
+    assert status == 2 and "is a run of 'Boehm_JProteomeRes2014', not 'mmk'" in err and "Traceback" not in err
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "spec_version": 0}))
+    status, _, err = run_cli("pipeline", *tiny, "--stages", "simulate")
+    assert status == 2 and "made for SPEC version 0" in err and "Traceback" not in err
