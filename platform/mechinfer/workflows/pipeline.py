@@ -157,14 +157,18 @@ def execute(p: dict, *, port: int = 8000, command: str = "") -> dict:
             continue
         log.info("[%s] running", stage)
         start = time.perf_counter()
-        outputs = _STAGE_FUNCTIONS[stage](
-            p["model"],
-            run,
-            settings,
-            records,
-            port=port,
-            command=command or f"mechinfer pipeline stage {stage} of {run}",
-        )
+        try:
+            outputs = _STAGE_FUNCTIONS[stage](
+                p["model"],
+                run,
+                settings,
+                records,
+                port=port,
+                command=command or f"mechinfer pipeline stage {stage} of {run}",
+            )
+        except Exception as exc:  # which stage and why, in one line; a rerun resumes here
+            log.error("[%s] failed after %.0f s: %s: %s", stage, time.perf_counter() - start, type(exc).__name__, exc)
+            raise
         record = {
             "stage": stage,
             "outputs": outputs,
