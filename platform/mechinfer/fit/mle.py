@@ -214,6 +214,8 @@ def _repeated_backward(model: Model, z: torch.Tensor, t, channel, mask, **solver
     autograd: the sets repeated once per observation, copy i differentiating
     observation i."""
     b, n = t.shape
+    if model.observation is not None:  # two backward passes (mu, log sigma): no compiled graph
+        solver_options = {**solver_options, "compile": False}
     rep = torch.arange(b, device=t.device).repeat_interleave(n)
     zz = z.detach().repeat_interleave(n, dim=0).requires_grad_(True)
     with torch.enable_grad():
@@ -224,11 +226,14 @@ def _repeated_backward(model: Model, z: torch.Tensor, t, channel, mask, **solver
         mu, sigma = pick(mu_rep), pick(sigma_rep)
         outputs = (torch.where(mask, mu, 0.0), torch.where(mask, torch.log(torch.where(mask, sigma, 1.0)), 0.0))
         grads = []
+        # the graph is kept for the second pass only where there is one: a compiled
+        # backward graph (torch's steps with compile) refuses retain_graph
+        retain = outputs[1].requires_grad
         for k, out in enumerate(outputs):
             if not out.requires_grad:  # constant noise: no dependence on z
                 grads.append(torch.zeros_like(zz))
                 continue
-            (g,) = torch.autograd.grad(out.sum(), zz, retain_graph=k == 0, allow_unused=True)
+            (g,) = torch.autograd.grad(out.sum(), zz, retain_graph=retain and k == 0, allow_unused=True)
             grads.append(torch.zeros_like(zz) if g is None else g)
     status = status.reshape(b, n).amax(1)  # a row fails if any of its copies failed
     return mu.detach(), grads[0].reshape(b, n, -1), sigma.detach(), grads[1].reshape(b, n, -1), status
