@@ -73,13 +73,17 @@ def keep_random(t: torch.Tensor, value: torch.Tensor, keep_n, generator: torch.G
 
 
 def proxy_loss(model: Model, proxy, batch: dict) -> torch.Tensor:
-    """Mean squared error of the proxy where its body predicts (``ProxyNet.normalise``):
-    in units of each channel's noise sigma (for a model with an observation model of its
-    own: in the noise space, in units of the channel's reference scale ``model.sigma``,
-    its noise at the nominal parameters, through asinh)."""
-    pred = proxy(batch["z"], batch["t"], batch["channel"], normalised=True)
+    """Mean squared error of the proxy in units of each channel's noise sigma; for a proxy
+    that predicts through asinh (a PEtab problem's model, ``ProxyNet.normalise``), where
+    its body predicts: asinh of the values over the channel's scale (its noise at the
+    nominal parameters), in the noise space."""
     plain = proxy.module if isinstance(proxy, torch.nn.parallel.DistributedDataParallel) else proxy
-    return (pred - plain.normalise(batch["clean"], batch["channel"])).square().mean()
+    if plain.asinh:
+        pred = proxy(batch["z"], batch["t"], batch["channel"], normalised=True)
+        return (pred - plain.normalise(batch["clean"], batch["channel"])).square().mean()
+    sigma = torch.as_tensor(model.sigma, dtype=torch.float32, device=batch["channel"].device)[batch["channel"]]
+    pred = proxy(batch["z"], batch["t"], batch["channel"])
+    return ((pred - batch["clean"]) / sigma).square().mean()
 
 
 def noise_at(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
