@@ -154,6 +154,9 @@ def recalibrate(est, samples: int = SAMPLES, seed: int = SEED, budget_s: float =
             done = np.asarray(part.refine_status) != "deadline"
             parts.append((part.center[done], part.cov_z[done], part.nll[done], z[sl][done]))
             progress.update(len(part.nll))
+    if not parts:  # no experiment solved: the table keeps the normal quantile (conformal_table)
+        n_p = z.shape[1]
+        parts.append((np.empty((0, n_p)), np.empty((0, n_p, n_p)), np.empty(0), np.empty((0, n_p))))
     center, cov, nll, z_done = (np.concatenate(p) for p in zip(*parts))
     good = np.isfinite(nll)
     refined = conformal_table(center[good], cov[good], z_done[good])
