@@ -452,7 +452,7 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
         m = mask[rows]
         sd = torch.where(m, sigma, torch.ones_like(sigma))
         r = torch.where(m, (value[rows] - mu) / sd, 0.0)
-        r = torch.cat([r, torch.where(m, torch.sqrt(2.0 * (torch.log(sd) + NOISE_OFFSET)), 0.0)], 1)
+        r = torch.cat([r, _noise_residuals(m, torch.log(sd))], 1)
         r = torch.where((status == SolveStatus.OK)[:, None], r, torch.nan).cpu().numpy()
         return with_prior_rows(z.cpu().numpy(), rows.cpu().numpy(), r, None)[0]
 
@@ -468,6 +468,11 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
 NOISE_OFFSET = 50.0
 
 
+def _noise_residuals(mask, log_sigma):
+    """s_i = sqrt(2 (log sigma_i + NOISE_OFFSET)) of the observed entries, 0 for padding."""
+    return torch.where(mask, torch.sqrt(2.0 * (log_sigma + NOISE_OFFSET)), 0.0)
+
+
 def _with_noise_residuals(mask, r, log_sigma, d_mu, d_log_sigma, ok):
     """The trust region's residuals (b, 2 N) and Jacobian (b, 2 N, P) for a model with an
     observation model of its own, from :func:`standardised`'s pieces: the standardised
@@ -478,7 +483,7 @@ def _with_noise_residuals(mask, r, log_sigma, d_mu, d_log_sigma, ok):
     noise scale where the Fisher information has it: through r_i d log sigma_i, about 1
     per observation near the optimum (where r_i^2 averages 1) against the Fisher
     information's 2; s_i adds 1 / s_i^2, a hundredth of that."""
-    s = torch.where(mask, torch.sqrt(2.0 * (log_sigma + NOISE_OFFSET)), 0.0)
+    s = _noise_residuals(mask, log_sigma)
     d_r = -d_mu - r[..., None] * d_log_sigma
     d_s = torch.where(mask[..., None], d_log_sigma / torch.where(mask, s, 1.0)[..., None], 0.0)
     ok = ok & torch.isfinite(s).all(1)
