@@ -111,8 +111,10 @@ class BaselineConfig:
 
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts to report")
     seed: int = _opt(0, "seed of the prior starts")
-    chunk_size: int = _opt(
-        256, "test samples per Ray task (its prior starts one batched fit, its network starts another)"
+    chunk_size: int | None = _opt(
+        None,
+        "test samples per Ray task (its prior starts one batched fit, its network starts another; "
+        "default: a quarter of the test set, at most 256)",
     )
     max_iter: int = _opt(1024, "iterations per start, at most (SPEC 6.5)")
     optimizers: tuple[str, ...] = _opt(("bfgs", "trust-region"), "optimizers to run every start with")

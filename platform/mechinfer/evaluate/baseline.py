@@ -68,6 +68,11 @@ REAL_DATA = "real_data.parquet"
 REAL_DATA_STARTS = BaselineConfig.real_data_starts  # SPEC 12: 1 to at least 64 starts
 REAL_DATA_CHUNK = 8  # real-data starts per Ray task (one batched fit)
 REAL_DATA_ID = 2**31 - 1  # the real data's start stream (seed, REAL_DATA_ID): no test sample has this id
+# Without a chunk_size, a test set is split into MIN_CHUNKS tasks of at most MAX_CHUNK
+# samples. Why: with a fixed 256 a small test set (the small preset's 64 samples) was one
+# task, fitted on one CPU while the others idled (Schwen's 64 samples x 8 starts x 2
+# optimizers at 1-2 s a fit, half an hour alone). 1024 samples keep 4 tasks of 256.
+MIN_CHUNKS, MAX_CHUNK = 4, 256
 
 
 def petab_problem_of(model: Model):
@@ -311,7 +316,7 @@ def run_baseline(
     limit: int | None = BaselineConfig.limit,
     starts=BaselineConfig.starts,
     seed: int = BaselineConfig.seed,
-    chunk_size: int = BaselineConfig.chunk_size,
+    chunk_size: int | None = BaselineConfig.chunk_size,
     max_iter: int = BaselineConfig.max_iter,
     optimizers=BaselineConfig.optimizers,
     overwrite: bool = False,
@@ -319,7 +324,8 @@ def run_baseline(
     real_data_starts: int = REAL_DATA_STARTS,
 ) -> BaselineSummary:
     """Fit every test sample from ``max(starts)`` prior starts and from the network's
-    estimate, as Ray tasks of ``chunk_size`` samples (starts an embedded Ray when none is
+    estimate, as Ray tasks of ``chunk_size`` samples (None: MIN_CHUNKS tasks of at most
+    MAX_CHUNK; starts an embedded Ray when none is
     connected); write the per-start fits, the per-sample k-start table and a manifest
     into ``out``. Resumes an unfinished run with the same settings. For a model from a
     file, ``checkpoint`` None runs the prior starts only. For a PEtab problem's model,
@@ -333,7 +339,8 @@ def run_baseline(
     starts = sorted({positive_int("starts", k) for k in (starts if not isinstance(starts, int) else [starts])})
     if not starts:
         raise ValueError("starts must name at least one number of starts")
-    chunk_size = positive_int("chunk_size", chunk_size)
+    if chunk_size is not None:
+        chunk_size = positive_int("chunk_size", chunk_size)
     max_iter = positive_int("max_iter", max_iter)
     optimizers = tuple(dict.fromkeys([optimizers] if isinstance(optimizers, str) else optimizers))
     unknown = sorted(set(optimizers) - set(mle.METHODS)) or ([] if optimizers else ["(none)"])
@@ -356,6 +363,8 @@ def run_baseline(
     usable = rows["status"] == SolveStatus.OK
     rows = {k: v[usable] for k, v in rows.items()}
     n = len(rows["sample_id"])
+    if chunk_size is None:
+        chunk_size = max(1, min(MAX_CHUNK, -(-n // MIN_CHUNKS)))
     fs, root = storage.resolve(out)
     params = {
         "model": m.name,
