@@ -162,3 +162,50 @@ def test_times_grouped_by_condition():
             group = t_cond[b, u].tolist()
             assert group[: len(times)] == times
             assert all(x == (times[-1] if times else 0.0) for x in group[len(times) :])
+
+
+@pytest.mark.parametrize("log10", [False, True])
+def test_prediction_jacobians_match_central_differences(problem, log10, tmp_path):
+    """predict_jacobian's d mu and d log sigma (forward differentiation of the observable
+    and noise formulas on the solver's sensitivities) equal central differences of
+    predict in theta, for every parameter: Boehm's sd parameters enter the noise,
+    Fujita's observable placeholders name its scaling parameters, and with ``log10`` every
+    observable is on a log10 scale (the noise space's slope 1 / (h ln 10)). A tangent
+    dropped from the states, the parameters, the placeholders or the slope fails here."""
+    if log10:
+        import shutil
+
+        root = tmp_path / problem.name
+        shutil.copytree(DATA / problem.name, root)
+        table = next(root.glob("observables_*.tsv"))
+        lines = table.read_text().splitlines()
+        column = lines[0].split("\t").index("observableTransformation")
+        rows = [line.split("\t") for line in lines[1:]]
+        for r in rows:
+            r[column] = "log10"
+        table.write_text("\n".join([lines[0], *("\t".join(r) for r in rows)]) + "\n")
+        problem = mechinfer.load_petab(root / f"{problem.name}.yaml")
+    m = problem.model
+    t, ch, _ = real_data(problem)
+    t = torch.where(t > 0, t, 1.0)  # log10 observables may be 0 at t = 0
+    theta = torch.as_tensor(problem.nominal[None]) * 1.1
+    tight = {"rtol": 1e-11, "atol": 1e-13}
+    _, d_mu, _, d_log_sigma, status = m.observation.predict_jacobian(m, theta, t, ch, **tight)
+    assert status.tolist() == [SolveStatus.OK]
+    assert d_mu.abs().max() > 0
+    # Boehm estimates its noise sd; Fujita's noise is a number in its measurement table
+    assert (d_log_sigma.abs().max() > 0) == problem.name.startswith("Boehm")
+    for j in range(m.n_parameters):
+        eps = 1e-6 * max(abs(float(theta[0, j])), 1e-3)
+        e = torch.zeros_like(theta)
+        e[0, j] = eps
+        up, up_sigma, _ = m.observation.predict(m, theta + e, t, ch, **tight)
+        down, down_sigma, _ = m.observation.predict(m, theta - e, t, ch, **tight)
+        name = m.parameter_names[j]
+        # the solver's sensitivities are not error-controlled: at the earliest times, where
+        # a derivative is ~1e-3 of its column's largest, they differ by up to 3e-3 relative
+        for exact, fd in (
+            (d_mu[0, :, j], (up - down)[0] / (2 * eps)),
+            (d_log_sigma[0, :, j], (torch.log(up_sigma) - torch.log(down_sigma))[0] / (2 * eps)),
+        ):
+            np.testing.assert_allclose(exact, fd, rtol=1e-4, atol=1e-5 * float(fd.abs().max()) + 1e-9, err_msg=name)

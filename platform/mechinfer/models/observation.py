@@ -31,6 +31,7 @@ import torch
 
 from .. import solver as _solver
 from ..solver import SolveStatus
+from ..solver.dual import Dual
 
 if TYPE_CHECKING:
     from .base import Model
@@ -105,18 +106,19 @@ class Observation:
         return from_noise_space(self.transformation[_indices(channel)], y)
 
     # ------------------------------------------------------------ at observation points
-    def _placeholders(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    def _placeholders(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, with_index: bool = False):
         """(B, N, Q) placeholder values of each observation: its channel's measurement
-        nearest in time. theta (B, P), or (B, N, P): each observation's own."""
+        nearest in time. theta (B, P), or (B, N, P): each observation's own. With
+        ``with_index`` also the index into theta each takes (B, N, Q; -1: a number)."""
         times = torch.as_tensor(self.placeholder_time, dtype=t.dtype, device=t.device)[channel]  # (B, N, L)
         nearest = (times - torch.nan_to_num(t)[..., None]).abs().argmin(-1)  # (B, N)
         idx = torch.as_tensor(self.placeholder_index, device=t.device)[channel, nearest]  # (B, N, Q)
         val = torch.as_tensor(self.placeholder_value, dtype=theta.dtype, device=t.device)[channel, nearest]
         if theta.shape[-1] == 0:
-            return val
+            return (val, idx) if with_index else val
         own = theta if theta.ndim == 3 else theta[:, None, :].expand(-1, idx.shape[1], -1)
-        picked = torch.gather(own, 2, idx.clamp(min=0))
-        return torch.where(idx >= 0, picked, val)
+        picked = torch.where(idx >= 0, torch.gather(own, 2, idx.clamp(min=0)), val)
+        return (picked, idx) if with_index else picked
 
     def _arguments(self, theta: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         """The solver's arguments (B, len(conditions), P + K): theta and each condition's inputs."""
@@ -152,38 +154,62 @@ class Observation:
     ):
         """(mu, d mu / d theta (B, N, P), sigma, d log sigma / d theta (B, N, P), status):
         :meth:`predict`'s values and their Jacobians in theta, from the native solver's
-        forward sensitivities (one solve per row and condition, whatever N) and autograd
-        through the observable and noise formulas alone; ``None`` where the native solver
-        does not apply (a GPU tensor, the torch backend): differentiate :meth:`predict`.
+        forward sensitivities (one solve per row and condition, whatever N) and forward
+        differentiation through the observable and noise formulas; ``None`` where the
+        native solver does not apply (a GPU tensor, the torch backend): differentiate
+        :meth:`predict`.
 
-        Each observation is given its own copy of theta (B, N, P), and its states enter
-        as their first-order expansion in it (the solved states plus their
-        sensitivities times the copy's displacement, zero): one backward pass over the
-        sum of the N predictions then gives every observation's own gradient."""
+        The formulas run once on :class:`~mechinfer.solver.dual.Dual` numbers: each
+        state carries its sensitivities, each parameter (and each placeholder that names
+        one) its unit tangent. Why not autograd (each observation its own copy of theta,
+        one backward pass per output): on Boehm's 48 measurements its graph and two
+        backward passes cost more than the solve with sensitivities itself."""
         theta = theta.detach()
         observed = torch.isfinite(t)
         t = torch.where(observed, t, torch.zeros_like(t))
         found = self._states_at(model, theta, t, channel, None, True, solver_options)
         if found is None:
             return None
-        at, d_at, _, solved = found
+        at, d_at, point_args, solved = found
         channel = channel.long()
-        n_p = theta.shape[1]
-        own = theta[:, None, :].expand(-1, t.shape[1], -1).clone().requires_grad_(True)  # (B, N, P)
-        with torch.enable_grad():
-            shift = own - own.detach()
-            states = at + (d_at[..., :n_p] @ shift[..., None])[..., 0]
-            inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype)[
-                torch.as_tensor(self.channel_condition)[channel]
-            ]
-            q = self._placeholders(own, t, channel)
-            h, sigma = self._evaluate(channel, states, torch.cat([own, inputs], -1), q, theta)
-            mu = self.to_noise_space(h, channel)
-            log_sigma = torch.log(sigma)
-            d_mu = _gradient(mu, own, retain=True)
-            d_log_sigma = _gradient(log_sigma, own, retain=False)
-        mu, sigma = mu.detach(), sigma.detach()
-        return mu, d_mu, sigma, d_log_sigma, _status(solved, mu, sigma, observed)
+        q, q_index = self._placeholders(theta, t, channel, with_index=True)
+        d_at = d_at[..., : theta.shape[1]]
+        h, d_h, sigma, d_sigma = self._evaluate_tangents(channel, at, d_at, point_args, q, q_index)
+        mu = self.to_noise_space(h, channel)
+        code = torch.as_tensor(self.transformation, device=channel.device)[channel]
+        # d mu / d h in the noise space: 1 (lin), 1 / h (log), 1 / (h ln 10) (log10)
+        slope = torch.where(code == 0, torch.ones_like(h), 1.0 / torch.where(code == 1, h, h * math.log(10.0)))
+        return mu, d_h * slope[..., None], sigma, d_sigma / sigma[..., None], _status(solved, mu, sigma, observed)
+
+    def _evaluate_tangents(self, channel, at, d_at, point_args, q, q_index):
+        """h, d h / d theta, sigma, d sigma / d theta ((B, N) and (B, N, P)) from each
+        point's states with their sensitivities in theta d_at (B, N, S', P), arguments
+        (theta first) and placeholders (``q_index``: the parameter each names, -1: a
+        number): :meth:`_evaluate` on Dual numbers."""
+        n_p = d_at.shape[-1]
+        like = at
+        h, sigma = (torch.zeros(channel.shape, dtype=like.dtype) for _ in range(2))
+        d_h, d_sigma = (torch.zeros(*channel.shape, n_p, dtype=like.dtype) for _ in range(2))
+        eye = torch.eye(n_p, dtype=like.dtype)
+        point_observable = torch.as_tensor(self.channel_observable, device=channel.device)[channel]
+        for o in torch.unique(point_observable).tolist():
+            where = point_observable == o
+            n = int(where.sum())
+            s_v, s_d = at[where].T.unbind(0), d_at[where].permute(1, 2, 0).unbind(0)  # S' x (n,), (P, n)
+            p_v = point_args[where].T.unbind(0)
+            p_d = eye[:, :, None].expand(n_p, n_p, n).unbind(0)  # parameter j's tangent: unit (P, n)
+            s = [Dual(v, d) for v, d in zip(s_v, s_d, strict=True)]
+            p = [Dual(v, p_d[j] if j < n_p else None) for j, v in enumerate(p_v)]
+            names = q_index[where]  # (n, Q)
+            named = (names >= 0).any(0).tolist()
+            q_d = (names.T[:, None, :] == torch.arange(n_p)[None, :, None]).to(like.dtype).unbind(0)  # Q x (P, n)
+            qq = [Dual(v, q_d[k] if named[k] else None) for k, v in enumerate(q[where].T.unbind(0))]
+            value, sd = self.observables[o].function(s, p, qq)
+            for out, d_out, x in ((h, d_h, value), (sigma, d_sigma, sd)):
+                out[where] = _full(x.v if isinstance(x, Dual) else x, n, like)
+                if isinstance(x, Dual) and x.d is not None:
+                    d_out[where] = x.d.expand(n_p, n).T
+        return h, d_h, sigma, d_sigma
 
     def _states_at(self, model, theta, t, channel, solver, jacobian: bool, solver_options: dict):
         """The states at each observation (B, N, S'), time appended where it is not a
@@ -320,15 +346,6 @@ def _status(solved: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, observe
     good = torch.isfinite(mu) & torch.isfinite(sigma) & (sigma > 0)
     finite = (good | ~observed).all(1)
     return torch.where(ok, torch.where(finite, SolveStatus.OK, SolveStatus.NONFINITE), solved.amax(1))
-
-
-def _gradient(out: torch.Tensor, wrt: torch.Tensor, retain: bool) -> torch.Tensor:
-    """d out.sum() / d wrt, zero where ``out`` does not depend on ``wrt``; NaN entries of
-    ``out`` contribute nothing."""
-    if not out.requires_grad:
-        return torch.zeros_like(wrt)
-    (g,) = torch.autograd.grad(torch.nan_to_num(out).sum(), wrt, retain_graph=retain, allow_unused=True)
-    return torch.zeros_like(wrt) if g is None else g
 
 
 def _indices(channel) -> np.ndarray:
