@@ -139,9 +139,15 @@ def test_one_experiment_alone_times_the_estimator_on_values_in_the_models_units(
 
     test_rows = {**rows, "value": likelihood.to_noise_space(m, rows["value"], rows["channel"])}  # as _test_rows
     assert not np.allclose(test_rows["value"], rows["value"])
-    report.online_seconds(m, Est(), None, test_rows, (1,), 0, 1, 2, optimizers=(), network_starts=False)
-    assert len(seen) == 2
+    timed = report.online_seconds(m, Est(), None, test_rows, (1,), 0, 1, 2, optimizers=(), network_starts=False)
+    assert len(seen) == 2 and timed[report.SAMPLES_KEY] == 2
     np.testing.assert_allclose(np.concatenate(seen), rows["value"], rtol=1e-12)
+    # past its time budget the column stops after the first sample, and says so
+    seen.clear()
+    timed = report.online_seconds(
+        m, Est(), None, test_rows, (1,), 0, 1, 2, optimizers=(), network_starts=False, budget_s=0.0
+    )
+    assert len(seen) == 1 and timed[report.SAMPLES_KEY] == 1
 
 
 def test_test_rows_are_in_the_noise_space(tmp_path):
