@@ -580,7 +580,7 @@ def fit(
         raise ValueError(f"space must be 'z', 'u' or 'auto', got {space!r}")
     if space == "u" and (method != "bfgs" or np.any(prior)):
         raise ValueError("space 'u' is for BFGS without the prior term")
-    limit = None if deadline is None else torch.as_tensor(np.broadcast_to(deadline, (len(z0),)), dtype=torch.float64)
+    limit = None if deadline is None else torch.tensor(np.broadcast_to(deadline, (len(z0),)), dtype=torch.float64)
     if method == "trust-region":
         res, plain = residual_functions(model, t, channel, value, device, prior, compile=compile, **solver_options)
         start = time.perf_counter()
