@@ -139,6 +139,29 @@ def test_baseline_and_report(ray_local, tmp_path):
         assert (report / name).stat().st_size > 0 and name in model["calibration_figures"]
 
 
+def test_time_budget_leaves_later_tasks_out(ray_local, tmp_path):
+    """With a budget (and no chunk_size) the test set is split into BUDGETED_CHUNKS tasks;
+    a task that would start past the budget fits nothing and its samples are left out of
+    the results and counted, the first task always fits, and the result is complete. The
+    report's test rows are the fitted ones."""
+    from mechinfer.evaluate import report
+    from mechinfer.models import load_model
+
+    out = tmp_path / "baseline"
+    settings = dict(limit=16, starts=[1, 2], max_iter=30, optimizers=["bfgs"], budget_s=1e-6)
+    first = baseline.run_baseline("mmk", str(out), **settings)
+    assert (first.chunks, first.samples, first.skipped) == (baseline.BUDGETED_CHUNKS, 1, 15)
+    assert "15 left out past the time budget" in str(first)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["budget_s"] == 1e-6 and manifest["samples_skipped"] == 15 and manifest["n_samples"] == 1
+    fits = pq.read_table(out / "multistart.parquet")
+    assert set(fits["sample_id"].to_pylist()) == {0}
+    rows = report._test_rows(load_model("mmk"), manifest, fits)
+    assert rows["sample_id"].tolist() == [0]
+    with pytest.raises(FileExistsError, match="already holds a complete baseline"):  # complete: it says what it left
+        baseline.run_baseline("mmk", str(out), **settings)
+
+
 def test_killed_worker_chunk_is_retried(ray_local, tmp_path):
     out = tmp_path / "killed"
     result = {}

@@ -21,6 +21,7 @@ def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path, run_cli):
         (["--stages", "baseline"], "stage 'train-inference' has not run in this run directory"),
         (["--model", "yeast"], "unknown model 'yeast'"),
         (["--n", "0"], "n must be a positive integer, got 0"),
+        (["--baseline-budget-s", "-5"], "baseline_budget_s must be a number of seconds >= 0, got -5.0"),
         (["--address", "http://127.0.0.1:8265"], "is a job-submission (dashboard) address"),
     ],
 )
@@ -42,3 +43,13 @@ def test_serve_stage_names_are_the_runs_own(tmp_path):
     assert a != b and a[0] != "mechinfer" and a[1] != "/"
     assert a[0].startswith("mechinfer-run-run-one-") and a[1].startswith("/runs/run-one-")
     assert serve_name(str(tmp_path / "run one") + "/") == a
+
+
+def test_baseline_budget_settings():
+    """The small preset bounds its baseline's time, the paper's does not, 0 lifts it."""
+    from mechinfer.workflows.pipeline import settings_for
+
+    assert settings_for("small")["baseline_budget_s"] == 900.0
+    assert settings_for("paper")["baseline_budget_s"] is None
+    assert settings_for("small", {"baseline_budget_s": 0})["baseline_budget_s"] is None
+    assert settings_for("small", {"baseline_budget_s": 60})["baseline_budget_s"] == 60.0

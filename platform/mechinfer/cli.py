@@ -265,7 +265,12 @@ def _pipeline(args: argparse.Namespace, command: str) -> None:
         args.run,
         preset=args.preset,
         stages=stages,
-        overrides={"n": args.n, "baseline_limit": args.baseline_limit, "device": args.device},
+        overrides={
+            "n": args.n,
+            "baseline_limit": args.baseline_limit,
+            "baseline_budget_s": args.baseline_budget_s,
+            "device": args.device,
+        },
     )
     with storage.lock(planned["run"], "pipeline run"):  # one pipeline per run directory at a time
         embedded = not os.environ.get("RAY_ADDRESS")
@@ -423,6 +428,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, default=None, help="override the preset's number of samples")
     p.add_argument("--baseline-limit", type=int, default=None, help="override the preset's test samples to fit")
+    p.add_argument(
+        "--baseline-budget-s",
+        type=float,
+        default=None,
+        help="override the preset's seconds after which the baseline starts no more test-set tasks "
+        "(small: 900; 0: no limit)",
+    )
     p.add_argument(
         "--device",
         default=None,

@@ -114,11 +114,16 @@ class BaselineConfig:
     chunk_size: int | None = _opt(
         None,
         "test samples per Ray task (its prior starts one batched fit, its network starts another; "
-        "default: a quarter of the test set, at most 256)",
+        "default: a quarter of the test set, a sixteenth with a budget, at most 256)",
     )
     max_iter: int = _opt(1024, "iterations per start, at most (SPEC 6.5)")
     optimizers: tuple[str, ...] = _opt(("bfgs", "trust-region"), "optimizers to run every start with")
     limit: int | None = _opt(None, "fit only the first LIMIT test samples")
+    budget_s: float | None = _opt(
+        None,
+        "start no test-set task after this many seconds (tasks of fewer samples then; "
+        "the samples of tasks not started are left out and counted)",
+    )
     real_data_starts: int = _opt(64, "BFGS starts from the prior on a PEtab problem's own measurements (SPEC 12)")
 
 
@@ -138,6 +143,9 @@ class PipelineConfig:
     tune: bool = _opt(False, "run the tune stage")
     tune_samples: int = _opt(4, "Tune trials")
     baseline_limit: int | None = _opt(64, "test samples in the baseline (None: all 1024)")
+    baseline_budget_s: float | None = _opt(
+        900.0, "seconds after which the baseline starts no more test-set tasks (None: no limit)"
+    )
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts in the baseline")
     real_data_starts: int = _opt(64, "prior starts on a PEtab problem's own measurements (SPEC 12)")
     compile: bool = _opt(False, "torch.compile'd solver steps in the served application (torch backend only)")
@@ -174,6 +182,7 @@ PRESETS: dict[str, PipelineConfig] = {
         tune=True,
         tune_samples=16,
         baseline_limit=None,
+        baseline_budget_s=None,
         compile=True,
     ),
 }

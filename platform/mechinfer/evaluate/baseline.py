@@ -73,6 +73,9 @@ REAL_DATA_ID = 2**31 - 1  # the real data's start stream (seed, REAL_DATA_ID): n
 # task, fitted on one CPU while the others idled (Schwen's 64 samples x 8 starts x 2
 # optimizers at 1-2 s a fit, half an hour alone). 1024 samples keep 4 tasks of 256.
 MIN_CHUNKS, MAX_CHUNK = 4, 256
+# ... and into BUDGETED_CHUNKS tasks under a time budget: a task started before the budget
+# runs out is finished, so its size is what the budget may be overrun by.
+BUDGETED_CHUNKS = 16
 
 
 def petab_problem_of(model: Model):
@@ -271,7 +274,11 @@ def _run_real_data(model, first, last, n_starts, seed, max_iter) -> pa.Table:
     return fit_real_data(model, first, last, n_starts, seed, max_iter)
 
 
-def _run_chunk(model, rows, checkpoint, n_starts, seed, max_iter, optimizers, root_uri) -> dict:
+def _run_chunk(model, rows, checkpoint, n_starts, seed, max_iter, optimizers, root_uri, deadline=None) -> dict:
+    """Fit one chunk and write its part; past ``deadline`` (seconds since the epoch) do
+    nothing and say so (the budget of :func:`run_baseline`)."""
+    if deadline is not None and time.time() > deadline:
+        return {"first": int(rows["sample_id"][0]), "samples": 0, "skipped": len(rows["sample_id"])}
     torch.set_num_threads(1)  # one task per CPU
     warm = mle.warm_up(load_model(model), rows["t"], rows["channel"], rows["value"])
     start = time.perf_counter()
@@ -298,10 +305,12 @@ class BaselineSummary:
     wall_s: float
     table: str  # the k-start results, per sample
     optimizers: list[str] = field(default_factory=lambda: ["bfgs"])
+    skipped: int = 0  # test samples left out: their tasks would have started past the budget
 
     def __str__(self) -> str:
+        left_out = f" ({self.skipped} left out past the time budget)" if self.skipped else ""
         return (
-            f"Baselines ({', '.join(self.optimizers)}) for {self.samples} {self.model} samples, "
+            f"Baselines ({', '.join(self.optimizers)}) for {self.samples} {self.model} samples{left_out}, "
             f"starts {self.starts} + network start, "
             f"{self.chunks} chunks ({self.chunks_resumed} resumed), {self.wall_s:.1f} s wall -> {self.table}"
         )
@@ -322,15 +331,20 @@ def run_baseline(
     overwrite: bool = False,
     command: str = "",
     real_data_starts: int = REAL_DATA_STARTS,
+    budget_s: float | None = BaselineConfig.budget_s,
 ) -> BaselineSummary:
     """Fit every test sample from ``max(starts)`` prior starts and from the network's
     estimate, as Ray tasks of ``chunk_size`` samples (None: MIN_CHUNKS tasks of at most
-    MAX_CHUNK; starts an embedded Ray when none is
+    MAX_CHUNK, BUDGETED_CHUNKS with a budget; starts an embedded Ray when none is
     connected); write the per-start fits, the per-sample k-start table and a manifest
     into ``out``. Resumes an unfinished run with the same settings. For a model from a
     file, ``checkpoint`` None runs the prior starts only. For a PEtab problem's model,
     also ``real_data_starts`` BFGS starts on the problem's measurements (SPEC 12;
-    ``real_data.parquet``, refitted on every run)."""
+    ``real_data.parquet``, refitted on every run). With ``budget_s``, a test-set task
+    that would start more than that many seconds after this run began fits nothing (the
+    first always runs): its samples are left out of the results and counted
+    (``samples_skipped``); the result is complete (a run killed before its end resumes
+    with a budget counted from the rerun's start)."""
     import ray
 
     from ..estimate.estimator import load_estimator
@@ -341,6 +355,8 @@ def run_baseline(
         raise ValueError("starts must name at least one number of starts")
     if chunk_size is not None:
         chunk_size = positive_int("chunk_size", chunk_size)
+    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or budget_s <= 0):
+        raise ValueError(f"budget_s must be a positive number of seconds or None, got {budget_s!r}")
     max_iter = positive_int("max_iter", max_iter)
     optimizers = tuple(dict.fromkeys([optimizers] if isinstance(optimizers, str) else optimizers))
     unknown = sorted(set(optimizers) - set(mle.METHODS)) or ([] if optimizers else ["(none)"])
@@ -364,7 +380,7 @@ def run_baseline(
     rows = {k: v[usable] for k, v in rows.items()}
     n = len(rows["sample_id"])
     if chunk_size is None:
-        chunk_size = max(1, min(MAX_CHUNK, -(-n // MIN_CHUNKS)))
+        chunk_size = max(1, min(MAX_CHUNK, -(-n // (MIN_CHUNKS if budget_s is None else BUDGETED_CHUNKS))))
     fs, root = storage.resolve(out)
     params = {
         "model": m.name,
@@ -377,6 +393,7 @@ def run_baseline(
         "max_iter": max_iter,
         "optimizers": list(optimizers),
         **({"real_data_starts": real_starts} if real_starts else {}),
+        **({"budget_s": float(budget_s)} if budget_s is not None else {}),
     }
     with storage.lock(out, "baseline"):  # one writer at a time; before anything is deleted
         done = ds_format.prepare_location(
@@ -385,6 +402,7 @@ def run_baseline(
         chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
         todo = [(a, b) for a, b in chunks if ds_format.part_name(int(rows["sample_id"][a])) not in done]
         start = time.perf_counter()
+        deadline = None if budget_s is None else time.time() + budget_s
         real_pending = []
         if real_starts:  # first: a handful of tasks the test set's chunks then queue behind
             ensure_ray()
@@ -400,13 +418,28 @@ def run_baseline(
             root_uri = storage.absolute(out)
             pending = [
                 task.remote(
-                    m, {k: v[a:b] for k, v in rows.items()}, ckpt, starts[-1], seed, max_iter, optimizers, root_uri
+                    m,
+                    {k: v[a:b] for k, v in rows.items()},
+                    ckpt,
+                    starts[-1],
+                    seed,
+                    max_iter,
+                    optimizers,
+                    root_uri,
+                    deadline if i else None,  # the first task always fits: a result has samples
                 )
-                for a, b in todo
+                for i, (a, b) in enumerate(todo)
             ]
             chunk_times = _wait_with_progress(pending, f"baseline {m.name}")
         else:
             chunk_times = []
+        skipped = sum(r.get("skipped", 0) for r in chunk_times)
+        chunk_times = [r for r in chunk_times if not r.get("skipped")]
+        written = {path.rsplit("/", 1)[-1] for path in ds_format.list_parts(fs, root)}
+        ids = rows["sample_id"]
+        fitted = np.concatenate(
+            [ids[a:b] for a, b in chunks if ds_format.part_name(int(ids[a])) in written] or [ids[:0]]
+        )
         real_summary = None
         if real_pending:
             real = pa.concat_tables(ray.get(real_pending)).sort_by("start")
@@ -421,17 +454,18 @@ def run_baseline(
                 "best_log_likelihood": float(np.nanmax(real["log_likelihood"].to_numpy(zero_copy_only=False))),
                 "solver_tolerances": mle.fit_tolerances(m),
             }
-        fits = _read_fits(fs, root, out, rows["sample_id"], starts[-1], optimizers, network=est is not None)
+        fits = _read_fits(fs, root, out, fitted, starts[-1], optimizers, network=est is not None)
         table = multistart_table(fits, starts)
         storage.write_file(fs, f"{root}/{MULTISTART}", lambda f: pq.write_table(table, f))
         wall = time.perf_counter() - start
         manifest = ds_format.make_manifest(
             m,
-            n,
+            len(fitted),
             seed,
             {
                 **params,
                 "kind": "baseline",
+                "samples_skipped": int(skipped),
                 "command": command,
                 "machine": machine(),
                 "threads_per_task": 1,
@@ -449,13 +483,14 @@ def run_baseline(
         return BaselineSummary(
             m.name,
             out,
-            n,
+            len(fitted),
             starts,
             len(chunks),
             len(chunks) - len(todo),
             wall,
             f"{out.rstrip('/')}/{MULTISTART}",
             list(optimizers),
+            int(skipped),
         )
 
 

@@ -193,10 +193,10 @@ def evaluate_model(
             f"not from {est_ft.checkpoint_id} ({finetuned}); rerun the baseline with it"
         )
     source = manifest["test_set"]
-    rows = _test_rows(m, manifest)
-    ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))
     fs, root = storage.resolve(location)
     fits = pq.read_table(f"{root}/{baseline.MULTISTART}", filesystem=fs)
+    rows = _test_rows(m, manifest, fits)
+    ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))
 
     net_cpu, net_batch = network_seconds(est_net, t, ch, x)
     ft_cpu, ft_batch = network_seconds(est_ft, t, ch, x)
@@ -258,13 +258,15 @@ def _prior_start_rows(fits, manifest: dict, ids) -> dict[str, tuple[np.ndarray, 
     return rows
 
 
-def _test_rows(m: Model, manifest: dict) -> dict:
-    """The baseline's test rows that solved (values in the noise space)."""
+def _test_rows(m: Model, manifest: dict, fits) -> dict:
+    """The baseline's test rows that solved and that it fitted (``fits``: its multistart
+    table; a time budget may leave samples out), values in the noise space."""
     source = manifest["test_set"]
     rows, _ = baseline.load_test_set(
         m, None if source["source"] == "SPEC test set" else source["source"], source["n_samples"]
     )
-    return {k: v[rows["status"] == SolveStatus.OK] for k, v in rows.items()}
+    keep = (rows["status"] == SolveStatus.OK) & np.isin(rows["sample_id"], fits["sample_id"].to_numpy())
+    return {k: v[keep] for k, v in rows.items()}
 
 
 def _network_theta(m: Model, est, t, ch, x) -> np.ndarray:
@@ -300,6 +302,8 @@ def _baseline_record(manifest: dict) -> dict:
         "optimizers": manifest.get("optimizers", ["bfgs"]),
         "optimizers_skipped": manifest.get("optimizers_skipped", {}),
         "network_starts": manifest.get("checkpoint_id") is not None,
+        "budget_s": manifest.get("budget_s"),
+        "samples_skipped": manifest.get("samples_skipped", 0),
     }
 
 
@@ -307,10 +311,10 @@ def _evaluate_optimizers(location: str, manifest: dict, m: Model, n_boot: int, e
     """:func:`evaluate_model` for a baseline without network starts (a model from a file,
     run before its estimator was trained): the optimizers' rows, the networks' own rows
     where checkpoints are given, no calibration."""
-    rows = _test_rows(m, manifest)
-    ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))
     fs, root = storage.resolve(location)
     fits = pq.read_table(f"{root}/{baseline.MULTISTART}", filesystem=fs)
+    rows = _test_rows(m, manifest, fits)
+    ids, t, ch, x, clean = (rows[k] for k in ("sample_id", "t", "channel", "value", "clean"))
     estimates = _prior_start_rows(fits, manifest, ids)
     optimizers = manifest.get("optimizers", ["bfgs"])
     batches = {}
@@ -780,7 +784,13 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
             f"fine-tuned {r['checkpoints']['finetuned'] or 'none'}. Baseline job: "
             f"{r['baseline']['chunk_size']} samples per task, {r['baseline']['wall_s']:.0f} s wall-clock on "
             f"{r['baseline']['machine']['cpu']} ({r['baseline']['machine']['cpu_count']} CPUs). "
-            f"One experiment alone: the first {r.get('online_samples', ONLINE_SAMPLES)} test samples.\n\n"
+            + (
+                f"Its time budget ({r['baseline']['budget_s']:.0f} s) left {r['baseline']['samples_skipped']} "
+                "more test samples out: their tasks would have started after it. "
+                if r["baseline"].get("samples_skipped")
+                else ""
+            )
+            + f"One experiment alone: the first {r.get('online_samples', ONLINE_SAMPLES)} test samples.\n\n"
         )
         w(
             "| Method | R2 | R2_true | time / sample CPU | one experiment alone CPU | time / sample GPU "

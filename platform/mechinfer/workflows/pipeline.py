@@ -52,6 +52,11 @@ def settings_for(preset: str, overrides: dict | None = None) -> dict:
             isinstance(settings[key], bool) or not isinstance(settings[key], int) or settings[key] < 1
         ):
             raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
+    budget = settings["baseline_budget_s"]
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0:
+            raise ValueError(f"baseline_budget_s must be a number of seconds >= 0, got {budget!r}")
+        settings["baseline_budget_s"] = float(budget) or None  # 0: no limit
     if settings["device"] not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {settings['device']!r}")
     return settings
@@ -284,6 +289,7 @@ def _baseline(model, run, s, records, command, **_):
         out,
         checkpoint=ckpt,
         limit=s["baseline_limit"],
+        budget_s=s.get("baseline_budget_s"),  # runs from before it existed: none
         starts=s["starts"],
         real_data_starts=s.get("real_data_starts", BaselineConfig.real_data_starts),  # runs from before it existed
         command=command,
