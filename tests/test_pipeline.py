@@ -49,7 +49,7 @@ def test_baseline_budget_settings():
     """The small preset bounds its baseline's time, the paper's does not, 0 lifts it."""
     from mechinfer.workflows.pipeline import settings_for
 
-    assert settings_for("small")["baseline_budget_s"] == 900.0
+    assert settings_for("small")["baseline_budget_s"] == 600.0
     assert settings_for("paper")["baseline_budget_s"] is None
     assert settings_for("small", {"baseline_budget_s": 0})["baseline_budget_s"] is None
     assert settings_for("small", {"baseline_budget_s": 60})["baseline_budget_s"] == 60.0

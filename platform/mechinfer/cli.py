@@ -433,7 +433,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="override the preset's seconds after which the baseline starts no more test-set tasks "
-        "(small: 900; 0: no limit)",
+        "(small: 600; 0: no limit)",
     )
     p.add_argument(
         "--device",

@@ -144,7 +144,7 @@ class PipelineConfig:
     tune_samples: int = _opt(4, "Tune trials")
     baseline_limit: int | None = _opt(64, "test samples in the baseline (None: all 1024)")
     baseline_budget_s: float | None = _opt(
-        900.0, "seconds after which the baseline starts no more test-set tasks (None: no limit)"
+        600.0, "seconds after which the baseline starts no more test-set tasks (None: no limit)"
     )
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts in the baseline")
     real_data_starts: int = _opt(64, "prior starts on a PEtab problem's own measurements (SPEC 12)")
