@@ -154,6 +154,7 @@ def test_time_budget_leaves_later_tasks_out(ray_local, tmp_path):
     assert "15 left out past the time budget" in str(first)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["budget_s"] == 1e-6 and manifest["samples_skipped"] == 15 and manifest["n_samples"] == 1
+    assert manifest["optimizers_skipped"] == {}  # the optimizers that did not apply: none for mmk
     fits = pq.read_table(out / "multistart.parquet")
     assert set(fits["sample_id"].to_pylist()) == {0}
     rows = report._test_rows(load_model("mmk"), manifest, fits)

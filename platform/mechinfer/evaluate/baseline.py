@@ -433,7 +433,7 @@ def run_baseline(
             chunk_times = _wait_with_progress(pending, f"baseline {m.name}")
         else:
             chunk_times = []
-        skipped = sum(r.get("skipped", 0) for r in chunk_times)
+        left_out = sum(r.get("skipped", 0) for r in chunk_times)
         chunk_times = [r for r in chunk_times if not r.get("skipped")]
         written = {path.rsplit("/", 1)[-1] for path in ds_format.list_parts(fs, root)}
         ids = rows["sample_id"]
@@ -465,7 +465,7 @@ def run_baseline(
             {
                 **params,
                 "kind": "baseline",
-                "samples_skipped": int(skipped),
+                "samples_skipped": int(left_out),
                 "command": command,
                 "machine": machine(),
                 "threads_per_task": 1,
@@ -490,7 +490,7 @@ def run_baseline(
             wall,
             f"{out.rstrip('/')}/{MULTISTART}",
             list(optimizers),
-            int(skipped),
+            int(left_out),
         )
 
 
