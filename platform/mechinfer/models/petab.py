@@ -157,7 +157,7 @@ class PetabProblem:
         at = states[:, torch.as_tensor(self.m_condition), torch.as_tensor(column)]
         if len(self.model.states) == self.n_system_states:  # time is not a state: append it
             at = torch.cat(
-                [at, torch.as_tensor(self.m_time, dtype=theta.dtype)[None, :, None].expand(n_batch, -1, 1)], -1
+                [at, torch.tensor(self.m_time, dtype=theta.dtype)[None, :, None].expand(n_batch, -1, 1)], -1
             )
         m_args = args[:, torch.as_tensor(self.m_condition)]  # (B, M, P + K)
         idx = torch.as_tensor(self.m_placeholder_index)
