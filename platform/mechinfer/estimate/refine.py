@@ -45,6 +45,14 @@ STATUS = {  # SPEC 7's refine_status of a fit that ended so
 }
 # A row's fields that a refinement replaces (``refine_status`` and ``refined`` besides)
 FIELDS = ("z", "nll", "gof_pvalue", "center", "cov_z", "p_eff")
+# A start on a plateau: with wide priors a network's estimate may sit where no parameter
+# moves the predictions (Fujita_SciSignal2010's networks at the small preset: every
+# prediction 0, NLLs of 1e4 - 1e26, gradients of 1e-33 - 1e-21), and every optimiser stops
+# there at once. A row whose fit from its start took no step, and whose residuals there
+# fail the goodness-of-fit test at this level (no parameter counted), gets a second
+# start at the prior's median (z = 0); the better of the two is kept (on five such Fujita
+# test rows: three end near their true parameters' NLL).
+PLATEAU_PVALUE = 1e-6
 
 
 def mode(refine) -> str:
@@ -116,23 +124,33 @@ def polish(model, t, channel, value, z, *, deadline=None, method: str = METHOD, 
     at the maximum-likelihood fit covers the truth less often than its level (measured on
     the SPEC test set; see :mod:`mechinfer.estimate.uncertainty`). Both start from z, as
     one batched fit of 2B problems (neither waits for the other), each stopped at
-    ``deadline`` (wall-clock ``time.time()``, one per row or one for all)."""
+    ``deadline`` (wall-clock ``time.time()``, one per row or one for all). A start on a
+    plateau gets a second one (:data:`PLATEAU_PVALUE`)."""
     b = len(z)
     two = lambda a: np.concatenate([a, a])
-    with_prior = np.repeat([False, True], b)
     if deadline is not None:  # each row's two fits stop at its deadline
         deadline = two(np.broadcast_to(np.asarray(deadline, dtype=np.float64), (b,)))
-    fits = mle.fit(
+    method = mle.method_for(model, check_method(method))
+    fit = lambda rows, start: mle.fit(
         model,
-        two(t),
-        two(channel),
-        two(value),
-        two(z),
-        deadline=deadline,
-        prior=with_prior,
-        method=mle.method_for(model, check_method(method)),
+        two(t[rows]),
+        two(channel[rows]),
+        two(value[rows]),
+        two(start),
+        deadline=None if deadline is None else deadline[np.r_[rows, rows + b]],
+        prior=np.repeat([False, True], len(start)),
+        method=method,
         **fit_options,
     )
+    everyone = np.arange(b)
+    fits = fit(everyone, z)
+    flat = _plateaus(model, t, channel, value, z, fits)
+    if len(flat):  # their second start: the prior's median
+        again = fit(flat, np.zeros((len(flat), z.shape[1])))
+        both = np.r_[flat, flat + b]
+        better = np.isfinite(again.nll) & ~(fits.nll[both] <= again.nll)
+        for name in ("z", "theta", "nll", "status"):
+            getattr(fits, name)[both[better]] = getattr(again, name)[better]
     status = np.array([STATUS.get(FitStatus(int(s)), "failed") for s in fits.status[:b]], dtype=object)
     # kept: the fit failed, or its deadline stopped it before its first step (its point is the start)
     stopped = (status == "deadline") & (fits.z[:b] == z).all(axis=1)
@@ -152,6 +170,19 @@ def polish(model, t, channel, value, z, *, deadline=None, method: str = METHOD, 
         if ok.any():
             gof[ok] = uncertainty.gof_pvalue_at(model, t[ok], channel[ok], value[ok], z_ml[ok], lap.p_eff[ok])
     return Refined(z=z_ml, nll=nll, kept=kept, refine_status=status, laplace=lap, gof_pvalue=gof, method=fits.method)
+
+
+def _plateaus(model, t, channel, value, z, fits) -> np.ndarray:
+    """Rows (indices) whose maximum-likelihood fit (the first half of ``fits``) took no
+    step from z and whose residuals there fail the goodness-of-fit test at
+    :data:`PLATEAU_PVALUE` with no parameter counted (see there)."""
+    b = len(z)
+    stopped = np.isin(fits.status[:b], [FitStatus.CONVERGED, FitStatus.LINE_SEARCH])  # on its own, not cut off
+    still = np.where((fits.iterations[:b] == 0) & stopped & np.isfinite(fits.nll[:b]))[0]
+    if not len(still):
+        return still
+    p = uncertainty.gof_pvalue_at(model, t[still], channel[still], value[still], z[still], np.zeros(len(still)))
+    return still[p < PLATEAU_PVALUE]
 
 
 def _where(keep, a, b):

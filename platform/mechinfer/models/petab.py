@@ -156,9 +156,7 @@ class PetabProblem:
         # states at each measurement (B, M, S), time as the last column for the observables
         at = states[:, torch.as_tensor(self.m_condition), torch.as_tensor(column)]
         if len(self.model.states) == self.n_system_states:  # time is not a state: append it
-            at = torch.cat(
-                [at, torch.as_tensor(self.m_time, dtype=theta.dtype)[None, :, None].expand(n_batch, -1, 1)], -1
-            )
+            at = torch.cat([at, torch.tensor(self.m_time, dtype=theta.dtype)[None, :, None].expand(n_batch, -1, 1)], -1)
         m_args = args[:, torch.as_tensor(self.m_condition)]  # (B, M, P + K)
         idx = torch.as_tensor(self.m_placeholder_index)
         q = torch.where(
