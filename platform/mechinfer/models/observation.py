@@ -106,19 +106,18 @@ class Observation:
         return from_noise_space(self.transformation[_indices(channel)], y)
 
     # ------------------------------------------------------------ at observation points
-    def _placeholders(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor, with_index: bool = False):
-        """(B, N, Q) placeholder values of each observation: its channel's measurement
-        nearest in time. theta (B, P), or (B, N, P): each observation's own. With
-        ``with_index`` also the index into theta each takes (B, N, Q; -1: a number)."""
+    def _placeholders(self, theta: torch.Tensor, t: torch.Tensor, channel: torch.Tensor):
+        """(B, N, Q) placeholder values of each observation (theta (B, P)): its channel's
+        measurement nearest in time; and (B, N, Q) the index into theta each takes (-1: a
+        number)."""
         times = torch.as_tensor(self.placeholder_time, dtype=t.dtype, device=t.device)[channel]  # (B, N, L)
         nearest = (times - torch.nan_to_num(t)[..., None]).abs().argmin(-1)  # (B, N)
         idx = torch.as_tensor(self.placeholder_index, device=t.device)[channel, nearest]  # (B, N, Q)
         val = torch.as_tensor(self.placeholder_value, dtype=theta.dtype, device=t.device)[channel, nearest]
         if theta.shape[-1] == 0:
-            return (val, idx) if with_index else val
-        own = theta if theta.ndim == 3 else theta[:, None, :].expand(-1, idx.shape[1], -1)
-        picked = torch.where(idx >= 0, torch.gather(own, 2, idx.clamp(min=0)), val)
-        return (picked, idx) if with_index else picked
+            return val, idx
+        own = theta[:, None, :].expand(-1, idx.shape[1], -1)
+        return torch.where(idx >= 0, torch.gather(own, 2, idx.clamp(min=0)), val), idx
 
     def _arguments(self, theta: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         """The solver's arguments (B, len(conditions), P + K): theta and each condition's inputs."""
@@ -144,7 +143,7 @@ class Observation:
         observed = torch.isfinite(t)
         t = torch.where(observed, t, torch.zeros_like(t))
         at, _, point_args, solved = self._states_at(model, theta, t, channel, solver, False, solver_options)
-        q = self._placeholders(theta, t, channel)
+        q, _ = self._placeholders(theta, t, channel)
         h, sigma = self._evaluate(channel.long(), at, point_args, q, theta)
         mu = self.to_noise_space(h, channel)
         return mu, sigma, _status(solved, mu, sigma, observed)
@@ -172,7 +171,7 @@ class Observation:
             return None
         at, d_at, point_args, solved = found
         channel = channel.long()
-        q, q_index = self._placeholders(theta, t, channel, with_index=True)
+        q, q_index = self._placeholders(theta, t, channel)
         d_at = d_at[..., : theta.shape[1]]
         h, d_h, sigma, d_sigma = self._evaluate_tangents(channel, at, d_at, point_args, q, q_index)
         mu = self.to_noise_space(h, channel)
@@ -274,7 +273,7 @@ class Observation:
         conds = torch.as_tensor(self.channel_condition, device=channel.device)[channel]
         inputs = torch.as_tensor(self.condition_inputs, dtype=theta.dtype, device=theta.device)[conds]  # (B, N, K)
         point_args = torch.cat([theta[:, None, :].expand(-1, t.shape[1], -1), inputs], -1)
-        q = self._placeholders(theta, t, channel)
+        q, _ = self._placeholders(theta, t, channel)
         _, sigma = self._evaluate(channel, at, point_args, q, theta, noise_only=True)
         return sigma
 
