@@ -134,7 +134,16 @@ def test_baseline_and_report(ray_local, tmp_path):
     assert auto["r2"]["always"]["value"] >= auto["r2"]["never"]["value"]
     cal_rows = list(csv.DictReader((report / "calibration.csv").open()))
     assert {r["estimate"] for r in cal_rows} >= {"network", "refined"} and len({r["parameter"] for r in cal_rows}) == 4
-    assert 'refine="auto"' in (report / "calibration.md").read_text()
+    # coverage among the samples that determine each parameter: a share of their number,
+    # consistent with the per-sample determined shares; the page says which fall outside
+    det = cal["coverage_95_determined"]["refined"]
+    counts = np.array(det["samples"])
+    np.testing.assert_array_equal(counts, np.round(np.array(cal["determined"]["refined"]) * 8))
+    for x, n in zip(det["coverage"], counts):
+        assert (x is None) == (n == 0) and (x is None or (abs(x * n - round(x * n)) < 1e-9 and 0 <= x <= 1))
+    md = (report / "calibration.md").read_text()
+    assert 'refine="auto"' in md and "95% coverage among the test samples whose observations determine" in md
+    assert "Refined, determined:" in md and "parameters within [0.90, 0.98]" in md
     for name in ("calibration_mmk.png", "interval_widths_mmk.png", "bands_mmk.png"):
         assert (report / name).stat().st_size > 0 and name in model["calibration_figures"]
 

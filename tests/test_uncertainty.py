@@ -128,6 +128,39 @@ def test_recalibration_corrects_heavy_tails_and_leaves_the_prior_alone():
             assert (normal[:, :2].mean(axis=0) < level - 0.005).all()  # what the recalibration corrects
 
 
+def test_determined_parameters_get_the_determined_cases_table():
+    """Mondrian recalibration: where determined cases (sd^2 <= DETERMINED_VARIANCE) err
+    with heavier tails than the others, the pooled table undercovers them and their own
+    table does not; the others keep the pooled table, and a parameter with too few
+    determined cases falls back to it."""
+    rng = np.random.default_rng(1)
+    levels = recalibration.LEVELS
+
+    def draw(n):  # parameter 0: a third determined (sd 0.3, t(2) errors), the rest sd 0.8 with N(0, 1)
+        det = rng.random(n) < 1 / 3
+        sd0 = np.where(det, 0.3, 0.8)
+        err0 = np.where(det, rng.standard_t(2, n) * 0.8, rng.standard_normal(n)) * sd0
+        sd = np.column_stack([sd0, np.full(n, 0.8)])  # parameter 1: never determined
+        err = np.column_stack([err0, rng.standard_normal(n) * 0.8])
+        cov = np.zeros((n, 2, 2))
+        cov[:, 0, 0], cov[:, 1, 1] = sd[:, 0] ** 2, sd[:, 1] ** 2
+        return np.zeros((n, 2)), cov, err, sd, det
+
+    center, cov, z_true, sd, det = draw(6000)
+    pooled, determined = recalibration.conformal_tables(center, cov, z_true)
+    np.testing.assert_array_equal(determined[:, 1], pooled[:, 1])  # no determined case: the pooled column
+    both = recalibration.Recalibration("test", 6000, levels, pooled, pooled, determined, determined)
+    only_pooled = recalibration.Recalibration("test", 6000, levels, pooled, pooled)
+    center, cov, z_true, sd, det = draw(30000)
+    for level in (0.9, 0.95):
+        inside = lambda rec, level=level: (
+            np.abs(z_true - center) <= rec.scale(level, sd, np.ones(len(sd), bool)) * sd
+        )[:, 0]
+        assert inside(only_pooled)[det].mean() < level - 0.015  # what the determined table corrects
+        np.testing.assert_allclose(inside(both)[det].mean(), level, atol=0.01)
+        np.testing.assert_allclose(inside(both)[~det].mean(), inside(only_pooled)[~det].mean())  # unchanged
+
+
 def test_a_checkpoint_carries_its_recalibration(tmp_path, run_cli, caplog):
     """`mechinfer calibrate` writes calibration.json into a checkpoint, which
     load_estimator reads back and est.infer uses; a table made for other weights is
@@ -151,6 +184,15 @@ def test_a_checkpoint_carries_its_recalibration(tmp_path, run_cli, caplog):
     q = est.recalibration.scale(0.95, sd, [False])
     np.testing.assert_allclose(res.upper, m.from_z(res.center + q * sd), rtol=1e-12)
     data = json.loads((ckpt / recalibration.FILE).read_text())
+    assert len(data["network_determined"]) == len(data["refined_determined"]) == len(data["levels"])
+    old = {k: v for k, v in data.items() if not k.endswith("_determined")}  # a file from before them
+    (ckpt / recalibration.FILE).write_text(json.dumps(old))
+    pooled = mechinfer.load_estimator(str(ckpt)).recalibration
+    assert pooled.network_determined is None
+    np.testing.assert_array_equal(pooled.scale(0.95, sd, [False]), _multiplier(pooled, pooled.network, 0.95, sd))
+    (ckpt / recalibration.FILE).write_text(json.dumps({**data, "refined_determined": data["refined"][:3]}))
+    with pytest.raises(ValueError, match="does not hold"):
+        mechinfer.load_estimator(str(ckpt))
     (ckpt / recalibration.FILE).write_text(json.dumps({**data, "checkpoint_id": "mmk-inference-000000000000"}))
     assert mechinfer.load_estimator(str(ckpt)).recalibration is None
     assert "was made for mmk-inference-000000000000" in caplog.text

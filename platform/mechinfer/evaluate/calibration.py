@@ -40,6 +40,17 @@ def coverage(
     return np.array(out)
 
 
+def coverage_determined(m: Model, res, theta_true: np.ndarray, level: float = 0.95) -> tuple[list, list]:
+    """Per parameter: the share of the test samples whose observations determine it
+    (``res.determined``) whose interval at ``level`` holds its true value (NaN where no
+    sample determines it), and how many samples that is."""
+    low, high = uncertainty.intervals(m, res.center, res.cov_z, level, res.scale)
+    inside, det = (low <= theta_true) & (theta_true <= high), np.asarray(res.determined, bool)
+    n = det.sum(axis=0)
+    share = np.where(n > 0, (inside & det).sum(axis=0) / np.maximum(n, 1), np.nan)
+    return [None if np.isnan(x) else float(x) for x in share], n.astype(int).tolist()
+
+
 def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pvalue: float = AUTO_PVALUE) -> dict:
     """Coverage, widths and the auto-refine comparison on the test rows (solved ones)."""
     t, ch, x, theta = (rows[k] for k in ("t", "channel", "value", "theta"))
@@ -116,6 +127,10 @@ def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pva
             "network": never.determined.mean(axis=0).tolist(),
             "refined": always.determined.mean(axis=0).tolist(),
         },
+        "coverage_95_determined": {  # among those samples alone: (coverage, samples) per parameter
+            kind: dict(zip(("coverage", "samples"), coverage_determined(m, r, theta)))
+            for kind, r in (("network", never), ("refined", always))
+        },
         "refined_z": {  # where the refined estimates end in z (the trust region keeps them in its box)
             "max_abs": float(np.abs(always.z).max()),
             "share_beyond_6": float((np.abs(always.z) > 6.0).mean()),
@@ -173,6 +188,8 @@ def markdown(results: list[dict]) -> str:
             wn, wr = c["relative_width_95"]["network"][j], c["relative_width_95"]["refined"][j]
             dn, dr = det["network"][j], det["refined"][j]
             w(f"| {name} | " + " | ".join(cells) + f" | {wn:.2f} / {wr:.2f} | {dn:.2f} / {dr:.2f} |\n")
+        if "coverage_95_determined" in c:
+            _write_determined(w, c)
         if "refined_z" in c:
             zr = c["refined_z"]
             w(
@@ -219,6 +236,38 @@ def markdown(results: list[dict]) -> str:
         for fig in r.get("calibration_figures", []):
             w(f"![{fig}]({fig})\n\n")
     return buf.getvalue()
+
+
+COVERAGE_RANGE = (0.90, 0.98)  # issue 25: the refined 95% intervals of the determined parameters
+
+
+def _write_determined(w, c: dict) -> None:
+    """Coverage among the samples that determine each parameter, and how the others show."""
+    d = c["coverage_95_determined"]
+    lo, hi = COVERAGE_RANGE
+    w(
+        "\n95% coverage among the test samples whose observations determine the parameter (network / refined, "
+        "with their numbers of samples); the binomial standard error of a share near 0.95 from n samples is "
+        "0.22 / sqrt(n):\n\n| parameter | network | refined |\n| --- | --- | --- |\n"
+    )
+    fmt = lambda x, n: "-" if x is None else f"{x:.3f} (n={n})"
+    outside = []
+    for j, name in enumerate(c["parameters"]):
+        cells = [fmt(d[k]["coverage"][j], d[k]["samples"][j]) for k in ("network", "refined")]
+        w(f"| {name} | {cells[0]} | {cells[1]} |\n")
+        x = d["refined"]["coverage"][j]
+        if x is not None and not lo <= x <= hi:
+            outside.append(f"{name} {x:.3f} (n={d['refined']['samples'][j]})")
+    never = [n for j, n in enumerate(c["parameters"]) if d["refined"]["coverage"][j] is None]
+    w(
+        f"\nRefined, determined: {len(c['parameters']) - len(never) - len(outside)} of "
+        f"{len(c['parameters']) - len(never)} parameters within [{lo:.2f}, {hi:.2f}]"
+        + (f"; outside: {', '.join(outside)}" if outside else "")
+        + (f"; determined in no test sample: {', '.join(never)}" if never else "")
+        + ". A parameter the observations do not determine is answered with `determined: false`, its "
+        "estimate wherever the flat likelihood left it and an interval about the prior's width (its coverage "
+        "is in the tables above, not here).\n"
+    )
 
 
 # ------------------------------------------------------------------- figures
