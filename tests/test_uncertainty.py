@@ -311,3 +311,25 @@ def test_recalibration_refines_within_its_time_budget(caplog):
     whole = recalibration.recalibrate(est, samples=n, budget_s=3600.0)
     assert whole.samples == n
     np.testing.assert_array_equal(whole.network, spent.network)
+
+
+def test_recalibration_refines_in_ray_tasks_as_it_does_here(ray_local, caplog):
+    """With a checkpoint and a connected Ray of 2 CPUs, the refined table's experiments
+    are refined in Ray tasks: the same tables as in process; a spent budget leaves every
+    chunk but the first out (each task checks the deadline before it starts) and says so."""
+    import logging
+
+    checkpoint = mechinfer.estimate.estimator.shipped_checkpoint("mmk")
+    est = mechinfer.load_estimator(checkpoint)
+    n = 2 * recalibration.REFINE_CHUNK + 5
+    here = recalibration.recalibrate(est, samples=n, budget_s=3600.0)
+    with caplog.at_level(logging.INFO, logger="mechinfer.estimate.recalibration"):
+        tasks = recalibration.recalibrate(est, samples=n, budget_s=3600.0, checkpoint=checkpoint)
+    assert "3 Ray tasks of up to 32 experiments" in caplog.text
+    assert tasks.samples == here.samples == n
+    for name in ("network", "refined", "network_determined", "refined_determined"):
+        np.testing.assert_array_equal(getattr(tasks, name), getattr(here, name))
+    with caplog.at_level(logging.WARNING, logger="mechinfer.estimate.recalibration"):
+        spent = recalibration.recalibrate(est, samples=n, budget_s=0.0, checkpoint=checkpoint)
+    assert spent.samples < recalibration.REFINE_CHUNK
+    assert f"after {recalibration.REFINE_CHUNK} of {n} experiments" in caplog.text

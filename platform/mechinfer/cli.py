@@ -94,11 +94,11 @@ def _model_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _address_flag(parser: argparse.ArgumentParser) -> None:
+def _address_flag(parser: argparse.ArgumentParser, otherwise: str = "an embedded Ray") -> None:
     parser.add_argument(
         "--address",
         default=None,
-        help="Ray cluster address, host:6379 or ray://host:10001 (default: RAY_ADDRESS, else an embedded Ray)",
+        help=f"Ray cluster address, host:6379 or ray://host:10001 (default: RAY_ADDRESS, else {otherwise})",
     )
 
 
@@ -184,7 +184,12 @@ def _calibrate(args: argparse.Namespace, command: str) -> None:
 
     target = shipped_checkpoint(args.checkpoint) if args.checkpoint in list_models() else args.checkpoint
     load_estimator(target)  # a clear error for what is not an inference checkpoint, before the simulations
-    print(calibrate_checkpoint(target, positive_int("samples", args.samples)))
+    samples = positive_int("samples", args.samples)
+    if os.environ.get("RAY_ADDRESS"):  # a cluster to join (--address, a submitted job): its CPUs refine
+        from .runtime import ensure_ray
+
+        ensure_ray()
+    print(calibrate_checkpoint(target, samples))
 
 
 def _pretrain(args: argparse.Namespace, command: str) -> None:
@@ -396,6 +401,7 @@ def _parser() -> argparse.ArgumentParser:
         default=config.FinetuneConfig.recalibration_samples,
         help=f"simulated experiments (default: {config.FinetuneConfig.recalibration_samples})",
     )
+    _address_flag(p, "no Ray: the refinements run in this process")
 
     p = command("estimate", _estimate, "estimate every experiment of a long table with Ray Data (SPEC 10)")
     _model_flag(p)

@@ -36,6 +36,7 @@ the normal quantile.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -172,12 +173,16 @@ REFINE_BUDGET_S = 600.0
 REFINE_CHUNK = 32
 
 
-def recalibrate(est, samples: int = SAMPLES, seed: int = SEED, budget_s: float = REFINE_BUDGET_S) -> Recalibration:
+def recalibrate(
+    est, samples: int = SAMPLES, seed: int = SEED, budget_s: float = REFINE_BUDGET_S, checkpoint: str | None = None
+) -> Recalibration:
     """The tables for ``est`` (an Estimator) from ``samples`` simulated experiments; the
     refined one from as many of them as are refined within ``budget_s`` seconds
-    (:data:`REFINE_BUDGET_S`)."""
-    from ..runtime import Progress
-
+    (:data:`REFINE_BUDGET_S`). With ``checkpoint`` (where ``est`` was loaded from) and a
+    connected Ray of more than one CPU, the refinements run as Ray tasks of
+    :data:`REFINE_CHUNK` experiments, one per CPU at a time (the pipeline's train-inference
+    stage: on 2 CPUs twice the experiments within the budget); otherwise here, a chunk
+    after another."""
     rows = simulate_chunk(est.model, seed, 0, samples)
     ok = np.isfinite(rows["value"]).any(axis=1) & np.isfinite(rows["z"]).all(axis=1)
     t, ch, v, z = (rows[k][ok] for k in ("t", "channel", "value", "z"))
@@ -185,24 +190,20 @@ def recalibrate(est, samples: int = SAMPLES, seed: int = SEED, budget_s: float =
     good = np.isfinite(res.nll)  # a failed solve has the prior's covariance, not the data's
     network, network_det = conformal_tables(res.center[good], res.cov_z[good], z[good])
     log.info("calibration of network intervals: %d of %d experiments", good.sum(), samples)
-    parts: list[tuple[np.ndarray, ...]] = []
     deadline = time.time() + budget_s
-    with Progress(len(t), "calibration of refined intervals", "experiment") as progress:
-        for a in range(0, len(t), REFINE_CHUNK):
-            if parts and time.time() > deadline:
-                log.warning(
-                    "calibration of refined intervals: time budget of %.0f s spent after %d of %d experiments",
-                    budget_s,
-                    a,
-                    len(t),
-                )
-                break
-            sl = slice(a, a + REFINE_CHUNK)
-            # fits still running at the deadline stop there; their experiments are left out
-            part = est.infer(t[sl], ch[sl], v[sl], refine=True, deadline=deadline)
-            done = np.asarray(part.refine_status) != "deadline"
-            parts.append((part.center[done], part.cov_z[done], part.nll[done], z[sl][done]))
-            progress.update(len(part.nll))
+    chunks = [slice(a, a + REFINE_CHUNK) for a in range(0, len(t), REFINE_CHUNK)]
+    todo = [(t[c], ch[c], v[c], z[c]) for c in chunks]
+    if checkpoint is not None and _ray_cpus() > 1:
+        parts, reached = _in_ray_tasks(checkpoint, todo, deadline)
+    else:
+        parts, reached = _here(est, todo, deadline)
+    if reached < len(t):
+        log.warning(
+            "calibration of refined intervals: time budget of %.0f s spent after %d of %d experiments",
+            budget_s,
+            reached,
+            len(t),
+        )
     if not parts:  # no experiment solved: the table keeps the normal quantile (conformal_table)
         n_p = z.shape[1]
         parts.append((np.empty((0, n_p)), np.empty((0, n_p, n_p)), np.empty(0), np.empty((0, n_p))))
@@ -211,6 +212,83 @@ def recalibrate(est, samples: int = SAMPLES, seed: int = SEED, budget_s: float =
     refined, refined_det = conformal_tables(center[good], cov[good], z_done[good])
     log.info("calibration of refined intervals: %d of %d experiments", good.sum(), samples)
     return Recalibration(est.checkpoint_id, len(nll), LEVELS.copy(), network, refined, network_det, refined_det)
+
+
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # t, channel, value, z_true
+
+
+def _refined(est, chunk: Chunk, deadline: float) -> Chunk:
+    """centre, covariance, NLL and true z of a chunk's refined experiments; fits still
+    running at ``deadline`` stop there and their experiments are left out."""
+    t, ch, v, z = chunk
+    part = est.infer(t, ch, v, refine=True, deadline=deadline)
+    done = np.asarray(part.refine_status) != "deadline"
+    return part.center[done], part.cov_z[done], part.nll[done], z[done]
+
+
+def _here(est, chunks: list[Chunk], deadline: float) -> tuple[list[Chunk], int]:
+    """The chunks one after another in this process until the deadline (the first always
+    starts); the parts and the number of experiments of the chunks started."""
+    from ..runtime import Progress
+
+    parts: list[Chunk] = []
+    reached = 0
+    with Progress(sum(len(c[0]) for c in chunks), "calibration of refined intervals", "experiment") as progress:
+        for chunk in chunks:
+            if parts and time.time() > deadline:
+                break
+            parts.append(_refined(est, chunk, deadline))
+            reached += len(chunk[0])
+            progress.update(len(chunk[0]))
+    return parts, reached
+
+
+def _ray_cpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0
+
+
+@functools.lru_cache(maxsize=2)
+def _estimator(checkpoint: str):
+    from .estimator import load_estimator
+
+    return load_estimator(checkpoint)
+
+
+def _chunk_task(checkpoint: str, chunk: Chunk, deadline: float, first: bool) -> Chunk | None:
+    """A Ray task: one chunk's refinements (the estimator loaded once per worker), or None
+    when it would start past the deadline (the first chunk always starts)."""
+    import torch
+
+    torch.set_num_threads(1)
+    if not first and time.time() > deadline:
+        return None
+    return _refined(_estimator(checkpoint), chunk, deadline)
+
+
+def _in_ray_tasks(checkpoint: str, chunks: list[Chunk], deadline: float) -> tuple[list[Chunk], int]:
+    """The chunks as Ray tasks (one CPU each); those that would start past the deadline
+    return at once, with nothing."""
+    import ray
+
+    from ..runtime import Progress
+
+    task = ray.remote(num_cpus=1, max_retries=3)(_chunk_task)
+    log.info("calibration of refined intervals: %d Ray tasks of up to %d experiments", len(chunks), REFINE_CHUNK)
+    pending = {task.remote(checkpoint, c, deadline, i == 0): len(c[0]) for i, c in enumerate(chunks)}
+    parts: list[Chunk] = []
+    reached = 0
+    with Progress(sum(pending.values()), "calibration of refined intervals", "experiment") as progress:
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            size = pending.pop(ready)
+            part = ray.get(ready)
+            if part is not None:
+                parts.append(part)
+                reached += size
+            progress.update(size)
+    return parts, reached
 
 
 def save(checkpoint: str, rec: Recalibration) -> str:
@@ -265,7 +343,7 @@ def calibrate_checkpoint(checkpoint: str, samples: int = SAMPLES) -> str:
     from .estimator import load_estimator
 
     est = load_estimator(checkpoint)
-    rec = recalibrate(est, samples)
+    rec = recalibrate(est, samples, checkpoint=checkpoint)
     where = save(checkpoint, rec)
     at95 = rec.scale(0.95, np.zeros((1, est.model.n_parameters)), [True])[0]
     return (
