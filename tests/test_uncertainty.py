@@ -189,7 +189,7 @@ def test_a_checkpoint_carries_its_recalibration(tmp_path, run_cli, caplog):
     (ckpt / recalibration.FILE).write_text(json.dumps(old))
     pooled = mechinfer.load_estimator(str(ckpt)).recalibration
     assert pooled.network_determined is None
-    np.testing.assert_array_equal(pooled.scale(0.95, sd, [False]), _multiplier(pooled, pooled.network, 0.95, sd))
+    np.testing.assert_allclose(pooled.scale(0.95, sd, [False]), _multiplier(pooled, "network", 0.95, sd), rtol=1e-12)
     (ckpt / recalibration.FILE).write_text(json.dumps({**data, "refined_determined": data["refined"][:3]}))
     with pytest.raises(ValueError, match="does not hold"):
         mechinfer.load_estimator(str(ckpt))
@@ -209,11 +209,14 @@ def test_a_checkpoint_carries_its_recalibration(tmp_path, run_cli, caplog):
     assert status == 2 and "is not a mechinfer checkpoint" in err and "Traceback" not in err
 
 
-def _multiplier(rec, table, level, sd):
-    """The multipliers (B, P) of the sd that ``table`` (one of rec's) gives at ``level``:
-    n_L + (Q_L - n_L) (1 - sd^2), Q_L interpolated between its levels (the module's formula)."""
+def _multiplier(rec, kind, level, sd):
+    """The multipliers (B, P) of the sd that rec's ``kind`` ("network" or "refined") tables
+    give at ``level``: n_L + (Q_L - n_L) (1 - sd^2), Q_L interpolated between its levels,
+    from the determined cases' table where sd^2 <= 1/4 (the module's formula)."""
     n_l = special.ndtri(0.5 + 0.5 * level)
-    q_l = np.array([np.interp(level, rec.levels, col) for col in table.T])
+    q_at = lambda table: np.array([np.interp(level, rec.levels, col) for col in table.T])
+    pooled, determined = getattr(rec, kind), getattr(rec, f"{kind}_determined")
+    q_l = np.where(sd**2 <= 0.25, q_at(pooled if determined is None else determined), q_at(pooled))
     return n_l + (q_l - n_l) * np.clip(1.0 - sd**2, 0.0, 1.0)
 
 
@@ -224,13 +227,17 @@ def test_each_estimate_gets_the_recalibration_of_its_own_kind():
     from mechinfer.serve import handlers as service
 
     levels = recalibration.LEVELS
-    rec = recalibration.Recalibration(
-        "test", 100, levels, np.full((len(levels), 2), 3.0), np.full((len(levels), 2), 5.0)
-    )
+    full = lambda q: np.full((len(levels), 2), q)
+    rec = recalibration.Recalibration("test", 100, levels, full(3.0), full(5.0))
     sd = np.array([[0.0, 0.6], [0.0, 0.6]])
     n_l, w = special.ndtri(0.95), 1.0 - 0.36
     np.testing.assert_allclose(
         rec.scale(0.9, sd, [True, False]), [[5.0, n_l + (5.0 - n_l) * w], [3.0, n_l + (3.0 - n_l) * w]], rtol=1e-12
+    )
+    # with the determined cases' tables: a determined parameter (sd 0) takes its kind's
+    rec = recalibration.Recalibration("test", 100, levels, full(3.0), full(5.0), full(7.0), full(9.0))
+    np.testing.assert_allclose(
+        rec.scale(0.9, sd, [True, False]), [[9.0, n_l + (5.0 - n_l) * w], [7.0, n_l + (3.0 - n_l) * w]], rtol=1e-12
     )
 
     est = mechinfer.load_estimator("mmk")
@@ -242,17 +249,17 @@ def test_each_estimate_gets_the_recalibration_of_its_own_kind():
     res = est.infer(np.vstack([t, t]), np.vstack([ch, ch]), np.vstack([value, bad]), refine="auto")
     assert list(res.refine_status) == ["skipped", "converged"]
     sd = np.sqrt(np.diagonal(res.cov_z, axis1=1, axis2=2))
-    q = np.vstack([_multiplier(rec, rec.network, 0.95, sd[:1]), _multiplier(rec, rec.refined, 0.95, sd[1:])])
+    q = np.vstack([_multiplier(rec, "network", 0.95, sd[:1]), _multiplier(rec, "refined", 0.95, sd[1:])])
     np.testing.assert_allclose(res.lower, m.from_z(res.center - q * sd), rtol=1e-9)
     np.testing.assert_allclose(res.upper, m.from_z(res.center + q * sd), rtol=1e-9)
 
     plain = service.infer(est, t, ch, bad)
     refined = service.refine(est, t, ch, bad, plain["z"])
     first = lambda case: {k: v[0] for k, v in case.items() if k != "timing_ms"}
-    for row, table in ((first(plain), rec.network), (stage.combine(first(plain), first(refined)), rec.refined)):
+    for row, kind in ((first(plain), "network"), (stage.combine(first(plain), first(refined)), "refined")):
         got = service.answer(est, row, 0.95, row.get("refine_status", "not_requested"), {})
         sd = np.sqrt(np.diagonal(row["cov_z"]))[None]
-        want = m.from_z(row["center"][None] + _multiplier(rec, table, 0.95, sd) * sd)[0]
+        want = m.from_z(row["center"][None] + _multiplier(rec, kind, 0.95, sd) * sd)[0]
         np.testing.assert_allclose([got["intervals"][n][1] for n in m.parameter_names], want, rtol=1e-9)
 
 
