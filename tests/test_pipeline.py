@@ -53,3 +53,24 @@ def test_baseline_budget_settings():
     assert settings_for("paper")["baseline_budget_s"] is None
     assert settings_for("small", {"baseline_budget_s": 0})["baseline_budget_s"] is None
     assert settings_for("small", {"baseline_budget_s": 60})["baseline_budget_s"] == 60.0
+
+
+def test_a_run_from_before_a_setting_existed_resumes_with_its_own(tmp_path):
+    """A run directory whose run.json predates a preset's setting (the small preset's
+    baseline_budget_s) resumes with the settings it recorded, the setting absent (its
+    stage then behaves as before it existed); setting it explicitly is a change, refused."""
+    import json
+
+    from mechinfer.workflows.pipeline import plan
+
+    run = tmp_path / "run"
+    assert plan("mmk", str(run))["settings"]["baseline_budget_s"] == 600.0
+    record = json.loads((run / "run.json").read_text())
+    del record["settings"]["baseline_budget_s"]
+    (run / "run.json").write_text(json.dumps(record))
+    resumed = plan("mmk", str(run))["settings"]
+    assert "baseline_budget_s" not in resumed and resumed == record["settings"]
+    with pytest.raises(ValueError, match="was started with preset 'small'"):
+        plan("mmk", str(run), overrides={"baseline_budget_s": 60})
+    with pytest.raises(ValueError, match="was started with preset 'small'"):
+        plan("mmk", str(run), overrides={"n": 7})

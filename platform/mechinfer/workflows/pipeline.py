@@ -94,12 +94,22 @@ def open_run(run: str, model: str | Model, preset: str, settings: dict) -> dict:
             f"run directory {run} is a run of model {m.name!r} with hash {recorded[:12]}, "
             f"not of this {m.name!r} (hash {m.source_hash[:12]}): its file changed; use a new run directory"
         )
-    if (existing.get("preset"), existing.get("settings")) != (preset, settings):
+    stored = existing.get("settings") or {}
+    if (existing.get("preset"), stored) != (preset, _as_recorded(preset, settings, stored)):
         raise ValueError(
             f"run directory {run} was started with preset {existing.get('preset')!r} and settings "
             f"{existing.get('settings')}; rerun with the same ones or use a new run directory"
         )
-    return record
+    return {**record, "settings": stored}
+
+
+def _as_recorded(preset: str, settings: dict, stored: dict) -> dict:
+    """``settings`` as a run recorded before some of them existed would hold them: a
+    setting the run's record lacks is dropped where it has the preset's own value (the
+    run resumes as it began; each stage reads such a setting with its earlier behaviour
+    as the default), and kept, so that the check refuses it, where it was set."""
+    preset_values = settings_for(preset) if preset in PRESETS else {}
+    return {k: v for k, v in settings.items() if k in stored or k not in preset_values or v != preset_values[k]}
 
 
 NEEDS = {
@@ -132,7 +142,7 @@ def plan(
     if stages is None and not settings["tune"]:
         wanted.remove("tune")
     run = os.path.abspath(run)
-    open_run(run, m, preset, settings)
+    settings = open_run(run, m, preset, settings)["settings"]  # an older run's own
     for stage in wanted:
         for need in NEEDS[stage]:
             if need not in wanted and not os.path.exists(os.path.join(run, "stages", f"{need}.json")):
