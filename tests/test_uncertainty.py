@@ -320,23 +320,29 @@ def test_recalibration_refines_within_its_time_budget(caplog):
     np.testing.assert_array_equal(whole.network, spent.network)
 
 
-def test_recalibration_refines_in_ray_tasks_as_it_does_here(ray_local, caplog):
+def test_recalibration_refines_in_ray_tasks_as_it_does_here(ray_local, caplog, monkeypatch):
     """With a checkpoint and a connected Ray of 2 CPUs, the refined table's experiments
     are refined in Ray tasks: the same tables as in process; a spent budget leaves every
-    chunk but the first out (each task checks the deadline before it starts) and says so."""
+    chunk but the first out (each task checks the deadline before it starts) and says so.
+    Small chunks and tables from 8 cases, so that 21 experiments make three tasks and
+    tables other than the normal quantile."""
     import logging
 
+    monkeypatch.setattr(recalibration, "REFINE_CHUNK", 8)
+    monkeypatch.setattr(recalibration, "MIN_CASES", 8)
     checkpoint = mechinfer.estimate.estimator.shipped_checkpoint("mmk")
     est = mechinfer.load_estimator(checkpoint)
-    n = 2 * recalibration.REFINE_CHUNK + 5
+    n = 21
     here = recalibration.recalibrate(est, samples=n, budget_s=3600.0)
     with caplog.at_level(logging.INFO, logger="mechinfer.estimate.recalibration"):
         tasks = recalibration.recalibrate(est, samples=n, budget_s=3600.0, checkpoint=checkpoint)
-    assert "3 Ray tasks of up to 32 experiments" in caplog.text
+    assert "3 Ray tasks of up to 8 experiments" in caplog.text
     assert tasks.samples == here.samples == n
+    normal = special.ndtri(0.5 + 0.5 * recalibration.LEVELS)[:, None]
     for name in ("network", "refined", "network_determined", "refined_determined"):
+        assert not np.allclose(getattr(here, name), normal)  # tables from the cases, not the fallback
         np.testing.assert_array_equal(getattr(tasks, name), getattr(here, name))
     with caplog.at_level(logging.WARNING, logger="mechinfer.estimate.recalibration"):
         spent = recalibration.recalibrate(est, samples=n, budget_s=0.0, checkpoint=checkpoint)
-    assert spent.samples < recalibration.REFINE_CHUNK
-    assert f"after {recalibration.REFINE_CHUNK} of {n} experiments" in caplog.text
+    assert spent.samples < 8
+    assert f"after 8 of {n} experiments" in caplog.text

@@ -194,7 +194,7 @@ def recalibrate(
     chunks = [slice(a, a + REFINE_CHUNK) for a in range(0, len(t), REFINE_CHUNK)]
     todo = [(t[c], ch[c], v[c], z[c]) for c in chunks]
     if checkpoint is not None and _ray_cpus() > 1:
-        parts, reached = _in_ray_tasks(checkpoint, todo, deadline)
+        parts, reached = _in_ray_tasks(checkpoint, est.checkpoint_id, todo, deadline)
     else:
         parts, reached = _here(est, todo, deadline)
     if reached < len(t):
@@ -250,24 +250,31 @@ def _ray_cpus() -> int:
 
 
 @functools.lru_cache(maxsize=2)
-def _estimator(checkpoint: str):
+def _estimator(checkpoint: str, checkpoint_id: str):
+    """The estimator at ``checkpoint``, loaded once per worker and weights (the id: a
+    checkpoint rewritten at the same place is loaded again)."""
     from .estimator import load_estimator
 
-    return load_estimator(checkpoint)
+    est = load_estimator(checkpoint)
+    if est.checkpoint_id != checkpoint_id:
+        raise ValueError(
+            f"{checkpoint} now holds {est.checkpoint_id}, not {checkpoint_id}: it changed during the calibration"
+        )
+    return est
 
 
-def _chunk_task(checkpoint: str, chunk: Chunk, deadline: float, first: bool) -> Chunk | None:
-    """A Ray task: one chunk's refinements (the estimator loaded once per worker), or None
-    when it would start past the deadline (the first chunk always starts)."""
+def _chunk_task(checkpoint: str, checkpoint_id: str, chunk: Chunk, deadline: float, first: bool) -> Chunk | None:
+    """A Ray task: one chunk's refinements, or None when it would start past the deadline
+    (the first chunk always starts)."""
     import torch
 
     torch.set_num_threads(1)
     if not first and time.time() > deadline:
         return None
-    return _refined(_estimator(checkpoint), chunk, deadline)
+    return _refined(_estimator(checkpoint, checkpoint_id), chunk, deadline)
 
 
-def _in_ray_tasks(checkpoint: str, chunks: list[Chunk], deadline: float) -> tuple[list[Chunk], int]:
+def _in_ray_tasks(checkpoint: str, checkpoint_id: str, chunks: list[Chunk], deadline: float) -> tuple[list[Chunk], int]:
     """The chunks as Ray tasks (one CPU each); those that would start past the deadline
     return at once, with nothing."""
     import ray
@@ -276,7 +283,7 @@ def _in_ray_tasks(checkpoint: str, chunks: list[Chunk], deadline: float) -> tupl
 
     task = ray.remote(num_cpus=1, max_retries=3)(_chunk_task)
     log.info("calibration of refined intervals: %d Ray tasks of up to %d experiments", len(chunks), REFINE_CHUNK)
-    pending = {task.remote(checkpoint, c, deadline, i == 0): len(c[0]) for i, c in enumerate(chunks)}
+    pending = {task.remote(checkpoint, checkpoint_id, c, deadline, i == 0): len(c[0]) for i, c in enumerate(chunks)}
     parts: list[Chunk] = []
     reached = 0
     with Progress(sum(pending.values()), "calibration of refined intervals", "experiment") as progress:
