@@ -355,5 +355,5 @@ def calibrate_checkpoint(checkpoint: str, samples: int = SAMPLES) -> str:
     at95 = rec.scale(0.95, np.zeros((1, est.model.n_parameters)), [True])[0]
     return (
         f"intervals recalibrated on {rec.samples} simulated experiments ({where}); 95% multipliers "
-        f"of a well-determined refined parameter {np.min(at95):.2f}-{np.max(at95):.2f} (normal: 1.96)"
+        f"of a well-determined refined parameter {np.min(at95):.3g}-{np.max(at95):.3g} (normal: 1.96)"
     )
