@@ -322,7 +322,7 @@ def test_recalibration_refines_within_its_time_budget(caplog):
 
 def test_recalibration_refines_in_ray_tasks_as_it_does_here(ray_local, caplog, monkeypatch):
     """With a checkpoint and a connected Ray of 2 CPUs, the refined table's experiments
-    are refined in Ray tasks: the same tables as in process; a spent budget leaves every
+    are refined in Ray tasks: the same tables as in process (to float rounding); a spent budget leaves every
     chunk but the first out (each task checks the deadline before it starts) and says so.
     Small chunks and tables from 8 cases, so that 21 experiments make three tasks and
     tables other than the normal quantile."""
@@ -341,7 +341,8 @@ def test_recalibration_refines_in_ray_tasks_as_it_does_here(ray_local, caplog, m
     normal = special.ndtri(0.5 + 0.5 * recalibration.LEVELS)[:, None]
     for name in ("network", "refined", "network_determined", "refined_determined"):
         assert not np.allclose(getattr(here, name), normal)  # tables from the cases, not the fallback
-        np.testing.assert_array_equal(getattr(tasks, name), getattr(here, name))
+        # equal up to the float sums of the network's forward pass (a Ray worker runs one torch thread)
+        np.testing.assert_allclose(getattr(tasks, name), getattr(here, name), rtol=1e-6)
     with caplog.at_level(logging.WARNING, logger="mechinfer.estimate.recalibration"):
         spent = recalibration.recalibrate(est, samples=n, budget_s=0.0, checkpoint=checkpoint)
     assert spent.samples < 8
