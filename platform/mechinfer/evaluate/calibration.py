@@ -44,7 +44,7 @@ def coverage_determined(m: Model, res, theta_true: np.ndarray, level: float = 0.
     """Per parameter: the share of the test samples whose observations determine it
     (``res.determined``) whose interval at ``level`` holds its true value (NaN where no
     sample determines it), and how many samples that is."""
-    low, high = uncertainty.intervals(m, res.center, res.cov_z, level, res.scale)
+    low, high = res.intervals(m, level)
     inside, det = (low <= theta_true) & (theta_true <= high), np.asarray(res.determined, bool)
     n = det.sum(axis=0)
     share = np.where(n > 0, (inside & det).sum(axis=0) / np.maximum(n, 1), np.nan)
