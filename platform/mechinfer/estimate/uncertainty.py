@@ -112,7 +112,7 @@ def laplace(model: Model, t, channel, value, z, **solver_options) -> Laplace:
             model, z[rows], t[rows], channel[rows], value[rows], **mle._fit_options(solver_options, model)
         )
     gradient = (jac.transpose(1, 2) @ r[..., None])[..., 0] + z  # of NLL + |z|^2 / 2
-    center, cov, p_eff = _newton_step(z, jac.transpose(1, 2) @ jac, gradient, ok)
+    center, cov, p_eff = _newton_step(z, jac, gradient, ok)
     n_obs = np.isfinite(value.numpy()).sum(axis=1)
     nll = np.where(ok.numpy(), 0.5 * r.square().sum(-1).numpy(), np.nan)
     return Laplace(
@@ -120,13 +120,14 @@ def laplace(model: Model, t, channel, value, z, **solver_options) -> Laplace:
     )
 
 
-def _newton_step(z: torch.Tensor, info: torch.Tensor, gradient: torch.Tensor, ok: torch.Tensor):
+def _newton_step(z: torch.Tensor, root: torch.Tensor, gradient: torch.Tensor, ok: torch.Tensor):
     """The approximation's centre, one Newton step on NLL + |z|^2 / 2 from z with the
-    (Gauss-Newton or Fisher) information ``info`` (B, P, P) and the gradient (B, P), its
-    covariance (info + I)^-1 (the prior's, I, where ``info`` is zero: rows not ``ok``)
-    and p_eff = P - trace(cov), the parameters the observations determine; numpy."""
-    eye = torch.eye(z.shape[1], dtype=z.dtype).expand(len(z), -1, -1)
-    cov = torch.linalg.inv(info + eye)
+    (Gauss-Newton or Fisher) information root^T root (``root`` (B, M, P): its square root,
+    the stacked Jacobians) and the gradient (B, P), its covariance (root^T root + I)^-1
+    (:func:`mechinfer.fit.mle.information_inverse`; the prior's, I, where ``root`` is
+    zero: rows not ``ok``) and p_eff = P - trace(cov), the parameters the observations
+    determine; numpy."""
+    cov = mle.information_inverse(root)
     center = torch.where(ok[:, None], z - (cov @ gradient[..., None])[..., 0], z)
     return center.numpy(), cov.numpy(), z.shape[1] - np.trace(cov.numpy(), axis1=1, axis2=2)
 
@@ -158,11 +159,11 @@ def _laplace_observed(model: Model, t, channel, value, z, **solver_options) -> L
     # Fisher information per observation: 1 / sigma^2 for the location (both laws), 2 (normal)
     # or 1 (Laplace) for log sigma
     w_scale = torch.where(laplace_noise, 1.0, 2.0).to(z.dtype)
-    info = d_mu.transpose(1, 2) @ d_mu + (d_log_sigma * w_scale[..., None]).transpose(1, 2) @ d_log_sigma
+    root = torch.cat([d_mu, d_log_sigma * w_scale.sqrt()[..., None]], 1)  # info = root^T root
     d_r = torch.where(laplace_noise, torch.sign(r), r)  # -dNLL/dmu * sigma
     d_s = torch.where(laplace_noise, 1.0 - r.abs(), 1.0 - r.square())  # dNLL/dlog sigma
     gradient = (-(d_mu * d_r[..., None]) + d_log_sigma * torch.where(mask, d_s, 0.0)[..., None]).sum(1) + z
-    center, cov, p_eff = _newton_step(z, info, gradient, ok)  # info is zero where ok is False
+    center, cov, p_eff = _newton_step(z, root, gradient, ok)  # root is zero where ok is False
     per = torch.where(laplace_noise, r.abs(), 0.5 * r.square()) + log_sigma
     nll = np.where(ok.numpy(), torch.where(mask, per, 0.0).sum(-1).numpy(), np.nan)
     n_obs = mask.numpy().sum(axis=1)
