@@ -2,8 +2,10 @@
 ``est.infer``, on cases whose answer is known, and its recalibration stored with a
 checkpoint."""
 
+import mpmath
 import numpy as np
 import pytest
+import torch
 from scipy import special, stats
 
 import mechinfer
@@ -11,6 +13,7 @@ import mechinfer.estimate.estimator
 from mechinfer.estimate import recalibration, uncertainty
 from mechinfer.estimate import refine as stage
 from mechinfer.evaluate import baseline
+from mechinfer.fit import mle
 
 THETA = np.array([[2.0, 1.0, 5.0, 0.5]])  # mmk: Vmax, Km, S_0, P_0
 
@@ -131,34 +134,50 @@ def test_recalibration_corrects_heavy_tails_and_leaves_the_prior_alone():
 def test_determined_parameters_get_the_determined_cases_table():
     """Mondrian recalibration: where determined cases (sd^2 <= DETERMINED_VARIANCE) err
     with heavier tails than the others, the pooled table undercovers them and their own
-    table does not; the others keep the pooled table, and a parameter with too few
-    determined cases falls back to it."""
+    table does not; the others keep the pooled table. A parameter with too few determined
+    cases of its own takes the table of every parameter's determined cases together, and
+    with too few of those in all, its pooled table."""
     rng = np.random.default_rng(1)
     levels = recalibration.LEVELS
 
-    def draw(n):  # parameter 0: a third determined (sd 0.3, t(2) errors), the rest sd 0.8 with N(0, 1)
-        det = rng.random(n) < 1 / 3
-        sd0 = np.where(det, 0.3, 0.8)
-        err0 = np.where(det, rng.standard_t(2, n) * 0.8, rng.standard_normal(n)) * sd0
-        sd = np.column_stack([sd0, np.full(n, 0.8)])  # parameter 1: never determined
-        err = np.column_stack([err0, rng.standard_normal(n) * 0.8])
-        cov = np.zeros((n, 2, 2))
-        cov[:, 0, 0], cov[:, 1, 1] = sd[:, 0] ** 2, sd[:, 1] ** 2
-        return np.zeros((n, 2)), cov, err, sd, det
+    def draw(n, share2=0.008):
+        """Parameter 0: a third determined (sd 0.3, t(2) errors), the rest sd 0.8 with
+        N(0, 1); parameter 1: never determined; parameter 2: as parameter 0 with a share
+        ``share2`` determined (0.008 of 6000: 48, fewer than MIN_CASES)."""
+        cols_sd, cols_err, dets = [], [], []
+        for share in (1 / 3, 0.0, share2):
+            det = rng.random(n) < share
+            sd = np.where(det, 0.3, 0.8)
+            cols_sd.append(sd)
+            cols_err.append(np.where(det, rng.standard_t(2, n) * 0.8, rng.standard_normal(n)) * sd)
+            dets.append(det)
+        sd, err, det = np.column_stack(cols_sd), np.column_stack(cols_err), np.column_stack(dets)
+        cov = np.zeros((n, 3, 3))
+        for j in range(3):
+            cov[:, j, j] = sd[:, j] ** 2
+        return np.zeros((n, 3)), cov, err, sd, det
 
     center, cov, z_true, sd, det = draw(6000)
+    assert 0 < det[:, 2].sum() < recalibration.MIN_CASES
     pooled, determined = recalibration.conformal_tables(center, cov, z_true)
-    np.testing.assert_array_equal(determined[:, 1], pooled[:, 1])  # no determined case: the pooled column
+    across = recalibration.across_parameters(center, cov, z_true)
+    np.testing.assert_array_equal(determined[:, 1], across[:, 1])  # too few of its own: all parameters'
+    np.testing.assert_array_equal(determined[:, 2], across[:, 2])
+    assert not np.array_equal(determined[:, 0], across[:, 0])  # enough of its own
+    few = draw(6000, share2=0.0)
+    few[1][40:, 0, 0] = 0.64  # 40 determined cases in all (parameter 0's first 40)
+    pooled_few, determined_few = recalibration.conformal_tables(*few[:3])
+    np.testing.assert_array_equal(determined_few, pooled_few)  # too few in all: the pooled tables
+
     both = recalibration.Recalibration("test", 6000, levels, pooled, pooled, determined, determined)
     only_pooled = recalibration.Recalibration("test", 6000, levels, pooled, pooled)
-    center, cov, z_true, sd, det = draw(30000)
+    center, cov, z_true, sd, det = draw(30000, share2=0.05)
     for level in (0.9, 0.95):
-        inside = lambda rec, level=level: (
-            np.abs(z_true - center) <= rec.scale(level, sd, np.ones(len(sd), bool)) * sd
-        )[:, 0]
-        assert inside(only_pooled)[det].mean() < level - 0.015  # what the determined table corrects
-        np.testing.assert_allclose(inside(both)[det].mean(), level, atol=0.01)
-        np.testing.assert_allclose(inside(both)[~det].mean(), inside(only_pooled)[~det].mean())  # unchanged
+        inside = lambda rec, level=level: np.abs(z_true - center) <= rec.scale(level, sd, np.ones(len(sd), bool)) * sd
+        for j in (0, 2):  # parameter 2 through the table of all parameters' determined cases
+            assert inside(only_pooled)[det[:, j], j].mean() < level - 0.015  # what the determined table corrects
+            np.testing.assert_allclose(inside(both)[det[:, j], j].mean(), level, atol=0.015)
+        np.testing.assert_allclose(inside(both)[~det], inside(only_pooled)[~det])  # unchanged
 
 
 def test_a_checkpoint_carries_its_recalibration(tmp_path, run_cli, caplog):
@@ -347,3 +366,24 @@ def test_recalibration_refines_in_ray_tasks_as_it_does_here(ray_local, caplog, m
         spent = recalibration.recalibrate(est, samples=n, budget_s=0.0, checkpoint=checkpoint)
     assert spent.samples < 8
     assert f"after 8 of {n} experiments" in caplog.text
+
+
+def test_covariance_of_an_ill_conditioned_information_stays_a_covariance():
+    """Sensitivities of 1e8 along nearly parallel directions (a PEtab problem's parameters
+    spanning ten decades): inverting A^T A + I in float64 gives negative variances here,
+    the factorisation of [A; I] the exact ones (60-digit arithmetic)."""
+    rng = np.random.default_rng(0)
+    u, w, x = rng.normal(size=(3, 30))
+    a = np.stack([u * 1e8, u * 1e8 + 0.5 * w, x, u * 1e8 + 1e-3 * x], 1)
+    assert (np.diag(np.linalg.inv(a.T @ a + np.eye(4))) < 0).any()  # what the direct inverse gives
+    mpmath.mp.dps = 60
+    m = mpmath.matrix(a.tolist())
+    exact = (m.T * m + mpmath.eye(4)) ** -1
+    exact = np.array([[float(exact[i, j]) for j in range(4)] for i in range(4)])
+    z = torch.zeros(1, 4, dtype=torch.float64)
+    _, cov, p_eff = uncertainty._newton_step(z, torch.from_numpy(a)[None], z, torch.ones(1, dtype=torch.bool))
+    np.testing.assert_allclose(cov[0], exact, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(p_eff[0], 4 - np.trace(exact), rtol=1e-9)
+    # BFGS's Gauss-Newton start takes the same inverse
+    h0 = mle.information_inverse(torch.from_numpy(a)[None])[0].numpy()
+    np.testing.assert_allclose(h0, exact, rtol=1e-6, atol=1e-12)
