@@ -193,7 +193,20 @@ def test_a_start_on_a_plateau_gets_a_second_start():
 
     m = load_model(FUJITA)
     rows = spec_test_set(m, 8)
-    rows = {k: v[rows["status"] == 0][2:4] for k, v in rows.items()}
+    # rows whose values their own parameters fit at the fits' tolerances (an NLL near -490;
+    # for some draws of Fujita's wide prior the simulation at the data's looser tolerances
+    # is off by many sigma, so no fit can come near their truth)
+    consistent = (
+        mle.nll(
+            m,
+            rows["t"],
+            rows["channel"],
+            m.observation.to_noise_space(rows["value"], rows["channel"]),
+            m.to_z(rows["theta"]),
+        )
+        < 0
+    )
+    rows = {k: v[(rows["status"] == 0) & consistent][2:4] for k, v in rows.items()}
     t, ch = rows["t"], rows["channel"]
     v = m.observation.to_noise_space(rows["value"], ch)
     plateau = np.full((len(t), m.n_parameters), -4.0)

@@ -10,6 +10,7 @@ stored with the outputs, so the test does not depend on how the test set is made
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def test_rows(m):
 
 
 def main() -> None:
+    os.environ["MECHINFER_COMPILE"] = "0"
     out = {
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "models": {},
@@ -39,7 +41,9 @@ def main() -> None:
         rows = test_rows(m)
         est = mechinfer.load_estimator(name)
         theta_hat = est.estimate(rows["t"], rows["channel"], rows["value"])
-        theta_ref = est.estimate(rows["t"][:2], rows["channel"][:2], rows["value"][:2], refine=True)
+        # BFGS by name, as the test asks (the refinement when first recorded; the default
+        # is now the trust region), with the solver's steps eager (as the test runs them)
+        theta_ref = est.estimate(rows["t"][:2], rows["channel"][:2], rows["value"][:2], refine=True, method="bfgs")
         grid = np.linspace(0.0, m.T, 7)
         out["models"][name] = {
             "checkpoint_id": est.checkpoint_id,

@@ -52,6 +52,7 @@ import threading
 import numpy as np
 import torch
 
+from .integrate import FIRST_STEP_FLOOR as _FIRST_STEP_FLOOR
 from .rosenbrock import A_MATRIX, C_MATRIX, GAMMA
 from .status import SolveStatus
 
@@ -337,6 +338,7 @@ import numpy as _np
 
 _GAMMA = {GAMMA!r}
 _MIN_STEP = {_MIN_STEP!r}
+_FIRST_STEP_FLOOR = {_FIRST_STEP_FLOOR!r}
 _SAFETY, _FACTOR_MIN, _FACTOR_MAX, _ORDER = {_SAFETY!r}, {_FACTOR_MIN!r}, {_FACTOR_MAX!r}, {_ORDER!r}
 _OK, _MAX_STEPS, _UNDERFLOW = {int(SolveStatus.OK)}, {int(SolveStatus.MAX_STEPS)}, {int(SolveStatus.STEP_UNDERFLOW)}
 
@@ -585,7 +587,7 @@ def _solve_one(y0, Y0, col_a, a, times, rtol, atol, max_steps, want_sens, A, C, 
         h = 1e-6
     else:
         h = 0.01 * d0 / max(d1, 1e-300)
-    h = min(h, max(times[n_obs - 1], _MIN_STEP))
+    h = min(max(h, _FIRST_STEP_FLOOR * _MIN_STEP), max(times[n_obs - 1], _MIN_STEP))  # integrate.FIRST_STEP_FLOOR
 
     t = 0.0
     kk = 0
