@@ -133,6 +133,19 @@ def _edit(path: Path, edit) -> None:
     table.to_csv(path, sep="\t", index=False)
 
 
+def test_a_missing_visualization_table_is_no_obstacle(tmp_path):
+    """Plot specifications change no number: a YAML that names one never published (as
+    Lucarelli_CellSystems2018's does) loads, gives the reference log-likelihood and travels
+    without it."""
+    yaml_path = _copy(tmp_path)
+    (yaml_path.parent / "visualizationSpecification_Boehm_JProteomeRes2014.tsv").unlink()
+    assert "visualizationSpecification_Boehm_JProteomeRes2014.tsv" in yaml_path.read_text()
+    assert mechinfer.load_petab(yaml_path).log_likelihood() == pytest.approx(-138.221997, abs=1e-4)
+    m = mechinfer.load_model(yaml_path)
+    assert "visualizationSpecification_Boehm_JProteomeRes2014.tsv" not in m.source.files
+    assert len(m.source.files) == 6  # the YAML, the SBML model and four tables
+
+
 def test_a_missing_table_is_named(tmp_path):
     yaml_path = _copy(tmp_path)
     (yaml_path.parent / "observables_Boehm_JProteomeRes2014.tsv").unlink()

@@ -277,8 +277,16 @@ def load_petab(path: str | os.PathLike) -> PetabProblem:
     where = os.path.basename(path)
     if not os.path.isfile(path):
         raise ModelSourceError(f"{path}: no such PEtab problem file")
+    import yaml
+
     try:
-        problem = petab1.Problem.from_yaml(path)
+        with open(path) as f:
+            spec = yaml.safe_load(f)
+        # without its visualization tables: plot specifications change no number, and a
+        # YAML may name one that was never published
+        for entry in spec.get("problems") or []:
+            entry.pop("visualization_files", None)
+        problem = petab1.Problem.from_yaml(spec, base_path=os.path.dirname(os.path.abspath(path)))
     except FileNotFoundError as e:
         raise ModelSourceError(f"{where}: a table it names is missing: {e.filename or e}") from None
     except Exception as e:
@@ -286,10 +294,6 @@ def load_petab(path: str | os.PathLike) -> PetabProblem:
     for table in ("condition_df", "measurement_df", "observable_df", "parameter_df"):
         if getattr(problem, table) is None:
             raise ModelSourceError(f"{where}: the problem has no {table.split('_')[0]} table")
-    import yaml
-
-    with open(path) as f:
-        spec = yaml.safe_load(f)
     sbml_files = [f for p in spec.get("problems", []) for f in p.get("sbml_files", [])]
     if len(sbml_files) != 1:
         raise UnsupportedModelError(f"{where}: a problem with {len(sbml_files)} SBML files (one is supported)")

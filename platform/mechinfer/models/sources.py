@@ -36,9 +36,12 @@ from .odesystem import ModelSourceError
 
 KINDS = ("builtin", "python", "sbml", "petab")
 SUFFIXES = {".py": "python", ".xml": "sbml", ".sbml": "sbml", ".yaml": "petab", ".yml": "petab"}
-# the files a PEtab v1 problem names: at the top of its YAML, and in each of its problems
+# the files a PEtab v1 problem names: at the top of its YAML, and in each of its problems.
+# Its visualization_files travel where they exist and may be missing: plot specifications
+# change no number (load_petab skips them), and a YAML may name one never published
 _PETAB_TOP = ("parameter_file",)
 _PETAB_PROBLEM = ("sbml_files", "condition_files", "measurement_files", "observable_files", "visualization_files")
+_PETAB_OPTIONAL = ("visualization_files",)
 _MODULE_PREFIX = "mechinfer_user_model_"
 
 
@@ -83,9 +86,13 @@ class ModelSource:
         if kind != "petab":
             return cls(kind, p.name, {p.name: _read(p)})
         entry_text = _read(p)
-        paths = [p, *(p.parent / name for name in _petab_files(entry_text, str(path)))]
-        for f in paths[1:]:
-            if not f.is_file():
+        optional = set(_petab_files(entry_text, str(path), _PETAB_OPTIONAL))
+        paths = [p]
+        for name in _petab_files(entry_text, str(path)):
+            f = p.parent / name
+            if f.is_file():
+                paths.append(f)
+            elif name not in optional:
                 raise ModelSourceError(f"PEtab problem {str(path)!r} names {f.name!r}, which does not exist ({f})")
         # names relative to the folder that holds them all, so '../model.xml' keeps its layout
         root = Path(os.path.commonpath([str(f.resolve().parent) for f in paths]))
@@ -215,8 +222,9 @@ def _read(path: Path) -> str:
         raise ModelSourceError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from None
 
 
-def _petab_files(text: str, where: str) -> list[str]:
-    """The relative names of the files a PEtab v1 YAML names, in order, each once."""
+def _petab_files(text: str, where: str, problem_keys=_PETAB_PROBLEM) -> list[str]:
+    """The relative names of the files a PEtab v1 YAML names, in order, each once (with
+    ``problem_keys`` other than the default: those of its problems' entries alone)."""
     import yaml
 
     try:
@@ -233,11 +241,11 @@ def _petab_files(text: str, where: str) -> list[str]:
             if isinstance(v, str) and v not in names:
                 names.append(v)
 
-    for key in _PETAB_TOP:
+    for key in _PETAB_TOP if problem_keys == _PETAB_PROBLEM else ():
         add(doc.get(key))
     for problem in doc.get("problems") or []:
         if isinstance(problem, dict):
-            for key in _PETAB_PROBLEM:
+            for key in problem_keys:
                 add(problem.get(key))
     return names
 
