@@ -146,6 +146,20 @@ def test_a_missing_visualization_table_is_no_obstacle(tmp_path):
     assert len(m.source.files) == 6  # the YAML, the SBML model and four tables
 
 
+def test_a_measurement_a_log_transformation_cannot_take_is_named(tmp_path):
+    yaml_path = _copy(tmp_path)
+    folder = yaml_path.parent
+    _edit(
+        folder / "observables_Boehm_JProteomeRes2014.tsv",
+        lambda t: t.__setitem__("observableTransformation", ["log10", "lin", "lin"]),
+    )
+    measurements = folder / "measurementData_Boehm_JProteomeRes2014.tsv"
+    first = pd.read_csv(measurements, sep="\t")["observableId"].eq("pSTAT5A_rel").idxmax()
+    _edit(measurements, lambda t: t.__setitem__("measurement", t["measurement"].where(t.index != first, 0.0)))
+    with pytest.raises(ModelSourceError, match=rf"measurement row {first + 1} \(pSTAT5A_rel\): 0 under .* log10"):
+        mechinfer.load_petab(yaml_path)
+
+
 def test_a_missing_table_is_named(tmp_path):
     yaml_path = _copy(tmp_path)
     (yaml_path.parent / "observables_Boehm_JProteomeRes2014.tsv").unlink()
