@@ -468,14 +468,14 @@ def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
     m_observable = np.array([obs_index[str(o)] for o in meas["observableId"]], dtype=np.int64)
     m_time = meas["time"].to_numpy(dtype=np.float64)
     m_value = meas["measurement"].to_numpy(dtype=np.float64)
-    for k in np.flatnonzero(~np.isfinite(m_value)):
-        raise ModelSourceError(f"{where}: measurement row {k + 1} ({meas['observableId'].iloc[k]}): not a number")
-    for k in range(m):  # a log's argument: PEtab requires positive measurements of such observables
-        obs = observables[m_observable[k]]
-        if obs.transformation != "lin" and m_value[k] <= 0:
+    for row in map(int, np.flatnonzero(~np.isfinite(m_value))):
+        raise ModelSourceError(f"{where}: measurement row {row + 1} ({meas['observableId'].iloc[row]}): not a number")
+    for row in range(m):  # a log's argument: PEtab requires positive measurements of such observables
+        of = observables[m_observable[row]]
+        if of.transformation != "lin" and m_value[row] <= 0:
             raise ModelSourceError(
-                f"{where}: measurement row {k + 1} ({obs.name}): {m_value[k]:g} under the observable's "
-                f"{obs.transformation} transformation, which needs a positive value"
+                f"{where}: measurement row {row + 1} ({of.name}): {m_value[row]:g} under the observable's "
+                f"{of.transformation} transformation, which needs a positive value"
             )
     if np.isinf(m_time).any():
         raise UnsupportedModelError(f"{where}: steady-state measurements (time inf)")
