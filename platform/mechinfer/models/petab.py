@@ -468,15 +468,19 @@ def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
     m_observable = np.array([obs_index[str(o)] for o in meas["observableId"]], dtype=np.int64)
     m_time = meas["time"].to_numpy(dtype=np.float64)
     m_value = meas["measurement"].to_numpy(dtype=np.float64)
-    for row in map(int, np.flatnonzero(~np.isfinite(m_value))):
+    not_a_number = np.flatnonzero(~np.isfinite(m_value))
+    if len(not_a_number):
+        row = int(not_a_number[0])
         raise ModelSourceError(f"{where}: measurement row {row + 1} ({meas['observableId'].iloc[row]}): not a number")
-    for row in range(m):  # a log's argument: PEtab requires positive measurements of such observables
-        of = observables[m_observable[row]]
-        if of.transformation != "lin" and m_value[row] <= 0:
-            raise ModelSourceError(
-                f"{where}: measurement row {row + 1} ({of.name}): {m_value[row]:g} under the observable's "
-                f"{of.transformation} transformation, which needs a positive value"
-            )
+    # a log's argument: PEtab requires positive measurements of such observables
+    logged = np.array([o.transformation != "lin" for o in observables])[m_observable]
+    not_positive = np.flatnonzero(logged & (m_value <= 0))
+    if len(not_positive):
+        row, of = int(not_positive[0]), observables[m_observable[not_positive[0]]]
+        raise ModelSourceError(
+            f"{where}: measurement row {row + 1} ({of.name}): {m_value[row]:g} under the observable's "
+            f"{of.transformation} transformation, which needs a positive value"
+        )
     if np.isinf(m_time).any():
         raise UnsupportedModelError(f"{where}: steady-state measurements (time inf)")
     p_index = np.full((m, max(n_slots, 1)), -1, dtype=np.int64)

@@ -86,13 +86,12 @@ class ModelSource:
         if kind != "petab":
             return cls(kind, p.name, {p.name: _read(p)})
         entry_text = _read(p)
-        optional = set(_petab_files(entry_text, str(path), _PETAB_OPTIONAL))
         paths = [p]
-        for name in _petab_files(entry_text, str(path)):
+        for name, optional in _petab_files(entry_text, str(path)).items():
             f = p.parent / name
             if f.is_file():
                 paths.append(f)
-            elif name not in optional:
+            elif not optional:
                 raise ModelSourceError(f"PEtab problem {str(path)!r} names {f.name!r}, which does not exist ({f})")
         # names relative to the folder that holds them all, so '../model.xml' keeps its layout
         root = Path(os.path.commonpath([str(f.resolve().parent) for f in paths]))
@@ -222,9 +221,9 @@ def _read(path: Path) -> str:
         raise ModelSourceError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from None
 
 
-def _petab_files(text: str, where: str, problem_keys=_PETAB_PROBLEM) -> list[str]:
-    """The relative names of the files a PEtab v1 YAML names, in order, each once (with
-    ``problem_keys`` other than the default: those of its problems' entries alone)."""
+def _petab_files(text: str, where: str) -> dict[str, bool]:
+    """The relative names of the files a PEtab v1 YAML names, in order, each once, each
+    with whether it may be missing (:data:`_PETAB_OPTIONAL`)."""
     import yaml
 
     try:
@@ -234,19 +233,19 @@ def _petab_files(text: str, where: str, problem_keys=_PETAB_PROBLEM) -> list[str
         raise ModelSourceError(f"PEtab problem {where!r} is not valid YAML: {first}") from None
     if not isinstance(doc, dict):
         raise ModelSourceError(f"PEtab problem {where!r} is not a PEtab YAML mapping")
-    names: list[str] = []
+    names: dict[str, bool] = {}
 
-    def add(value) -> None:
+    def add(value, optional: bool) -> None:
         for v in [value] if isinstance(value, str) else (value or []):
-            if isinstance(v, str) and v not in names:
-                names.append(v)
+            if isinstance(v, str):
+                names[v] = names.get(v, True) and optional  # named anywhere as required: required
 
-    for key in _PETAB_TOP if problem_keys == _PETAB_PROBLEM else ():
-        add(doc.get(key))
+    for key in _PETAB_TOP:
+        add(doc.get(key), False)
     for problem in doc.get("problems") or []:
         if isinstance(problem, dict):
-            for key in problem_keys:
-                add(problem.get(key))
+            for key in _PETAB_PROBLEM:
+                add(problem.get(key), key in _PETAB_OPTIONAL)
     return names
 
 
