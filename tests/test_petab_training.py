@@ -17,6 +17,7 @@ import torch
 
 import mechinfer
 from mechinfer.estimate import uncertainty
+from mechinfer.fit import mle
 from mechinfer.learn import checkpoint, losses, networks
 from mechinfer.models import likelihood
 from mechinfer.serve import handlers
@@ -100,6 +101,36 @@ def test_laplace_at_nominal_is_the_petab_likelihood(boehm):
     determined = sd < 0.5  # (an undetermined one's interval is the prior's middle 95%)
     inside = (lower[0] <= boehm.nominal) & (boehm.nominal <= upper[0])
     assert inside[determined].all()
+
+
+def test_a_rejected_fit_on_a_petab_problem_is_widened_by_its_misfit(boehm):
+    """Boehm's measurements shifted by 3 of their noise scales at the nominal parameters
+    fail the goodness-of-fit test: the covariance is the inverse of the Fisher
+    information (mu's and log sigma's rows together) over s^2 = statistic / dof left,
+    plus the prior's I, computed here directly from the observation Jacobians."""
+    m = boehm.model
+    obs = _real(boehm)
+    y = likelihood.to_noise_space(m, obs.value, obs.channel)
+    z = m.to_z(boehm.nominal[None])
+    t, ch = obs.t, obs.channel
+    _, log_sigma, _, _, _ = mle.standardised(m, torch.as_tensor(z), *mle._tensors(t, ch, y), **mle.fit_tolerances(m))
+    shifted = y + 3.0 * np.exp(log_sigma.numpy())
+    lap = uncertainty.laplace(m, t, ch, shifted, z)
+    assert lap.gof_pvalue[0] < 1e-6
+    r, jac, L, ok = mle.observation_jacobians(
+        m, torch.as_tensor(z), *mle._tensors(t, ch, shifted), **mle.fit_tolerances(m)
+    )
+    assert ok[0]
+    root = torch.cat([jac, L], 1)[0].numpy()
+    statistic = float((r[0] ** 2).sum())
+    s2 = statistic / (48 - lap.p_eff[0])
+    assert 5 < s2 < 15, s2
+    expected = np.linalg.inv(root.T @ root / s2 + np.eye(m.n_parameters))
+    np.testing.assert_allclose(lap.cov_z[0], expected, rtol=1e-6, atol=1e-9)
+    plain = uncertainty.laplace(m, t, ch, y, z)  # the measurements themselves pass: unchanged
+    assert plain.gof_pvalue[0] > uncertainty.MISFIT_PVALUE
+    unscaled = np.linalg.inv(root.T @ root + np.eye(m.n_parameters))
+    assert (np.diag(lap.cov_z[0]) > np.diag(unscaled)).all()
 
 
 def test_values_enter_the_noise_space_once(variant, variant_path, tmp_path):
