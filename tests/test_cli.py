@@ -92,18 +92,27 @@ def test_presets_and_overrides():
         config.replace(small, epoch=3)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["simulate", "--model", "yeast", "--n", "10", "--out", "{tmp}/d"], "simulate: error: unknown model 'yeast'"),
-        (["simulate", "--model", "mmk", "--n", "0", "--out", "{tmp}/d"], "n must be a positive integer, got 0"),
-        (["baseline", "--model", "mmk", "--out", "{tmp}/b", "--starts", "1,x"], "must be comma-separated integers"),
-        (["evaluate", "--baseline", "{tmp}/none", "--out", "{tmp}/r"], "evaluate: error: {tmp}/none is not a complete"),
-        (["pipeline", "--model", "mmk", "--run", "{tmp}/run", "--preset", "huge"], "unknown preset 'huge'"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    """Through the installed console script, as a user runs it."""
+BAD_INPUT = [
+    (["simulate", "--model", "yeast", "--n", "10", "--out", "{tmp}/d"], "simulate: error: unknown model 'yeast'"),
+    (["simulate", "--model", "mmk", "--n", "0", "--out", "{tmp}/d"], "n must be a positive integer, got 0"),
+    (["baseline", "--model", "mmk", "--out", "{tmp}/b", "--starts", "1,x"], "must be comma-separated integers"),
+    (["evaluate", "--baseline", "{tmp}/none", "--out", "{tmp}/r"], "evaluate: error: {tmp}/none is not a complete"),
+    (["pipeline", "--model", "mmk", "--run", "{tmp}/run", "--preset", "huge"], "unknown preset 'huge'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, run_cli, args, message):
+    status, _, err = run_cli(*(a.format(tmp=tmp_path) for a in args))
+    assert status == 2, err
+    assert message.format(tmp=tmp_path) in err
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("args, message", [BAD_INPUT[0], BAD_INPUT[3]])
+def test_bad_input_through_the_console_script(tmp_path, args, message):
+    """Through the installed console script, as a user runs it (a process start each,
+    ~4 s: two of the cases; all of them run in process above)."""
     exe = script("mechinfer") or pytest.skip("the mechinfer script is not on PATH")
     run = subprocess.run([exe, *(a.format(tmp=tmp_path) for a in args)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
