@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -187,8 +188,6 @@ def test_prediction_jacobians_match_central_differences(problem, log10, tmp_path
             r[column] = "log10"
         table.write_text("\n".join([lines[0], *("\t".join(r) for r in rows)]) + "\n")
         # a log needs positive measurements (load_petab refuses others); only the design is used here
-        import pandas as pd
-
         meas_path = next(root.glob("measurementData_*.tsv"))
         meas = pd.read_csv(meas_path, sep="\t")
         meas["measurement"] = meas["measurement"].where(meas["measurement"] > 0, 1.0)
