@@ -26,7 +26,7 @@ import sympy
 import torch
 
 from ..solver.dual import Dual
-from ..solver.symbolic import Ceiling, Factorial, Floor, Sym
+from ..solver.symbolic import Acot, Ceiling, Factorial, Floor, Sym
 
 # ---------------------------------------------------------------- unary functions
 # name -> (sympy function, torch function, torch derivative as a function of (x, f(x)), numpy function)
@@ -34,6 +34,10 @@ _sec = lambda x: 1.0 / torch.cos(x)
 _csc = lambda x: 1.0 / torch.sin(x)
 _cot = lambda x: 1.0 / torch.tan(x)
 
+# arccot(0) is pi / 2 (sympy's acot(0), libroadrunner's); atan(1 / x) gives -pi / 2 at x = -0.0,
+# which MathML's <minus/> of a zero (-time at t = 0) yields. x + 0.0 is +0.0 for either zero
+# and x everywhere else (IEEE 754: no compiler without fast-math folds it away), so every
+# engine writes arccot as atan(1 / (x + 0.0)); solver.symbolic prints it so for native code.
 _UNARY: dict[str, tuple[Callable, Callable, Callable, Callable]] = {
     "exp": (sympy.exp, torch.exp, lambda x, f: f, np.exp),
     "log": (sympy.log, torch.log, lambda x, f: 1.0 / x, np.log),
@@ -67,11 +71,11 @@ _UNARY: dict[str, tuple[Callable, Callable, Callable, Callable]] = {
         lambda x, f: -1.0 / (x * x * torch.sqrt(1.0 - 1.0 / (x * x))),
         lambda x: np.arcsin(1.0 / x),
     ),
-    "acot": (
-        sympy.acot,
-        lambda x: torch.atan(1.0 / x),
+    "acot": (  # atan(1 / (x + 0.0)): pi / 2 at x = 0 of either sign (see above)
+        Acot,
+        lambda x: torch.atan(1.0 / (x + 0.0)),
         lambda x, f: -1.0 / (1.0 + x * x),
-        lambda x: np.arctan(1.0 / x),
+        lambda x: np.arctan(1.0 / (x + 0.0)),
     ),
     "sinh": (sympy.sinh, torch.sinh, lambda x, f: torch.cosh(x), np.sinh),
     "cosh": (sympy.cosh, torch.cosh, lambda x, f: torch.sinh(x), np.cosh),
@@ -117,7 +121,7 @@ _UNARY: dict[str, tuple[Callable, Callable, Callable, Callable]] = {
     ),
 }
 # sympy's class name -> our op name (where they differ)
-_SYMPY_NAMES = {"Abs": "abs", "Floor": "floor", "Ceiling": "ceiling", "Factorial": "factorial"}
+_SYMPY_NAMES = {"Abs": "abs", "Floor": "floor", "Ceiling": "ceiling", "Factorial": "factorial", "Acot": "acot"}
 
 
 def _is_tensor(x) -> bool:

@@ -37,6 +37,7 @@ import libsbml
 import sympy
 from sympy.logic.boolalg import BooleanAtom, BooleanFunction
 
+from ..solver.symbolic import Acot
 from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
 
 __all__ = ["read_sbml"]
@@ -67,7 +68,7 @@ _UNARY: dict[int, Callable[[sympy.Expr], sympy.Expr]] = {
     libsbml.AST_FUNCTION_ARCTAN: sympy.atan,
     libsbml.AST_FUNCTION_ARCSEC: sympy.asec,
     libsbml.AST_FUNCTION_ARCCSC: sympy.acsc,
-    libsbml.AST_FUNCTION_ARCCOT: sympy.acot,
+    libsbml.AST_FUNCTION_ARCCOT: Acot,  # not sympy.acot: see Acot
     libsbml.AST_FUNCTION_ARCSINH: sympy.asinh,
     libsbml.AST_FUNCTION_ARCCOSH: sympy.acosh,
     libsbml.AST_FUNCTION_ARCTANH: sympy.atanh,

@@ -275,7 +275,7 @@ def system(name: str, fingerprint: str | None, n_states: int, n_args: int, make_
         return _SYSTEMS[key]
 
 
-CODEGEN_VERSION = "6"  # bump when mechinfer.solver.symbolic prints different code
+CODEGEN_VERSION = "7"  # bump when mechinfer.solver.symbolic prints different code
 
 
 # ---------------------------------------------------------------- torch interface

@@ -46,6 +46,28 @@ class Ceiling(sympy.Function):
         return sympy.S.Zero
 
 
+class Acot(sympy.Function):
+    """arccot(x) = atan(1 / x), pi / 2 at x = 0 (as sympy's acot(0) and libroadrunner).
+    sympy's own acot rewrites acot(-x) as -acot(x), which is -pi / 2 at x = 0: an SBML
+    rate arccot(-time) would start at -pi / 2. This one stays as written."""
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return -1 / (1 + x**2)
+
+    def _pythoncode(self, printer):
+        """Printed by every Python code printer (this module's for native code, numpy's and
+        scipy's in lambdify) as atan(1 / (x + 0.0)): x + 0.0 is +0.0 for either zero."""
+        x = f"({printer._print(self.args[0])} + 0.0)"
+        module = getattr(printer, "_module", "math")
+        if module == "math":  # native code: numba's error model gives 1 / 0 = inf
+            return f"math.atan(1.0 / {x})"
+        divide, atan = (printer._module_format(f"{module}.{f}") for f in ("divide", "arctan"))
+        return f"{atan}({divide}(1.0, {x}))"  # inf, not ZeroDivisionError, for a Python float 0
+
+    _numpycode = _lambdacode = _pythoncode  # the names numpy's / scipy's and lambda printers look for
+
+
 class Factorial(sympy.Function):
     """x! = Gamma(x + 1). The native code prints it; its derivative (digamma) has no
     numba form, so a model whose rates need it runs on the torch backend."""
@@ -117,6 +139,9 @@ class _Printer(PythonCodePrinter):
             inner = base if exponent == -1 else sympy.Pow(base, -exponent, evaluate=False)
             return f"(1.0 / {self.parenthesize(inner, PRECEDENCE['Mul'])})"
         return super()._print_Pow(expr, rational=rational)
+
+    def _print_acot(self, expr):  # sympy's own (a formula string's), printed as Acot is
+        return Acot(*expr.args)._pythoncode(self)
 
     def _print_Float(self, expr):
         return repr(float(expr))
