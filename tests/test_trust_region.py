@@ -55,6 +55,20 @@ def test_linear_least_squares_take_one_step():
     assert (r.status == FitStatus.CONVERGED).all() and (r.iterations == 1).all(), r.iterations
 
 
+def test_steep_residuals_limited_by_the_radius():
+    """Residuals of scale 1e55 (a parameter near a prior bound makes such Jacobians):
+    H's eigenvalues and the Levenberg parameter reach 1e110, whose cube overflows. The
+    subproblem's Newton iteration must still find the step at the radius (it divided by
+    a sum of a^2 / d^3 that had underflowed to zero: ZeroDivisionError)."""
+    J = torch.diag(torch.tensor([1e55, 2e55], dtype=torch.float64))
+    best = torch.tensor([2.0, -3.0], dtype=torch.float64)
+    fun = lambda x, rows: ((x - best) @ J.T, J.expand(len(x), 2, 2))
+    r = trust_region(fun, torch.zeros(1, 2, dtype=torch.float64), radius0=0.5)
+    assert r.status.tolist() == [FitStatus.CONVERGED]
+    torch.testing.assert_close(r.x[0], best, atol=1e-9, rtol=0)
+    assert r.evaluations[0] >= 3  # the radius (0.5, doubling) limited the first steps
+
+
 def test_iterates_stay_in_the_box():
     """An optimum outside the box: the fit ends on its face, converged (the projected
     gradient vanishes), and never evaluates a point outside it."""

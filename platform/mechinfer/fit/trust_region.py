@@ -214,8 +214,9 @@ def _subproblem_eig(w, V, a, radius):
             s3 = 0.0
             for j in range(n):
                 d = w[j] + lam
-                s2 += a[j] * a[j] / (d * d)
-                s3 += a[j] * a[j] / (d * d * d)
+                q = (a[j] / d) ** 2  # as (a / d)^2 / d, not a^2 / d^3: d^3 overflows for d > 1e102
+                s2 += q
+                s3 += q / d
             norm = math.sqrt(s2)
             if abs(norm - radius) <= 1e-3 * radius:
                 break
@@ -223,8 +224,9 @@ def _subproblem_eig(w, V, a, radius):
                 lo = lam
             else:
                 hi = lam
-            lam = lam + (norm / radius - 1.0) * s2 / s3  # Newton on 1 / |p| - 1 / radius
-            if not lo < lam < hi:
+            if s3 > 0.0:
+                lam = lam + (norm / radius - 1.0) * s2 / s3  # Newton on 1 / |p| - 1 / radius
+            if not (s3 > 0.0 and lo < lam < hi):  # bisection where Newton's step is undefined or leaves the bracket
                 lam = 0.5 * (lo + hi)
         for j in range(n):
             c[j] = -a[j] / (w[j] + lam)
