@@ -199,3 +199,93 @@ def test_preequilibration_is_refused(tmp_path):
     _edit(yaml_path.parent / "measurementData_Boehm_JProteomeRes2014.tsv", edit)
     with pytest.raises(UnsupportedModelError, match="preequilibration"):
         mechinfer.load_petab(yaml_path)
+
+
+# ---------------------------------------------------------------- objective priors
+PRIORS = {  # parameterId: (objectivePriorType, objectivePriorParameters)
+    "Epo_degradation_BaF3": ("parameterScaleNormal", "-1.5;2"),  # log10 x ~ N(-1.5, 2) on [-5, 5]
+    "k_exp_hetero": ("logNormal", "-4;1"),  # ln x ~ N(-4, 1)
+    "k_imp_homo": ("parameterScaleLaplace", "3;1.5"),  # log10 x ~ Laplace(3, 1.5) on [-5, 5]
+    "k_phos": ("parameterScaleUniform", "-2;1"),  # log10 x uniform on [-2, 1]
+    "sd_pSTAT5A_rel": ("normal", "0.5;0.3"),  # x ~ N(0.5, 0.3) on [1e-5, 1e5]: linear, whatever the scale
+    "sd_pSTAT5B_rel": ("laplace", "1;0.5"),  # x ~ Laplace(1, 0.5) on [1e-5, 1e5]
+}
+
+
+def _with_priors(tmp_path: Path, priors: dict) -> Path:
+    yaml_path = _copy(tmp_path)
+
+    def edit(t):
+        t["objectivePriorType"] = [priors.get(p, ("", ""))[0] for p in t["parameterId"]]
+        t["objectivePriorParameters"] = [priors.get(p, ("", ""))[1] for p in t["parameterId"]]
+        t.replace("", np.nan, inplace=True)
+
+    _edit(yaml_path.parent / "parameters_Boehm_JProteomeRes2014.tsv", edit)
+    return yaml_path
+
+
+def _truncated(dist, low: float, high: float):
+    """The CDF of a scipy distribution truncated to [low, high]."""
+    a, b = dist.cdf(low), dist.cdf(high)
+    return lambda x: (dist.cdf(np.clip(x, low, high)) - a) / (b - a)
+
+
+def test_objective_priors_follow_the_parameter_table(tmp_path):
+    """SPEC 11: a parameter's prior is its objectivePriorType where the table gives one,
+    truncated at its bounds (as the petab library truncates it); the log-likelihood is
+    the likelihood's alone. Draws follow each distribution on its own scale, and their z
+    is standard normal, as for a uniform prior."""
+    from scipy import stats
+
+    yaml_path = _with_priors(tmp_path, PRIORS)
+    problem = mechinfer.load_petab(yaml_path)
+    m = mechinfer.load_model(yaml_path)  # the problem's model, with its source (and so its measurements)
+    assert problem.log_likelihood() == pytest.approx(PUBLISHED["Boehm_JProteomeRes2014"], abs=1e-4)
+    names = list(m.parameter_names)
+    assert m.priors[names.index("k_exp_homo")].describe() == "log-uniform(1e-05, 100000)"  # none given
+    assert m.priors[names.index("k_phos")].describe() == "log-uniform(0.01, 10)"
+    theta = m.sample_prior(20000, seed=0)
+    col = lambda name: theta[:, names.index(name)]
+    expected = {
+        "Epo_degradation_BaF3": (np.log10(col("Epo_degradation_BaF3")), _truncated(stats.norm(-1.5, 2), -5, 5)),
+        "k_exp_hetero": (np.log(col("k_exp_hetero")), _truncated(stats.norm(-4, 1), np.log(1e-5), np.log(1e5))),
+        "k_imp_homo": (np.log10(col("k_imp_homo")), _truncated(stats.laplace(3, 1.5), -5, 5)),
+        "k_phos": (np.log10(col("k_phos")), stats.uniform(-2, 3).cdf),
+        "sd_pSTAT5A_rel": (col("sd_pSTAT5A_rel"), _truncated(stats.norm(0.5, 0.3), 1e-5, 1e5)),
+        "sd_pSTAT5B_rel": (col("sd_pSTAT5B_rel"), _truncated(stats.laplace(1, 0.5), 1e-5, 1e5)),
+    }
+    for name, (x, cdf) in expected.items():
+        assert stats.kstest(x, cdf).pvalue > 1e-3, name
+    z = m.to_z(theta)
+    assert np.abs(z.mean(0)).max() < 0.05 and np.abs(z.std(0) - 1).max() < 0.05
+    np.testing.assert_allclose(m.from_z(z), theta, rtol=1e-9)
+    low, high = np.array([[q.prior.low, q.prior.high] for q in m.quantities]).T
+    assert ((theta >= low) & (theta <= high)).all()
+    # fits move through the truncated priors' maps: the trust region in z, BFGS from the
+    # prior in its u coordinate
+    from mechinfer.evaluate import baseline
+    from mechinfer.fit import mle
+
+    data = baseline.real_data(m)
+    start = np.zeros((1, m.n_parameters))
+    before = mle.nll(m, data["t"], data["channel"], data["value"], start)[0]
+    for method, hessian in (("trust-region", "gauss-newton"), ("bfgs", "identity")):
+        fit = mle.fit(m, data["t"], data["channel"], data["value"], start, method=method, hessian=hessian, max_iter=50)
+        assert np.isfinite(fit.nll[0]) and fit.nll[0] < before - 10, (method, fit.nll, before)
+        gained = problem.log_likelihood(fit.theta[0]) - problem.log_likelihood(m.from_z(start)[0])
+        assert gained == pytest.approx(before - fit.nll[0], rel=1e-5), method  # the NLL leaves out constants
+
+
+@pytest.mark.parametrize(
+    ("prior", "message"),
+    [
+        (("gamma", "1;1"), "k_phos: unknown objectivePriorType 'gamma'"),
+        (("normal", np.nan), "k_phos: objectivePriorType normal needs objectivePriorParameters"),
+        (("parameterScaleNormal", "0;0"), "k_phos: objectivePriorType parameterScaleNormal needs a scale > 0"),
+        (("parameterScaleUniform", "6;7"), "k_phos: objectivePriorType parameterScaleUniform .* nothing within"),
+        (("normal", "1e9;1"), "k_phos: objectivePriorType normal: .*no probability between its bounds"),
+    ],
+)
+def test_a_bad_objective_prior_is_named(tmp_path, prior, message):
+    with pytest.raises(ModelSourceError, match=message):
+        mechinfer.load_petab(_with_priors(tmp_path, {"k_phos": prior}))

@@ -394,6 +394,7 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
             "max_steps": solver_options.get("max_steps", _solver.MAX_STEPS),
         }
         a, b, is_log = (np.ascontiguousarray(c) for c in priors._affine(model.priors, np.empty(0)))
+        affine = priors.is_affine(model.priors)
         module, n_states, n_args = system._module, system.n_states, system.n_args
         rtol, atol, max_steps = float(tolerances["rtol"]), float(tolerances["atol"]), int(tolerances["max_steps"])
         n_obs = obs.t.shape[1]
@@ -406,8 +407,11 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
             z_np = np.ascontiguousarray(z if isinstance(z, np.ndarray) else z.detach().cpu().numpy(), dtype=np.float64)
             r_np = np.asarray(rows if isinstance(rows, np.ndarray) else rows.cpu().numpy(), dtype=np.int64)
             n = len(z_np)
-            theta, dtheta = np.empty((n, n_args)), np.empty((n, n_args))
-            _z_map_into(z_np, a, b, is_log, theta, dtheta)
+            if affine:
+                theta, dtheta = np.empty((n, n_args)), np.empty((n, n_args))
+                _z_map_into(z_np, a, b, is_log, theta, dtheta)
+            else:  # a truncated prior's quantile: scipy's
+                theta, dtheta = priors.from_z_and_derivative(model.priors, z_np)
             y0, seeds = np.empty((n, n_states)), np.empty((n, n_states, n_args))
             module.initial_batch(theta, y0, seeds)
             states, status = np.empty((n, n_obs, n_states)), np.zeros(n, dtype=np.int8)
@@ -677,17 +681,16 @@ def v_to_z(v: torch.Tensor) -> torch.Tensor:
 def u_objective(model: Model, t, channel, value, device=None, **solver_options):
     """fun(v, rows) -> (NLL, dNLL/dv) as :func:`objective` gives them in z, in the fit
     coordinate v (:func:`z_to_v`, mirrored at the bounds by :func:`reflect`): theta is
-    affine (or exp-affine, for a log-scale parameter) in v, so its gradient never
-    vanishes. By autograd through :func:`likelihood.nll`."""
+    affine (or exp-affine, for a log-scale parameter) in v for a uniform prior, the
+    prior's quantile of v's u for another, so its gradient does not vanish at a bound as
+    z's does. By autograd through :func:`likelihood.nll`."""
     t, channel, value = _tensors(t, channel, value, device)
-    a, b, is_log = (torch.as_tensor(np.asarray(c), device=t.device) for c in priors._affine(model.priors, np.empty(0)))
 
     def fun(v: torch.Tensor, rows: torch.Tensor):
         rows = rows.to(t.device)
         v = v.detach().to(t.device).requires_grad_(True)
         with torch.enable_grad():
-            w = a + (reflect(v) / (2 * V_HALF) + 0.5) * b
-            theta = torch.where(is_log, torch.exp(w), w)
+            theta = priors.from_u(model.priors, reflect(v) / (2 * V_HALF) + 0.5)
             f = likelihood.nll(model, theta, t[rows], channel[rows], value[rows], **solver_options)
             (g,) = torch.autograd.grad(torch.nan_to_num(f, nan=0.0).sum(), v)
         return f.detach(), g

@@ -27,7 +27,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ from .base import Model, Quantity
 from .expressions import compile_function
 from .observation import Observation
 from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
-from .priors import LogUniform, Prior, Uniform
+from .priors import LogUniform, Prior, Truncated, Uniform
 from .sbml_model import model_from_system
 from .simulate import term
 
@@ -233,18 +233,83 @@ def _log_density(obs: Observable, x: torch.Tensor, h: torch.Tensor, sigma: torch
 
 
 # ---------------------------------------------------------------- import
-def _prior(pid: str, scale: str, low: float, high: float, where: str) -> Prior:
+# PEtab v1's objectivePriorType values: (distribution, whether it acts on the
+# parameterScale rather than on the linear value, whether it acts on ln x)
+PRIOR_TYPES = {
+    "parameterScaleUniform": ("uniform", True, False),
+    "parameterScaleNormal": ("normal", True, False),
+    "parameterScaleLaplace": ("laplace", True, False),
+    "uniform": ("uniform", False, False),
+    "normal": ("normal", False, False),
+    "laplace": ("laplace", False, False),
+    "logNormal": ("normal", False, True),
+    "logLaplace": ("laplace", False, True),
+}
+
+
+def _prior(pid: str, scale: str, low: float, high: float, where: str, prior_type=None, prior_parameters=None) -> Prior:
+    """A parameter's prior: its objectivePriorType (with objectivePriorParameters)
+    truncated to its bounds, as the petab library truncates objective priors (a uniform
+    prior's interval intersected with them); uniform on its parameterScale between the
+    bounds where the table gives none (SPEC 11)."""
+    what = f"{where}: parameter {pid}"
     if not (np.isfinite(low) and np.isfinite(high)):
-        raise ModelSourceError(f"{where}: parameter {pid}: bounds must be finite, got [{low:g}, {high:g}]")
+        raise ModelSourceError(f"{what}: bounds must be finite, got [{low:g}, {high:g}]")
     if low >= high:
-        raise ModelSourceError(f"{where}: parameter {pid}: lowerBound {low:g} >= upperBound {high:g}")
-    if scale == "lin":
-        return Uniform(float(low), float(high))
-    if scale in ("log", "log10"):
-        if low <= 0:
-            raise ModelSourceError(f"{where}: parameter {pid}: lowerBound {low:g} must be > 0 on {scale} scale")
-        return LogUniform(float(low), float(high))
-    raise ModelSourceError(f"{where}: parameter {pid}: unknown parameterScale {scale!r}")
+        raise ModelSourceError(f"{what}: lowerBound {low:g} >= upperBound {high:g}")
+    if scale not in ("lin", "log", "log10"):
+        raise ModelSourceError(f"{what}: unknown parameterScale {scale!r}")
+    if scale != "lin" and low <= 0:
+        raise ModelSourceError(f"{what}: lowerBound {low:g} must be > 0 on {scale} scale")
+    given = not (prior_type is None or (isinstance(prior_type, float) and np.isnan(prior_type)))
+    if given and str(prior_type).strip() == "":
+        given = False
+    if not given:
+        return Uniform(float(low), float(high)) if scale == "lin" else LogUniform(float(low), float(high))
+    kind, on_scale, on_log = _prior_kind(str(prior_type).strip(), what)
+    a, b = _prior_parameters(prior_parameters, str(prior_type).strip(), what)
+    log = on_log or (on_scale and scale != "lin")
+    if on_scale and scale == "log10":  # a, b on log10 x: in ln x, as the prior's w
+        a, b = a * math.log(10.0), b * math.log(10.0)
+    try:
+        if kind == "uniform":
+            if log:  # uniform in ln x between e^a and e^b, within the bounds
+                lo, hi = max(low, math.exp(a)), min(high, math.exp(b))
+                return LogUniform(lo, hi) if lo < hi else _empty(what, prior_type, a, b)
+            lo, hi = max(low, a), min(high, b)
+            return Uniform(lo, hi) if lo < hi else _empty(what, prior_type, a, b)
+        return Truncated(kind, a, b, float(low), float(high), log=log)
+    except ValueError as e:
+        raise ModelSourceError(f"{what}: objectivePriorType {prior_type}: {e}") from None
+
+
+def _prior_kind(prior_type: str, what: str) -> tuple[str, bool, bool]:
+    if prior_type not in PRIOR_TYPES:
+        raise ModelSourceError(
+            f"{what}: unknown objectivePriorType {prior_type!r}; PEtab v1's are {', '.join(PRIOR_TYPES)}"
+        )
+    return PRIOR_TYPES[prior_type]
+
+
+def _prior_parameters(cell, prior_type: str, what: str) -> tuple[float, float]:
+    """objectivePriorParameters: two numbers separated by ';'."""
+    parts = [] if cell is None or (isinstance(cell, float) and np.isnan(cell)) else str(cell).split(";")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not all(np.isfinite(values)):
+        raise ModelSourceError(
+            f"{what}: objectivePriorType {prior_type} needs objectivePriorParameters as two finite numbers "
+            f"'a;b', got {cell!r}"
+        )
+    if prior_type not in ("uniform", "parameterScaleUniform") and not values[1] > 0:
+        raise ModelSourceError(f"{what}: objectivePriorType {prior_type} needs a scale > 0, got {values[1]:g}")
+    return values[0], values[1]
+
+
+def _empty(what: str, prior_type, a: float, b: float) -> NoReturn:
+    raise ModelSourceError(f"{what}: objectivePriorType {prior_type} ({a:g}; {b:g}) leaves nothing within the bounds")
 
 
 def _is_number(v) -> bool:
@@ -319,6 +384,8 @@ def _build(name: str, where: str, system: OdeSystem, problem) -> PetabProblem:
                 float(par.loc[pid, "lowerBound"]),
                 float(par.loc[pid, "upperBound"]),
                 where,
+                par.loc[pid, "objectivePriorType"] if "objectivePriorType" in par.columns else None,
+                par.loc[pid, "objectivePriorParameters"] if "objectivePriorParameters" in par.columns else None,
             ),
             "",
         )
