@@ -97,6 +97,28 @@ def test_trust_region_refines_boehm_near_its_optimum(boehm):
     assert tr.evaluations[0] <= bfgs.evaluations[0]
 
 
+def test_trust_region_continues_in_u_where_z_flattens_a_bound(boehm):
+    """Boehm's published optimum puts k_exp_hetero at z = -4.0, where d theta / dz has
+    shrunk ~3000-fold: from the prior's median the trust region in z alone stops far short
+    (-193.8); the default continues the maximum-likelihood rows in u from there (-149.6),
+    and leaves the maximum a posteriori rows (the prior term is z's) as z fits them."""
+    m, data = boehm, baseline.real_data(boehm)
+    problem = baseline.petab_problem_of(m)
+    two = lambda a: np.repeat(a, 2, axis=0)
+    args = (m, two(data["t"]), two(data["channel"]), two(data["value"]), np.zeros((2, m.n_parameters)))
+    z_only = mle.fit(*args, method="trust-region", space="z", prior=[False, True])
+    default = mle.fit(*args, method="trust-region", prior=[False, True])
+    assert default.space == "z+u" and z_only.space == "z"
+    ll = lambda fit: problem.log_likelihood(fit.theta[0])
+    assert ll(default) > ll(z_only) + 30, (ll(default), ll(z_only))
+    assert default.evaluations[0] > z_only.evaluations[0]
+    np.testing.assert_array_equal(default.z[1], z_only.z[1])
+    assert default.evaluations[1] == z_only.evaluations[1]
+    assert default.nll[0] == pytest.approx(
+        float(mle.nll(m, data["t"], data["channel"], data["value"], default.z[:1])[0]), abs=1e-6
+    )
+
+
 def test_trust_region_falls_back_to_bfgs_for_laplace_noise(boehm, tmp_path):
     """Laplace noise has no least-squares form: a fit asked for the trust region runs
     BFGS and says so; the built-in models and Boehm's normal noise keep the trust region."""
