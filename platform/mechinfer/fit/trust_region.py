@@ -15,8 +15,7 @@ the step minimises the quadratic model g.p + p.H p / 2 within |p| <= radius; it 
 accepted when the actual decrease is at least ETA of the predicted one; the radius
 shrinks to SHRINK |p| when the ratio rho = actual / predicted is below RHO_LOW (the step
 is then also rejected if rho < ETA or f is not finite there), and grows by GROW, up to
-the box's diameter, when rho > RHO_HIGH and the step (an accelerated step: its
-Gauss-Newton part v) reached the radius.
+the box's diameter, when rho > RHO_HIGH and the step reached the radius.
 
 Geodesic acceleration (Transtrum & Sethna, "Improvements to the Levenberg-Marquardt
 algorithm for nonlinear least-squares minimization", 2012; :func:`_accelerated`): in
@@ -45,11 +44,9 @@ subproblem is solved over the others); a step that would leave the box is either
 projected onto it or cut back to its face, whichever the model says decreases f more.
 
 Stops per problem with tolerances like :func:`~.bfgs.bfgs`'s: CONVERGED when the
-projected gradient's inf-norm is <= gtol, an accepted step the radius did not limit
-decreased f by no more than ftol relative (a step a small radius cut short says nothing
-of convergence: with a PEtab fit's noise residuals f holds 50 per observation, and steps
-of radius 1e-4 stopped Elowitz's fits there), or the model predicts no more than that
-from a step the radius does not limit; MAX_ITER at the iteration limit; LINE_SEARCH when max_trials steps in a row are
+projected gradient's inf-norm is <= gtol, an accepted step decreased f by no more than
+ftol relative, or the model predicts no more than that from a step the radius does not
+limit; MAX_ITER at the iteration limit; LINE_SEARCH when max_trials steps in a row are
 rejected (the radius has shrunk by SHRINK^max_trials); BAD_START; DEADLINE. With an
 absolute tolerance f_atol > 0 (``mle.fit`` uses one in NLL units) also CONVERGED when the
 model predicts no more than f_atol from any step within max(radius, sqrt(P)) of an
@@ -480,10 +477,10 @@ def _one(
             trials[i] = 0
             if rho < RHO_LOW:
                 radius[i] = SHRINK * size
-            elif rho > RHO_HIGH and (size >= 0.99 * radius[i] or math.sqrt(v[i] @ v[i]) >= 0.99 * radius[i]):
+            elif rho > RHO_HIGH and size >= 0.99 * radius[i]:
                 radius[i] = min(GROW * radius[i], radius_max)
-            if actual <= ftol * max(abs(f_before), abs(f_t), 1.0) and not lam[i] > 0.0:
-                status = _CONVERGED  # a full Gauss-Newton step gained nothing (not one a small radius cut short)
+            if actual <= ftol * max(abs(f_before), abs(f_t), 1.0):
+                status = _CONVERGED
             decs[i, iterations[row] % STALL] = actual
             if np.sum(decs[i]) < stall_atol:
                 status = _CONVERGED  # creeping: the last STALL steps gained < stall_atol in all
@@ -530,8 +527,6 @@ def _one(
         x_try[i] = x[i] + PROBE * step
     else:
         x_try[i] = x[i] + step
-        v[i] = 0.0
-        lam[i] = lam_i
     return -1
 
 
