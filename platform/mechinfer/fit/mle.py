@@ -706,8 +706,8 @@ def _trust_region_fit(
     draws z alone reaches -147.56 at best, z+u the published -138.22 from one. On
     Elowitz_Nature2000 the second phase also restarts fits that z left at points where
     the Gauss-Newton model sees no decrease (a restart in z gains as much): of 32 SPEC
-    test refinements from the small run's network, a quarter end > 0.5 lower in NLL, for
-    +44 evaluations a fit on average (49 -> 93); its real measurements' refinement goes
+    test refinements from the small run's network, 28% end > 0.5 lower in NLL, for +50
+    evaluations a fit on average (57 -> 107); its real measurements' refinement goes
     from -6.87 to 20.49. v alone from the start moves into the bounds at once and stops
     on plateaus there (Schwen_PONE2014: -4235.6 from the median, z alone -971.9)."""
     common = dict(
