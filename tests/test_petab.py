@@ -289,3 +289,22 @@ def test_objective_priors_follow_the_parameter_table(tmp_path):
 def test_a_bad_objective_prior_is_named(tmp_path, prior, message):
     with pytest.raises(ModelSourceError, match=message):
         mechinfer.load_petab(_with_priors(tmp_path, {"k_phos": prior}))
+
+
+def test_a_record_made_with_other_priors_is_refused(tmp_path):
+    """A dataset or checkpoint of the same files made before their objective priors were
+    read (no ``priors`` recorded) or with other priors speaks another z: refused by
+    name, where the same record with these priors passes."""
+    from mechinfer.models.sources import check_model, source_record
+
+    m = mechinfer.load_model(_with_priors(tmp_path, PRIORS))
+    record = source_record(m)
+    check_model(m, record, "checkpoint c")
+    older = {k: v for k, v in record.items() if k != "priors"}
+    with pytest.raises(ValueError, match="checkpoint c predates the objective priors"):
+        check_model(m, older, "checkpoint c")
+    other = dict(record, priors=["log-uniform(1e-05, 100000)"] * m.n_parameters)
+    with pytest.raises(ValueError, match="made with Epo_degradation_BaF3 ~ log-uniform"):
+        check_model(m, other, "checkpoint c")
+    plain = mechinfer.load_model(problem_yaml("Boehm_JProteomeRes2014"))  # no objective priors: old records pass
+    check_model(plain, {k: v for k, v in source_record(plain).items() if k != "priors"}, "checkpoint c")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import priors as priors_module
 from .base import Model
 from .odesystem import ModelSourceError
 
@@ -365,9 +366,12 @@ def source_of(model: Model) -> ModelSource:
 
 def source_record(model: Model) -> dict:
     """What a dataset manifest and a checkpoint store about their model: ``model`` (the
-    name), ``model_hash`` and ``model_source`` (kind, entry, hash, files)."""
+    name), ``model_hash``, ``model_source`` (kind, entry, hash, files) and ``priors``
+    (each parameter's, as it describes itself: the z every row and network speaks is
+    the priors' map)."""
     src = source_of(model)
-    return {"model": model.name, "model_hash": src.hash, "model_source": src.record()}
+    priors = [q.prior.describe() for q in model.quantities]
+    return {"model": model.name, "model_hash": src.hash, "model_source": src.record(), "priors": priors}
 
 
 def recorded_hash(meta: dict) -> str:
@@ -402,4 +406,16 @@ def check_model(model: Model, meta: dict, what: str) -> None:
         raise ValueError(
             f"{what} is for model {meta.get('model')!r} (hash {recorded[:12]}), "
             f"not {model.name!r} (hash {model.source_hash[:12]})"
+        )
+    # The same files read with other priors (a PEtab objectivePriorType read since): its
+    # z is another map. One recorded before priors were recorded read them all as uniform
+    # or log-uniform, as this code still does unless a table gives an objective prior.
+    priors = [q.prior.describe() for q in model.quantities]
+    if "priors" in meta and list(meta["priors"]) != priors:
+        name, was, now = next((q.name, a, b) for q, a, b in zip(model.quantities, meta["priors"], priors) if a != b)
+        raise ValueError(f"{what} was made with {name} ~ {was}; the model now reads {now}: make it again")
+    if "priors" not in meta and not priors_module.is_affine(model.priors):
+        raise ValueError(
+            f"{what} predates the objective priors of {model.name!r} "
+            "(it drew them uniform on their scale); make it again"
         )
