@@ -1,12 +1,13 @@
 """Priors of the inferred quantities and the z map of SPEC section 3.
 
 Each prior maps a quantity to ``u`` in [0, 1] (its CDF) and back; ``z = Phi^-1(u)``.
-Both kinds of prior are uniform in a space w = x (uniform) or w = log x (log-uniform):
-w = a + u b. The transforms are written once, for all columns at once (one sequence of
-array operations whatever the number of parameters: fits call them every evaluation),
-in torch for training (differentiable in z) and numpy callers (through
-:mod:`mechinfer.arrays`); the map from z also runs on numpy arrays, as BFGS on the
-native solver calls it.
+Uniform and log-uniform priors are uniform in a space w = x or w = log x: w = a + u b.
+Their transforms are written once, for all columns at once (one sequence of array
+operations whatever the number of parameters: fits call them every evaluation), in torch
+for training (differentiable in z) and numpy callers (through :mod:`mechinfer.arrays`);
+the map from z also runs on numpy arrays, as BFGS on the native solver calls it. A
+:class:`Truncated` prior (a PEtab objective prior) replaces its column by its own
+quantile map; models without one never take that path.
 """
 
 from __future__ import annotations
