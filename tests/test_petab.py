@@ -207,6 +207,7 @@ PRIORS = {  # parameterId: (objectivePriorType, objectivePriorParameters)
     "k_exp_hetero": ("logNormal", "-4;1"),  # ln x ~ N(-4, 1)
     "k_imp_homo": ("parameterScaleLaplace", "3;1.5"),  # log10 x ~ Laplace(3, 1.5) on [-5, 5]
     "k_phos": ("parameterScaleUniform", "-2;1"),  # log10 x uniform on [-2, 1]
+    "k_exp_homo": ("parameterScaleUniform", np.nan),  # no parameters: the bounds
     "sd_pSTAT5A_rel": ("normal", "0.5;0.3"),  # x ~ N(0.5, 0.3) on [1e-5, 1e5]: linear, whatever the scale
     "sd_pSTAT5B_rel": ("laplace", "1;0.5"),  # x ~ Laplace(1, 0.5) on [1e-5, 1e5]
 }
@@ -242,7 +243,7 @@ def test_objective_priors_follow_the_parameter_table(tmp_path):
     m = mechinfer.load_model(yaml_path)  # the problem's model, with its source (and so its measurements)
     assert problem.log_likelihood() == pytest.approx(PUBLISHED["Boehm_JProteomeRes2014"], abs=1e-4)
     names = list(m.parameter_names)
-    assert m.priors[names.index("k_exp_homo")].describe() == "log-uniform(1e-05, 100000)"  # none given
+    assert m.priors[names.index("k_exp_homo")].describe() == "log-uniform(1e-05, 100000)"  # uniform, no parameters
     assert m.priors[names.index("k_phos")].describe() == "log-uniform(0.01, 10)"
     theta = m.sample_prior(20000, seed=0)
     col = lambda name: theta[:, names.index(name)]

@@ -261,12 +261,13 @@ def _prior(pid: str, scale: str, low: float, high: float, where: str, prior_type
         raise ModelSourceError(f"{what}: unknown parameterScale {scale!r}")
     if scale != "lin" and low <= 0:
         raise ModelSourceError(f"{what}: lowerBound {low:g} must be > 0 on {scale} scale")
-    given = not (prior_type is None or (isinstance(prior_type, float) and np.isnan(prior_type)))
-    if given and str(prior_type).strip() == "":
-        given = False
-    if not given:
+    if _empty_cell(prior_type):
         return Uniform(float(low), float(high)) if scale == "lin" else LogUniform(float(low), float(high))
     kind, on_scale, on_log = _prior_kind(str(prior_type).strip(), what)
+    if kind == "uniform" and _empty_cell(prior_parameters):  # the bounds, as the petab library takes them
+        if on_scale and scale != "lin":
+            return LogUniform(float(low), float(high))
+        return Uniform(float(low), float(high))
     a, b = _prior_parameters(prior_parameters, str(prior_type).strip(), what)
     log = on_log or (on_scale and scale != "lin")
     if on_scale and scale == "log10":  # a, b on log10 x: in ln x, as the prior's w
@@ -291,9 +292,13 @@ def _prior_kind(prior_type: str, what: str) -> tuple[str, bool, bool]:
     return PRIOR_TYPES[prior_type]
 
 
+def _empty_cell(cell) -> bool:
+    return cell is None or (isinstance(cell, float) and np.isnan(cell)) or str(cell).strip() == ""
+
+
 def _prior_parameters(cell, prior_type: str, what: str) -> tuple[float, float]:
     """objectivePriorParameters: two numbers separated by ';'."""
-    parts = [] if cell is None or (isinstance(cell, float) and np.isnan(cell)) else str(cell).split(";")
+    parts = [] if _empty_cell(cell) else str(cell).split(";")
     try:
         values = [float(v) for v in parts]
     except ValueError:
