@@ -78,14 +78,13 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import scipy.special
 import torch
 
 from ..models import priors
 from . import schedule
 from .schedule import FitResult, FitStatus, Rows
 
-Z_BOX = float(-scipy.special.ndtri(priors.U_EPS))  # 7.94: |z| of a quantity on its prior bound
+Z_BOX = priors.Z_MAX  # 7.94: |z| of a quantity on its prior bound
 ETA = 1e-4  # accept a step when actual decrease >= ETA * predicted
 RHO_LOW, RHO_HIGH = 0.25, 0.75  # shrink below, grow above (Nocedal & Wright's constants)
 SHRINK, GROW = 0.25, 2.0  # the new radius: SHRINK |p| after a poor step, GROW radius after a very good one

@@ -133,7 +133,7 @@ def _affine(priors: tuple[Prior, ...], like):
     key = (id(priors), like.dtype, like.device) if isinstance(like, torch.Tensor) else (id(priors), "numpy")
     found = _AFFINE.get(key)
     if found is None or found[0] is not priors:
-        # a truncated column's place holds the identity (its values come from _truncated_map)
+        # a truncated column's place holds the identity (its values come from _truncated_from_z)
         plain = [p if is_affine((p,)) else Uniform(0.0, 1.0) for p in priors]
         lows = [math.log(p.low) if p.log else p.low for p in plain]
         highs = [math.log(p.high) if p.log else p.high for p in plain]
@@ -151,16 +151,23 @@ def _affine(priors: tuple[Prior, ...], like):
     return found[1]
 
 
-_IS_AFFINE: dict[int, tuple[tuple[Prior, ...], bool]] = {}
+_TRUNCATED: dict[int, tuple[tuple[Prior, ...], list]] = {}
+
+
+def _truncated_columns(priors: tuple[Prior, ...]) -> list[tuple[int, Truncated, _Truncation]]:
+    """(column, prior, its constants) of the truncated priors. Cached by the tuple's
+    identity, as :func:`_affine`: every evaluation of a fit maps through them."""
+    found = _TRUNCATED.get(id(priors))
+    if found is None or found[0] is not priors:
+        cols = [(j, p, _truncation(p)) for j, p in enumerate(priors) if isinstance(p, Truncated)]
+        found = _TRUNCATED[id(priors)] = (priors, cols)
+    return found[1]
 
 
 def is_affine(priors: tuple[Prior, ...]) -> bool:
     """Whether every prior is uniform or log-uniform (w = a + u b; compiled z maps take
-    only these). Cached by the tuple's identity, as :func:`_affine`."""
-    found = _IS_AFFINE.get(id(priors))
-    if found is None or found[0] is not priors:
-        found = _IS_AFFINE[id(priors)] = (priors, all(isinstance(p, Uniform | LogUniform) for p in priors))
-    return found[1]
+    only these)."""
+    return not _truncated_columns(priors)
 
 
 def to_u(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
@@ -175,13 +182,10 @@ def to_u(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
 
 def from_u(priors: tuple[Prior, ...], u):
     """theta from u, for a tensor or a numpy array (returned as the same kind)."""
-    op = _ops(u)
-    a, b, is_log = _affine(priors, u)
-    w = a + u * b
-    # exp of log-uniform columns only (no overflow, and no NaN gradient, from the others)
-    theta = op.where(is_log, op.exp(op.where(is_log, w, op.zeros_like(w))), w)
+    theta = _affine_from_u(priors, u)
     if is_affine(priors):
         return theta
+    op = _ops(u)
     z = op.ndtri(op.clip(u, U_EPS, 1.0 - U_EPS))
     return _with_columns(theta, {j: x for j, (x, _) in _truncated_from_z(priors, z).items()})
 
@@ -195,7 +199,7 @@ def to_z(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
 
 def from_z(priors: tuple[Prior, ...], z):
     """theta from z, for a tensor or a numpy array (returned as the same kind)."""
-    theta = _affine_from_z(priors, z)
+    theta = _affine_from_u(priors, _ops(z).ndtr(z))
     if is_affine(priors):
         return theta
     return _with_columns(theta, {j: x for j, (x, _) in _truncated_from_z(priors, z).items()})
@@ -208,19 +212,25 @@ def from_z_and_derivative(priors: tuple[Prior, ...], z):
     For a tensor or a numpy array (returned as the same kind)."""
     op = _ops(z)
     _, b, is_log = _affine(priors, z)
-    theta = from_z(priors, z)
+    theta = _affine_from_u(priors, op.ndtr(z))
     density = op.exp(-0.5 * z * z) * (1.0 / math.sqrt(2 * math.pi))
     dtheta = op.where(is_log, theta * b, b) * density
     if is_affine(priors):
         return theta, dtheta
-    return theta, _with_columns(dtheta, {j: d for j, (_, d) in _truncated_from_z(priors, z).items()})
+    truncated = _truncated_from_z(priors, z)  # once, for both
+    return (
+        _with_columns(theta, {j: x for j, (x, _) in truncated.items()}),
+        _with_columns(dtheta, {j: d for j, (_, d) in truncated.items()}),
+    )
 
 
-def _affine_from_z(priors: tuple[Prior, ...], z):
-    """The uniform and log-uniform columns' theta from z (the others hold placeholders)."""
-    op = _ops(z)
-    a, b, is_log = _affine(priors, z)
-    w = a + op.ndtr(z) * b
+def _affine_from_u(priors: tuple[Prior, ...], u):
+    """theta of the uniform and log-uniform columns from u (a truncated column holds a
+    placeholder), for a tensor or a numpy array."""
+    op = _ops(u)
+    a, b, is_log = _affine(priors, u)
+    w = a + u * b
+    # exp of log-uniform columns only (no overflow, and no NaN gradient, from the others)
     return op.where(is_log, op.exp(op.where(is_log, w, op.zeros_like(w))), w)
 
 
@@ -268,10 +278,6 @@ def _truncation(p: Truncated) -> _Truncation:
     else:
         mass = 1.0 - below - above
     return _Truncation(below, above, mass)
-
-
-def _truncated_columns(priors: tuple[Prior, ...]) -> list[tuple[int, Truncated, _Truncation]]:
-    return [(j, p, _truncation(p)) for j, p in enumerate(priors) if isinstance(p, Truncated)]
 
 
 Z_MAX = float(-scipy.special.ndtri(U_EPS))  # |z| of a quantity on a bound (about 7.94), as to_z clamps
