@@ -14,6 +14,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # compiled paths have tests of their own that pass compile=True (test_solver, test_fitting).
 # Set here, before any Ray starts, so that Ray workers and job subprocesses inherit it.
 os.environ.setdefault("MECHINFER_COMPILE", "0")
+# The Ray Train controllers of the session's Ray (started by ray_local with ray.init, not
+# by runtime.ensure_ray, which sets the same for an embedded Ray) poll their workers every
+# half second instead of every 2 s: a stage's start and end are noticed sooner.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 # The S3 endpoint of the s3:// tests: a moto server that the `s3` fixture starts on first
 # use, serving this port, reserved (bound and listening) from here on so that nothing else

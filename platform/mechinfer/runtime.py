@@ -41,9 +41,17 @@ def ensure_ray(address: str | None = None, **init_options) -> None:
     turned off in a non-interactive log, where they would repeat every few seconds."""
     import ray
 
+    # Ray Data's newer Parquet reader starts 32 footer-reading actors (processes) for
+    # every read it executes, seconds each on a small machine, twice per training epoch
+    # (training and validation rows); this platform's datasets are a few large files
+    # that the plain reader reads directly
+    ray.data.DataContext.get_current().use_datasource_v2 = False
     if ray.is_initialized():
         return
-    check_address(address or os.environ.get("RAY_ADDRESS"))
+    target = address or os.environ.get("RAY_ADDRESS")
+    check_address(target)
+    if not target:  # an embedded Ray: its Ray Train controllers notice a finished stage sooner
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     ray.init(address=address, **init_options)
     if not sys.stderr.isatty():
         ray.data.DataContext.get_current().enable_progress_bars = False
