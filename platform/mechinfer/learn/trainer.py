@@ -327,6 +327,10 @@ def train(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": _split(ds, validation=False), "val": _split(ds, validation=True)},
+        # the training rows are sharded over the workers; every worker reads the validation
+        # rows whole, in its own process (no split coordinator to start: seconds a stage
+        # on a small machine), so rank 0 reports the loss of all of them, not of its shard
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     if result.checkpoint is None:
