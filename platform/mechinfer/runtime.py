@@ -42,9 +42,9 @@ def ensure_ray(address: str | None = None, **init_options) -> None:
     import ray
 
     # Ray Data's newer Parquet reader starts 32 footer-reading actors (processes) for
-    # every read it executes, seconds each on a small machine, twice per training epoch
-    # (training and validation rows); this platform's datasets are a few large files
-    # that the plain reader reads directly
+    # every read it executes, which costs seconds per read on a small machine, and a
+    # training epoch executes two (training and validation rows); this platform's
+    # datasets are a few large files that the plain reader reads directly
     ray.data.DataContext.get_current().use_datasource_v2 = False
     if ray.is_initialized():
         return
