@@ -7,6 +7,8 @@ import urllib.request
 
 import pytest
 
+from mechinfer.runtime import TRAIN_POLL_S
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Eager solver steps unless a test asks for compiled ones: compiling the fit's forward and
 # backward graphs costs 40 s (mmk) to 95 s (ecoli) in every process that does it (each
@@ -15,9 +17,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Set here, before any Ray starts, so that Ray workers and job subprocesses inherit it.
 os.environ.setdefault("MECHINFER_COMPILE", "0")
 # The Ray Train controllers of the session's Ray (started by ray_local with ray.init, not
-# by runtime.ensure_ray, which sets the same for an embedded Ray) poll their workers every
-# half second instead of every 2 s: a stage's start and end are noticed sooner.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# by runtime.ensure_ray) poll their workers as an embedded Ray's do.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
 
 # The S3 endpoint of the s3:// tests: a moto server that the `s3` fixture starts on first
 # use, serving this port, reserved (bound and listening) from here on so that nothing else

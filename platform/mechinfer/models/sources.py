@@ -370,8 +370,13 @@ def source_record(model: Model) -> dict:
     (each parameter's, as it describes itself: the z every row and network speaks is
     the priors' map)."""
     src = source_of(model)
-    priors = [q.prior.describe() for q in model.quantities]
-    return {"model": model.name, "model_hash": src.hash, "model_source": src.record(), "priors": priors}
+    return {"model": model.name, "model_hash": src.hash, "model_source": src.record(), "priors": _priors(model)}
+
+
+def _priors(model: Model) -> list[str]:
+    """Each parameter's prior as it describes itself: what a record stores and is checked
+    against."""
+    return [q.prior.describe() for q in model.quantities]
 
 
 def recorded_hash(meta: dict) -> str:
@@ -410,7 +415,7 @@ def check_model(model: Model, meta: dict, what: str) -> None:
     # The same files read with other priors (a PEtab objectivePriorType read since): its
     # z is another map. One recorded before priors were recorded read them all as uniform
     # or log-uniform, as this code still does unless a table gives an objective prior.
-    priors = [q.prior.describe() for q in model.quantities]
+    priors = _priors(model)
     if "priors" in meta and list(meta["priors"]) != priors:
         name, was, now = next((q.name, a, b) for q, a, b in zip(model.quantities, meta["priors"], priors) if a != b)
         raise ValueError(f"{what} was made with {name} ~ {was}; the model now reads {now}: make it again")
