@@ -17,13 +17,12 @@ N_DRAWS = 300
 @pytest.mark.parametrize("name", ["mmk", pytest.param("ecoli", marks=pytest.mark.slow)])
 def test_accuracy_against_reference(name):
     """Within 1% of the channel's noise sigma at every point, no failed solve: the native
-    solver (the CPU default), and the torch steps, eager and compiled (the GPU path),
-    which run the same algorithm and agree with it to round-off."""
+    solver (the CPU default), and the eager torch steps (the GPU path), which run the same
+    algorithm and agree with it to round-off (compiled: the next test)."""
     m = mechinfer.get_model(name)
     d = draw_experiments(m, 2024, np.arange(N_DRAWS))
     y = m.simulate(d["theta"], d["t"], backend="native")
     np.testing.assert_allclose(m.simulate(d["theta"], d["t"], backend="torch", compile=False), y, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(m.simulate(d["theta"], d["t"], backend="torch", compile=True), y, rtol=1e-6, atol=1e-6)
     assert not np.isnan(y).any(), "no failed solve"
     worst = 0.0
     for i in range(N_DRAWS):
@@ -33,6 +32,17 @@ def test_accuracy_against_reference(name):
             ref = radau(m, d["theta"][i], d["t"][i])
         worst = max(worst, float((np.abs(y[i] - ref) / m.sigma).max()))
     assert worst < 0.01, f"worst error {worst:.2e} sigma"
+
+
+@pytest.mark.slow  # torch.compile of a model's steps takes 15 s (mmk) to 40 s (E. coli) on 2 CPUs
+@pytest.mark.parametrize("name", ["mmk", "ecoli"])
+def test_compiled_steps_agree_with_the_native_solver(name):
+    """The torch steps compiled (the GPU path with the default MECHINFER_COMPILE) give the
+    native solver's outputs on the same draws as the accuracy test."""
+    m = mechinfer.get_model(name)
+    d = draw_experiments(m, 2024, np.arange(N_DRAWS))
+    y = m.simulate(d["theta"], d["t"], backend="native")
+    np.testing.assert_allclose(m.simulate(d["theta"], d["t"], backend="torch", compile=True), y, rtol=1e-6, atol=1e-6)
 
 
 def _stiff_draws(m, n_wanted):
