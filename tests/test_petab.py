@@ -307,5 +307,8 @@ def test_a_record_made_with_other_priors_is_refused(tmp_path):
     other = dict(record, priors=["log-uniform(1e-05, 100000)"] * m.n_parameters)
     with pytest.raises(ValueError, match="made with Epo_degradation_BaF3 ~ log-uniform"):
         check_model(m, other, "checkpoint c")
+    short = dict(record, priors=record["priors"][:-1])  # not one per parameter: named, not a StopIteration
+    with pytest.raises(ValueError, match=f"checkpoint c records {m.n_parameters - 1} priors; .* has {m.n_parameters}"):
+        check_model(m, short, "checkpoint c")
     plain = mechinfer.load_model(problem_yaml("Boehm_JProteomeRes2014"))  # no objective priors: old records pass
     check_model(plain, {k: v for k, v in source_record(plain).items() if k != "priors"}, "checkpoint c")

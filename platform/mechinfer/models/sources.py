@@ -417,6 +417,10 @@ def check_model(model: Model, meta: dict, what: str) -> None:
     # or log-uniform, as this code still does unless a table gives an objective prior.
     priors = _priors(model)
     if "priors" in meta and list(meta["priors"]) != priors:
+        if len(meta["priors"]) != len(priors):  # not from this code: it records one per parameter
+            raise ValueError(
+                f"{what} records {len(meta['priors'])} priors; {model.name!r} has {len(priors)} parameters"
+            )
         name, was, now = next((q.name, a, b) for q, a, b in zip(model.quantities, meta["priors"], priors) if a != b)
         raise ValueError(f"{what} was made with {name} ~ {was}; the model now reads {now}: make it again")
     if "priors" not in meta and not priors_module.is_affine(model.priors):
