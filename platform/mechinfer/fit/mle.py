@@ -55,8 +55,8 @@ FIRST_RADIUS = 1.0
 # The trust region's stall stop for a model with an observation model of its own (a PEtab
 # problem's; its ``stall_atol``): converged once its last STALL (20) accepted steps
 # decreased the NLL by less than this in all. A fiftieth of SPEC 12's success tolerance
-# (0.5 in log-likelihood). The built-in models keep the trust region's default (5
-# NLL_ATOL): these problems' NLLs run into the hundreds and their fits crawl longer: from
+# (0.5 in log-likelihood). The built-in models keep the trust region's default (20
+# NLL_ATOL, 2e-3): these problems' NLLs run into the hundreds and their fits crawl longer: from
 # the prior's median on Schwen's measurements the trust region spent 260 of 300
 # iterations gaining 0.14, ~0.01 per 20 steps. 0.05 stopped crawls that were leaving a
 # plateau: on Boehm's first 64 SPEC test samples, from the small run's network, one fit
