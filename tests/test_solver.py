@@ -14,14 +14,20 @@ from mechinfer.solver import IController, ODETerm, Rodas4, integrate, solve
 N_DRAWS = 300
 
 
+def _native_outputs(name):
+    """The model, N_DRAWS experiments drawn from it and the native solver's outputs there:
+    what the accuracy and the compiled-steps tests compare against."""
+    m = mechinfer.get_model(name)
+    d = draw_experiments(m, 2024, np.arange(N_DRAWS))
+    return m, d, m.simulate(d["theta"], d["t"], backend="native")
+
+
 @pytest.mark.parametrize("name", ["mmk", pytest.param("ecoli", marks=pytest.mark.slow)])
 def test_accuracy_against_reference(name):
     """Within 1% of the channel's noise sigma at every point, no failed solve: the native
     solver (the CPU default), and the eager torch steps (the GPU path), which run the same
     algorithm and agree with it to round-off (compiled: the next test)."""
-    m = mechinfer.get_model(name)
-    d = draw_experiments(m, 2024, np.arange(N_DRAWS))
-    y = m.simulate(d["theta"], d["t"], backend="native")
+    m, d, y = _native_outputs(name)
     np.testing.assert_allclose(m.simulate(d["theta"], d["t"], backend="torch", compile=False), y, rtol=1e-9, atol=1e-9)
     assert not np.isnan(y).any(), "no failed solve"
     worst = 0.0
@@ -39,9 +45,7 @@ def test_accuracy_against_reference(name):
 def test_compiled_steps_agree_with_the_native_solver(name):
     """The torch steps compiled (the GPU path with the default MECHINFER_COMPILE) give the
     native solver's outputs on the same draws as the accuracy test."""
-    m = mechinfer.get_model(name)
-    d = draw_experiments(m, 2024, np.arange(N_DRAWS))
-    y = m.simulate(d["theta"], d["t"], backend="native")
+    m, d, y = _native_outputs(name)
     np.testing.assert_allclose(m.simulate(d["theta"], d["t"], backend="torch", compile=True), y, rtol=1e-6, atol=1e-6)
 
 
