@@ -15,7 +15,7 @@ from mechinfer.data.generate import simulate_dataset
 from mechinfer.learn import checkpoint, networks
 from mechinfer.learn.devices import GPUsUnavailable
 from mechinfer.learn.losses import batch_tensors, proxy_loss
-from mechinfer.learn.trainer import train
+from mechinfer.learn.trainer import Phase, train, train_phases
 
 pytestmark = pytest.mark.slow
 
@@ -156,6 +156,10 @@ def _train_worker_pids():
 
 
 def test_killed_train_worker_resumes_from_checkpoint(mmk_data, tmp_path):
+    """A worker killed after the first checkpoint of a two-phase run (the way
+    train-inference runs through the proxy, then fine-tunes): the run resumes from the
+    checkpoint, finishes the first phase, then starts the second afresh (its own
+    optimizer and step count), and each phase's last weights reach its own checkpoint."""
     import os
     import signal
     import threading
@@ -163,18 +167,13 @@ def test_killed_train_worker_resumes_from_checkpoint(mmk_data, tmp_path):
 
     storage = tmp_path / "results"
     result = {}
+    phases = [
+        Phase("proxy", str(tmp_path / "ck"), epochs=3, lr=1e-3, max_steps_per_epoch=25),
+        Phase("proxy", str(tmp_path / "ck2"), epochs=1, lr=5e-4, max_steps_per_epoch=25),
+    ]
     job = threading.Thread(
         target=lambda: result.update(
-            summary=train(
-                "proxy",
-                "mmk",
-                str(mmk_data / "mmk"),
-                str(tmp_path / "ck"),
-                epochs=3,
-                batch_size=16,
-                max_steps_per_epoch=25,
-                storage_path=str(storage),
-            )
+            summaries=train_phases(phases, "mmk", str(mmk_data / "mmk"), batch_size=16, storage_path=str(storage))
         )
     )
     job.start()
@@ -190,11 +189,18 @@ def test_killed_train_worker_resumes_from_checkpoint(mmk_data, tmp_path):
         time.sleep(0.1)
     job.join(timeout=300)
     assert killed is not None, "a training worker was killed after the first checkpoint"
-    summary = result["summary"]
-    assert summary.steps == 75, "resumed from the checkpoint: no epoch lost or repeated in the step count"
+    first, second = result["summaries"]
+    assert first.steps == 75, "resumed from the checkpoint: no epoch lost or repeated in the step count"
     metrics = json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["metrics"]
     assert metrics["epoch"] == 2
     # what only a resumed run shows: it continued from a later epoch, took fewer steps
     # than the whole run, and its optimizer carries the steps taken before the kill
     assert metrics["resumed_from_epoch"] >= 1, metrics
     assert metrics["attempt_steps"] < 75 and metrics["optimizer_steps"] == 75, metrics
+    # the second phase: its own optimizer from its first step, its own checkpoint and lr
+    assert second.steps == 25 and second.checkpoint == str(tmp_path / "ck2")
+    later = json.loads((tmp_path / "ck2" / "checkpoint.json").read_text())
+    assert later["metrics"]["optimizer_steps"] == 25 and later["metrics"]["epoch"] == 0, later["metrics"]
+    assert later["training"]["lr"] == 5e-4 and later["training"]["stage"] == "proxy"
+    weights = [torch.load(tmp_path / d / "weights.pt", weights_only=True) for d in ("ck", "ck2")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "the second phase trained on"

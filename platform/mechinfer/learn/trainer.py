@@ -10,11 +10,13 @@ GPUs or CPUs (``device``: :mod:`.devices`), with the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -100,45 +102,107 @@ def value_stats(table, model: Model | None = None) -> tuple[list[float], list[fl
     return offsets, scales
 
 
+FINISHED = "finished"  # in a run's checkpoints: finished/<k>/, the last weights of each phase k finished
+
+
 def _loop(cfg: dict) -> None:
+    """One Ray Train run: its phases in turn (``cfg["phases"]``: stage, epochs, lr and
+    steps per epoch each), the network carried from one to the next; a phase starts as
+    a run of its own would (seeds, a new optimizer, its step count from 0). Every epoch
+    ends with a checkpoint that also holds, under ``finished/<k>/``, the last weights of
+    each phase k finished so far, so a resumed run and the driver find them all. Why one
+    run for several phases: each Ray Train run costs ~15 s of start-up on a small machine
+    (its controller, worker group and dataset executors), as much as a tiny stage's
+    training."""
     import ray.train
     import ray.train.torch
 
     torch.manual_seed(cfg["seed"] + ray.train.get_context().get_world_rank())
     m = model_from_record(cfg["model"])  # from its stored source: a user's file need not exist here
     device = ray.train.torch.get_device()
+    phases = cfg["phases"]
     net = networks.build(cfg["network"])
     if cfg.get("init_checkpoint"):
         net.load_state_dict(checkpoint.load(cfg["init_checkpoint"], model=m, kind="inference")[0].state_dict())
     proxy = None
-    if cfg["stage"] == "inference":
+    if any(phase["stage"] == "inference" for phase in phases):
         proxy = checkpoint.load(cfg["proxy_checkpoint"], model=m, kind="proxy")[0].to(device)
         proxy.requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
-    start_epoch, steps = 0, 0
+    run = _Run(cfg=cfg, model=m, device=device, proxy=proxy, world=ray.train.get_context().get_world_size())
+    optimizer_state = None
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as d:
             net.load_state_dict(torch.load(os.path.join(d, checkpoint.WEIGHTS), weights_only=True))
-            opt.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), weights_only=True))
+            optimizer_state = torch.load(os.path.join(d, "optimizer.pt"), weights_only=True)
             with open(os.path.join(d, "progress.json")) as f:
                 state = json.load(f)
-            start_epoch, steps = state["epoch"] + 1, state["steps"]
-    resumed_steps = steps
-    net = ray.train.torch.prepare_model(net)
+            run.epoch, run.steps = state["epoch"] + 1, state["steps"]
+            for k in range(len(phases)):
+                done = os.path.join(d, FINISHED, str(k))
+                if os.path.exists(done):
+                    done_net, meta = checkpoint.load(done, model=m)
+                    with open(os.path.join(done, PHASE_FILE)) as f:
+                        seconds = json.load(f)["seconds"]
+                    run.finished[k] = (done_net.state_dict(), meta["metrics"], meta["training"], seconds)
+    run.net = ray.train.torch.prepare_model(net)
+    resumed_from = run.epoch
+    first = 0
+    for k, phase in enumerate(phases):
+        end = first + phase["epochs"]
+        if run.epoch < end:
+            if run.epoch == first:  # the phase starts afresh (its subsets' generator too: _train_phase)
+                run.steps, optimizer_state = 0, None
+            opt = torch.optim.Adam(run.net.parameters(), lr=phase["lr"])
+            if optimizer_state is not None:
+                opt.load_state_dict(optimizer_state)
+            if not _train_phase(run, k, first, opt, resumed_from=max(resumed_from - first, 0)):
+                return
+        first = end
+
+
+PHASE_FILE = "phase.json"  # beside a finished phase's checkpoint: its seconds of training
+
+
+@dataclass
+class _Run:
+    """What the phases of one Ray Train run share in a worker: the run's epoch (counted
+    across its phases) and step count in the current phase, and the finished phases
+    (k -> their last weights, metrics, training facts and seconds)."""
+
+    cfg: dict
+    model: Model
+    device: Any
+    proxy: Any
+    world: int
+    net: Any = None
+    epoch: int = 0
+    steps: int = 0
+    finished: dict = dataclasses.field(default_factory=dict)
+
+
+def _train_phase(run: _Run, k: int, first: int, opt, resumed_from: int) -> bool:
+    """Phase k's epochs from the run's current one (the phase began at the run's epoch
+    ``first``), each ending with a checkpoint; False where training stopped on a
+    non-finite loss (the message reported)."""
+    import ray.train
+
+    cfg, m, net, world = run.cfg, run.model, run.net, run.world
+    phase = cfg["phases"][k]
+    stage = phase["stage"]
     gen = torch.Generator().manual_seed(cfg["seed"])
-    world = ray.train.get_context().get_world_size()
+    resumed_steps, began = run.steps, time.perf_counter()
 
     def loss_of(batch, subsets: bool):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if cfg["stage"] == "proxy":
+        batch = {name: v.to(run.device) for name, v in batch.items()}
+        if stage == "proxy":
             return losses.proxy_loss(m, net, batch)
-        through = "proxy" if cfg["stage"] == "inference" else "model"
+        through = "proxy" if stage == "inference" else "model"
         return losses.inference_loss(
-            m, net, batch, through=through, proxy=proxy, min_obs=cfg["min_obs"] if subsets else None, generator=gen
+            m, net, batch, through=through, proxy=run.proxy, min_obs=cfg["min_obs"] if subsets else None, generator=gen
         )
 
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in range(run.epoch - first, phase["epochs"]):
         start, seen, epoch_steps = time.perf_counter(), 0, 0
         seen_ids: list[np.ndarray] = []
         net.train()
@@ -155,16 +219,16 @@ def _loop(cfg: dict) -> None:
             if world > 1:
                 torch.distributed.all_reduce(check)
             if not torch.isfinite(check):
-                _report_error(f"non-finite loss at epoch {epoch}, step {steps}; no checkpoint saved")
-                return
+                _report_error(f"non-finite loss at epoch {epoch}, step {run.steps}; no checkpoint saved", stage)
+                return False
             opt.zero_grad()
             loss.backward()
             opt.step()
-            steps += 1
+            run.steps += 1
             epoch_steps += 1
             seen += len(batch["z"])
             seen_ids.append(np.asarray(table["sample_id"]))
-            if cfg.get("max_steps_per_epoch") and epoch_steps >= cfg["max_steps_per_epoch"]:
+            if phase.get("max_steps_per_epoch") and epoch_steps >= phase["max_steps_per_epoch"]:
                 break
         net.eval()
         total, count = 0.0, 0
@@ -178,16 +242,21 @@ def _loop(cfg: dict) -> None:
         workers = _workers_agree(net, seen_ids, world)
         metrics = {
             "epoch": epoch,
-            "steps": steps,
+            "steps": run.steps,
             "val_loss": total / max(count, 1),
             "samples_per_s": seen * world / max(time.perf_counter() - start, 1e-9),
             # what shows a resumed run: the epoch it continued from (0: a fresh start), the
             # steps this attempt took, and the optimizer's own step count (restored with it)
-            "resumed_from_epoch": start_epoch,
-            "attempt_steps": steps - resumed_steps,
+            "resumed_from_epoch": resumed_from,
+            "attempt_steps": run.steps - resumed_steps,
             "optimizer_steps": int(adam["step"]) if "step" in adam else 0,
             **workers,
         }
+        training = {key: phase[key] for key in ("stage", "lr", "epochs")}
+        training.update(batch_size=cfg["batch_size"], min_obs=cfg["min_obs"])
+        if epoch == phase["epochs"] - 1:  # the phase's last weights, for the driver and later checkpoints
+            weights = {name: v.detach().cpu().clone() for name, v in getattr(net, "module", net).state_dict().items()}
+            run.finished[k] = (weights, metrics, training, time.perf_counter() - began)
         if ray.train.get_context().get_world_rank() == 0:
             with tempfile.TemporaryDirectory() as d:
                 checkpoint.save(
@@ -196,14 +265,30 @@ def _loop(cfg: dict) -> None:
                     model=m,
                     dataset_manifest=cfg["manifest"],
                     metrics=metrics,
-                    training={k: cfg[k] for k in ("stage", "lr", "batch_size", "epochs", "min_obs")},
+                    training=training,
                     extra_files={"optimizer.pt": opt.state_dict()},
                 )
+                for j, (weights, done_metrics, done_training, seconds) in run.finished.items():
+                    done = networks.build(cfg["network"])
+                    done.load_state_dict(weights)
+                    where = os.path.join(d, FINISHED, str(j))
+                    checkpoint.save(
+                        where,
+                        done,
+                        model=m,
+                        dataset_manifest=cfg["manifest"],
+                        metrics=done_metrics,
+                        training=done_training,
+                    )
+                    with open(os.path.join(where, PHASE_FILE), "w") as f:
+                        json.dump({"seconds": seconds}, f)
                 with open(os.path.join(d, "progress.json"), "w") as f:
-                    json.dump({"epoch": epoch, "steps": steps}, f)
+                    json.dump({"epoch": first + epoch, "steps": run.steps}, f)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+        run.epoch = first + epoch + 1
+    return True
 
 
 def _workers_agree(net, seen_ids: list, world: int) -> dict:
@@ -229,7 +314,7 @@ def _workers_agree(net, seen_ids: list, world: int) -> dict:
 ERROR_FILE = "error.json"
 
 
-def _report_error(message: str) -> None:
+def _report_error(message: str, stage: str) -> None:
     """End training with a message and no weights. Ray Train keeps only reports that
     carry a checkpoint, so the message travels as a checkpoint holding just error.json."""
     import ray.train
@@ -239,7 +324,7 @@ def _report_error(message: str) -> None:
         return
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, ERROR_FILE), "w") as f:
-            json.dump({"error": message}, f)
+            json.dump({"error": message, "stage": stage}, f)
         ray.train.report({"error": message}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -267,25 +352,83 @@ def train(
     """Train one stage with Ray Train's TorchTrainer and copy its last checkpoint to ``out``.
     ``device``: ``gpu`` (one GPU per worker, waited for up to ``gpu_timeout_s``), ``cpu``,
     or ``auto`` (GPUs when the cluster can provide one per worker; see :mod:`.devices`)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
+    if stage == "finetune" and not init_checkpoint:
+        raise ValueError("stage 'finetune' needs init_checkpoint (an inference network trained through the proxy)")
+    phase = Phase(stage, out, epochs, lr, max_steps_per_epoch)
+    return train_phases(
+        [phase],
+        model,
+        data,
+        num_workers=num_workers,
+        batch_size=batch_size,
+        min_obs=min_obs,
+        network=network,
+        proxy_checkpoint=proxy_checkpoint,
+        init_checkpoint=init_checkpoint,
+        storage_path=storage_path,
+        seed=seed,
+        max_failures=max_failures,
+        device=device,
+        gpu_timeout_s=gpu_timeout_s,
+    )[0]
+
+
+@dataclass
+class Phase:
+    """One stage of a Ray Train run: what it trains, where its checkpoint goes, and its
+    own epochs, learning rate and steps per epoch (None: whole epochs)."""
+
+    stage: str
+    out: str
+    epochs: int
+    lr: float
+    max_steps_per_epoch: int | None = None
+
+
+def train_phases(
+    phases: list[Phase],
+    model: str | Model,
+    data: str,
+    *,
+    num_workers: int = TrainConfig.num_workers,
+    batch_size: int = TrainConfig.batch_size,
+    min_obs: int = TrainConfig.min_obs,
+    network: dict | None = None,
+    proxy_checkpoint: str | None = None,
+    init_checkpoint: str | None = None,
+    storage_path: str | None = None,
+    seed: int = TrainConfig.seed,
+    max_failures: int = TrainConfig.max_failures,
+    device: str = TrainConfig.device,
+    gpu_timeout_s: float = TrainConfig.gpu_timeout_s,
+) -> list[TrainSummary]:
+    """Train ``phases`` in turn in one Ray Train run, each phase's network the next one's
+    start (the inference network through the proxy, then fine-tuned through the solver),
+    each phase's last checkpoint copied to its ``out``; one summary per phase. Each phase
+    trains as a run of its own would (seeds, optimizer, step count), without another
+    run's start-up."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
+    for phase in phases:
+        if phase.stage not in STAGES:
+            raise ValueError(f"unknown stage {phase.stage!r}; one of {STAGES}")
+        positive_int("epochs", phase.epochs)
+    stages = [phase.stage for phase in phases]
     m = load_model(model)
     manifest = storage.read_manifest(data, model=m.name)
     check_model(m, manifest, f"dataset {data}")
     usable = manifest["n_samples"] - manifest.get("failures", 0)
     if usable <= VALIDATION_EVERY:
         raise ValueError(f"dataset {data} has {usable} usable samples (status 0); too few to train on")
-    if stage == "inference" and not proxy_checkpoint:
+    if "inference" in stages and not proxy_checkpoint:
         raise ValueError("stage 'inference' needs proxy_checkpoint (a trained proxy)")
-    if stage == "finetune" and not init_checkpoint:
-        raise ValueError("stage 'finetune' needs init_checkpoint (an inference network trained through the proxy)")
-    if stage == "inference" and proxy_checkpoint:  # refused here in one line, not in the workers
+    if "inference" in stages and proxy_checkpoint:  # refused here in one line, not in the workers
         checkpoint.load(proxy_checkpoint, model=m, kind="proxy")
-    for name, value in (("num_workers", num_workers), ("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in (("num_workers", num_workers), ("batch_size", batch_size)):
         positive_int(name, value)
 
     ensure_ray()
@@ -297,23 +440,23 @@ def train(
     parts = ds_format.list_parts(fs, root)
     ds = ray.data.read_parquet(parts, filesystem=fs)
     offsets, scales = value_stats(pq.read_table(parts[0], filesystem=fs).slice(0, 4096), m)
-    kind = "proxy" if stage == "proxy" else "inference"
+    kind = "proxy" if stages[0] == "proxy" else "inference"
     net_config = networks.default_config(m, kind, value_offset=offsets, value_scale=scales, **(network or {}))
     if init_checkpoint:
         net_config = checkpoint.load(init_checkpoint, model=m, kind="inference")[1]["network"]
     cfg = {
-        "stage": stage,
+        "phases": [
+            {"stage": p.stage, "epochs": p.epochs, "lr": p.lr, "max_steps_per_epoch": p.max_steps_per_epoch}
+            for p in phases
+        ],
         "model": source_record(m),  # the workers rebuild the model from its source
         "network": net_config,
-        "lr": lr,
         "batch_size": batch_size,
-        "epochs": epochs,
         "min_obs": min_obs,
         "seed": seed,
         "manifest": manifest,
         "proxy_checkpoint": _absolute(proxy_checkpoint),
         "init_checkpoint": _absolute(init_checkpoint),
-        "max_steps_per_epoch": max_steps_per_epoch,
     }
     start = time.perf_counter()
     trainer = TorchTrainer(
@@ -321,8 +464,8 @@ def train(
         train_loop_config=cfg,
         scaling_config=ScalingConfig(**scaling),
         run_config=RunConfig(
-            name=f"{m.name}-{stage}-{int(time.time())}",
-            storage_path=storage_path or storage.beside(out, "ray_results"),
+            name=f"{m.name}-{'-'.join(stages)}-{int(time.time())}",
+            storage_path=storage_path or storage.beside(phases[-1].out, "ray_results"),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -333,36 +476,48 @@ def train(
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
+    wall = time.perf_counter() - start
     if result.checkpoint is None:
-        raise RuntimeError(f"{stage} training produced no checkpoint")
+        raise RuntimeError(f"{stages[0]} training produced no checkpoint")
     with result.checkpoint.as_directory() as d:
         if os.path.exists(os.path.join(d, ERROR_FILE)):
             with open(os.path.join(d, ERROR_FILE)) as f:
-                raise FloatingPointError(f"{stage} training stopped: {json.load(f)['error']}")
-        net, meta = checkpoint.load(d, model=m)
-        checkpoint.save(
-            out,
-            net,
-            model=m,
-            dataset_manifest=manifest,
-            metrics=meta["metrics"],
-            training={**meta["training"], "num_workers": num_workers, "use_gpu": use_gpu},
-        )
-    metrics = result.metrics
-    assert metrics is not None  # reported together with the checkpoint checked above
-    return TrainSummary(
-        stage=stage,
-        model=m.name,
-        checkpoint=out,
-        epochs=epochs,
-        steps=int(metrics["steps"]),
-        samples_per_s=float(metrics["samples_per_s"]),
-        wall_s=time.perf_counter() - start,
-        val_loss=float(metrics["val_loss"]),
-        num_workers=num_workers,
-        device="GPU" if use_gpu else "CPU",
-        excluded_rows=int(manifest.get("failures", 0)),
-    )
+                error = json.load(f)
+            raise FloatingPointError(f"{error.get('stage', stages[0])} training stopped: {error['error']}")
+        finished = [os.path.join(d, FINISHED, str(k)) for k in range(len(phases))]
+        seconds = []
+        for done in finished[1:]:
+            with open(os.path.join(done, PHASE_FILE)) as f:
+                seconds.append(json.load(f)["seconds"])
+        seconds.insert(0, wall - sum(seconds))  # the first phase's wall-clock holds the run's start-up
+        summaries = []
+        for phase, done, phase_s in zip(phases, finished, seconds):  # in order: the last phase's checkpoint last
+            net, meta = checkpoint.load(done, model=m)
+            checkpoint.save(
+                phase.out,
+                net,
+                model=m,
+                dataset_manifest=manifest,
+                metrics=meta["metrics"],
+                training={**meta["training"], "num_workers": num_workers, "use_gpu": use_gpu},
+            )
+            metrics = meta["metrics"]
+            summaries.append(
+                TrainSummary(
+                    stage=phase.stage,
+                    model=m.name,
+                    checkpoint=phase.out,
+                    epochs=phase.epochs,
+                    steps=int(metrics["steps"]),
+                    samples_per_s=float(metrics["samples_per_s"]),
+                    wall_s=phase_s,
+                    val_loss=float(metrics["val_loss"]),
+                    num_workers=num_workers,
+                    device="GPU" if use_gpu else "CPU",
+                    excluded_rows=int(manifest.get("failures", 0)),
+                )
+            )
+    return summaries
 
 
 def _absolute(location: str | None) -> str | None:
@@ -387,11 +542,13 @@ def train_inference_and_report(
     (Callers then recalibrate its intervals: :func:`mechinfer.estimate.recalibration.calibrate_checkpoint`.)"""
     m = load_model(model)
     stage1_out = out if finetune_epochs == 0 else os.path.join(out, "through-proxy")
-    summaries = [train("inference", m, data, stage1_out, epochs=epochs, proxy_checkpoint=proxy_checkpoint, **kwargs)]
+    lr = kwargs.pop("lr", TrainConfig.lr)
+    phases = [
+        Phase("inference", stage1_out, epochs, lr, kwargs.pop("max_steps_per_epoch", TrainConfig.max_steps_per_epoch))
+    ]
     if finetune_epochs > 0:
-        kwargs = {**kwargs, "lr": finetune_lr, "max_steps_per_epoch": finetune_steps_per_epoch}
-        kwargs.pop("network", None)
-        summaries.append(train("finetune", m, data, out, epochs=finetune_epochs, init_checkpoint=stage1_out, **kwargs))
+        phases.append(Phase("finetune", out, finetune_epochs, finetune_lr, finetune_steps_per_epoch))
+    summaries = train_phases(phases, m, data, proxy_checkpoint=proxy_checkpoint, **kwargs)
     test = spec_test_set(m)
     ok = test["status"] == SolveStatus.OK
     test = {k: v[ok] for k, v in test.items()}
