@@ -103,12 +103,14 @@ def value_stats(table, model: Model | None = None) -> tuple[list[float], list[fl
 
 
 FINISHED = "finished"  # in a run's checkpoints: finished/<k>/, the last weights of each phase k finished
+PHASE_FILE = "phase.json"  # beside a finished phase's checkpoint: its seconds of training
 
 
 def _loop(cfg: dict) -> None:
     """One Ray Train run: its phases in turn (``cfg["phases"]``: stage, epochs, lr and
     steps per epoch each), the network carried from one to the next; a phase starts as
-    a run of its own would (seeds, a new optimizer, its step count from 0). Every epoch
+    a run of its own would (its subsets' generator seeded, a new optimizer, its step
+    count from 0; nothing else in training draws random numbers). Every epoch
     ends with a checkpoint that also holds, under ``finished/<k>/``, the last weights of
     each phase k finished so far, so a resumed run and the driver find them all. Why one
     run for several phases: each Ray Train run costs ~15 s of start-up on a small machine
@@ -159,9 +161,6 @@ def _loop(cfg: dict) -> None:
             if not _train_phase(run, k, first, opt, resumed_from=max(resumed_from - first, 0)):
                 return
         first = end
-
-
-PHASE_FILE = "phase.json"  # beside a finished phase's checkpoint: its seconds of training
 
 
 @dataclass
@@ -407,7 +406,7 @@ def train_phases(
     """Train ``phases`` in turn in one Ray Train run, each phase's network the next one's
     start (the inference network through the proxy, then fine-tuned through the solver),
     each phase's last checkpoint copied to its ``out``; one summary per phase. Each phase
-    trains as a run of its own would (seeds, optimizer, step count), without another
+    trains as a run of its own would (subsets' generator, optimizer, step count), without another
     run's start-up."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
