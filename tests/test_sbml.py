@@ -400,3 +400,59 @@ def test_simulate_sbml_scales_its_absolute_tolerance_to_tiny_amounts(tmp_path):
     np.testing.assert_allclose(y, exact, rtol=1e-7, atol=0)
     assert scaled_atol(np.array([1e-12, 0.0, 1e-13])) == SIMULATE_ATOL * 1e-13
     assert scaled_atol(np.array([0.0, 5.0])) == SIMULATE_ATOL  # values of 1 and above: unscaled
+
+
+# (parameter, MathML of its initial assignment, IEEE 754 double value): SymPy alone made
+# 1/0, log(0), pow(0, -1), cot(0) complex infinity (zoo, TypeError when printed), sqrt(-1),
+# ln(-1), arccosh(0.5) imaginary (ValueError: no engine implements ImaginaryUnit), and a
+# comparison or max with NaN raised; a division by a parameter of value 0 did the same
+IEEE_CONSTANTS = [
+    ("inv0", "<apply><divide/><cn>1</cn><cn>0</cn></apply>", math.inf),
+    ("neginv0", "<apply><divide/><cn>-1</cn><cn>0</cn></apply>", -math.inf),
+    ("zero_by_zero", "<apply><divide/><cn>0</cn><cn>0</cn></apply>", math.nan),
+    ("ln0", "<apply><ln/><cn>0</cn></apply>", -math.inf),
+    ("log10_0", "<apply><log/><cn>0</cn></apply>", -math.inf),
+    ("pow0m1", "<apply><power/><cn>0</cn><cn>-1</cn></apply>", math.inf),
+    ("cot0", "<apply><cot/><cn>0</cn></apply>", math.inf),
+    ("tan_half_pi", "<apply><tan/><apply><divide/><pi/><cn>2</cn></apply></apply>", math.tan(math.pi / 2)),
+    ("sqrt_m1", "<apply><root/><cn>-1</cn></apply>", math.nan),
+    ("ln_m1", "<apply><ln/><cn>-1</cn></apply>", math.nan),
+    ("acosh_half", "<apply><arccosh/><cn>0.5</cn></apply>", math.nan),
+    ("pow_m2_half", "<apply><power/><cn>-2</cn><cn>0.5</cn></apply>", math.nan),
+    (
+        "nan_lt_1",
+        "<piecewise><piece><cn>1</cn><apply><lt/><notanumber/><cn>1</cn></apply></piece>"
+        "<otherwise><cn>0</cn></otherwise></piecewise>",
+        0.0,
+    ),
+    ("max_nan_1", "<apply><max/><notanumber/><cn>1</cn></apply>", 1.0),
+    ("inv_zero_param", "<apply><divide/><cn>1</cn><ci>zero</ci></apply>", math.inf),
+    (
+        "nan_param_lt",
+        "<piecewise><piece><cn>1</cn><apply><lt/><ci>nan_lt_1_in</ci><cn>1</cn></apply></piece>"
+        "<otherwise><cn>0</cn></otherwise></piecewise>",
+        0.0,
+    ),
+]
+
+
+def test_constant_math_follows_ieee_754(tmp_path):
+    """Math on constants evaluates as the float64 arithmetic every engine runs (and the SBML
+    Test Suite's results use): x/0 is +-inf, log(0) -inf, sqrt(-1) nan, nan < 1 false."""
+    import numpy as np
+
+    import mechinfer
+
+    params = "".join(f'<parameter id="{p}" constant="true"/>' for p, _, _ in IEEE_CONSTANTS)
+    params += '<parameter id="zero" value="0" constant="true"/><parameter id="nan_lt_1_in" constant="true"/>'
+    assignments = "".join(
+        f'<initialAssignment symbol="{p}"><math {MATH}>{m}</math></initialAssignment>' for p, m, _ in IEEE_CONSTANTS
+    )
+    assignments += f'<initialAssignment symbol="nan_lt_1_in"><math {MATH}><notanumber/></math></initialAssignment>'
+    body = f"<listOfParameters>{params}</listOfParameters>"
+    body += f"<listOfInitialAssignments>{assignments}</listOfInitialAssignments>"
+    path = tmp_path / "ieee.xml"
+    path.write_text(sbml(body))
+    names = [p for p, _, _ in IEEE_CONSTANTS]
+    y = mechinfer.simulate_sbml(path, np.array([0.0, 1.0]), names)
+    np.testing.assert_array_equal(y[-1], np.array([v for _, _, v in IEEE_CONSTANTS]))

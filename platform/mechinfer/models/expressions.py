@@ -330,6 +330,118 @@ def _dual_pow(a, b) -> Dual:
     return Dual(v, d)
 
 
+# ---------------------------------------------------------------- IEEE 754 constants
+# SymPy evaluates an operation on exact constants exactly: 1/0 and log(0) become zoo (complex
+# infinity, no sign, no float), sqrt(-1), log(-1) and acosh(0.5) imaginary numbers, and a
+# comparison with nan or a max of nan raises. An SBML model's math is IEEE 754 double
+# arithmetic (what every engine here runs, what the SBML Test Suite's results are): 1/0 is
+# +inf, log(0) -inf, sqrt(-1) nan, nan < 1 false. ieee() builds an operation as SymPy does
+# except where all its arguments are real constants and SymPy's result is not a real number
+# (or SymPy raises): that operation is folded in float64 instead.
+
+
+def _is_real_constant(a) -> bool:
+    return isinstance(a, sympy.Expr) and bool(a.is_number) and not a.has(sympy.zoo) and a.is_extended_real is not False
+
+
+def _not_real(out) -> bool:
+    return isinstance(out, sympy.Expr) and bool(out.is_number) and (out.has(sympy.zoo) or out.is_extended_real is False)
+
+
+def _from_float(value):
+    if isinstance(value, bool | np.bool_) or (isinstance(value, np.ndarray) and value.dtype == bool):
+        return sympy.true if bool(value) else sympy.false
+    value = float(value)
+    if math.isnan(value):
+        return sympy.nan
+    if math.isinf(value):
+        return sympy.oo if value > 0 else -sympy.oo
+    if value.is_integer() and abs(value) < 2**53:
+        return sympy.Integer(int(value))
+    return sympy.Float(value)
+
+
+def ieee(build: Callable, fold: Callable | None, *args):
+    """``build(*args)`` (SymPy), or, where every argument is a real constant and SymPy's
+    result is not a real number or SymPy raises, ``fold`` of the arguments as float64."""
+    if fold is None or not args or not all(_is_real_constant(a) for a in args):
+        return build(*args)
+    try:
+        out = build(*args)
+    except (TypeError, ValueError):
+        out = None
+    if out is not None and not _not_real(out):
+        return out
+    with np.errstate(all="ignore"):
+        return _from_float(fold(*[np.float64(float(a)) for a in args]))
+
+
+def numpy_function(func) -> Callable | None:
+    """The float64 function of a SymPy function class (exp, Abs, floor, asec, ...)."""
+    name = _SYMPY_NAMES.get(func.__name__, func.__name__)
+    return _UNARY[name][3] if name in _UNARY else None
+
+
+def _product(*xs):
+    out = np.float64(1.0)
+    for x in xs:
+        out = out * x
+    return out
+
+
+_NUMPY_RELATIONS = {
+    sympy.StrictLessThan: np.less,
+    sympy.LessThan: np.less_equal,
+    sympy.StrictGreaterThan: np.greater,
+    sympy.GreaterThan: np.greater_equal,
+    sympy.Equality: np.equal,
+    sympy.Unequality: np.not_equal,
+}
+
+
+def _fold_for(func) -> Callable | None:
+    if func is sympy.Add:
+        return lambda *xs: sum(xs, np.float64(0.0))
+    if func is sympy.Mul:
+        return _product
+    if func is sympy.Pow:
+        return np.power
+    if func is sympy.Max:
+        return lambda *xs: _Ops.max(*xs)
+    if func is sympy.Min:
+        return lambda *xs: _Ops.min(*xs)
+    if func in _NUMPY_RELATIONS:
+        return _NUMPY_RELATIONS[func]
+    if isinstance(func, type) and issubclass(func, sympy.Function):
+        return numpy_function(func)
+    return None
+
+
+def ieee_xreplace(expr, mapping: dict):
+    """``expr.xreplace(mapping)``, each rebuilt operation through :func:`ieee` (so that
+    substituting constants never yields zoo, an imaginary number or a NaN-comparison error)."""
+    if not mapping:
+        return expr
+    memo: dict = {}
+
+    def rebuild(e):
+        if e in mapping:
+            return mapping[e]
+        if not e.args:
+            return e
+        if e in memo:
+            return memo[e]
+        args = [rebuild(a) for a in e.args]
+        if all(a is b for a, b in zip(args, e.args)):
+            out = e
+        else:
+            out = ieee(e.func, _fold_for(e.func), *args)
+        memo[e] = out
+        return out
+
+    return rebuild(expr)
+
+
 # ---------------------------------------------------------------- printing
 _RELATIONS = {
     sympy.StrictLessThan: "lt",

@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import libsbml
+import numpy as np
 import sympy
 from sympy.logic.boolalg import BooleanAtom, BooleanFunction
 
 from ..solver.symbolic import Acot
+from .expressions import OPS, ieee, ieee_xreplace, numpy_function
 from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
 
 __all__ = ["read_sbml"]
@@ -84,6 +86,27 @@ _RELATIONAL: dict[int, Callable[[Any, Any], Any]] = {
     libsbml.AST_RELATIONAL_GEQ: sympy.Ge,
     libsbml.AST_RELATIONAL_EQ: sympy.Eq,
 }
+# the same comparisons in float64 (a NaN compares false), for constants (see expressions.ieee)
+_NUMPY_RELATIONAL: dict[int, Callable[[Any, Any], Any]] = {
+    libsbml.AST_RELATIONAL_LT: np.less,
+    libsbml.AST_RELATIONAL_LEQ: np.less_equal,
+    libsbml.AST_RELATIONAL_GT: np.greater,
+    libsbml.AST_RELATIONAL_GEQ: np.greater_equal,
+    libsbml.AST_RELATIONAL_EQ: np.equal,
+}
+
+
+def _divide(a: Any, b: Any) -> Any:
+    """a / b in IEEE 754 terms where b is a constant zero: +-inf, or nan for 0 / 0 (SymPy's
+    a / 0 is zoo, complex infinity, which no engine evaluates)."""
+    out = ieee(lambda x, y: x / y, np.divide, a, b)
+    if isinstance(out, sympy.Expr) and out.has(sympy.zoo):  # a symbolic numerator over a zero
+        return a * sympy.oo
+    return out
+
+
+def _root(degree: Any, x: Any) -> Any:
+    return sympy.sqrt(x) if degree == 2 else sympy.Pow(x, _divide(sympy.Integer(1), degree))
 
 
 def read_sbml(source: str | os.PathLike) -> OdeSystem:
@@ -245,45 +268,45 @@ class _Math:
             raise self._unsupported(f"minus with {len(args)} arguments", where)
         if t == libsbml.AST_DIVIDE:
             a, b = self._arity(nums(), 2, "divide", where)
-            return a / b
+            return _divide(a, b)
         if t in (libsbml.AST_POWER, libsbml.AST_FUNCTION_POWER):
             a, b = self._arity(nums(), 2, "power", where)
-            return sympy.Pow(a, b)
+            return ieee(sympy.Pow, np.power, a, b)
         if t == libsbml.AST_FUNCTION_ROOT:
             args = nums()
             if len(args) == 1:
-                return sympy.sqrt(args[0])
+                return ieee(sympy.sqrt, np.sqrt, args[0])
             degree, x = self._arity(args, 2, "root", where)
-            return sympy.sqrt(x) if degree == 2 else sympy.Pow(x, 1 / degree)
+            return ieee(_root, lambda d, v: np.sqrt(v) if d == 2 else np.power(v, 1.0 / d), degree, x)
         if t == libsbml.AST_FUNCTION_LOG:
             args = nums()
             if len(args) == 1:
-                return sympy.log(args[0], 10)
+                return ieee(lambda v: sympy.log(v, 10), np.log10, args[0])
             base, x = self._arity(args, 2, "log", where)
-            return sympy.log(x, base)
+            return ieee(lambda b, v: sympy.log(v, b), lambda b, v: np.log(v) / np.log(b), base, x)
         if t in _UNARY:
             (x,) = self._arity(nums(), 1, node.getName() or "function", where)
-            return _UNARY[t](x)
+            return ieee(_UNARY[t], numpy_function(_UNARY[t]), x)
         if t == libsbml.AST_FUNCTION_MAX:
-            return sympy.Max(*nums()) if kids else -sympy.oo
+            return ieee(sympy.Max, OPS.max, *nums()) if kids else -sympy.oo
         if t == libsbml.AST_FUNCTION_MIN:
-            return sympy.Min(*nums()) if kids else sympy.oo
+            return ieee(sympy.Min, OPS.min, *nums()) if kids else sympy.oo
         if t == libsbml.AST_FUNCTION_QUOTIENT:
             a, b = self._arity(nums(), 2, "quotient", where)
-            return _trunc(a / b)
+            return _trunc(_divide(a, b))
         if t == libsbml.AST_FUNCTION_REM:
             a, b = self._arity(nums(), 2, "rem", where)
-            return a - b * _trunc(a / b)
+            return a - b * _trunc(_divide(a, b))
         if t == libsbml.AST_FUNCTION_PIECEWISE:
             return self._piecewise([walk(k) for k in kids], where)
         if t in _RELATIONAL:
             args = nums()
             if len(args) < 2:
                 raise self._unsupported(f"{node.getName()} with {len(args)} arguments", where)
-            return sympy.And(*[_RELATIONAL[t](a, b) for a, b in itertools.pairwise(args)])
+            return sympy.And(*[ieee(_RELATIONAL[t], _NUMPY_RELATIONAL[t], a, b) for a, b in itertools.pairwise(args)])
         if t == libsbml.AST_RELATIONAL_NEQ:
             a, b = self._arity(nums(), 2, "neq", where)
-            return sympy.Ne(a, b)
+            return ieee(sympy.Ne, np.not_equal, a, b)
         if t == libsbml.AST_LOGICAL_AND:
             return sympy.And(*[_bool(walk(k)) for k in kids])
         if t == libsbml.AST_LOGICAL_OR:
@@ -646,9 +669,9 @@ class _Importer:
 
     def substitute(self, expr: Any, mode: str) -> Any:
         mapping = {s: self._resolve(s.name, mode) for s in expr.free_symbols if s != TIME}
-        out = expr.xreplace(mapping)
+        out = ieee_xreplace(expr, mapping)
         if mode == "init":
-            out = out.xreplace({TIME: sympy.Integer(0)})
+            out = ieee_xreplace(out, {TIME: sympy.Integer(0)})
         return out
 
     def dyn(self, name: str) -> Any:

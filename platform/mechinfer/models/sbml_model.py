@@ -23,7 +23,7 @@ import torch
 
 from .. import solver as _solver
 from .base import Model, Quantity
-from .expressions import compile_function
+from .expressions import compile_function, ieee_xreplace
 from .odesystem import TIME, OdeSystem, symbol
 from .priors import LogUniform
 from .simulate import term
@@ -72,8 +72,8 @@ def model_from_system(
     values = {**system.parameters, **(constants or {})}
     fixed = {symbol(k): sympy.Float(v, 17) for k, v in values.items() if k not in names}
     states = list(system.states)
-    rates = [r.xreplace(fixed) for r in system.rates]
-    initial = [e.xreplace(fixed) for e in system.initial]
+    rates = [ieee_xreplace(r, fixed) for r in system.rates]
+    initial = [ieee_xreplace(e, fixed) for e in system.initial]
     if system.uses_time:
         states.append(time_state_name(system))
         rates.append(sympy.Float(1.0))
@@ -191,7 +191,7 @@ def simulate_system(
     else:  # nothing to integrate: every variable is a function of the parameters and time
         y = np.zeros((len(times), 0))
     fixed = {symbol(k): sympy.Float(v, 17) for k, v in system.parameters.items()}
-    exprs = [system.value(v, amount=v in amounts).xreplace(fixed) for v in variables]
+    exprs = [ieee_xreplace(system.value(v, amount=v in amounts), fixed) for v in variables]
     fn, _ = compile_function("outputs", {"s": [symbol(s) for s in system.states], "t": [TIME]}, exprs)
     columns = fn([y[:, i] for i in range(n_states)], [times])
     return np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), times.shape) for c in columns], axis=1)
