@@ -49,6 +49,12 @@ def test_bad_inputs(mmk_data, tmp_path):
         train("inference", "mmk", data, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="unknown stage"):
         train("pretrain", "mmk", data, str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="needs init_checkpoint"):
+        train("finetune", "mmk", data, str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="train two kinds of network"):
+        train_phases(
+            [Phase("proxy", str(tmp_path / "p"), 1, 1e-3), Phase("finetune", str(tmp_path / "f"), 1, 1e-4)], "mmk", data
+        )
     import shutil
 
     old = tmp_path / "old-spec"

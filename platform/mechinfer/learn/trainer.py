@@ -351,10 +351,6 @@ def train(
     """Train one stage with Ray Train's TorchTrainer and copy its last checkpoint to ``out``.
     ``device``: ``gpu`` (one GPU per worker, waited for up to ``gpu_timeout_s``), ``cpu``,
     or ``auto`` (GPUs when the cluster can provide one per worker; see :mod:`.devices`)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
-    if stage == "finetune" and not init_checkpoint:
-        raise ValueError("stage 'finetune' needs init_checkpoint (an inference network trained through the proxy)")
     phase = Phase(stage, out, epochs, lr, max_steps_per_epoch)
     return train_phases(
         [phase],
@@ -417,6 +413,10 @@ def train_phases(
             raise ValueError(f"unknown stage {phase.stage!r}; one of {STAGES}")
         positive_int("epochs", phase.epochs)
     stages = [phase.stage for phase in phases]
+    if len({s == "proxy" for s in stages}) > 1:  # one network is carried through the phases
+        raise ValueError(f"phases {stages} train two kinds of network (the proxy and the inference network)")
+    if stages[0] == "finetune" and not init_checkpoint:
+        raise ValueError("stage 'finetune' needs init_checkpoint (an inference network trained through the proxy)")
     m = load_model(model)
     manifest = storage.read_manifest(data, model=m.name)
     check_model(m, manifest, f"dataset {data}")
