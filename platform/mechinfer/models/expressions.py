@@ -399,7 +399,8 @@ _NUMPY_RELATIONS = {
 }
 
 
-def _fold_for(func) -> Callable | None:
+def fold_for(func) -> Callable | None:
+    """The float64 function of a SymPy operation (Add, Pow, Max, a relation, exp, ...), or None."""
     if func is sympy.Add:
         return lambda *xs: sum(xs, np.float64(0.0))
     if func is sympy.Mul:
@@ -435,7 +436,7 @@ def ieee_xreplace(expr, mapping: dict):
         if all(a is b for a, b in zip(args, e.args)):
             out = e
         else:
-            out = ieee(e.func, _fold_for(e.func), *args)
+            out = ieee(e.func, fold_for(e.func), *args)
         memo[e] = out
         return out
 

@@ -39,7 +39,7 @@ import sympy
 from sympy.logic.boolalg import BooleanAtom, BooleanFunction
 
 from ..solver.symbolic import Acot
-from .expressions import OPS, ieee, ieee_xreplace, numpy_function
+from .expressions import OPS, fold_for, ieee, ieee_xreplace, numpy_function
 from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
 
 __all__ = ["read_sbml"]
@@ -85,14 +85,6 @@ _RELATIONAL: dict[int, Callable[[Any, Any], Any]] = {
     libsbml.AST_RELATIONAL_GT: sympy.Gt,
     libsbml.AST_RELATIONAL_GEQ: sympy.Ge,
     libsbml.AST_RELATIONAL_EQ: sympy.Eq,
-}
-# the same comparisons in float64 (a NaN compares false), for constants (see expressions.ieee)
-_NUMPY_RELATIONAL: dict[int, Callable[[Any, Any], Any]] = {
-    libsbml.AST_RELATIONAL_LT: np.less,
-    libsbml.AST_RELATIONAL_LEQ: np.less_equal,
-    libsbml.AST_RELATIONAL_GT: np.greater,
-    libsbml.AST_RELATIONAL_GEQ: np.greater_equal,
-    libsbml.AST_RELATIONAL_EQ: np.equal,
 }
 
 
@@ -303,7 +295,9 @@ class _Math:
             args = nums()
             if len(args) < 2:
                 raise self._unsupported(f"{node.getName()} with {len(args)} arguments", where)
-            return sympy.And(*[ieee(_RELATIONAL[t], _NUMPY_RELATIONAL[t], a, b) for a, b in itertools.pairwise(args)])
+            return sympy.And(
+                *[ieee(_RELATIONAL[t], fold_for(_RELATIONAL[t]), a, b) for a, b in itertools.pairwise(args)]
+            )
         if t == libsbml.AST_RELATIONAL_NEQ:
             a, b = self._arity(nums(), 2, "neq", where)
             return ieee(sympy.Ne, np.not_equal, a, b)
