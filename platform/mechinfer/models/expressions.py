@@ -348,7 +348,9 @@ def _not_real(out) -> bool:
     return isinstance(out, sympy.Expr) and bool(out.is_number) and (out.has(sympy.zoo) or out.is_extended_real is False)
 
 
-def _from_float(value):
+def number(value):
+    """A float64 (or numpy bool) as SymPy holds it exactly: nan, +-oo, an Integer where it
+    is integral (below 2**53), else a Float; a bool as true / false."""
     if isinstance(value, bool | np.bool_) or (isinstance(value, np.ndarray) and value.dtype == bool):
         return sympy.true if bool(value) else sympy.false
     value = float(value)
@@ -373,7 +375,7 @@ def ieee(build: Callable, fold: Callable | None, *args):
     if out is not None and not _not_real(out):
         return out
     with np.errstate(all="ignore"):
-        return _from_float(fold(*[np.float64(float(a)) for a in args]))
+        return number(fold(*[np.float64(float(a)) for a in args]))
 
 
 def numpy_function(func) -> Callable | None:
@@ -408,9 +410,9 @@ def fold_for(func) -> Callable | None:
     if func is sympy.Pow:
         return np.power
     if func is sympy.Max:
-        return lambda *xs: _Ops.max(*xs)
+        return OPS.max
     if func is sympy.Min:
-        return lambda *xs: _Ops.min(*xs)
+        return OPS.min
     if func in _NUMPY_RELATIONS:
         return _NUMPY_RELATIONS[func]
     if isinstance(func, type) and issubclass(func, sympy.Function):

@@ -26,7 +26,6 @@ Semantics, as the SBML specification defines them:
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import sympy
 from sympy.logic.boolalg import BooleanAtom, BooleanFunction
 
 from ..solver.symbolic import Acot
-from .expressions import OPS, fold_for, ieee, ieee_xreplace, numpy_function
+from .expressions import OPS, fold_for, ieee, ieee_xreplace, number, numpy_function
 from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
 
 __all__ = ["read_sbml"]
@@ -193,16 +192,6 @@ def _bool(e: Any) -> Any:
     return sympy.Ne(e, 0)
 
 
-def _number(value: float) -> sympy.Expr:
-    if math.isnan(value):
-        return sympy.nan
-    if math.isinf(value):
-        return sympy.oo if value > 0 else -sympy.oo
-    if float(value).is_integer() and abs(value) < 2**53:
-        return sympy.Integer(int(value))
-    return sympy.Float(value)
-
-
 class _Math:
     """MathML (a libsbml ASTNode tree) to SymPy; function definitions are expanded."""
 
@@ -231,7 +220,7 @@ class _Math:
         if t == libsbml.AST_RATIONAL:
             return sympy.Rational(node.getNumerator(), node.getDenominator())
         if t in (libsbml.AST_REAL, libsbml.AST_REAL_E):
-            return _number(node.getReal())
+            return number(node.getReal())
         if t == libsbml.AST_NAME:
             name = node.getName()
             return env[name] if name in env else symbol(name)
@@ -485,10 +474,10 @@ class _Importer:
             )
             amount_units = bool(s.getHasOnlySubstanceUnits()) or unsized
             if s.isSetInitialAmount():
-                value = _number(s.getInitialAmount())
+                value = number(s.getInitialAmount())
                 initial = value if amount_units else value / symbol(cid)
             elif s.isSetInitialConcentration():
-                value = _number(s.getInitialConcentration())
+                value = number(s.getInitialConcentration())
                 initial = value * symbol(cid) if amount_units and not unsized else value
             else:
                 initial = None
@@ -560,7 +549,7 @@ class _Importer:
         elif ref_id and ref_id in self.initial_assignments:
             value = self.initial_assignments[ref_id]
         elif ref.isSetStoichiometry() or self.doc.getLevel() < 3:
-            value = _number(ref.getStoichiometry())
+            value = number(ref.getStoichiometry())
             if self.doc.getLevel() < 3 and ref.getDenominator() != 1:
                 value = value / ref.getDenominator()
         else:
@@ -631,7 +620,7 @@ class _Importer:
             value = self.param_value[name]
             if value is None:
                 raise self.fail(f"parameter {name!r} without a value")
-            return _number(value)
+            return number(value)
         if name in self.reactions:
             return self.reactions[name].rate
         if name in self.species_refs:
