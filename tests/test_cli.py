@@ -97,6 +97,14 @@ BAD_INPUT = [
     (["simulate", "--model", "mmk", "--n", "0", "--out", "{tmp}/d"], "n must be a positive integer, got 0"),
     (["baseline", "--model", "mmk", "--out", "{tmp}/b", "--starts", "1,x"], "must be comma-separated integers"),
     (["evaluate", "--baseline", "{tmp}/none", "--out", "{tmp}/r"], "evaluate: error: {tmp}/none is not a complete"),
+    (
+        ["evaluate", "--baseline", "{tmp}/none", "--out", "{tmp}/r", "--coverage-samples", "0"],
+        "coverage_samples must be a positive integer, got 0",
+    ),
+    (
+        ["evaluate", "--baseline", "{tmp}/none", "--out", "{tmp}/r", "--coverage-budget-s", "-5"],
+        "coverage_budget_s must be a number of seconds >= 0, got -5.0",
+    ),
     (["pipeline", "--model", "mmk", "--run", "{tmp}/run", "--preset", "huge"], "unknown preset 'huge'"),
 ]
 

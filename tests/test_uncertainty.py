@@ -425,3 +425,27 @@ def test_covariance_of_an_ill_conditioned_information_stays_a_covariance():
     # BFGS's Gauss-Newton start takes the same inverse
     h0 = mle.information_inverse(torch.from_numpy(a)[None])[0].numpy()
     np.testing.assert_allclose(h0, exact, rtol=1e-6, atol=1e-12)
+
+
+def test_coverage_in_budgeted_batches_is_the_one_batchs():
+    """The evaluate stage's coverage with a time budget (``calibrate(..., budget_s)``)
+    takes the test rows CHUNK at a time, each batch with the interval scale of its own
+    rows: with room for every batch it measures what one batch of all rows does, and past
+    its budget it stops after the first, measured on those rows alone."""
+    from mechinfer.evaluate import calibration
+
+    est = mechinfer.load_estimator("mmk")
+    m = est.model
+    rows, _ = baseline.load_test_set(m, None, calibration.CHUNK + 16)
+    whole = calibration.calibrate(m, est, rows, n_boot=20)
+    parts = calibration.calibrate(m, est, rows, n_boot=20, budget_s=1e9)
+    assert (whole["n_samples"], whole["batch"], parts["n_samples"], parts["batch"]) == (80, 80, 80, calibration.CHUNK)
+    assert parts["coverage"] == whole["coverage"] and parts["coverage_95_determined"] == whole["coverage_95_determined"]
+    for mode in calibration.MODES:
+        for level in (0.5, 0.95):
+            for a, b in zip(parts["_runs"][mode].intervals(m, level), whole["_runs"][mode].intervals(m, level)):
+                np.testing.assert_allclose(a, b, rtol=1e-6)
+    first = calibration.calibrate(m, est, rows, n_boot=20, budget_s=1e-9)
+    alone = calibration.calibrate(m, est, {k: v[: calibration.CHUNK] for k, v in rows.items()}, n_boot=20)
+    assert first["n_samples"] == len(first["_rows"]["t"]) == len(first["_runs"]["always"].z) == calibration.CHUNK
+    assert first["coverage"] == alone["coverage"] and first["offered"] == 80 and alone["offered"] == calibration.CHUNK

@@ -237,6 +237,8 @@ def _evaluate(args: argparse.Namespace, command: str) -> None:
             finetuned=_by_model(args.finetuned, "--finetuned"),
             n_boot=args.bootstrap,
             command=command,
+            coverage_samples=args.coverage_samples,
+            coverage_budget_s=args.coverage_budget_s or None,
         )
         with open(os.path.join(out, "table1.md")) as f:
             print(f.read())
@@ -387,6 +389,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for standard errors (default: 1000, SPEC 4)"
+    )
+    p.add_argument(
+        "--coverage-samples",
+        type=int,
+        default=None,
+        help="measure the intervals' coverage on the first N test samples that solved (default: the baseline's)",
+    )
+    p.add_argument(
+        "--coverage-budget-s",
+        type=float,
+        default=None,
+        help="seconds after which that measurement takes no more test samples (default, 0: no limit)",
     )
 
     p = command(

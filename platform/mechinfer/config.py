@@ -148,6 +148,12 @@ class PipelineConfig:
     )
     starts: tuple[int, ...] = _opt((1, 2, 4, 8), "numbers of prior starts in the baseline")
     real_data_starts: int = _opt(64, "prior starts on a PEtab problem's own measurements (SPEC 12)")
+    coverage_samples: int | None = _opt(
+        512, "test samples the evaluate stage measures the intervals' coverage on (None: the baseline's)"
+    )
+    coverage_budget_s: float | None = _opt(
+        300.0, "seconds after which that measurement takes no more test samples (None: no limit)"
+    )
     compile: bool = _opt(False, "torch.compile'd solver steps in the served application (torch backend only)")
     device: str = _opt("auto", DEVICE_HELP, choices=DEVICES)
     gpu_timeout_s: float = _opt(600.0, GPU_TIMEOUT_HELP)
@@ -170,6 +176,8 @@ PRESETS: dict[str, PipelineConfig] = {
         starts=(1, 2),
         real_data_starts=8,
         recalibration_samples=64,
+        coverage_samples=None,
+        coverage_budget_s=None,
     ),
     "paper": PipelineConfig(
         n=1_000_000,
@@ -183,6 +191,8 @@ PRESETS: dict[str, PipelineConfig] = {
         tune_samples=16,
         baseline_limit=None,
         baseline_budget_s=None,
+        coverage_samples=None,
+        coverage_budget_s=None,
         compile=True,
     ),
 }

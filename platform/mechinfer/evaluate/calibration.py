@@ -7,6 +7,7 @@ widths relative to the prior, and trajectories with prediction bands.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..config import AUTO_PVALUE
 from ..estimate import bands, uncertainty
-from ..estimate.estimator import Estimator
+from ..estimate.estimator import Estimator, Inference
 from ..fit.trust_region import Z_BOX
 from ..learn.losses import true_noise_scale
 from ..models import likelihood
@@ -22,6 +23,8 @@ from ..models.base import Model
 from .common import MAX_PANELS, draw_observations, predict
 
 LEVELS = (0.5, 0.68, 0.9, 0.95, 0.99)
+MODES = ("never", "always", "auto")
+CHUNK = 64  # test samples per step of a measurement with a time budget (it is checked between steps)
 SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # auto thresholds estimated from the always/never runs
 
 
@@ -51,18 +54,40 @@ def coverage_determined(m: Model, res, theta_true: np.ndarray, level: float = 0.
     return [None if np.isnan(x) else float(x) for x in share], n.astype(int).tolist()
 
 
-def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pvalue: float = AUTO_PVALUE) -> dict:
-    """Coverage, widths and the auto-refine comparison on the test rows (solved ones)."""
-    t, ch, x, theta = (rows[k] for k in ("t", "channel", "value", "theta"))
+def calibrate(
+    m: Model,
+    est: Estimator,
+    rows: dict,
+    n_boot: int = 1000,
+    auto_pvalue: float = AUTO_PVALUE,
+    budget_s: float | None = None,
+) -> dict:
+    """Coverage, widths and the auto-refine comparison on the test rows (solved ones).
+    With ``budget_s``, the rows go CHUNK at a time and no chunk starts after that many
+    seconds (the first always runs): everything is then measured on the rows done, which
+    ``n_samples`` counts and ``_rows`` holds."""
     # the rows' values are in the model's noise space; est.infer takes the model's units
-    given = x if m.observation is None else m.observation.from_noise_space(x, ch)
+    given = rows["value"] if m.observation is None else m.observation.from_noise_space(rows["value"], rows["channel"])
+    n = len(given)
+    chunk = n if budget_s is None else CHUNK
+    parts: dict[str, list] = {mode: [] for mode in MODES}
+    seconds = dict.fromkeys(MODES, 0.0)
+    est.infer(rows["t"][:2], rows["channel"][:2], given[:2], refine=True)  # not timed: loads the solver once
+    start, done = time.perf_counter(), 0
+    while done < n and not (done and budget_s is not None and time.perf_counter() - start > budget_s):
+        part = slice(done, done + chunk)
+        for mode in MODES:
+            tic = time.perf_counter()
+            parts[mode].append(
+                est.infer(rows["t"][part], rows["channel"][part], given[part], refine=mode, auto_pvalue=auto_pvalue)
+            )
+            seconds[mode] += time.perf_counter() - tic
+        done = min(done + chunk, n)
+    rows = {k: v[:done] for k, v in rows.items()}
+    runs = {mode: joined(p) for mode, p in parts.items()}
+    seconds = {mode: s / done for mode, s in seconds.items()}
+    t, ch, x, theta = (rows[k] for k in ("t", "channel", "value", "theta"))
     sigma = true_noise_scale(m, rows)  # R2's units for a model whose noise scale varies
-    runs, seconds = {}, {}
-    est.infer(t[:2], ch[:2], given[:2], refine=True)  # not timed: what a process does once (loading the solver)
-    for mode in ("never", "always", "auto"):
-        tic = time.perf_counter()
-        runs[mode] = est.infer(t, ch, given, refine=mode, auto_pvalue=auto_pvalue)
-        seconds[mode] = (time.perf_counter() - tic) / len(t)
     mu = {mode: predict(m, r.theta, t, ch) for mode, r in runs.items()}
     r2 = {mode: likelihood.r2(m, mu[mode], ch, x, sigma=sigma, n_boot=n_boot) for mode in runs}
     r2_true = {mode: likelihood.r2(m, mu[mode], ch, rows["clean"], sigma=sigma, n_boot=n_boot) for mode in runs}
@@ -138,8 +163,33 @@ def calibrate(m: Model, est: Estimator, rows: dict, n_boot: int = 1000, auto_pva
         },
         "gof_below_0.05": {mode: float(np.nanmean(r.gof_pvalue < 0.05)) for mode, r in runs.items()},
         "p_eff_mean": {mode: float(r.p_eff.mean()) for mode, r in runs.items()},
+        "n_samples": done,
+        "offered": n,
+        "batch": min(chunk, n),
+        "budget_s": budget_s,
         "_runs": runs,
+        "_rows": rows,
     }
+
+
+def joined(parts: list[Inference]) -> Inference:
+    """One :class:`Inference` of consecutive parts' rows, each row with its own part's
+    interval scale."""
+    if len(parts) == 1:
+        return parts[0]
+    per_row = [f.name for f in dataclasses.fields(Inference) if f.name not in ("level", "scale")]
+    cut = np.cumsum([len(p.z) for p in parts])[:-1]
+    scales = [p.scale for p in parts if p.scale is not None]
+    scale = (
+        None
+        if len(scales) < len(parts)
+        else lambda level, sd: np.concatenate([s(level, rows) for s, rows in zip(scales, np.split(sd, cut))])
+    )
+    return Inference(
+        **{name: np.concatenate([getattr(p, name) for p in parts]) for name in per_row},
+        level=parts[0].level,
+        scale=scale,
+    )
 
 
 def markdown(results: list[dict]) -> str:
@@ -161,7 +211,18 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         c = r["calibration"]
         m = r["model"]
-        w(f"## {m} ({r['n_samples']} test samples)\n\n")
+        n = c.get("n_samples", r["n_samples"])  # a report from before the coverage had rows of its own: the baseline's
+        w(f"## {m} ({n} test samples)\n\n")
+        if n != r["n_samples"] or c.get("budget_s") is not None:
+            w(
+                f"Measured on the first {n} test samples that solved"
+                + (
+                    f" ({c['offered']} offered; no batch of {c['batch']} started after {c['budget_s']:.0f} s)"
+                    if c.get("budget_s") is not None
+                    else ""
+                )
+                + f"; Table 1's rows are from the baseline's {r['n_samples']}.\n\n"
+            )
         rec = c.get("recalibration")
         w(
             f"Recalibrated on {rec['samples']} simulated experiments for {rec['checkpoint_id']}.\n\n"
@@ -210,7 +271,8 @@ def markdown(results: list[dict]) -> str:
             f'\n`refine="auto"` (refine where the network\'s gof_pvalue < {a["threshold"]}): '
             f"{100 * a['share_refined']:.1f}% of the test samples refined.\n\n"
         )
-        w("| refine | R2 | R2_true | time / sample (CPU, batch = the test set) |\n| --- | --- | --- | --- |\n")
+        batch = "the test set" if c.get("batch", n) >= n else f"{c['batch']} test samples"
+        w(f"| refine | R2 | R2_true | time / sample (CPU, batch = {batch}) |\n| --- | --- | --- | --- |\n")
         for mode in ("never", "auto", "always"):
             rr, rt = a["r2"][mode], a["r2_true"][mode]
             w(

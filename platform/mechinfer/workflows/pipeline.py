@@ -47,16 +47,17 @@ def settings_for(preset: str, overrides: dict | None = None) -> dict:
         raise ValueError(f"unknown preset {preset!r}; presets are {sorted(PRESETS)}")
     settings = dataclasses.asdict(replace(PRESETS[preset], **(overrides or {})))
     settings["starts"] = list(settings["starts"])
-    for key in ("n", "baseline_limit"):  # checked before run.json fixes them
+    for key in ("n", "baseline_limit", "coverage_samples"):  # checked before run.json fixes them
         if settings[key] is not None and (
             isinstance(settings[key], bool) or not isinstance(settings[key], int) or settings[key] < 1
         ):
             raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
-    budget = settings["baseline_budget_s"]
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0:
-            raise ValueError(f"baseline_budget_s must be a number of seconds >= 0, got {budget!r}")
-        settings["baseline_budget_s"] = float(budget) or None  # 0: no limit
+    for key in ("baseline_budget_s", "coverage_budget_s"):
+        budget = settings[key]
+        if budget is not None:
+            if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0:
+                raise ValueError(f"{key} must be a number of seconds >= 0, got {budget!r}")
+            settings[key] = float(budget) or None  # 0: no limit
     if settings["device"] not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {settings['device']!r}")
     return settings
@@ -319,6 +320,8 @@ def _evaluate(model, run, s, records, command, **_):
         networks={model.name: net["through_proxy"]},
         finetuned={model.name: net["checkpoint"]},
         command=command,
+        coverage_samples=s.get("coverage_samples"),  # runs from before it existed: the baseline's rows
+        coverage_budget_s=s.get("coverage_budget_s"),
     )
     report = os.path.join(out, "table1.md")
     log.info("Table 1 report: %s", report)
