@@ -5,6 +5,7 @@ measurements, and the report's real-data rows."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -199,6 +200,13 @@ def test_real_data_table(boehm, tmp_path):
     assert rd["reference_log_likelihood"] == pytest.approx(PUBLISHED_BOEHM, abs=0.01)
     md = report.real_data_markdown(rd)
     assert "success rate" in md and f"{rd['reference_log_likelihood']:.4f}" in md
+    # a first start whose model could not be solved (NaN) in a multistart that never
+    # succeeded: its row says so, and the sentence gives the best start that solved
+    failed = {**rd, "expected_seconds_to_success": None, "rows": [{**rows[0], "log_likelihood": np.nan}, *rows[1:]]}
+    md = report.real_data_markdown(failed)
+    assert not re.search(r"\bnan\b", md, re.IGNORECASE), md
+    assert "| BFGS multistart, 1 start | none: the model could not be solved there |" in md
+    assert f"never succeeded (the multistart's best: {rows[-1]['log_likelihood']:.4f})" in md
     fig = report.plot_real_data(**rd["_plot"])
     assert len(fig.axes) >= 1
 

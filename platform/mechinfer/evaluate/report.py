@@ -896,18 +896,23 @@ def real_data_markdown(rd: dict) -> str:
     w("| Method | best log-likelihood | - reference | wall-clock |\n| --- | --- | --- | --- |\n")
     for row in rd["rows"]:
         how = f" ({LABEL[row['refine_method']]})" if row["method"] == "Deep Inference + refine" else ""
-        w(
-            f"| {row['method']}{how} | {row['log_likelihood']:.4f} | "
-            f"{row['log_likelihood'] - rd['reference_log_likelihood']:+.4f} | {_fmt_time(row['seconds'])} |\n"
+        ll = row["log_likelihood"]
+        cells = (
+            f"{ll:.4f} | {ll - rd['reference_log_likelihood']:+.4f}"
+            if np.isfinite(ll)
+            else "none: the model could not be solved there | "
         )
+        w(f"| {row['method']}{how} | {cells} | {_fmt_time(row['seconds'])} |\n")
     w(
         f"\nBest log-likelihood any method found: {rd['best_log_likelihood']:.4f} ({rd['best_method']}). "
         f"Multistart success rate (starts within {rd['success_threshold']} of it): {rd['successes']} / "
         f"{rd['starts']} = {rd['success_rate']:.3f}; time per start {_fmt_time(rd['seconds_per_start'])}; "
     )
     if rd["expected_seconds_to_success"] is None:
-        multistart = max(row["log_likelihood"] for row in rd["rows"] if "starts" in row)
-        w(f"expected time to success: never succeeded (the multistart's best: {multistart:.4f}).\n")
+        # the best of the most starts (a first start that failed is NaN, which max() would return)
+        solved = [row["log_likelihood"] for row in rd["rows"] if "starts" in row and np.isfinite(row["log_likelihood"])]
+        best = f"{max(solved):.4f}" if solved else "none, no start could be solved"
+        w(f"expected time to success: never succeeded (the multistart's best: {best}).\n")
     else:
         w(f"expected time to success {_fmt_time(rd['expected_seconds_to_success'])}.\n")
     w(f"Start outcomes: {', '.join(f'{k} {v}' for k, v in rd['start_status'].items())}.\n\n")
