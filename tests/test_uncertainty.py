@@ -449,3 +449,26 @@ def test_coverage_in_budgeted_batches_is_the_one_batchs():
     alone = calibration.calibrate(m, est, {k: v[: calibration.CHUNK] for k, v in rows.items()}, n_boot=20)
     assert first["n_samples"] == len(first["_rows"]["t"]) == len(first["_runs"]["always"].z) == calibration.CHUNK
     assert first["coverage"] == alone["coverage"] and first["offered"] == 80 and alone["offered"] == calibration.CHUNK
+
+
+def test_coverage_outside_its_range_says_whether_n_can_tell():
+    """The calibration report lists the determined parameters whose 95% coverage falls
+    outside [0.90, 0.98], each with the two-sided binomial p-value of its share against
+    0.95: 17 of 20 (p = 0.075) and 4 of 4 (p = 1) are what calibrated intervals give at
+    such n; 160 of 200 (p = 6e-14) is not."""
+    from mechinfer.evaluate import calibration
+
+    c = {
+        "parameters": ["a", "b", "c", "d", "e"],
+        "coverage_95_determined": {
+            kind: {"coverage": [0.85, 0.8, 1.0, 0.95, None], "samples": [20, 200, 4, 100, 0]}
+            for kind in ("network", "refined")
+        },
+    }
+    lines = []
+    calibration._write_determined(lines.append, c)
+    text = "".join(lines)
+    assert "Refined, determined: 1 of 4 parameters within [0.90, 0.98]" in text
+    assert "a 0.850 (n=20, binomial p = 0.075 against 0.95)" in text
+    assert "b 0.800 (n=200, binomial p = 6.4e-14 against 0.95)" in text
+    assert "c 1.000 (n=4, binomial p = 1 against 0.95)" in text and "determined in no test sample: e" in text

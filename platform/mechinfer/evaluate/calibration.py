@@ -12,6 +12,7 @@ import io
 import time
 
 import numpy as np
+from scipy import stats
 
 from ..config import AUTO_PVALUE
 from ..estimate import bands, uncertainty
@@ -317,14 +318,20 @@ def _write_determined(w, c: dict) -> None:
     for j, name in enumerate(c["parameters"]):
         cells = [fmt(d[k]["coverage"][j], d[k]["samples"][j]) for k in ("network", "refined")]
         w(f"| {name} | {cells[0]} | {cells[1]} |\n")
-        x = d["refined"]["coverage"][j]
+        x, n = d["refined"]["coverage"][j], d["refined"]["samples"][j]
         if x is not None and not lo <= x <= hi:
-            outside.append(f"{name} {x:.3f} (n={d['refined']['samples'][j]})")
+            p = stats.binomtest(round(x * n), n, 0.95).pvalue
+            outside.append(f"{name} {x:.3f} (n={n}, binomial p = {p:.2g} against 0.95)")
     never = [n for j, n in enumerate(c["parameters"]) if d["refined"]["coverage"][j] is None]
     w(
         f"\nRefined, determined: {len(c['parameters']) - len(never) - len(outside)} of "
         f"{len(c['parameters']) - len(never)} parameters within [{lo:.2f}, {hi:.2f}]"
-        + (f"; outside: {', '.join(outside)}" if outside else "")
+        + (
+            f"; outside: {', '.join(outside)} (p: how likely a share this far from 0.95 is from n samples of "
+            "intervals that hold the truth 95% of the time; a large p says n is too small to tell)"
+            if outside
+            else ""
+        )
         + (f"; determined in no test sample: {', '.join(never)}" if never else "")
         + ". A parameter the observations do not determine is answered with `determined: false`, its "
         "estimate wherever the flat likelihood left it and an interval about the prior's width (its coverage "
