@@ -55,6 +55,23 @@ def test_linear_least_squares_take_one_step():
     assert (r.status == FitStatus.CONVERGED).all() and (r.iterations == 1).all(), r.iterations
 
 
+def test_the_hard_case_steps_along_the_negative_curvature():
+    """The subproblem's hard case (Nocedal & Wright 4.3): H = J^T J rounds to an
+    indefinite matrix on a plateau, and g has no component along its most negative
+    curvature, so |p(lam)| stays below the radius as lam falls to -w_0, where w_0 + lam
+    is 0 to rounding. The step goes along that direction to the radius; it used to stop
+    with a ZeroDivisionError (compiled) or NaN (Python), which ended every fit of a
+    Fujita_SciSignal2010 baseline chunk."""
+    from mechinfer.fit.trust_region import _subproblem_eig
+
+    w, a = np.array([-1e-3, 1.0, 2.0]), np.array([0.0, 1e-3, 1e-3])
+    for run in (_subproblem_eig, _subproblem_eig.py_func):
+        p, limited, lam = run(w, np.eye(3), a, 1.0)
+        assert np.isfinite(p).all() and limited and lam == pytest.approx(1e-3)
+        assert np.linalg.norm(p) == pytest.approx(1.0) and abs(p[0]) > 0.999
+        assert -(a @ p + 0.5 * p @ (w * p)) > 0  # the model's decrease: -(g.p + p.H p / 2)
+
+
 def test_steep_residuals_limited_by_the_radius():
     """Residuals of scale 1e55 (a parameter near a prior bound makes such Jacobians):
     H's eigenvalues and the Levenberg parameter reach 1e110, whose cube overflows. The

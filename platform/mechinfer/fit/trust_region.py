@@ -96,6 +96,11 @@ PROBE = 0.1  # geodesic acceleration: the residuals' second derivative along v f
 STALL, STALL_SUM = 20, 20.0  # with f_atol: stop once the last STALL accepted steps decreased f by < STALL_SUM f_atol
 ACCEL_MAX = 0.75  # ... and the acceleration a is used when 2 |a| <= ACCEL_MAX |v| (Transtrum & Sethna's alpha)
 
+# error_model="numpy": a division by zero that no guard foresaw gives inf or NaN, a step
+# that is then rejected and stops that problem's fit (LINE_SEARCH), instead of a
+# ZeroDivisionError that would end every fit of the batch (numba's default, Python's)
+_NJIT = numba.njit(cache=True, error_model="numpy")
+
 _CONVERGED, _MAX_ITER, _LINE_SEARCH, _BAD_START = (
     int(s) for s in (FitStatus.CONVERGED, FitStatus.MAX_ITER, FitStatus.LINE_SEARCH, FitStatus.BAD_START)
 )
@@ -162,7 +167,7 @@ class _Running(Rows):
         )
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _model_decrease(g, H, p):
     """-(g.p + p.H p / 2): the decrease the quadratic model predicts for step p."""
     n = len(g)
@@ -175,21 +180,25 @@ def _model_decrease(g, H, p):
     return -acc
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _held(x, g, box):
     """Parameters on a face of the box whose gradient points out of it: held there."""
     return ((x >= box) & (g < 0.0)) | ((x <= -box) & (g > 0.0))
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _subproblem_eig(w, V, a, radius):
     """argmin g.p + p.H p / 2 over |p| <= radius for a positive semidefinite H, and
     whether the radius limits it. In H's eigenbasis (H = V diag(w) V^T, a = V^T g) the
     step is p(lam) = -V a / (w + lam): lam = 0 if that is inside (the pseudo-inverse
     step, zero along directions H does not see, where g has no component either), else
     the lam > 0 with |p(lam)| = radius, by safeguarded Newton on 1/|p(lam)| - 1/radius
-    from below (Nocedal & Wright Alg. 4.3; monotone from there). |p| <= radius always
-    (a last rescaling makes sure). Returns (p, whether the radius limits it, lam)."""
+    from below (Nocedal & Wright Alg. 4.3; monotone from there). In their hard case (H
+    indefinite, g with no component along its most negative curvature) lam falls to -w_0,
+    where w_0 + lam is 0 to rounding (Fujita_SciSignal2010's prior starts reach it): that
+    term is then left out, and the step goes along that direction up to the radius. |p|
+    <= radius always (a last rescaling makes sure). Returns (p, whether the radius limits
+    it, lam)."""
     n = len(w)
     floor = 1e-12 * max(abs(w[0]), abs(w[n - 1]), 1e-300)  # eigenvalues below this count as zero
     s0 = 0.0
@@ -217,9 +226,12 @@ def _subproblem_eig(w, V, a, radius):
             s3 = 0.0
             for j in range(n):
                 d = w[j] + lam
-                q = (a[j] / d) ** 2  # as (a / d)^2 / d, not a^2 / d^3: d^3 overflows for d > 1e102
-                s2 += q
-                s3 += q / d
+                if d > 0.0:
+                    q = (a[j] / d) ** 2  # as (a / d)^2 / d, not a^2 / d^3: d^3 overflows for d > 1e102
+                    s2 += q
+                    s3 += q / d
+                elif a[j] != 0.0:  # lam at -w_j to rounding: |p| is unbounded there
+                    s2 = math.inf
             norm = math.sqrt(s2)
             if abs(norm - radius) <= 1e-3 * radius:
                 break
@@ -232,7 +244,8 @@ def _subproblem_eig(w, V, a, radius):
             if not (s3 > 0.0 and lo < lam < hi):  # bisection where Newton's step is undefined or leaves the bracket
                 lam = 0.5 * (lo + hi)
         for j in range(n):
-            c[j] = -a[j] / (w[j] + lam)
+            d = w[j] + lam
+            c[j] = -a[j] / d if d > 0.0 else 0.0
         if w[0] < 0.0:  # the hard case: along the most negative curvature up to the radius
             short = radius * radius - c @ c
             if short > 0.0:
@@ -247,7 +260,7 @@ def _subproblem_eig(w, V, a, radius):
     return p, limited, lam
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _decompose(x, g, H, box, free, w, V, a):
     """The eigendecomposition the steps from x take: of the Gauss-Newton Hessian over the
     parameters not held on the box's faces. Fills free[:k] (their indices), w[:k],
@@ -274,7 +287,7 @@ def _decompose(x, g, H, box, free, w, V, a):
     return k
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _step(x, g, H, radius, box, free, w, V, a, k):
     """The trial step from x: the trust-region step over the parameters not held on the
     box's faces (:func:`_decompose`: free[:k], w, V, a), then kept in the box by
@@ -306,7 +319,7 @@ def _step(x, g, H, radius, box, free, w, V, a, k):
     return p, _model_decrease(g, H, p), limited, lam, boxed
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _accelerated(x, r, J, v, lam, r_probe, box, free, w, V, k):
     """Geodesic acceleration (Transtrum & Sethna 2012): the second-order correction of the
     Gauss-Newton step v, from the residuals at the probe x + PROBE v. With r_vv the
@@ -357,7 +370,7 @@ def _accelerated(x, r, J, v, lam, r_probe, box, free, w, V, k):
     return p
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _normal_equations(J, r, g, H):
     """g = J^T r and H = J^T J, in place (loops: P and M are small)."""
     m, n = J.shape
@@ -374,7 +387,7 @@ def _normal_equations(J, r, g, H):
             H[q, j] = acc
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _round(
     x,
     f,
@@ -439,7 +452,7 @@ def _round(
         f_all[row] = f[i]
 
 
-@numba.njit(cache=True)
+@_NJIT
 def _one(
     i, x, f, g, H, r_cur, J_cur, radius, x_try, pred, trials, fresh, probe, v, lam, free, w, V, a, nfree,
     decs, r, J, iterations, row, box, gtol, ftol, f_atol, stall_atol, accelerate, max_trials, max_iter, radius_max,
