@@ -378,6 +378,12 @@ def ieee(build: Callable, fold: Callable | None, *args):
         return number(fold(*[np.float64(float(a)) for a in args]))
 
 
+def ieee_apply(func, *args):
+    """``func(*args)`` for a SymPy operation (Pow, Max, a relation, exp, ...) through
+    :func:`ieee` with its float64 function (:func:`fold_for`)."""
+    return ieee(func, fold_for(func), *args)
+
+
 def numpy_function(func) -> Callable | None:
     """The float64 function of a SymPy function class (exp, Abs, floor, asec, ...)."""
     name = _SYMPY_NAMES.get(func.__name__, func.__name__)
@@ -438,7 +444,7 @@ def ieee_xreplace(expr, mapping: dict):
         if all(a is b for a, b in zip(args, e.args)):
             out = e
         else:
-            out = ieee(e.func, fold_for(e.func), *args)
+            out = ieee_apply(e.func, *args)
         memo[e] = out
         return out
 

@@ -38,7 +38,7 @@ import sympy
 from sympy.logic.boolalg import BooleanAtom, BooleanFunction
 
 from ..solver.symbolic import Acot
-from .expressions import OPS, fold_for, ieee, ieee_xreplace, number, numpy_function
+from .expressions import ieee, ieee_apply, ieee_xreplace, number
 from .odesystem import TIME, ModelSourceError, OdeSystem, UnsupportedModelError, symbol
 
 __all__ = ["read_sbml"]
@@ -252,7 +252,7 @@ class _Math:
             return _divide(a, b)
         if t in (libsbml.AST_POWER, libsbml.AST_FUNCTION_POWER):
             a, b = self._arity(nums(), 2, "power", where)
-            return ieee(sympy.Pow, np.power, a, b)
+            return ieee_apply(sympy.Pow, a, b)
         if t == libsbml.AST_FUNCTION_ROOT:
             args = nums()
             if len(args) == 1:
@@ -267,11 +267,11 @@ class _Math:
             return ieee(lambda b, v: sympy.log(v, b), lambda b, v: np.log(v) / np.log(b), base, x)
         if t in _UNARY:
             (x,) = self._arity(nums(), 1, node.getName() or "function", where)
-            return ieee(_UNARY[t], numpy_function(_UNARY[t]), x)
+            return ieee_apply(_UNARY[t], x)
         if t == libsbml.AST_FUNCTION_MAX:
-            return ieee(sympy.Max, OPS.max, *nums()) if kids else -sympy.oo
+            return ieee_apply(sympy.Max, *nums()) if kids else -sympy.oo
         if t == libsbml.AST_FUNCTION_MIN:
-            return ieee(sympy.Min, OPS.min, *nums()) if kids else sympy.oo
+            return ieee_apply(sympy.Min, *nums()) if kids else sympy.oo
         if t == libsbml.AST_FUNCTION_QUOTIENT:
             a, b = self._arity(nums(), 2, "quotient", where)
             return _trunc(_divide(a, b))
@@ -284,12 +284,10 @@ class _Math:
             args = nums()
             if len(args) < 2:
                 raise self._unsupported(f"{node.getName()} with {len(args)} arguments", where)
-            return sympy.And(
-                *[ieee(_RELATIONAL[t], fold_for(_RELATIONAL[t]), a, b) for a, b in itertools.pairwise(args)]
-            )
+            return sympy.And(*[ieee_apply(_RELATIONAL[t], a, b) for a, b in itertools.pairwise(args)])
         if t == libsbml.AST_RELATIONAL_NEQ:
             a, b = self._arity(nums(), 2, "neq", where)
-            return ieee(sympy.Ne, np.not_equal, a, b)
+            return ieee_apply(sympy.Ne, a, b)
         if t == libsbml.AST_LOGICAL_AND:
             return sympy.And(*[_bool(walk(k)) for k in kids])
         if t == libsbml.AST_LOGICAL_OR:
