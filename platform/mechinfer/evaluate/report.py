@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import storage
-from ..arrays import positive_int
+from ..arrays import budget_seconds, positive_int
 from ..data import format as ds_format
 from ..estimate.estimator import load_estimator, shipped_checkpoint
 from ..fit import mle
@@ -1072,8 +1072,8 @@ def evaluate(
         raise ValueError("name at least one baseline result")
     if coverage_samples is not None:
         positive_int("coverage_samples", coverage_samples)
-    if coverage_budget_s is not None and not (isinstance(coverage_budget_s, int | float) and coverage_budget_s >= 0):
-        raise ValueError(f"coverage_budget_s must be a number of seconds >= 0, got {coverage_budget_s!r}")
+    if coverage_budget_s is not None:
+        budget_seconds("coverage_budget_s", coverage_budget_s)
     results = []
     seen = set()
     for loc in locations:

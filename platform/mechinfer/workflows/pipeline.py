@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from .. import SPEC_VERSION
+from ..arrays import budget_seconds
 from ..config import DEVICES, NETWORK_KEYS, PRESETS, BaselineConfig, replace
 from ..models import load_model
 from ..models.base import Model
@@ -53,11 +54,8 @@ def settings_for(preset: str, overrides: dict | None = None) -> dict:
         ):
             raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
     for key in ("baseline_budget_s", "coverage_budget_s"):
-        budget = settings[key]
-        if budget is not None:
-            if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0:
-                raise ValueError(f"{key} must be a number of seconds >= 0, got {budget!r}")
-            settings[key] = float(budget) or None  # 0: no limit
+        if settings[key] is not None:
+            settings[key] = budget_seconds(key, settings[key]) or None  # 0: no limit
     if settings["device"] not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {settings['device']!r}")
     return settings
