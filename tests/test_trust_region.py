@@ -212,3 +212,36 @@ def test_absolute_tolerance_stops_near_the_optimum(refinement):
     assert (tight.status == FitStatus.CONVERGED).all()
     assert (tr.f <= tight.f + 1e-3).all(), tr.f - tight.f
     assert tr.evaluations.sum() < tight.evaluations.sum(), (tr.evaluations, tight.evaluations)
+
+
+def test_compiled_rounds_take_the_same_steps(refinement):
+    """A single refinement runs its rounds compiled (the native residuals' ``rounds``):
+    the same points, values, counts and statuses as the rounds run from Python, with the
+    prior's residuals too; with a deadline, a few rounds at a time, and it stops there."""
+    name, m, (t, ch, x, z0), _, _, _ = refinement
+    calls = []
+    for prior in (False, True) if name == "mmk" else (False,):
+        for i in range(len(z0)):
+            one = (t[i : i + 1], ch[i : i + 1], x[i : i + 1])
+            res, plain = mle.residual_functions(m, *one, prior=prior, **mle._fit_options({}))
+            start = torch.from_numpy(z0[i : i + 1])
+            options = dict(residuals_only=plain, f_atol=mle.NLL_ATOL, radius0=mle.FIRST_RADIUS)
+            rounds = res.rounds
+            compiled = trust_region(res, start, rounds=lambda s, k, f=rounds: calls.append(k) or f(s, k), **options)
+            python = trust_region(res, start, **options)
+            assert torch.equal(compiled.x, python.x) and torch.equal(compiled.f, python.f), (name, prior, i)
+            for field in ("iterations", "evaluations", "status"):
+                assert torch.equal(getattr(compiled, field), getattr(python, field)), (name, field, i)
+    assert calls, "the compiled rounds ran"
+    if name == "mmk":
+        return  # its fits end within a millisecond: E. coli's (about 50 rounds, 8 ms) show the deadline
+    calls.clear()
+    late = trust_region(
+        res,
+        start,
+        residuals_only=plain,
+        rounds=lambda s, k: calls.append(k) or res.rounds(s, k),
+        deadline=torch.tensor([time.time() + 3e-3], dtype=torch.float64),
+    )
+    assert late.status.tolist() == [FitStatus.DEADLINE] and torch.isfinite(late.f).all()
+    assert calls and all(k < 100 for k in calls), calls  # a few rounds at a time, not all of them

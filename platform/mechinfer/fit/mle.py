@@ -29,6 +29,7 @@ from ..models import likelihood, priors
 from ..models.base import Model
 from ..models.simulate import term
 from ..solver import SolveStatus, native
+from . import trust_region as _tr_module
 from .bfgs import bfgs
 from .trust_region import trust_region
 
@@ -330,21 +331,106 @@ def _z_map_into(z, a, b, is_log, theta, dtheta):
 
 @numba.njit(cache=True)
 def _assemble(rows, states, sens, status, state, value, scale, dtheta, r, J):
-    """The sigma-scaled residuals r (b, M) of observation rows ``rows`` from the solved
-    states (b, M, S) and, where J has rows, their Jacobian in z (b, M, P) from the
-    states' sensitivities in theta (b, M, S, P) and d theta / d z; NaN residuals (and a
-    zero Jacobian) where the solve failed."""
+    """The sigma-scaled residuals r[:, :M] of observation rows ``rows`` (M of them a row,
+    ``state``'s width) from the solved states (b, M, S) and, where J has rows, their
+    Jacobian in z J[:, :M] (b, M, P) from the states' sensitivities in theta (b, M, S,
+    P) and d theta / d z; NaN residuals (and a zero Jacobian) where the solve failed."""
     want = J.shape[0] > 0
     for i in range(len(rows)):
         row = rows[i]
         ok = status[i] == 0
-        for k in range(r.shape[1]):
+        for k in range(state.shape[1]):
             s = state[row, k]
             w = scale[row, k]
             r[i, k] = w * (value[row, k] - states[i, k, s]) if ok else np.nan
             if want:
                 for q in range(J.shape[2]):
                     J[i, k, q] = -(w * sens[i, k, s, q]) * dtheta[i, q] if ok else 0.0
+
+
+@numba.njit(error_model="numpy")
+def _native_residuals(
+    initial_batch, solve_batch, z, rows, jacobian, affine, theta, dtheta, a, b, is_log, t_obs, state, value, scale,
+    with_prior, rtol, atol, max_steps, A, C, n_states, r, J,
+):  # fmt: skip
+    """:func:`residual_functions`' residuals r (n, M) and, with ``jacobian``, their
+    Jacobian J (n, M, P) in z at z (n, P) for the observation sets ``rows``, in place,
+    from one model's native kernels (``initial_batch``, ``solve_batch``: compiled
+    against them, :func:`_native_kernels`). theta = from_z(z) and d theta / dz are
+    computed here where the priors are ``affine``, else given. r's columns past the
+    observations (M > N) are the prior's residuals, z where ``with_prior[row]`` (an
+    identity block in J), else 0."""
+    n, n_args = z.shape
+    n_obs = t_obs.shape[1]
+    if affine:
+        _z_map_into(z, a, b, is_log, theta, dtheta)
+    y0, seeds = np.empty((n, n_states)), np.empty((n, n_states, n_args))
+    initial_batch(theta, y0, seeds)
+    states, status = np.empty((n, n_obs, n_states)), np.zeros(n, dtype=np.int8)
+    sens = np.empty((n, n_obs, n_states, n_args) if jacobian else (0, 0, 0, 0))
+    t_rows = np.empty((n, n_obs))
+    for i in range(n):
+        t_rows[i] = t_obs[rows[i]]
+    solve_batch(
+        y0, seeds if jacobian else np.empty((n, n_states, 0)), 0, theta, t_rows, rtol, atol, max_steps, jacobian, A, C,
+        states, sens, status,
+    )  # fmt: skip
+    _assemble(rows, states, sens, status, state, value, scale, dtheta, r, J if jacobian else J[:0])
+    for i in range(n if r.shape[1] > n_obs else 0):
+        add = with_prior[rows[i]]
+        for j in range(n_args):
+            r[i, n_obs + j] = z[i, j] if add else 0.0
+            if jacobian:
+                for q in range(n_args):
+                    J[i, n_obs + j, q] = 1.0 if add and q == j else 0.0
+
+
+# :func:`_native_residuals` compiled against one model's kernels (``_m``), and the trust
+# region's rounds of one problem with it (:func:`~.trust_region.trust_region`'s
+# ``rounds``): each round an evaluation (residuals alone for a probe) and its
+# :func:`~.trust_region._round`, without returning to Python, where at the batch of one
+# refinement a round's interpreted glue (~20 us) is an eighth of an E. coli round. Stops
+# after the round in which the problem finished; returns the number of rounds run.
+_KERNELS_BODY = """import numba
+import numpy as np
+
+import mechinfer.fit.mle as _mle
+import mechinfer.fit.trust_region as _tr
+
+
+@numba.njit(cache=True, error_model="numpy")
+def residuals(z, rows, jacobian, affine, theta, dtheta, a, b, is_log, t_obs, state, value, scale, with_prior, rtol,
+              atol, max_steps, A, C, n_states, r, J):
+    _mle._native_residuals(_m.initial_batch, _m.solve_batch, z, rows, jacobian, affine, theta, dtheta, a, b, is_log,
+                           t_obs, state, value, scale, with_prior, rtol, atol, max_steps, A, C, n_states, r, J)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def rounds(affine, a, b, is_log, t_obs, state, value, scale, with_prior, rtol, atol, max_steps, A, C, n_states, x, f, g,
+           H, r_cur, J_cur, radius, x_try, pred, trials, fresh, probe, v, lam, free, w, V, aa, nfree, decs, idx, x_all,
+           f_all, iterations, evaluations, box, gtol, ftol, f_atol, stall_atol, accelerate, max_trials, max_iter, done,
+           max_rounds):
+    r_try = np.empty((1, r_cur.shape[1]))
+    J_try = np.empty((1, r_cur.shape[1], x.shape[1]))
+    theta, dtheta = np.empty_like(x), np.empty_like(x)
+    for k in range(max_rounds):
+        residuals(x_try, idx, not probe[0], affine, theta, dtheta, a, b, is_log, t_obs, state, value, scale,
+                  with_prior, rtol, atol, max_steps, A, C, n_states, r_try, J_try)
+        _tr._round(x, f, g, H, r_cur, J_cur, radius, x_try, pred, trials, fresh, probe, v, lam, free, w, V, aa, nfree,
+                   decs, idx, x_all, f_all, iterations, evaluations, r_try, J_try, box, gtol, ftol, f_atol, stall_atol,
+                   accelerate, max_trials, max_iter, done)
+        if done[0] >= 0:
+            return k + 1
+    return max_rounds
+"""
+
+
+def _native_kernels(system: native.NativeSystem):
+    """:data:`_KERNELS_BODY`'s ``residuals`` and ``rounds`` for one model's native
+    kernels, compiled once per machine and cached with its generated module."""
+    import sys
+
+    return native.companion(system, "fit", _KERNELS_BODY, depends_on=(sys.modules[__name__], _tr_module))
 
 
 def residuals(model: Model, t, channel, value, device=None, prior=False, *, jacobian: bool = True, **solver_options):
@@ -396,48 +482,28 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
         }
         a, b, is_log = (np.ascontiguousarray(c) for c in priors._affine(model.priors, np.empty(0)))
         affine = priors.is_affine(model.priors)
-        module, n_states, n_args = system._module, system.n_states, system.n_args
+        kernels = _native_kernels(system)
+        n_states, n_args = system.n_states, system.n_args
         rtol, atol, max_steps = float(tolerances["rtol"]), float(tolerances["atol"]), int(tolerances["max_steps"])
-        n_obs = obs.t.shape[1]
-        no_sens = np.zeros((0, 0, 0, 0))
-        no_jac = np.zeros((0, 0, 0))
+        n_res = obs.t.shape[1] + (n_args if any_prior else 0)
+        no_jac = np.zeros((0, n_res, n_args))
+        columns = (np.ascontiguousarray(c) for c in (obs.t, obs.state, obs.value, scale))
+        data = (a, b, is_log, *columns, with_prior, rtol, atol, max_steps, native._A, native._C)
 
         def solved(z, rows, jacobian: bool):
-            """The native module's kernels called directly, on arrays allocated here: the
-            round of a single mmk refinement costs tens of microseconds around its solve."""
+            """One compiled call: at the batch of one refinement, a dozen numpy calls
+            around the solve cost as much as an mmk solve."""
             z_np = np.ascontiguousarray(z if isinstance(z, np.ndarray) else z.detach().cpu().numpy(), dtype=np.float64)
-            r_np = np.asarray(rows if isinstance(rows, np.ndarray) else rows.cpu().numpy(), dtype=np.int64)
+            r_np = np.ascontiguousarray(rows if isinstance(rows, np.ndarray) else rows.cpu().numpy(), dtype=np.int64)
             n = len(z_np)
             if affine:
                 theta, dtheta = np.empty((n, n_args)), np.empty((n, n_args))
-                _z_map_into(z_np, a, b, is_log, theta, dtheta)
             else:  # a truncated prior's quantile: scipy's
-                theta, dtheta = priors.from_z_and_derivative(model.priors, z_np)
-            y0, seeds = np.empty((n, n_states)), np.empty((n, n_states, n_args))
-            module.initial_batch(theta, y0, seeds)
-            states, status = np.empty((n, n_obs, n_states)), np.zeros(n, dtype=np.int8)
-            sens = np.empty((n, n_obs, n_states, n_args)) if jacobian else no_sens
-            t_rows = np.ascontiguousarray(obs.t[r_np])
-            module.solve_batch(
-                y0,
-                seeds if jacobian else np.empty((n, n_states, 0)),
-                0,
-                theta,
-                t_rows,
-                rtol,
-                atol,
-                max_steps,
-                jacobian,
-                native._A,
-                native._C,
-                states,
-                sens,
-                status,
-            )
-            r = np.empty((n, n_obs))
-            jac = np.empty((n, n_obs, n_args)) if jacobian else no_jac
-            _assemble(r_np, states, sens, status, obs.state, obs.value, scale, dtheta, r, jac)
-            return with_prior_rows(z_np, r_np, r, jac if jacobian else None)
+                theta, dtheta = (np.ascontiguousarray(c) for c in priors.from_z_and_derivative(model.priors, z_np))
+            r = np.empty((n, n_res))
+            jac = np.empty((n, n_res, n_args)) if jacobian else no_jac
+            kernels.residuals(z_np, r_np, jacobian, affine, theta, dtheta, *data, n_states, r, jac)
+            return r, (jac if jacobian else None)
 
         def native_fun(z, rows):
             return solved(z, rows, True)
@@ -445,6 +511,11 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
         def native_residuals(z, rows):
             return solved(z, rows, False)[0]
 
+        def rounds(state: tuple, max_rounds: int) -> int:
+            return kernels.rounds(affine, *data, n_states, *state, max_rounds)
+
+        if affine:  # theta from z inside the compiled rounds
+            native_fun.rounds = rounds  # type: ignore[attr-defined]
         return native_fun, native_residuals
 
     observed = model.observation is not None
@@ -725,7 +796,8 @@ def _trust_region_fit(
         result = trust_region(res_v, z_to_v(z0), box=V_BOX, residuals_only=plain_v, deadline=limit, **common)
         result.x = v_to_z(result.x)
         return result
-    result = trust_region(res, z0, residuals_only=plain, deadline=limit, **common)
+    rounds = getattr(res, "rounds", None)  # the native solver's compiled rounds
+    result = trust_region(res, z0, residuals_only=plain, rounds=rounds, deadline=limit, **common)
     if space == "z":
         return result
     with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (len(z0),))

@@ -77,6 +77,7 @@ crawl to a better optimum (0.7 in NLL).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -94,6 +95,7 @@ RHO_LOW, RHO_HIGH = 0.25, 0.75  # shrink below, grow above (Nocedal & Wright's c
 SHRINK, GROW = 0.25, 2.0  # the new radius: SHRINK |p| after a poor step, GROW radius after a very good one
 PROBE = 0.1  # geodesic acceleration: the residuals' second derivative along v from r(x + PROBE v)
 STALL, STALL_SUM = 20, 20.0  # with f_atol: stop once the last STALL accepted steps decreased f by < STALL_SUM f_atol
+ALL_ROUNDS = 1 << 40  # rounds(state, k): no limit but the fit's own (max_iter, max_trials)
 ACCEL_MAX = 0.75  # ... and the acceleration a is used when 2 |a| <= ACCEL_MAX |v| (Transtrum & Sethna's alpha)
 
 # error_model="numpy": a division by zero that no guard foresaw gives inf or NaN, a step
@@ -563,6 +565,7 @@ def trust_region(
     x0: torch.Tensor,
     *,
     residuals_only: Residuals | None = None,
+    rounds: Callable[[tuple, int], int] | None = None,
     max_iter: int = 1024,
     gtol: float = 1e-5,
     ftol: float = 2.2e-9,
@@ -585,6 +588,13 @@ def trust_region(
     caller appends them. ``residuals_only(x, rows)``: the residuals alone, for the
     acceleration's probes, where they cost less than with the Jacobian (a plain ODE
     solve instead of forward sensitivities); default ``fun``'s, its Jacobian unused.
+
+    ``rounds(state, k)``: where ``fun`` has a compiled form, up to k rounds of a single
+    running problem without returning to Python (``state``: :func:`_round`'s arguments
+    but the trial point's residuals and Jacobian; it stops after the round in which the
+    problem finished and returns how many it ran), used while one problem runs (a single
+    refinement, where the interpreter's share of a round is largest), as many rounds at
+    a time as its deadline leaves time for.
 
     ``numpy_io``: ``fun`` and ``residuals_only`` take numpy arrays (float64 points,
     int64 rows) rather than tensors (saves two conversions a round, which at the batch
@@ -621,8 +631,27 @@ def trust_region(
 
     arg = (lambda a: a) if numpy_io else to_device
 
+    stops = (float(box), gtol, ftol, f_atol, STALL_SUM * f_atol if stall_atol is None else float(stall_atol))
+    limits = (accelerate, max_trials, max_iter)
+    per_round = [math.inf]  # seconds a round of one problem took, last measured
+
+    def state(rs: _Running) -> tuple:
+        arrays = (rs.x, rs.f, rs.g, rs.H, rs.r, rs.J, rs.radius, rs.x_try, rs.pred, rs.trials, rs.fresh, rs.probe)
+        eigen = (rs.v, rs.lam, rs.free, rs.w, rs.V, rs.a, rs.nfree, rs.decs)
+        return (*arrays, *eigen, rs.idx, x, f, iterations, evaluations)
+
     def advance(rs: _Running) -> np.ndarray:
         b = len(rs)
+        done = np.empty(b, dtype=np.int64)
+        if rounds is not None and b == 1 and rs.r.shape[1] == n_res[0] > 0:
+            k = ALL_ROUNDS
+            if limit is not None:  # the rounds that fit before the deadline, at the last round's pace
+                k = int(min(max((limit[rs.idx[0]] - time.time()) / per_round[0], 1.0), ALL_ROUNDS))
+            tic = time.perf_counter()
+            ran = rounds((*state(rs), *stops, *limits, done), k)
+            per_round[0] = (time.perf_counter() - tic) / max(ran, 1)
+            return done
+        tic = time.perf_counter()
         n_plain = int(rs.probe[0]) if b == 1 else int(np.count_nonzero(rs.probe))
         if n_plain == b:  # all probes: residuals only
             r_try = _numpy(plain(arg(rs.x_try), arg(rs.idx)))
@@ -641,45 +670,9 @@ def trust_region(
                 r_try, J_try = np.empty_like(rs.r), np.empty_like(rs.J)
                 r_try[full], J_try[full] = r_full, J_full
                 r_try[rs.probe] = _numpy(plain(arg(rs.x_try[rs.probe]), arg(rs.idx[rs.probe])))
-        done = np.empty(b, dtype=np.int64)
-        _round(
-            rs.x,
-            rs.f,
-            rs.g,
-            rs.H,
-            rs.r,
-            rs.J,
-            rs.radius,
-            rs.x_try,
-            rs.pred,
-            rs.trials,
-            rs.fresh,
-            rs.probe,
-            rs.v,
-            rs.lam,
-            rs.free,
-            rs.w,
-            rs.V,
-            rs.a,
-            rs.nfree,
-            rs.decs,
-            rs.idx,
-            x,
-            f,
-            iterations,
-            evaluations,
-            r_try,
-            J_try,
-            float(box),
-            gtol,
-            ftol,
-            f_atol,
-            STALL_SUM * f_atol if stall_atol is None else float(stall_atol),
-            accelerate,
-            max_trials,
-            max_iter,
-            done,
-        )
+        _round(*state(rs), r_try, J_try, *stops, *limits, done)  # type: ignore[call-arg]
+        if b == 1:
+            per_round[0] = time.perf_counter() - tic
         return done
 
     start = lambda rows: _Running.start(rows, x0n[rows], first_radius, n_res[0])
