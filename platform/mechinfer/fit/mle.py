@@ -452,26 +452,11 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
     solve); elsewhere :func:`residual_jacobian`. residuals_only(z, rows) -> r alone: with
     the native solver a plain solve, a fifth of fun's cost for E. coli; elsewhere fun's,
     J dropped. Both take tensors or numpy arrays (z float64, rows int64)."""
-    t, channel, value = _tensors(t, channel, value, device)
-    with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (t.shape[0],)).copy()
-    eye = np.eye(model.n_parameters)
-    equations = term(model)
-
+    with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (np.shape(t)[0],)).copy()
     any_prior = bool(with_prior.any())
-
-    def with_prior_rows(z: np.ndarray, rows: np.ndarray, r: np.ndarray, jac: np.ndarray | None):
-        # P more columns whenever any set has the prior (zero for the others), whichever
-        # rows are evaluated: the trust region keeps each problem's residuals between calls
-        if not any_prior:
-            return r, jac
-        add = with_prior[rows]
-        r = np.concatenate([r, np.where(add[:, None], z, 0.0)], axis=1)
-        if jac is not None:
-            jac = np.concatenate([jac, np.where(add[:, None, None], eye, 0.0)], axis=1)
-        return r, jac
-
-    build = equations.native if model.observation is None else None  # its kernels observe states directly
-    if t.device.type == "cpu" and uses_native_solver(**solver_options) and build is not None:
+    build = term(model).native if model.observation is None else None  # its kernels observe states directly
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if on_cpu and uses_native_solver(**solver_options) and build is not None:  # numpy only, no torch
         obs = likelihood.SortedObservations.of(model, t, channel, value)
         scale = np.sqrt(obs.weight)  # 1 / sigma, 0 for padding
         system = build()
@@ -517,6 +502,20 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
         if affine:  # theta from z inside the compiled rounds
             native_fun.rounds = rounds  # type: ignore[attr-defined]
         return native_fun, native_residuals
+
+    t, channel, value = _tensors(t, channel, value, device)
+    eye = np.eye(model.n_parameters)
+
+    def with_prior_rows(z: np.ndarray, rows: np.ndarray, r: np.ndarray, jac: np.ndarray | None):
+        # P more columns whenever any set has the prior (zero for the others), whichever
+        # rows are evaluated: the trust region keeps each problem's residuals between calls
+        if not any_prior:
+            return r, jac
+        add = with_prior[rows]
+        r = np.concatenate([r, np.where(add[:, None], z, 0.0)], axis=1)
+        if jac is not None:
+            jac = np.concatenate([jac, np.where(add[:, None, None], eye, 0.0)], axis=1)
+        return r, jac
 
     observed = model.observation is not None
     mask = likelihood.observed_mask(t, value)
