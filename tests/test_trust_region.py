@@ -215,9 +215,10 @@ def test_absolute_tolerance_stops_near_the_optimum(refinement):
 
 
 def test_compiled_rounds_take_the_same_steps(refinement):
-    """A single refinement runs its rounds compiled (the native residuals' ``rounds``):
-    the same points, values, counts and statuses as the rounds run from Python, with the
-    prior's residuals too; with a deadline, a few rounds at a time, and it stops there."""
+    """A refinement runs its rounds compiled (the native residuals' ``rounds``): the same
+    points, values, counts and statuses as the rounds run from Python, for one problem
+    and for a batch, with the prior's residuals too; with a deadline, a few rounds at a
+    time, and it stops there."""
     name, m, (t, ch, x, z0), _, _, _ = refinement
     calls = []
     for prior in (False, True) if name == "mmk" else (False,):
@@ -233,12 +234,21 @@ def test_compiled_rounds_take_the_same_steps(refinement):
             for field in ("iterations", "evaluations", "status"):
                 assert torch.equal(getattr(compiled, field), getattr(python, field)), (name, field, i)
     assert calls, "the compiled rounds ran"
+    # a batch: problems that probe and problems that do not, in one compiled round
+    batch, batch_plain = mle.residual_functions(m, t, ch, x, prior=np.arange(len(z0)) % 2 == 0, **mle._fit_options({}))
+    options = dict(residuals_only=batch_plain, f_atol=mle.NLL_ATOL, radius0=mle.FIRST_RADIUS)
+    compiled = trust_region(batch, torch.from_numpy(z0), rounds=batch.rounds, **options)
+    python = trust_region(batch, torch.from_numpy(z0), **options)
+    for field in ("x", "f", "iterations", "evaluations", "status"):
+        assert torch.equal(getattr(compiled, field), getattr(python, field)), (name, field)
     if name == "mmk":
         return  # its fits end within a millisecond: E. coli's (about 50 rounds, 8 ms) show the deadline
     calls.clear()
+    i = int(python.evaluations.argmax())  # the longest of E. coli's fits
+    res, plain = mle.residual_functions(m, t[i : i + 1], ch[i : i + 1], x[i : i + 1], **mle._fit_options({}))
     late = trust_region(
         res,
-        start,
+        torch.from_numpy(z0[i : i + 1]),
         residuals_only=plain,
         rounds=lambda s, k: calls.append(k) or res.rounds(s, k),
         deadline=torch.tensor([time.time() + 3e-3], dtype=torch.float64),

@@ -386,11 +386,12 @@ def _native_residuals(
 
 
 # :func:`_native_residuals` compiled against one model's kernels (``_m``), and the trust
-# region's rounds of one problem with it (:func:`~.trust_region.trust_region`'s
-# ``rounds``): each round an evaluation (residuals alone for a probe) and its
-# :func:`~.trust_region._round`, without returning to Python, where at the batch of one
-# refinement a round's interpreted glue (~20 us) is an eighth of an E. coli round. Stops
-# after the round in which the problem finished; returns the number of rounds run.
+# region's rounds with it (:func:`~.trust_region.trust_region`'s ``rounds``): each round
+# an evaluation of the running problems (residuals alone for a probe) and their
+# :func:`~.trust_region._round`, without returning to Python, where for a refinement's
+# one or two problems a round's interpreted glue (~20 us) is an eighth of an E. coli
+# round. Stops after the round in which a problem finished (the batch then changes);
+# returns the number of rounds run.
 _KERNELS_BODY = """import numba
 import numpy as np
 
@@ -410,17 +411,34 @@ def rounds(affine, a, b, is_log, t_obs, state, value, scale, with_prior, rtol, a
            H, r_cur, J_cur, radius, x_try, pred, trials, fresh, probe, v, lam, free, w, V, aa, nfree, decs, idx, x_all,
            f_all, iterations, evaluations, box, gtol, ftol, f_atol, stall_atol, accelerate, max_trials, max_iter, done,
            max_rounds):
-    r_try = np.empty((1, r_cur.shape[1]))
-    J_try = np.empty((1, r_cur.shape[1], x.shape[1]))
+    n, p = x.shape
+    m = r_cur.shape[1]
+    r_try, J_try = np.empty((n, m)), np.empty((n, m, p))
     theta, dtheta = np.empty_like(x), np.empty_like(x)
+    x1, idx1, r1, J1 = np.empty((1, p)), np.empty(1, dtype=np.int64), np.empty((1, m)), np.empty((1, m, p))
+    theta1, dtheta1 = np.empty((1, p)), np.empty((1, p))
     for k in range(max_rounds):
-        residuals(x_try, idx, not probe[0], affine, theta, dtheta, a, b, is_log, t_obs, state, value, scale,
-                  with_prior, rtol, atol, max_steps, A, C, n_states, r_try, J_try)
+        probes = 0
+        for i in range(n):
+            probes += probe[i]
+        if probes == 0 or probes == n:  # all alike: one batched evaluation
+            residuals(x_try, idx, probes == 0, affine, theta, dtheta, a, b, is_log, t_obs, state, value, scale,
+                      with_prior, rtol, atol, max_steps, A, C, n_states, r_try, J_try)
+        else:  # each problem as it needs, through one-row buffers (the same compiled residuals)
+            for i in range(n):
+                x1[0] = x_try[i]
+                idx1[0] = idx[i]
+                residuals(x1, idx1, not probe[i], affine, theta1, dtheta1, a, b, is_log, t_obs, state, value,
+                          scale, with_prior, rtol, atol, max_steps, A, C, n_states, r1, J1)
+                r_try[i] = r1[0]
+                if not probe[i]:
+                    J_try[i] = J1[0]
         _tr._round(x, f, g, H, r_cur, J_cur, radius, x_try, pred, trials, fresh, probe, v, lam, free, w, V, aa, nfree,
                    decs, idx, x_all, f_all, iterations, evaluations, r_try, J_try, box, gtol, ftol, f_atol, stall_atol,
                    accelerate, max_trials, max_iter, done)
-        if done[0] >= 0:
-            return k + 1
+        for i in range(n):
+            if done[i] >= 0:
+                return k + 1
     return max_rounds
 """
 

@@ -743,12 +743,12 @@ def trust_region(
     acceleration's probes, where they cost less than with the Jacobian (a plain ODE
     solve instead of forward sensitivities); default ``fun``'s, its Jacobian unused.
 
-    ``rounds(state, k)``: where ``fun`` has a compiled form, up to k rounds of a single
-    running problem without returning to Python (``state``: :func:`_round`'s arguments
-    but the trial point's residuals and Jacobian; it stops after the round in which the
-    problem finished and returns how many it ran), used while one problem runs (a single
-    refinement, where the interpreter's share of a round is largest), as many rounds at
-    a time as its deadline leaves time for.
+    ``rounds(state, k)``: where ``fun`` has a compiled form (evaluating the same rows as
+    it), up to k rounds of the running problems without returning to Python (``state``:
+    :func:`_round`'s arguments but the trial points' residuals and Jacobians; it stops
+    after the round in which a problem finished and returns how many it ran): for a
+    refinement's few problems the interpreter's share of a round is largest. As many
+    rounds at a time as the first deadline leaves time for, at the last round's pace.
 
     ``numpy_io``: ``fun`` and ``residuals_only`` take numpy arrays (float64 points,
     int64 rows) rather than tensors (saves two conversions a round, which at the batch
@@ -797,10 +797,10 @@ def trust_region(
     def advance(rs: _Running) -> np.ndarray:
         b = len(rs)
         done = np.empty(b, dtype=np.int64)
-        if rounds is not None and b == 1 and rs.r.shape[1] == n_res[0] > 0:
+        if rounds is not None and rs.r.shape[1] == n_res[0] > 0:
             k = ALL_ROUNDS
-            if limit is not None:  # the rounds that fit before the deadline, at the last round's pace
-                k = int(min(max((limit[rs.idx[0]] - time.time()) / per_round[0], 1.0), ALL_ROUNDS))
+            if limit is not None:  # the rounds that fit before the first deadline, at the last round's pace
+                k = int(min(max((limit[rs.idx].min() - time.time()) / per_round[0], 1.0), ALL_ROUNDS))
             tic = time.perf_counter()
             ran = rounds((*state(rs), *stops, *limits, done), k)
             per_round[0] = (time.perf_counter() - tic) / max(ran, 1)
@@ -825,8 +825,7 @@ def trust_region(
                 r_try[full], J_try[full] = r_full, J_full
                 r_try[rs.probe] = _numpy(plain(arg(rs.x_try[rs.probe]), arg(rs.idx[rs.probe])))
         _round(*state(rs), r_try, J_try, *stops, *limits, done)  # type: ignore[call-arg]
-        if b == 1:
-            per_round[0] = time.perf_counter() - tic
+        per_round[0] = time.perf_counter() - tic
         return done
 
     start = lambda rows: _Running.start(rows, x0n[rows], first_radius, n_res[0])
