@@ -255,3 +255,16 @@ def test_compiled_rounds_take_the_same_steps(refinement):
     )
     assert late.status.tolist() == [FitStatus.DEADLINE] and torch.isfinite(late.f).all()
     assert calls and all(k < 100 for k in calls), calls  # a few rounds at a time, not all of them
+
+
+def test_bounds_map_onto_the_box_on_both_sides():
+    """A quantity on either prior bound is at |z| = Z_BOX exactly, as the u coordinate's
+    fits (z+u) leave it and as to_z maps it: 1 - U_EPS rounds to a u whose quantile is
+    1e-4 beyond the box, which refined estimates at an upper bound used to report."""
+    from mechinfer.models import priors
+
+    v = torch.tensor([[-mle.V_HALF, mle.V_HALF, 3 * mle.V_HALF, 0.0]], dtype=torch.float64)
+    assert mle.v_to_z(v).tolist() == [[-Z_BOX, Z_BOX, -Z_BOX, 0.0]]  # reflected: 3 sqrt(3) mirrors to the lower bound
+    bounds = torch.tensor([[0.0, 1e-3], [1.0, 1e3]], dtype=torch.float64)
+    z = priors.to_z((priors.Uniform(0.0, 1.0), priors.LogUniform(1e-3, 1e3)), bounds)
+    assert z.tolist() == [[-Z_BOX, -Z_BOX], [Z_BOX, Z_BOX]]

@@ -775,9 +775,10 @@ def reflect(v: torch.Tensor) -> torch.Tensor:
 
 def v_to_z(v: torch.Tensor) -> torch.Tensor:
     """z of a fit coordinate v (its reflection into the bounds), clamped where z is
-    (:data:`mechinfer.models.priors.U_EPS`)."""
+    (:data:`mechinfer.models.priors.U_EPS`) and so inside the trust region's box
+    (|z| <= Z_MAX: 1 - U_EPS rounds to a u whose ndtri is 1e-4 beyond it)."""
     u = (reflect(v) / (2 * V_HALF) + 0.5).clamp(priors.U_EPS, 1.0 - priors.U_EPS)
-    return torch.special.ndtri(u)
+    return torch.special.ndtri(u).clamp(-priors.Z_MAX, priors.Z_MAX)
 
 
 def _trust_region_fit(

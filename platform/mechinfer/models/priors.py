@@ -191,7 +191,8 @@ def from_u(priors: tuple[Prior, ...], u):
 
 
 def to_z(priors: tuple[Prior, ...], theta: torch.Tensor) -> torch.Tensor:
-    z = torch.special.ndtri(to_u(priors, theta).clamp(U_EPS, 1.0 - U_EPS))
+    # |z| <= Z_MAX on both sides: 1 - U_EPS rounds to a u whose ndtri is 1e-4 above it
+    z = torch.special.ndtri(to_u(priors, theta).clamp(U_EPS, 1.0 - U_EPS)).clamp(-Z_MAX, Z_MAX)
     if is_affine(priors):
         return z
     return _with_columns(z, _truncated_to_z(priors, theta))  # from the tails' own side, not through u
