@@ -268,3 +268,37 @@ def test_bounds_map_onto_the_box_on_both_sides():
     bounds = torch.tensor([[0.0, 1e-3], [1.0, 1e3]], dtype=torch.float64)
     z = priors.to_z((priors.Uniform(0.0, 1.0), priors.LogUniform(1e-3, 1e3)), bounds)
     assert z.tolist() == [[-Z_BOX, -Z_BOX], [Z_BOX, Z_BOX]]
+
+
+def test_eigendecomposition_matches_lapack():
+    """_eigh (each accepted point's eigendecomposition, in place of np.linalg.eigh) on the
+    matrices a fit meets: Gauss-Newton Hessians full rank, rank-deficient and sloppy
+    (eigenvalues over ten decades), rounded to indefinite, with repeated eigenvalues, zero,
+    1 x 1. Ascending eigenvalues as LAPACK's, orthonormal eigenvectors; NaN in, NaN out."""
+    from mechinfer.fit.trust_region import _eigh
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 8, 20, 31):
+        J = rng.standard_normal((n + 5, n))
+        B = rng.standard_normal((n, n))
+        Q = np.linalg.qr(B)[0]
+        for A in (
+            J.T @ J,
+            J[: max(1, n // 2)].T @ J[: max(1, n // 2)],
+            (J * np.logspace(0, -5, n)).T @ (J * np.logspace(0, -5, n)),
+            B + B.T,
+            Q @ np.diag(np.repeat([1.0, 2.0], n)[:n]) @ Q.T,
+            np.zeros((n, n)),
+        ):
+            A = (A + A.T) / 2
+            w, V = np.empty(n), np.empty((n, n))
+            _eigh(A, w, V)
+            scale = max(np.abs(A).max(), 1e-300)
+            np.testing.assert_allclose(w, np.linalg.eigvalsh(A), rtol=0, atol=1e-13 * scale)
+            np.testing.assert_allclose(A @ V, V * w, rtol=0, atol=1e-13 * scale)
+            np.testing.assert_allclose(V.T @ V, np.eye(n), rtol=0, atol=1e-13)
+    A = np.ones((3, 3))
+    A[0, 1] = A[1, 0] = np.nan
+    w, V = np.empty(3), np.empty((3, 3))
+    _eigh(A, w, V)
+    assert np.isnan(w).all()
