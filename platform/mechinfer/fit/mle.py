@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -446,8 +447,6 @@ def rounds(affine, a, b, is_log, t_obs, state, value, scale, with_prior, rtol, a
 def _native_kernels(system: native.NativeSystem):
     """:data:`_KERNELS_BODY`'s ``residuals`` and ``rounds`` for one model's native
     kernels, compiled once per machine and cached with its generated module."""
-    import sys
-
     return native.companion(system, "fit", _KERNELS_BODY, depends_on=(sys.modules[__name__], _tr_module))
 
 
@@ -464,10 +463,11 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
     in z, so that |r|^2 / 2 is :func:`objective`'s value. NaN residuals where the solver
     failed. ``prior`` (for all sets or per set) appends z itself as P more residuals
     (an identity block in J, zero for the sets without it): |z|^2 / 2, the N(0, I)
-    prior's term. On the CPU with the native solver, its forward sensitivities, the
-    solver module's kernels called directly between compiled z map and assembly (at the
-    batch of one refinement, torch's or numpy's per-operation cost would exceed an mmk
-    solve); elsewhere :func:`residual_jacobian`. residuals_only(z, rows) -> r alone: with
+    prior's term. On the CPU with the native solver, its forward sensitivities, in one
+    compiled call of :func:`_native_residuals` (at the batch of one refinement, torch's
+    or numpy's per-operation cost would exceed an mmk solve), and ``fun.rounds``, the
+    trust region's compiled rounds with it (:data:`_KERNELS_BODY`; where the priors are
+    affine); elsewhere :func:`residual_jacobian`. residuals_only(z, rows) -> r alone: with
     the native solver a plain solve, a fifth of fun's cost for E. coli; elsewhere fun's,
     J dropped. Both take tensors or numpy arrays (z float64, rows int64)."""
     with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (np.shape(t)[0],)).copy()
