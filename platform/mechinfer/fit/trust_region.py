@@ -787,7 +787,7 @@ def trust_region(
 
     stops = (float(box), gtol, ftol, f_atol, STALL_SUM * f_atol if stall_atol is None else float(stall_atol))
     limits = (accelerate, max_trials, max_iter)
-    per_round = [math.inf]  # seconds a round of one problem took, last measured
+    per_round = [math.inf]  # seconds a round of the running problems took, last measured
 
     def state(rs: _Running) -> tuple:
         arrays = (rs.x, rs.f, rs.g, rs.H, rs.r, rs.J, rs.radius, rs.x_try, rs.pred, rs.trials, rs.fresh, rs.probe)
