@@ -64,7 +64,7 @@ def test_trust_region_residuals_are_the_nll_and_their_jacobian_exact(boehm):
     z = m.to_z(problem.nominal[None]) + 0.05
     tight = {"rtol": 1e-10, "atol": 1e-12}
     fun, plain = mle.residual_functions(m, data["t"], data["channel"], data["value"], **tight)
-    r, jac = (a.numpy() for a in fun(z, np.arange(1)))
+    r, jac = (np.asarray(a) for a in fun(z, np.arange(1)))
     n = int(np.isfinite(data["value"]).sum())
     f = mle.objective(m, data["t"], data["channel"], data["value"], **tight)(torch.as_tensor(z), torch.arange(1))[0]
     assert r.shape == (1, 2 * data["value"].shape[1])
@@ -76,6 +76,49 @@ def test_trust_region_residuals_are_the_nll_and_their_jacobian_exact(boehm):
         e[0, j] = eps
         fd = (plain(z + e, np.arange(1)) - plain(z - e, np.arange(1))) / (2 * eps)
         np.testing.assert_allclose(jac[0, :, j], fd[0], rtol=1e-4, atol=1e-6, err_msg=m.parameter_names[j])
+
+
+@pytest.mark.parametrize("path", [BOEHM, FUJITA], ids=["Boehm", "Fujita"])
+def test_compiled_residuals_equal_the_observation_layers(path, monkeypatch):
+    """The trust region's compiled residuals of a PEtab problem's model (fit/observed.py)
+    are those of the torch observation layer: r, J and the residuals alone, to
+    round-off, for a batch of the real measurements, a shuffled copy padded at the end
+    (NaN), and a simulated row, with the prior's rows mixed in, evaluated whole and as
+    a subset. Boehm estimates its noise sd (the d log sigma terms), Fujita's observables
+    scale by parameters their measurements name (the placeholders' derivatives)."""
+    from mechinfer.data.samples import spec_test_set
+    from mechinfer.fit import observed
+
+    m = load_model(path)
+    data = baseline.real_data(m)
+    n = data["t"].shape[1]
+    order = np.random.default_rng(1).permutation(n)
+    keep = n - 5
+    pad = lambda a: np.concatenate([a[:, order][:, :keep], np.full((1, 5), np.nan)], 1)
+    sim = spec_test_set(m, 1)
+    assert sim["t"].shape[1] == n
+    t = np.concatenate([data["t"], pad(data["t"]), sim["t"]])
+    ch = np.concatenate([data["channel"], np.nan_to_num(pad(data["channel"] * 1.0)).astype(np.int64), sim["channel"]])
+    value = np.concatenate(
+        [data["value"], pad(data["value"]), m.observation.to_noise_space(sim["value"], sim["channel"])]
+    )
+    prior = np.array([False, True, False])
+    options = mle._fit_options({}, m)
+    assert observed.residual_functions(m, t, ch, value, prior, **options) is not None  # the compiled path applies
+    compiled = mle.residual_functions(m, t, ch, value, prior=prior, **options)
+    monkeypatch.setattr(observed, "residual_functions", lambda *a, **k: None)
+    layer = mle.residual_functions(m, t, ch, value, prior=prior, **options)
+    z = 0.5 * np.random.default_rng(0).standard_normal((3, m.n_parameters))
+    for rows in (np.array([2, 0]), np.arange(3)):
+        (r, jac), (r0, jac0) = compiled[0](z[rows], rows), layer[0](z[rows], rows)
+        r, jac, r0, jac0 = (np.asarray(a) for a in (r, jac, r0, jac0))
+        assert r.shape == (len(rows), 2 * n + m.n_parameters) and np.isfinite(r).all()
+        np.testing.assert_allclose(r, r0, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(jac, jac0, rtol=1e-9, atol=1e-9 * np.abs(jac0).max())
+        plain, plain0 = compiled[1](z[rows], rows), np.asarray(layer[1](z[rows], rows))
+        np.testing.assert_allclose(plain, plain0, rtol=1e-9, atol=1e-9)
+    padded = np.r_[keep:n, n + keep : 2 * n]
+    assert (r[1, padded] == 0).all() and (jac[1, padded] == 0).all()  # no residual, no gradient
 
 
 def test_trust_region_refines_boehm_near_its_optimum(boehm):

@@ -30,6 +30,7 @@ from ..models import likelihood, priors
 from ..models.base import Model
 from ..models.simulate import term
 from ..solver import SolveStatus, native
+from . import observed as _observed
 from . import trust_region as _tr_module
 from .bfgs import bfgs
 from .trust_region import trust_region
@@ -474,6 +475,10 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
     any_prior = bool(with_prior.any())
     build = term(model).native if model.observation is None else None  # its kernels observe states directly
     on_cpu = device is None or torch.device(device).type == "cpu"
+    if on_cpu and model.observation is not None and uses_native_solver(**solver_options):
+        found = _observed.residual_functions(model, t, channel, value, with_prior, **solver_options)
+        if found is not None:
+            return found
     if on_cpu and uses_native_solver(**solver_options) and build is not None:  # numpy only, no torch
         obs = likelihood.SortedObservations.of(model, t, channel, value)
         scale = np.sqrt(obs.weight)  # 1 / sigma, 0 for padding

@@ -172,9 +172,7 @@ class NativeSystem:
         padding): the NLL (B,), its gradient in args (B, P) and status (B,)."""
         args = np.ascontiguousarray(args, dtype=np.float64)
         n_batch = len(args)
-        y0 = np.empty((n_batch, self.n_states))
-        seeds = np.empty((n_batch, self.n_states, self.n_args))
-        self._module.initial_batch(args, y0, seeds)
+        y0, seeds = self.initial(args)
         t_obs, value, weight = (np.ascontiguousarray(x, dtype=np.float64) for x in (t_obs, value, weight))
         state = np.ascontiguousarray(state, dtype=np.int64)
         nll = np.empty(n_batch)
@@ -199,13 +197,19 @@ class NativeSystem:
         )
         return nll, grad, status
 
-    def solve_from_args(self, args, t_obs, *, rtol, atol, max_steps):
-        """From the model's own initial state: states (B, N, S), their Jacobian in the
-        arguments (B, N, S, P) (the initial state's dependence included) and status."""
+    def initial(self, args):
+        """The model's initial states (B, S) for arguments (B, P), and their Jacobian in
+        the arguments (B, S, P)."""
         args = np.ascontiguousarray(args, dtype=np.float64)
         y0 = np.empty((len(args), self.n_states))
         seeds = np.empty((len(args), self.n_states, self.n_args))
         self._module.initial_batch(args, y0, seeds)
+        return y0, seeds
+
+    def solve_from_args(self, args, t_obs, *, rtol, atol, max_steps):
+        """From the model's own initial state: states (B, N, S), their Jacobian in the
+        arguments (B, N, S, P) (the initial state's dependence included) and status."""
+        y0, seeds = self.initial(args)
         return self.solve(
             y0, args, t_obs, rtol=rtol, atol=atol, max_steps=max_steps, sensitivities=True, seeds=seeds, col_a=0
         )
