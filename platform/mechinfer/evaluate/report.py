@@ -126,7 +126,8 @@ def online_seconds(
     ``budget_s`` at the mean time a sample has taken (at least one; their number under
     SAMPLES_KEY): the network at batch 1;
     an optimizer with k starts = the k prior starts of that sample as one batched fit;
-    Deep Inference + an optimizer = the fine-tuned network's estimate and one fit from it.
+    Deep Inference + an optimizer = the fine-tuned network's estimate and one fit from it;
+    Deep Inference + refine = ``est.infer(refine=True)``.
     The test rows' values are in the noise space; the networks are timed as a user calls
     them, ``est.estimate`` on values in the model's own units (its entry checks and the
     map to the noise space included)."""
@@ -157,6 +158,10 @@ def online_seconds(
             tic = time.perf_counter()
             baseline.fit_network_starts(m, t, ch, x, est_ft.network_z(t, ch, x), max_iter, opt)
             times.setdefault(row_name(opt, 0), []).append(time.perf_counter() - tic)
+        if network_starts and est_ft is not None:
+            tic = time.perf_counter()
+            est_ft.infer(t, ch, x_user, refine=True)
+            times.setdefault(REFINE_ROW, []).append(time.perf_counter() - tic)
     log.info("%s: one experiment alone timed on %d test samples in %.0f s", m.name, timed, time.perf_counter() - start)
     return {SAMPLES_KEY: timed, **{k: float(np.median(v)) for k, v in times.items()}}
 
@@ -238,6 +243,12 @@ def evaluate_model(
         time.perf_counter() - tic,
     )
     runs, cal_rows = uncertainty.pop("_runs"), uncertainty.pop("_rows")
+    if len(cal_rows["t"]) == len(ids) and coverage_samples is None:  # the calibration ran on Table 1's rows
+        # SPEC 12's "Deep Inference + refine" on the test set: the refine stage as
+        # est.infer(refine="always") runs it there (a second start where the first is on
+        # a plateau, the maximum a posteriori fit and the intervals included)
+        refined = (runs["always"].theta, uncertainty["auto"]["seconds_per_sample"]["always"], None, None)
+        table += _table_rows(m, {REFINE_ROW: refined}, online, t, ch, x, clean, n_boot, sigma)
     return {
         "model": m.name,
         "rows": table,
@@ -303,6 +314,9 @@ def _network_theta(m: Model, est, t, ch, x) -> np.ndarray:
     """The network's estimates of observation sets whose values are in the noise space
     already (dataset rows, the real data mapped once)."""
     return m.from_z(est.network_z(t, ch, x))
+
+
+REFINE_ROW = "Deep Inference + refine"
 
 
 def _table_rows(m: Model, estimates: dict, online: dict, t, ch, x, clean, n_boot: int, sigma=None) -> list[dict]:
@@ -459,7 +473,7 @@ def real_data_results(location: str, manifest: dict, m: Model, est_net=None, est
         refined = est_ft.polish(t, ch, given, est_ft.estimate_z(t, ch, given))
         rows.append(
             {
-                "method": "Deep Inference + refine",
+                "method": REFINE_ROW,
                 "log_likelihood": float(problem.log_likelihood(m.from_z(refined.z)[0])),
                 "seconds": time.perf_counter() - tic,
                 "refine_method": refined.method,
@@ -799,7 +813,12 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
         "and counted as one evaluation), and k starts cost the sum of a sample's first k starts. Deep "
         "Inference + BFGS = the fine-tuned network's estimate (its time included) + one BFGS start from it "
         "with the Gauss-Newton initial inverse Hessian (prior starts use H0 = I); Deep Inference + trust-region "
-        "the same with one trust-region start, the default refinement. 'One experiment alone': the "
+        "the same with one trust-region start, the default refinement. Deep Inference + refine: "
+        '`est.infer(refine="always")` as the intervals\' calibration runs it on the same test samples '
+        f"(all as one batch; {calibration.CHUNK} at a time under a time budget): the refine stage, that "
+        "trust-region start, a second one from the prior's median where the first is on a plateau, the "
+        "maximum a posteriori fit and the intervals; its time per sample from there (the row is left out "
+        "where the calibration ran on other samples). 'One experiment alone': the "
         f"median wall-clock of the same method run on one test sample at a time (batch 1; the first "
         f"{ONLINE_SAMPLES} samples, or as many as take {ONLINE_BUDGET_S:.0f} s: each model's section says), "
         "as a user refining one culture waits for it.\n\n"
@@ -895,7 +914,7 @@ def real_data_markdown(rd: dict) -> str:
     )
     w("| Method | best log-likelihood | - reference | wall-clock |\n| --- | --- | --- | --- |\n")
     for row in rd["rows"]:
-        how = f" ({LABEL[row['refine_method']]})" if row["method"] == "Deep Inference + refine" else ""
+        how = f" ({LABEL[row['refine_method']]})" if row["method"] == REFINE_ROW else ""
         ll = row["log_likelihood"]
         cells = (
             f"{ll:.4f} | {ll - rd['reference_log_likelihood']:+.4f}"
@@ -922,8 +941,9 @@ def real_data_markdown(rd: dict) -> str:
 
 
 def comparisons(r: dict) -> str:
-    """Each Deep Inference + optimizer row against the same optimizer's most starts, and
-    the default refinement against the faster of those rows."""
+    """Each Deep Inference + optimizer row against the same optimizer's most starts, the
+    default refinement against the faster of those rows, and the refine stage against the
+    multistart row of the best R2."""
     by = {row["method"]: row for row in r["rows"]}
     k = max(r["baseline"]["starts"])
     lines = []
@@ -943,6 +963,13 @@ def comparisons(r: dict) -> str:
             f"Deep Inference + trust-region vs the faster {k}-start row ({best}): "
             f"{by[best]['cpu_s'] / deep['cpu_s']:.1f}x less time per sample, "
             f"R2 difference {deep['r2'].value - by[best]['r2'].value:+.4f}."
+        )
+    multistart = [name for name in by if name.endswith(" start") or name.endswith(" starts")]
+    if REFINE_ROW in by and multistart:  # SPEC 12 judges the refine stage by the best multistart's R2
+        top = max(multistart, key=lambda name: by[name]["r2"].value)
+        lines.append(
+            f"{REFINE_ROW} vs the best multistart row by R2 ({top}): "
+            f"R2 difference {by[REFINE_ROW]['r2'].value - by[top]['r2'].value:+.4f}."
         )
     return "".join(f"\n{line}\n" for line in lines)
 
