@@ -152,6 +152,16 @@ def test_baseline_and_report(ray_local, tmp_path):
     assert "Refined, determined:" in md and "parameters within [0.90, 0.98]" in md
     for name in ("calibration_mmk.png", "interval_widths_mmk.png", "bands_mmk.png"):
         assert (report / name).stat().st_size > 0 and name in model["calibration_figures"]
+    # coverage measured on more samples than Table 1's (the small preset's 512): the
+    # refine row takes Table 1's samples from it, and is left out where it missed some
+    from mechinfer.evaluate import report as evaluate
+
+    for samples, present in ((12, True), (4, False)):
+        result = evaluate.evaluate_model(str(out), coverage_samples=samples, n_boot=10, online_samples=1)
+        by = {r["method"]: r for r in result["rows"]}
+        assert ("Deep Inference + refine" in by) == present
+        if present:
+            assert by["Deep Inference + refine"]["r2"].value == pytest.approx(float(refine_row["R2"]), abs=1e-5)
 
 
 def test_time_budget_leaves_later_tasks_out(ray_local, tmp_path):

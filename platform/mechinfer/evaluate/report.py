@@ -243,11 +243,13 @@ def evaluate_model(
         time.perf_counter() - tic,
     )
     runs, cal_rows = uncertainty.pop("_runs"), uncertainty.pop("_rows")
-    if len(cal_rows["t"]) == len(ids) and coverage_samples is None:  # the calibration ran on Table 1's rows
+    position = {int(i): k for k, i in enumerate(cal_rows["sample_id"])}
+    if all(int(i) in position for i in ids):  # the calibration ran on every sample of Table 1
         # SPEC 12's "Deep Inference + refine" on the test set: the refine stage as
         # est.infer(refine="always") runs it there (a second start where the first is on
         # a plateau, the maximum a posteriori fit and the intervals included)
-        refined = (runs["always"].theta, uncertainty["auto"]["seconds_per_sample"]["always"], None, None)
+        theta = runs["always"].theta[[position[int(i)] for i in ids]]
+        refined = (theta, uncertainty["auto"]["seconds_per_sample"]["always"], None, None)
         table += _table_rows(m, {REFINE_ROW: refined}, online, t, ch, x, clean, n_boot, sigma)
     return {
         "model": m.name,
@@ -814,11 +816,11 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
         "Inference + BFGS = the fine-tuned network's estimate (its time included) + one BFGS start from it "
         "with the Gauss-Newton initial inverse Hessian (prior starts use H0 = I); Deep Inference + trust-region "
         "the same with one trust-region start, the default refinement. Deep Inference + refine: "
-        '`est.infer(refine="always")` as the intervals\' calibration runs it on the same test samples '
-        f"(all as one batch; {calibration.CHUNK} at a time under a time budget): the refine stage, that "
+        '`est.infer(refine="always")` as the intervals\' calibration runs it on these test samples and '
+        f"maybe more (all as one batch; {calibration.CHUNK} at a time under a time budget): the refine stage, that "
         "trust-region start, a second one from the prior's median where the first is on a plateau, the "
         "maximum a posteriori fit and the intervals; its time per sample from there (the row is left out "
-        "where the calibration ran on other samples). 'One experiment alone': the "
+        "where the calibration did not reach every sample of the table). 'One experiment alone': the "
         f"median wall-clock of the same method run on one test sample at a time (batch 1; the first "
         f"{ONLINE_SAMPLES} samples, or as many as take {ONLINE_BUDGET_S:.0f} s: each model's section says), "
         "as a user refining one culture waits for it.\n\n"

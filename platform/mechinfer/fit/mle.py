@@ -468,7 +468,9 @@ def residual_functions(model: Model, t, channel, value, device=None, prior=False
     compiled call of :func:`_native_residuals` (at the batch of one refinement, torch's
     or numpy's per-operation cost would exceed an mmk solve), and ``fun.rounds``, the
     trust region's compiled rounds with it (:data:`_KERNELS_BODY`; where the priors are
-    affine); elsewhere :func:`residual_jacobian`. residuals_only(z, rows) -> r alone: with
+    affine); for a model with an observation model of its own (a PEtab problem's), the
+    residuals of :func:`_with_noise_residuals` compiled by :mod:`.observed`; elsewhere
+    :func:`residual_jacobian`. residuals_only(z, rows) -> r alone: with
     the native solver a plain solve, a fifth of fun's cost for E. coli; elsewhere fun's,
     J dropped. Both take tensors or numpy arrays (z float64, rows int64)."""
     with_prior = np.broadcast_to(np.asarray(prior, dtype=bool), (np.shape(t)[0],)).copy()
