@@ -121,6 +121,32 @@ def test_compiled_residuals_equal_the_observation_layers(path, monkeypatch):
     assert (r[1, padded] == 0).all() and (jac[1, padded] == 0).all()  # no residual, no gradient
 
 
+def test_formulas_the_native_code_cannot_take_stay_on_torch(boehm, monkeypatch, caplog):
+    """Where the generated observable code does not compile, the trust region's
+    residuals come from the torch layer (the same numbers, slower) and the log says why,
+    instead of a fit failing midway."""
+    from mechinfer.fit import observed
+
+    source = observed.observable_source
+    broken = lambda *a: ("def observe(o, s, p, q, out):\n    return not_defined_anywhere\n", source(*a)[1])
+    monkeypatch.setattr(observed, "observable_source", broken)
+    cache = boehm.observation._cache  # the model's compiled kernels, looked up once per process
+    kept = cache.pop("kernels", None)
+    try:
+        data, options = baseline.real_data(boehm), mle._fit_options({}, boehm)
+        args = (boehm, data["t"], data["channel"], data["value"], np.array([False]))
+        with caplog.at_level("INFO", logger="mechinfer.fit.observed"):
+            assert observed.residual_functions(*args, **options) is None
+        assert "the observation formulas stay on torch (TypingError" in caplog.text
+        fun, _ = mle.residual_functions(*args[:4], **options)
+        r, _ = fun(np.zeros((1, boehm.n_parameters)), np.arange(1))
+        assert np.isfinite(np.asarray(r)).all()
+    finally:
+        cache.pop("kernels", None)
+        if kept is not None:
+            cache["kernels"] = kept
+
+
 def test_trust_region_refines_boehm_near_its_optimum(boehm):
     """From the published optimum moved by N(0, 0.3^2) in z per parameter, the trust
     region refines Boehm's measurements (sd estimated) back to the published

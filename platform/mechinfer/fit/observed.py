@@ -28,6 +28,7 @@ the observable's transformation.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 
@@ -41,6 +42,8 @@ from ..models import priors
 from ..models.simulate import term
 from ..solver import native
 from ..solver.symbolic import Sym, _expr, _function
+
+log = logging.getLogger(__name__)
 
 _STATE, _ARGUMENT, _PLACEHOLDER = 0, 1, 2  # what a formula's variable is
 
@@ -304,21 +307,41 @@ def residual_functions(model, t, channel, value, with_prior: np.ndarray, **solve
 
 
 def _kernels(model, system: native.NativeSystem):
-    """(assemble, variables) of a model, generated and compiled
-    once per machine (cached beside its native module) and looked up once per process;
-    None where a formula has no native derivative."""
+    """(assemble, variables) of a model, generated and compiled once per machine (cached
+    beside its native module) and looked up once per process; None where a formula has
+    no form the native code takes (then the torch layer, which takes every formula the
+    import does, computes the same residuals)."""
     cache = model.observation._cache
     if "kernels" not in cache:
-        found = observable_source(model.observation, system.n_args)
-        if found is None:
-            cache["kernels"] = None
-        else:
-            text, variables = found
-            observe = native.companion(system, "observe", text)
-            body = _BODY.format(observe=observe.__name__)
-            kernels = native.companion(system, "observed", body, depends_on=(sys.modules[__name__],))
-            cache["kernels"] = kernels.assemble, variables
+        cache["kernels"] = None
+        try:
+            found = observable_source(model.observation, system.n_args)
+            if found is not None:
+                text, variables = found
+                observe = native.companion(system, "observe", text)
+                body = _BODY.format(observe=observe.__name__)
+                kernels = native.companion(system, "observed", body, depends_on=(sys.modules[__name__],))
+                _compiled(kernels.assemble, variables, model.n_parameters, system)
+                cache["kernels"] = kernels.assemble, variables
+        except Exception as err:  # a formula sympy or numba cannot take: the torch layer's
+            first = (str(err).strip().splitlines() or [""])[0]
+            log.info("%s: the observation formulas stay on torch (%s: %s)", model.name, type(err).__name__, first)
     return cache["kernels"]
+
+
+def _compiled(assemble, variables, n_p: int, system: native.NativeSystem) -> None:
+    """Compile ``assemble`` (numba, or load it from the disk cache) by one call on a row of
+    one unobserved entry, with the argument types of every real call, so that a formula
+    numba cannot compile shows here rather than in the middle of a fit."""
+    kind, index, count = variables
+    n_s, n_a = system.n_states, system.n_args
+    one = lambda *shape, dtype=np.float64: np.zeros(shape, dtype=dtype)
+    assemble(
+        one(1, n_p), one(1, n_p), one(1, n_p), one(1, dtype=np.int64), True, one(1, n_a), one(1, 1), one(1, 1, n_s),
+        one(1, 1, n_s, n_a), one(1, dtype=np.int8), one(1, 1, dtype=np.int64), one(1, 1, dtype=np.int64),
+        one(1, 1, dtype=np.int64), one(1, 1), one(1, 1, dtype=bool), one(1, 1, 1, dtype=np.int64), one(1, 1, 1),
+        True, kind, index, count, one(1, dtype=bool), 0.0, one(1, 2 + n_p), one(1, 2 + n_p, n_p),
+    )  # fmt: skip
 
 
 __all__ = ["observable_source", "residual_functions"]
