@@ -439,7 +439,8 @@ def test_coverage_in_budgeted_batches_is_the_one_batchs():
     rows, _ = baseline.load_test_set(m, None, calibration.CHUNK + 16)
     whole = calibration.calibrate(m, est, rows, n_boot=20)
     parts = calibration.calibrate(m, est, rows, n_boot=20, budget_s=1e9)
-    assert (whole["n_samples"], whole["batch"], parts["n_samples"], parts["batch"]) == (80, 80, 80, calibration.CHUNK)
+    n = calibration.CHUNK + 16
+    assert (whole["n_samples"], whole["batch"], parts["n_samples"], parts["batch"]) == (n, n, n, calibration.CHUNK)
     assert parts["coverage"] == whole["coverage"] and parts["coverage_95_determined"] == whole["coverage_95_determined"]
     for mode in calibration.MODES:
         for level in (0.5, 0.95):
@@ -448,7 +449,7 @@ def test_coverage_in_budgeted_batches_is_the_one_batchs():
     first = calibration.calibrate(m, est, rows, n_boot=20, budget_s=1e-9)
     alone = calibration.calibrate(m, est, {k: v[: calibration.CHUNK] for k, v in rows.items()}, n_boot=20)
     assert first["n_samples"] == len(first["_rows"]["t"]) == len(first["_runs"]["always"].z) == calibration.CHUNK
-    assert first["coverage"] == alone["coverage"] and first["offered"] == 80 and alone["offered"] == calibration.CHUNK
+    assert first["coverage"] == alone["coverage"] and first["offered"] == n and alone["offered"] == calibration.CHUNK
 
 
 def test_coverage_outside_its_range_says_whether_n_can_tell():
