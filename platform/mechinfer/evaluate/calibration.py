@@ -26,7 +26,7 @@ from .common import MAX_PANELS, draw_observations, predict
 LEVELS = (0.5, 0.68, 0.9, 0.95, 0.99)
 MODES = ("never", "always", "auto")
 # Test samples per step of a measurement with a time budget (it is checked between steps,
-# so a step may overrun it): 64 took Schwen_PONE2014's small run 15 min against 300 s.
+# so a step may overrun it): one step of 64 took Schwen_PONE2014's small run 1313 s against 300 s.
 CHUNK = 16
 SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # auto thresholds estimated from the always/never runs
 

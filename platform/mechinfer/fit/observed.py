@@ -39,6 +39,7 @@ import torch
 
 from .. import solver as _solver
 from ..models import priors
+from ..models.observation import _by_condition
 from ..models.simulate import term
 from ..solver import native
 from ..solver.symbolic import Sym, _expr, _function
@@ -211,35 +212,6 @@ def _assembled(
                     J[i, 2 * n_obs + j, m] = 1.0 if add and m == j else 0.0
 
 
-def _placeholders(observation, t: np.ndarray, channel: np.ndarray):
-    """(B, N, Q) per observation: the parameter each placeholder names (-1: a number) and
-    the number, from its channel's measurement nearest in time (as
-    :meth:`~mechinfer.models.observation.Observation._placeholders` takes them)."""
-    times = observation.placeholder_time[channel]  # (B, N, L)
-    nearest = np.abs(times - t[..., None]).argmin(-1)
-    return observation.placeholder_index[channel, nearest], observation.placeholder_value[channel, nearest]
-
-
-def _by_condition(t: np.ndarray, slot: np.ndarray, n_slots: int):
-    """t_cond (B, U, W) and point (B, N): per row and condition slot the sorted times of
-    its observations there, padded with the last (0 where it has none), and where each
-    observation's state is, slot * W + its place (as the torch path groups them)."""
-    n_batch, n_points = t.shape
-    order = np.lexsort((t, slot), axis=-1)  # by slot, then time, stable
-    rows = np.arange(n_batch)[:, None]
-    slot_sorted, t_sorted = slot[rows, order], t[rows, order]
-    counts = (slot_sorted[..., None] == np.arange(n_slots)).sum(1)  # (B, U)
-    first = np.cumsum(counts, 1) - counts
-    rank = np.arange(n_points)[None] - first[rows, slot_sorted]
-    width = max(int(counts.max(initial=0)), 1)
-    last = np.where(counts > 0, t_sorted[rows, np.maximum(first + counts - 1, 0)], 0.0)
-    t_cond = np.repeat(last[..., None], width, axis=2)
-    t_cond[rows, slot_sorted, rank] = t_sorted
-    point = np.empty_like(rank)
-    point[rows, order] = slot_sorted * width + rank
-    return t_cond, point
-
-
 def residual_functions(model, t, channel, value, with_prior: np.ndarray, **solver_options):
     """(fun, residuals_only) as :func:`mechinfer.fit.mle.residual_functions` returns them,
     for a model with an observation model of its own, on the native solver; ``None``
@@ -265,8 +237,13 @@ def residual_functions(model, t, channel, value, with_prior: np.ndarray, **solve
     value = np.where(observed, value, 0.0)
     condition = obs.channel_condition[channel]
     used = np.unique(condition)
-    t_cond, point = _by_condition(t, np.searchsorted(used, condition), len(used))
-    q_index, q_value = _placeholders(obs, t, channel)
+    # grouped by condition and placeholders taken as the torch layer takes them (once
+    # per fit, so its per-call cost does not matter): one implementation of each
+    slot = np.searchsorted(used, condition)
+    t_t, ch_t = torch.from_numpy(t), torch.from_numpy(channel)
+    t_cond, position = (a.numpy() for a in _by_condition(t_t, torch.from_numpy(slot), len(used)))
+    point = slot * t_cond.shape[2] + position  # where each observation's state is: slot * W + its place
+    q_value, q_index = (a.numpy() for a in obs._placeholders(torch.zeros(len(t), 0, dtype=t_t.dtype), t_t, ch_t))
     inputs = obs.condition_inputs[used]
     data = (
         *(np.ascontiguousarray(a) for a in (point, obs.channel_observable[channel], obs.transformation[channel])),
