@@ -185,3 +185,48 @@ def test_checkpoint_is_written_whole_and_uri_loads_clean_up(tmp_path):
     _, meta = checkpoint.load(f"file://{tmp_path / 'ck'}")
     assert meta["checkpoint_id"] == meta2["checkpoint_id"]
     assert set(glob.glob(f"{tempfile.gettempdir()}/mechinfer-*")) == downloads
+
+
+def test_the_training_through_the_proxy_is_kept_only_where_it_beats_the_warmup():
+    """``keep_the_better`` (the end of the training through the proxy after a warm-up):
+    the network with the higher R2 on the validation rows goes on, whichever phase made it."""
+    from mechinfer.data.samples import simulate_chunk
+    from mechinfer.estimate.estimator import shipped_checkpoint
+    from mechinfer.learn.trainer import keep_the_better
+
+    m = mechinfer.get_model("mmk")
+    good, _ = checkpoint.load(shipped_checkpoint("mmk"), model="mmk", kind="inference")
+    bad = networks.build(good.config).eval()
+    bad.load_state_dict(good.state_dict())
+    with torch.no_grad():  # every estimate at z = 3: far from most draws
+        last = bad.rho[-1]
+        last.weight.zero_()
+        last.bias.fill_(3.0)
+    rows = {k: v for k, v in simulate_chunk(m, 7, 0, 64).items() if k in ("t", "channel", "value", "theta")}
+    good_weights = {k: v.clone() for k, v in good.state_dict().items()}
+    bad_weights = {k: v.clone() for k, v in bad.state_dict().items()}
+
+    def same(net, weights):
+        return all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())
+
+    chosen = keep_the_better(m, good, bad_weights, rows)  # the proxy's training beat the warm-up
+    assert chosen["kept"] == "inference" and chosen["validation_r2"] > chosen["validation_r2_warmup"]
+    assert same(good, good_weights) and chosen["validation_rows"] == 64
+
+    chosen = keep_the_better(m, bad, good_weights, rows)  # it did worse: the warm-up's weights go on
+    assert chosen["kept"] == "warmup" and chosen["validation_r2_warmup"] > chosen["validation_r2"]
+    assert same(bad, good_weights)
+    r2_now = training.evaluate(m, bad, rows)[1.0].value
+    assert r2_now == pytest.approx(chosen["validation_r2_warmup"]) and r2_now > 0.9
+
+
+def test_warmup_loss_regresses_the_draws_z():
+    m = mechinfer.get_model("mmk")
+    net = networks.build(networks.default_config(m, "inference"))
+    t, ch, v = _sets(b=4, n=10)
+    ch = ch % len(m.channels)
+    z = torch.randn(4, m.n_parameters)
+    loss = training.warmup_loss(net, {"t": t, "channel": ch, "value": v, "z": z})
+    assert float(loss.detach()) == pytest.approx(float((net(t, ch, v) - z).square().mean().detach()))
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())

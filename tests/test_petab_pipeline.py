@@ -101,7 +101,9 @@ def test_killed_mid_stage_then_resumed_to_the_real_data_table_and_a_served_answe
     assert "success rate" in report and (run / "evaluate" / "real_data_Boehm_JProteomeRes2014.png").exists()
 
     # training learned: the network's NLL through the proxy on the validation rows is well
-    # below that of its initial weights
+    # below that of its initial weights, or, where the training through the proxy did not
+    # raise R2 over the warm-up's and the warm-up's network went on, its z error is below the
+    # initial weights'
     data, proxy = run / "simulate", run / "train-proxy" / "checkpoint"
     table = read_table(str(data))
     validation = table.filter(pa.array(np.asarray(table["sample_id"]) % VALIDATION_EVERY == 0))
@@ -116,7 +118,17 @@ def test_killed_mid_stage_then_resumed_to_the_real_data_table_and_a_served_answe
     with torch.no_grad():
         before = losses.inference_loss(m, fresh, rows, through="proxy", proxy=proxy_net)
         after = losses.inference_loss(m, net, rows, through="proxy", proxy=proxy_net)
-    assert after < 0.5 * before
+        fresh_mse = (fresh(rows["t"], rows["channel"], rows["value"]) - rows["z"]).square().mean()
+        net_mse = (net(rows["t"], rows["channel"], rows["value"]) - rows["z"]).square().mean()
+    chosen = meta["metrics"]
+    warm, _ = checkpoint.load(str(run / "train-inference" / "checkpoint" / "warm-up"), model=m, kind="inference")
+    is_warm = all(torch.equal(v, warm.state_dict()[k]) for k, v in net.state_dict().items())
+    if chosen["kept"] == "inference":
+        assert chosen["validation_r2"] >= chosen["validation_r2_warmup"] and not is_warm
+        assert after < 0.5 * before
+    else:
+        assert chosen["kept"] == "warmup" and chosen["validation_r2_warmup"] > chosen["validation_r2"] and is_warm
+        assert net_mse < fresh_mse
 
     # the served answer for the problem's measurements equals est.infer on them
     served = json.loads((run / "stages" / "serve.json").read_text())["outputs"]
@@ -129,8 +141,13 @@ def test_killed_mid_stage_then_resumed_to_the_real_data_table_and_a_served_answe
     res = est.infer(obs.t, obs.channel, obs.value, refine=True)
     assert answer["refine_status"] == res.refine_status[0]
     served_theta = np.array([answer["parameters"][n] for n in est.model.parameter_names])
-    np.testing.assert_allclose(served_theta, res.theta[0], rtol=1e-6)
-    assert np.isfinite(answer["nll"])
+    # the same fit: the same NLL, and the same point where the data determine it; along a
+    # direction they do not (the likelihood flat), the served fit (batched in the Refiner,
+    # under its deadline) and this one may stop apart within the trust region's tolerance
+    assert np.isfinite(answer["nll"]) and answer["nll"] == pytest.approx(res.nll[0], rel=1e-8)
+    determined = np.array([answer["determined"][n] for n in est.model.parameter_names])
+    np.testing.assert_allclose(served_theta[determined], res.theta[0][determined], rtol=1e-6)
+    np.testing.assert_allclose(served_theta, res.theta[0], rtol=1e-4)
     # the estimate's exact log-likelihood is at most the best any method found
     assert problem.log_likelihood(res.theta[0]) <= best + 1e-6
 

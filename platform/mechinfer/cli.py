@@ -337,7 +337,8 @@ def _parser() -> argparse.ArgumentParser:
     p = command(
         "train-inference",
         _train_inference,
-        "train the Deep Set through the proxy, then fine-tune it through the solver (SPEC 6.3)",
+        "train the Deep Set (a warm-up on the simulated z, then through the proxy), then fine-tune it "
+        "through the solver (SPEC 6.3)",
     )
     _model_flag(p)
     p.add_argument("--data", required=True, help="dataset written by `mechinfer simulate`")

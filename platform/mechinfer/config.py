@@ -84,8 +84,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Stage 3, second part: the Deep Set fine-tuned through the mechanistic solver."""
+    """Stage 3 around the training through the proxy: the supervised warm-up before it
+    (see :mod:`mechinfer.learn.trainer`) and the fine-tuning through the mechanistic
+    solver after it."""
 
+    warmup_epochs: int = _opt(2, "epochs regressing the simulated z before the training through the proxy (0: none)")
     finetune_epochs: int = _opt(1, "epochs through the mechanistic model (0: skip)")
     finetune_lr: float = _opt(1e-4, "learning rate of the fine-tuning")
     finetune_steps_per_epoch: int | None = _opt(None, "cap on the steps of a fine-tuning epoch")
@@ -134,6 +137,7 @@ class PipelineConfig:
     n: int = _opt(50_000, "training samples to simulate")
     proxy_epochs: int = _opt(3, "epochs of the proxy")
     epochs: int = _opt(3, "epochs of the Deep Set through the proxy")
+    warmup_epochs: int = _opt(3, "epochs of the Deep Set regressing the simulated z first (0: none)")
     finetune_steps: int = _opt(40, "steps of the fine-tuning through the solver")
     recalibration_samples: int = _opt(*RECALIBRATION)
     batch_size: int = _opt(256, "training batch size")
@@ -168,6 +172,7 @@ PRESETS: dict[str, PipelineConfig] = {
         n=2000,
         proxy_epochs=1,
         epochs=1,
+        warmup_epochs=1,
         finetune_steps=1,
         batch_size=64,
         width=16,
@@ -206,6 +211,9 @@ class PretrainConfig:
     seed: int = _opt(0, "seed of the dataset")
     proxy_epochs: int = _opt(3, "epochs of the proxy")
     epochs: int = _opt(3, "epochs of the Deep Set through the proxy")
+    # 0: the shipped checkpoints were trained as the paper does, through the proxy from a
+    # random start (their networks learn there: narrow priors, noise known)
+    warmup_epochs: int = _opt(0, "epochs of the Deep Set regressing the simulated z first (0: none)")
     finetune_epochs: int = _opt(1, "epochs through the mechanistic model (0: skip)")
     finetune_steps: int | None = _opt(200, "steps of each fine-tuning epoch")
     recalibration_samples: int = _opt(*RECALIBRATION)

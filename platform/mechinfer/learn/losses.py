@@ -27,20 +27,13 @@ def batch_tensors(table: pa.Table, model: Model | None = None) -> dict[str, torc
     ``value`` and ``clean`` come in ``model``'s noise space (the identity for the built-in
     models, and when no model is given); a row whose values have no image there (a
     non-positive value on a log channel) is dropped too."""
-    keep = np.asarray(table["status"].to_numpy(zero_copy_only=False)) == SolveStatus.OK
-    table = table.filter(pa.array(keep))
-    n = table.num_rows
-
-    def lists(name, dtype):
-        flat = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return np.array(flat, dtype=dtype).reshape(n, -1)
-
+    table = solved_rows(table)
     out = {
-        "z": lists("z", np.float32),
-        "t": lists("t", np.float32),
-        "channel": lists("channel", np.int64),
-        "value": lists("value", np.float32),
-        "clean": lists("clean", np.float32),
+        "z": list_column(table, "z", np.float32),
+        "t": list_column(table, "t", np.float32),
+        "channel": list_column(table, "channel", np.int64),
+        "value": list_column(table, "value", np.float32),
+        "clean": list_column(table, "clean", np.float32),
     }
     if model is not None and model.observation is not None:
         for name in ("value", "clean"):
@@ -52,6 +45,17 @@ def batch_tensors(table: pa.Table, model: Model | None = None) -> dict[str, torc
         ).all(1)
         out = {k: v[usable] for k, v in out.items()}
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+
+
+def solved_rows(table: pa.Table) -> pa.Table:
+    """A dataset's rows whose solve succeeded (status 0)."""
+    return table.filter(pa.array(np.asarray(table["status"].to_numpy(zero_copy_only=False)) == SolveStatus.OK))
+
+
+def list_column(table: pa.Table, name: str, dtype) -> np.ndarray:
+    """A list column of a dataset's rows (one design: every row's list as long) as (n, N)."""
+    flat = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.array(flat, dtype=dtype).reshape(table.num_rows, -1)
 
 
 def random_subsets(t: torch.Tensor, value: torch.Tensor, min_obs: int, generator: torch.Generator | None = None):
@@ -94,6 +98,16 @@ def noise_at(model: Model, theta: torch.Tensor, t: torch.Tensor, channel: torch.
         return torch.as_tensor(model.sigma, dtype=theta.dtype, device=theta.device)[channel.long()]
     sigma = likelihood.noise_scale(model, theta.cpu(), t.cpu().to(theta.dtype), channel.cpu())
     return sigma.to(theta.device)
+
+
+def warmup_loss(net, batch: dict, *, min_obs: int | None = None, generator: torch.Generator | None = None):
+    """Mean squared error of the network's z against the simulated draws' z: the start of
+    the inference network's training (its ``warmup`` stage, before the NLL through the
+    proxy; see :mod:`mechinfer.learn.trainer` for why)."""
+    t, value = batch["t"], batch["value"]
+    if min_obs is not None:
+        t, value = random_subsets(t, value, min_obs, generator)
+    return (net(t, batch["channel"], value) - batch["z"]).square().mean()
 
 
 # Residuals beyond TAME noise scales enter the training NLL of a model with an observation

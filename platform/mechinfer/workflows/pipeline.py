@@ -260,6 +260,7 @@ def _train_inference(model, run, s, records, **_):
         proxy,
         os.path.join(out, "checkpoint"),
         epochs=s["epochs"],
+        warmup_epochs=s.get("warmup_epochs", 0),  # a run recorded before the setting: none
         finetune_epochs=1,
         finetune_steps_per_epoch=s["finetune_steps"],
         storage_path=os.path.join(out, "ray_results"),
