@@ -332,14 +332,15 @@ def keep_the_better(m: Model, net, warmup_weights: dict, rows: dict[str, np.ndar
     solver) on ``rows`` against the warm-up's (``warmup_weights``); where the warm-up's
     is higher (or only it is finite), its weights go back into ``net``."""
     plain = getattr(net, "module", net)
-    trained = float(losses.evaluate(m, plain, rows)[1.0].value)
-    trained_weights = {name: v.detach().clone() for name, v in plain.state_dict().items()}
-    plain.load_state_dict(warmup_weights)
-    warm = float(losses.evaluate(m, plain, rows)[1.0].value)
+    judge = networks.build(plain.config).eval()  # on the CPU, beside the solver, wherever ``net`` trains
+    judge.load_state_dict({name: v.detach().cpu() for name, v in plain.state_dict().items()})
+    trained = float(losses.evaluate(m, judge, rows)[1.0].value)
+    judge.load_state_dict(warmup_weights)
+    warm = float(losses.evaluate(m, judge, rows)[1.0].value)
     better = warm > trained if np.isfinite(trained) else np.isfinite(warm)
     kept = "warmup" if better else "inference"
-    if kept == "inference":
-        plain.load_state_dict(trained_weights)
+    if kept == "warmup":
+        plain.load_state_dict(warmup_weights)  # copied onto the network's device
     return {"validation_r2": trained, "validation_r2_warmup": warm, "kept": kept, "validation_rows": len(rows["t"])}
 
 
