@@ -620,7 +620,7 @@ def train_inference_and_report(
     if sigma is not None:
         report["r2_units"] = "each test sample's true noise scale"
     stage1 = checkpoint.load(stage1_out, model=m, kind="inference")[1]["metrics"]
-    if "kept" in stage1:  # the training through the proxy against the warm-up (_keep_the_better)
+    if "kept" in stage1:  # the training through the proxy against the warm-up (keep_the_better)
         lines.append(
             f"  through the proxy: validation R2 {stage1['validation_r2']:.4f} against the warm-up's "
             f"{stage1['validation_r2_warmup']:.4f} ({stage1['validation_rows']} rows): "
