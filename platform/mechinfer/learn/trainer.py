@@ -619,7 +619,8 @@ def train_inference_and_report(
     report = {"model": m.name, "stages": [s.__dict__ for s in summaries], "r2_true_parameters": r2_truth.__dict__}
     if sigma is not None:
         report["r2_units"] = "each test sample's true noise scale"
-    stage1 = checkpoint.load(stage1_out, model=m, kind="inference")[1]["metrics"]
+    stage1_net, stage1_meta = checkpoint.load(stage1_out, model=m, kind="inference")
+    stage1 = stage1_meta["metrics"]
     if "kept" in stage1:  # the training through the proxy against the warm-up (keep_the_better)
         lines.append(
             f"  through the proxy: validation R2 {stage1['validation_r2']:.4f} against the warm-up's "
@@ -629,11 +630,11 @@ def train_inference_and_report(
         report["through_proxy_kept"] = stage1["kept"] == "inference"
     # the report's keys name the stage ("through the proxy") whichever network it kept; the text says which
     shown = "through the proxy" if stage1.get("kept", "inference") == "inference" else "of the warm-up"
-    checkpoints = [("through the proxy", stage1_out, shown)] + (
-        [("fine-tuned through the solver", out, "fine-tuned through the solver")] if finetune_epochs else []
-    )
-    for label, path, shown in checkpoints:
-        net, _ = checkpoint.load(path, model=m, kind="inference")
+    nets = [("through the proxy", stage1_net, shown)]
+    if finetune_epochs:
+        finetuned = "fine-tuned through the solver"
+        nets.append((finetuned, checkpoint.load(out, model=m, kind="inference")[0], finetuned))
+    for label, net, shown in nets:
         r2_net = losses.evaluate(m, net, test, fractions=(0.25, 0.5, 1.0))
         lines += [f"  R2 of the network {shown}, {int(f * 100)}% of n_obs: {r}" for f, r in r2_net.items()]
         report[f"r2_network ({label})"] = {f"{int(f * 100)}%": r.__dict__ for f, r in r2_net.items()}
