@@ -283,13 +283,15 @@ def _run(run, name: str, cases: list[tuple]) -> dict:
     health_check_timeout_s=60,  # a refine batch holds the replica for up to refine_timeout_s
 )
 class Refiner:
-    """One fit per case from the network's estimate (``refine_method``: trust-region or
-    bfgs); concurrent cases of a model
+    """A fit per case from the network's estimate (``refine_method``: trust-region or
+    bfgs; ``refine_starts``: and from draws around it); concurrent cases of a model
     are fitted as one batch (each is its own problem, so batching changes no answer)."""
 
-    def __init__(self, checkpoints: dict[str, str], compile: bool | None = None, method: str = "trust-region"):
+    def __init__(
+        self, checkpoints: dict[str, str], compile: bool | None = None, method: str = "trust-region", starts: int = 1
+    ):
         self.estimators, self.compile = _load(checkpoints, compile, refine=True, method=method), compile
-        self.method = method
+        self.method, self.starts = method, starts
         self.in_flight = 0  # calls inside __call__
 
     def check_health(self) -> None:
@@ -314,7 +316,15 @@ class Refiner:
         return _per_model(
             cases,
             lambda name, t, ch, v, z, deadline: service.refine(
-                self.estimators[name], t, ch, v, z, compile=self.compile, deadline=deadline, method=self.method
+                self.estimators[name],
+                t,
+                ch,
+                v,
+                z,
+                compile=self.compile,
+                deadline=deadline,
+                method=self.method,
+                starts=self.starts,
             ),
             "refine_batch_size",
         )
@@ -616,5 +626,7 @@ def application(args: ServeArgs | dict, deployment_options: dict[str, dict] | No
         raise ValueError(f"no deployment named {sorted(unknown)}; the deployments are Api and Refiner")
     # @serve.deployment turns the classes into Deployments (with .options) at runtime,
     # but Ray's typing leaves them typed as the plain classes
-    refiner = Refiner.options(**options.get("Refiner", {})).bind(checkpoints, settings.compile, settings.refine_method)  # type: ignore[attr-defined]
+    refiner = Refiner.options(**options.get("Refiner", {})).bind(  # type: ignore[attr-defined]
+        checkpoints, settings.compile, settings.refine_method, settings.refine_starts
+    )
     return Api.options(**options.get("Api", {})).bind(refiner, checkpoints, settings)  # type: ignore[attr-defined]

@@ -360,6 +360,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, run_cli):
         (("--level", "2"), "level must lie in [0.5, 0.999]"),
         (("--checkpoint", "mmk"), "checkpoint mmk is for 'mmk', not 'ecoli'"),
         (("--chunk-size", "0"), "chunk_size must be a positive integer"),
+        (("--refine", "always", "--refine-starts", "0"), "refine starts must be an integer from 1 to 64, got 0"),
     ):
         out = tmp_path / "out-flags"
         status, _, stderr = run_cli(

@@ -316,3 +316,51 @@ def test_a_start_on_a_plateau_gets_a_second_start():
     at_truth = mle.nll(m, t, ch, v, truth)
     assert (refined.nll < at_truth + 5).all() and not refined.kept.any(), (refined.nll, at_truth)
     assert len(refine._plateaus(m, t, ch, v, truth, mle.fit(m, t, ch, v, truth, method="trust-region"))) == 0
+
+
+def test_more_refine_starts_find_a_better_basin(boehm):
+    """From the prior's median, one refinement of Boehm's measurements ends in a local
+    optimum (log-likelihood -149.6); with draws of the start's Laplace approximation as
+    further starts the refinement answers a better optimum, with the maximum a posteriori
+    point (the intervals' centre) fitted again in that optimum's basin, and the NLL
+    answered is the NLL of the point answered. More starts never answer a worse NLL."""
+    from mechinfer.estimate import refine
+
+    m, data = boehm, baseline.real_data(boehm)
+    t, ch, v = data["t"], data["channel"], data["value"]
+    z0 = np.zeros((1, m.n_parameters))
+    one, two, four = (refine.polish(m, t, ch, v, z0, starts=k) for k in (1, 2, 4))
+    assert two.nll[0] < one.nll[0] - 1 and four.nll[0] <= two.nll[0] + 1e-6, (one.nll, two.nll, four.nll)
+    assert four.refine_status[0] == "converged" and not four.kept[0]
+    assert four.nll[0] == pytest.approx(float(mle.nll(m, t, ch, v, four.z)[0]), abs=1e-6)
+    # the centre is the better basin's: the NLL there is below the local optimum's
+    assert float(mle.nll(m, t, ch, v, four.laplace.center)[0]) < one.nll[0], four.laplace.center
+    # rows are refined alone: a row's answer does not depend on the rows beside it
+    both = refine.polish(m, np.repeat(t, 2, 0), np.repeat(ch, 2, 0), np.repeat(v, 2, 0), np.r_[z0, z0 + 0.5], starts=4)
+    np.testing.assert_allclose(both.z[0], four.z[0], rtol=1e-9, atol=1e-9)
+
+
+def test_posterior_starts_follow_the_laplace_approximation(boehm):
+    """The further starts are draws of N(z, cov) with the Laplace approximation's cov at z
+    (correlations included), inside the z box, the same for a row wherever it sits; a
+    count out of range is refused with its name."""
+    from mechinfer.estimate import refine, uncertainty
+    from mechinfer.fit.trust_region import Z_BOX
+
+    m, data = boehm, baseline.real_data(boehm)
+    t, ch, v = data["t"], data["channel"], data["value"]
+    # about where a network puts Boehm's estimate: rates with variances from 0.03 to 1, correlated
+    z = np.array([[-1.0, -0.1, 0.0, -0.5, -0.3, 1.4, 0.2, 0.1, 0.5]])
+    cov = uncertainty.laplace(m, t, ch, v, z).cov_z[0]
+    assert np.abs(cov - np.diag(np.diag(cov))).max() > 0.05 and np.diag(cov).min() < 0.05
+    draws = refine.posterior_starts(m, t, ch, v, z, 4000)[0]
+    assert np.abs(draws).max() <= Z_BOX
+    np.testing.assert_allclose(draws.mean(0), z[0], atol=0.05)
+    # whitened by cov's Cholesky root, the draws are N(0, I)
+    white = np.linalg.solve(np.linalg.cholesky(cov), (draws - z).T)
+    np.testing.assert_allclose(np.cov(white), np.eye(m.n_parameters), atol=0.08)
+    pair = refine.posterior_starts(m, np.repeat(t, 2, 0), np.repeat(ch, 2, 0), np.repeat(v, 2, 0), np.r_[z - 1, z], 5)
+    np.testing.assert_allclose(pair[1], draws[:5], rtol=1e-12)
+    for bad in (0, 1.5, True, refine.MAX_STARTS + 1):
+        with pytest.raises(ValueError, match="refine starts must be an integer"):
+            refine.polish(m, t, ch, v, z, starts=bad)

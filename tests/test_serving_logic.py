@@ -83,7 +83,7 @@ class _Refiner:
     queue past their deadline; ``lost``: no call is ever answered (a lost replica)."""
 
     def __init__(self, est, late=(), lost=False):
-        self.replica = SimpleNamespace(estimators={"mmk": est}, compile=False, method="trust-region")
+        self.replica = SimpleNamespace(estimators={"mmk": est}, compile=False, method="trust-region", starts=1)
         self.late, self.lost, self.pending = set(late), lost, []
 
     def remote(self, case):

@@ -246,6 +246,12 @@ REFINE_MODES = ("never", "auto", "always")
 # paper's refinement (bench/refine_optimizers.py compares them)
 REFINE_METHOD: Literal["trust-region", "bfgs"] = "trust-region"
 REFINE_METHODS = ("trust-region", "bfgs")
+# Starts of a refinement: the network's estimate, and (starts - 1) draws of its Laplace
+# approximation (mechinfer.estimate.refine.posterior_starts). One is the paper's
+# refinement and the fastest; more find optima that the estimate's basin does not hold
+# (on PEtab problems' real measurements: the report's real-data table has both)
+REFINE_STARTS = 1
+MAX_REFINE_STARTS = 64
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,10 @@ class EstimateConfig:
     batch_size: int = _opt(256, "experiments per network call in an estimator actor")
     refine_batch: int = _opt(32, "experiments per refinement task (one batched fit)")
     refine_method: str = _opt(REFINE_METHOD, "how a refinement fits", choices=REFINE_METHODS)
+    refine_starts: int = _opt(
+        REFINE_STARTS,
+        "starts of a refinement: the network's estimate and this many less one draws of its Laplace approximation",
+    )
 
 
 class ServeArgs(BaseModel):
@@ -289,6 +299,13 @@ class ServeArgs(BaseModel):
     max_refine_cases: int = PydanticField(16, ge=1, description="observation sets one request may refine, at most")
     refine_method: Literal["trust-region", "bfgs"] = PydanticField(
         REFINE_METHOD, description="how a refinement fits: trust-region (Gauss-Newton) or bfgs"
+    )
+    refine_starts: int = PydanticField(
+        REFINE_STARTS,
+        ge=1,
+        le=MAX_REFINE_STARTS,
+        description="starts of a refinement: the network's estimate and this many less one draws of its "
+        "Laplace approximation (the lowest NLL is answered)",
     )
     auto_pvalue: float = PydanticField(
         AUTO_PVALUE,

@@ -327,7 +327,7 @@ def _width(obs: frame.Observations, rows: np.ndarray) -> int:
 
 def _finish(
     batch: pa.Table,
-    method: str,
+    how: dict,
     checkpoint: str,
     level: float,
     mode: str,
@@ -338,8 +338,8 @@ def _finish(
     """Stage 5 (a task per part): the experiments of the part that need refining (all
     with ``always``; with ``auto`` those whose network estimate has a gof_pvalue below
     ``auto_pvalue``, or none) are refined by Ray tasks of ``rows_per_task`` experiments
-    each (:func:`_refine_rows`; this task's CPU is lent to them while it waits), then the
-    part is written."""
+    each (:func:`_refine_rows`, ``how``: its method and starts; this task's CPU is lent to
+    them while it waits), then the part is written."""
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=3)(_refine_rows)
@@ -348,7 +348,7 @@ def _finish(
         pending = [
             task.remote(
                 checkpoint,
-                method,
+                how,
                 t[a : a + rows_per_task],
                 channel[a : a + rows_per_task],
                 value[a : a + rows_per_task],
@@ -389,11 +389,12 @@ def _cached_estimator(checkpoint: str) -> Estimator:
     return load_estimator(checkpoint)
 
 
-def _refine_rows(checkpoint: str, method: str, t, channel, value, z) -> dict[str, np.ndarray]:
+def _refine_rows(checkpoint: str, how: dict, t, channel, value, z) -> dict[str, np.ndarray]:
     """A refinement task: :meth:`Estimator.polish` of a few experiments (the estimator
-    loaded once per worker process), as rows for :func:`mechinfer.estimate.refine.combine`."""
+    loaded once per worker process) with ``how`` (method, starts), as rows for
+    :func:`mechinfer.estimate.refine.combine`."""
     torch.set_num_threads(1)
-    return _cached_estimator(checkpoint).polish(t, channel, value, z, method=method).rows()
+    return _cached_estimator(checkpoint).polish(t, channel, value, z, **how).rows()
 
 
 def _write_parts(firsts: list[int], parts: list, est: Estimator, root_uri: str, level: float) -> pa.Table:
@@ -477,6 +478,7 @@ def estimate_table(
     batch_size: int = EstimateConfig.batch_size,
     refine_batch: int = EstimateConfig.refine_batch,
     refine_method: str = EstimateConfig.refine_method,
+    refine_starts: int = EstimateConfig.refine_starts,
     overwrite: bool = False,
     command: str = "",
 ) -> EstimateSummary:
@@ -497,6 +499,7 @@ def estimate_table(
     batch_size = positive_int("batch_size", batch_size)
     refine_batch = positive_int("refine_batch", refine_batch)
     refine_method = stage.check_method(refine_method)
+    refine_starts = stage.check_starts(refine_starts)
     if actors is not None:
         actors = positive_int("actors", actors)
     if checkpoint is None and m.source is not None:
@@ -536,6 +539,7 @@ def estimate_table(
         "refine": mode,
         "auto_pvalue": auto_pvalue,
         **({"refine_method": refine_method} if mode != "never" else {}),
+        **({"refine_starts": refine_starts} if mode != "never" and refine_starts != 1 else {}),  # earlier runs: 1
         "chunk_size": chunk_size,
     }
     with storage.lock(output, "estimate"):  # one writer at a time; before anything is deleted
@@ -572,11 +576,12 @@ def estimate_table(
                 num_cpus=1,
             )
             if mode != "never":
+                how = {"method": refine_method, "starts": refine_starts}
                 parts = parts.map_batches(
                     _finish,  # type: ignore[arg-type]
                     batch_format="pyarrow",
                     batch_size=1,
-                    fn_args=(refine_method, ckpt, level, mode, auto_pvalue, refine_batch, root_uri),
+                    fn_args=(how, ckpt, level, mode, auto_pvalue, refine_batch, root_uri),
                     num_cpus=1,
                 )
             ds_format.drain_written(parts, len(todo), output, f"estimate {m.name}", "part")

@@ -125,7 +125,9 @@ class Estimator:
         goodness of fit (SPEC 9; the method is in :mod:`mechinfer.estimate.uncertainty`).
         ``refine``: False, True, or "auto" (refine the cases whose network estimate has
         ``gof_pvalue < auto_pvalue`` or none). ``deadline`` and ``fit_options`` (e.g.
-        ``method="bfgs"``) go to the refinement (see :mod:`mechinfer.estimate.refine`)."""
+        ``method="bfgs"``, or ``starts=4``: the refinement also from 3 draws of the
+        estimate's Laplace approximation, the lowest NLL answered) go to the refinement
+        (see :mod:`mechinfer.estimate.refine`)."""
         level = uncertainty.check_level(level)
         t, channel, y = self.observed(t, channel, value)
         z = self.network_z(t, channel, y)

@@ -201,13 +201,24 @@ def infer(est: Estimator, t, ch, v, compile: bool | None = None) -> dict:
     }
 
 
-def refine(est: Estimator, t, ch, v, z, compile: bool | None = None, deadline=None, method: str = stage.METHOD) -> dict:
-    """One fit per case from the network's z by ``method``, and the maximum a posteriori
+def refine(
+    est: Estimator,
+    t,
+    ch,
+    v,
+    z,
+    compile: bool | None = None,
+    deadline=None,
+    method: str = stage.METHOD,
+    starts: int = stage.REFINE_STARTS,
+) -> dict:
+    """A fit per case from the network's z by ``method`` (and from ``starts - 1`` draws
+    around it: :func:`mechinfer.estimate.refine.posterior_starts`), and the maximum a posteriori
     point for its intervals (:func:`mechinfer.estimate.refine.polish`), each stopped at
     its ``deadline`` (wall-clock, see :func:`mechinfer.fit.mle.fit`): the rows that
     :func:`mechinfer.estimate.refine.combine` merges into the network's answers."""
     start = time.perf_counter()
-    rows = est.polish(t, ch, v, z, compile=compile, deadline=deadline, method=method).rows()
+    rows = est.polish(t, ch, v, z, compile=compile, deadline=deadline, method=method, starts=starts).rows()
     return {**rows, "timing_ms": {"refine": 1e3 * (time.perf_counter() - start)}}
 
 
