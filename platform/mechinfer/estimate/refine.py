@@ -250,7 +250,7 @@ def _draws_that_win(fits, b: int, n: int, nll: np.ndarray) -> np.ndarray:
 
 
 def _plateaus(model, t, channel, value, z, fits) -> np.ndarray:
-    """Rows (indices) whose maximum-likelihood fit (the first half of ``fits``) took no
+    """Rows (indices) whose maximum-likelihood fit from z (the first B of ``fits``) took no
     step from z and whose residuals there fail the goodness-of-fit test at
     :data:`PLATEAU_PVALUE` with no parameter counted (see there)."""
     b = len(z)
