@@ -92,9 +92,10 @@ def test_killed_mid_stage_then_resumed_to_the_real_data_table_and_a_served_answe
     assert any(m.startswith("BFGS multistart, 8 starts") for m in methods)
     assert {"Deep Inference", "Deep Inference + refine", "Deep Inference + BFGS"} <= set(methods)
     ll = table["best log-likelihood"].to_numpy()
-    # the refinement with 4 starts begins with the 1-start one's: it never ends lower
+    # a refinement with more starts begins with the 1-start one's: it never ends lower
     by = dict(zip(methods, ll))
-    assert by["Deep Inference + refine, 4 starts"] >= by["Deep Inference + refine"] - 1e-4, by
+    for k in (2, 4, 8):
+        assert by[f"Deep Inference + refine, {k} starts"] >= by["Deep Inference + refine"] - 1e-4, by
     assert np.isfinite(ll).all()
     best = ll.max()
     assert (ll <= best + 1e-9).all()
