@@ -82,8 +82,8 @@ class _Refiner:
     would gather them). ``late`` holds the indices of calls that sat in the Refiner's
     queue past their deadline; ``lost``: no call is ever answered (a lost replica)."""
 
-    def __init__(self, est, late=(), lost=False):
-        self.replica = SimpleNamespace(estimators={"mmk": est}, compile=False, method="trust-region", starts=1)
+    def __init__(self, est, late=(), lost=False, starts=1):
+        self.replica = SimpleNamespace(estimators={"mmk": est}, compile=False, method="trust-region", starts=starts)
         self.late, self.lost, self.pending = set(late), lost, []
 
     def remote(self, case):
@@ -144,3 +144,29 @@ def test_a_deadline_answer_with_the_networks_point_is_not_refined(mmk, monkeypat
     for a, p in zip(lost, plain):
         assert a["refine_status"] == "deadline" and a["refined"] is False
         assert (a["z"], a["intervals"]) == (p["z"], p["intervals"])
+
+
+def test_the_refiner_refines_with_its_configured_starts(mmk, monkeypatch):
+    """A Refiner configured with ``refine_starts`` answers what ``est.infer(refine=True,
+    starts=...)`` answers for the same sets (the draws depend on the set alone), and the
+    refinement it runs is the one with that many starts: its maximum-likelihood fits
+    number the sets times the starts."""
+    from mechinfer.fit import mle
+
+    est, sets = mmk
+    calls = []
+    fit = mle.fit
+
+    def counted(model, t, *args, **kwargs):  # the real fit, its batch sizes recorded
+        calls.append(int(np.sum(~np.asarray(kwargs.get("prior", False)) & np.ones(len(t), bool))))
+        return fit(model, t, *args, **kwargs)
+
+    monkeypatch.setattr(mle, "fit", counted)
+    _, refined = _refined_answers(est, sets, _Refiner(est, starts=3))
+    monkeypatch.undo()
+    assert calls[0] == 3 * N_CASES, calls
+    for answer, s in zip(refined, sets):
+        want = est.infer(*(a[None] for a in s), refine=True, starts=3)
+        assert answer["refined"] and answer["refine_status"] == want.refine_status[0]
+        np.testing.assert_allclose(answer["z"], want.z[0], rtol=1e-6)
+        assert answer["nll"] == pytest.approx(float(want.nll[0]), rel=1e-6)
