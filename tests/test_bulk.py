@@ -162,12 +162,12 @@ def _rows(location) -> pd.DataFrame:
     return bulk.read_estimates(str(location)).to_pandas().set_index("experiment")
 
 
-def _check_against_infer(est, table_or_path, out: pd.DataFrame, refine=False, rtol=1e-5, level=0.95):
+def _check_against_infer(est, table_or_path, out: pd.DataFrame, refine=False, rtol=1e-5, level=0.95, **fit_options):
     """The job's rows equal est.infer on observations_from_frame's arrays."""
     frame = pd.read_csv(table_or_path) if isinstance(table_or_path, Path) else table_or_path
     obs = mechinfer.observations_from_frame(frame, est.model)
     ok = obs.ok
-    res = est.infer(obs.t[ok], obs.channel[ok], obs.value[ok], refine=refine, level=level)
+    res = est.infer(obs.t[ok], obs.channel[ok], obs.value[ok], refine=refine, level=level, **fit_options)
     rows = out.loc[obs.experiments[ok]]
     names = list(est.model.parameter_names)
     np.testing.assert_allclose(rows[names].to_numpy(), res.theta, rtol=rtol)
@@ -244,13 +244,17 @@ def test_example_table_then_overwritten_with_refine_auto(ray_local, tmp_path, ca
 
 
 def test_mmk_example_with_integer_ids(ray_local, tmp_path):
-    out = tmp_path / "mmk"
-    summary = bulk.estimate_table("mmk", str(REPO / "examples" / "mmk_experiments.csv"), str(out), refine="always")
+    """Integer ids; every experiment refined, from 3 starts each (the network's estimate
+    and 2 draws of its approximation), as est.infer(refine=True, starts=3) refines them."""
+    out, path = tmp_path / "mmk", REPO / "examples" / "mmk_experiments.csv"
+    summary = bulk.estimate_table("mmk", str(path), str(out), refine="always", refine_starts=3)
     rows = _rows(out)
     assert rows.index.tolist() == list(range(1, 13))  # integers as written in the CSV, sorted as numbers
     assert rows.loc[5, "error"] == "time -0.5 h lies outside [0, 2] h"
     assert (summary.estimated, summary.errors) == (11, 1)
     assert rows.refine_status.dropna().isin(["converged", "iteration_limit"]).all()
+    assert json.loads((out / "manifest.json").read_text())["refine_starts"] == 3
+    _check_against_infer(mechinfer.load_estimator("mmk"), path, rows, refine=True, rtol=1e-4, starts=3)
 
 
 def _big_input(tmp_path, n=600) -> Path:
