@@ -202,3 +202,7 @@ def test_refine_reaches_the_r2_of_the_true_parameters(mmk_rows):
     t2[0, 5:], x2[0, 5:] = np.nan, np.nan
     one = est.estimate(t2[:1], ch[:1], x2[:1], refine=True)
     assert np.isfinite(one).all() and one.shape == (1, m.n_parameters)
+    # with more starts, estimate answers infer's point
+    three = est.estimate(t[:4], ch[:4], x[:4], refine=True, starts=3)
+    np.testing.assert_allclose(three, est.infer(t[:4], ch[:4], x[:4], refine=True, starts=3).theta, rtol=1e-12)
+    assert (metrics.nll(m, torch.as_tensor(three), *(a[:4] for a in args)).numpy() <= nll_refined[:4] + 1e-6).all()

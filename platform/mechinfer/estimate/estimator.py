@@ -98,15 +98,19 @@ class Estimator:
 
         ``refine=True`` polishes each estimate by one fit started from it (by default the
         trust region; the paper's Deep Inference + BFGS with ``method="bfgs"``): the
-        maximum-likelihood fit near the network's answer. ``"auto"``: only where the
-        network's estimate fails the goodness-of-fit check (see :meth:`infer`)."""
+        maximum-likelihood fit near the network's answer; ``starts=k`` as in
+        :meth:`infer`. ``"auto"``: only where the network's estimate fails the
+        goodness-of-fit check (see :meth:`infer`)."""
         how = stage.mode(refine)
         if how == "auto":
             return self.infer(t, channel, value, refine="auto", **fit_options).theta
+        starts = stage.check_starts(fit_options.pop("starts", stage.REFINE_STARTS))
         t, channel, y = self.observed(t, channel, value)
         z = self.network_z(t, channel, y)
-        if how == "always":
+        if how == "always" and starts == 1:
             z = self._refine(t, channel, y, z, **fit_options).z
+        elif how == "always":  # the refine stage's point, as infer answers it
+            z = self._polish(t, channel, y, z, starts=starts, **fit_options).z
         return priors.from_z(self.model.priors, torch.from_numpy(z)).numpy()
 
     def infer(
