@@ -15,7 +15,7 @@ import torch
 
 from mechinfer.evaluate import baseline, report
 from mechinfer.fit import mle
-from mechinfer.models import load_model
+from mechinfer.models import likelihood, load_model
 
 DATA = Path(__file__).parent / "data" / "petab"
 BOEHM = DATA / "Boehm_JProteomeRes2014" / "Boehm_JProteomeRes2014.yaml"
@@ -364,3 +364,29 @@ def test_posterior_starts_follow_the_laplace_approximation(boehm):
     for bad in (0, 1.5, True, refine.MAX_STARTS + 1):
         with pytest.raises(ValueError, match="refine starts must be an integer"):
             refine.polish(m, t, ch, v, z, starts=bad)
+
+
+def test_predictions_at_an_estimate_are_solved_as_fits_solve_them():
+    """A point a fit found on Fujita's wide priors (a trust-region fit of a test sample,
+    one rate on its upper bound, 1e8) integrates at the fits' tolerances but not at the
+    solver's looser defaults (STEP_UNDERFLOW): Table 1 and the calibration predict at
+    estimates as the fits solved them, so the row's R2 is a number, not NaN."""
+    from mechinfer.evaluate.common import predict
+    from mechinfer.solver import SolveStatus
+
+    m = load_model(FUJITA)
+    # fmt: off
+    theta = np.array([[7.24541170e05, 4.31698275e-06, 2.02570740e-05, 7.37706589e03, 2.59313668e-08,
+                       1.52640439e-08, 1.00000000e08, 3.57085270e-03, 4.25567744e-04, 2.24467907e-01,
+                       1.61682230e06, 9.38264842e-06, 1.15723207e06, 3.51634187e-01, 1.31672599e-07,
+                       1.87825824e-07, 4.18702274e03, 2.62546256e01, 1.28629121e-07]])
+    # fmt: on
+    d = baseline.real_data(m)
+    t, ch = torch.as_tensor(d["t"]), torch.as_tensor(d["channel"])
+    with torch.no_grad():
+        _, status = likelihood.predict(m, torch.as_tensor(theta), t, ch)
+    assert int(status[0]) != SolveStatus.OK  # what the report predicted with before
+    mu = predict(m, theta, d["t"], d["channel"])
+    assert np.isfinite(mu).all()
+    nll = mle.nll(m, d["t"], d["channel"], d["value"], m.to_z(theta))
+    assert np.isfinite(nll).all()

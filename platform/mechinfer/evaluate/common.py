@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..fit import mle
 from ..learn import losses
 from ..models import likelihood
 from ..models.base import Model
@@ -14,9 +15,15 @@ from ..solver import SolveStatus
 
 
 def predict(m: Model, theta: np.ndarray, t, ch) -> np.ndarray:
-    """mu (B, N) at the observations; NaN rows where the solve failed."""
+    """mu (B, N) at the observations; NaN rows where the solve failed. Solved at the
+    fits' tolerances (:func:`mechinfer.fit.mle.fit_tolerances`), where the estimates
+    were found: at the solver's looser defaults a fit's optimum can fail to integrate
+    (a Fujita_SciSignal2010 test sample whose 8-start trust-region fit put a rate on its
+    bound: STEP_UNDERFLOW there, and that Table 1 row's R2 NaN)."""
     with torch.no_grad():
-        mu, status = likelihood.predict(m, torch.as_tensor(theta), torch.as_tensor(t), torch.as_tensor(ch))
+        mu, status = likelihood.predict(
+            m, torch.as_tensor(theta), torch.as_tensor(t), torch.as_tensor(ch), **mle.fit_tolerances(m)
+        )
     mu = mu.numpy()
     mu[status.numpy() != SolveStatus.OK] = np.nan
     return mu
