@@ -25,6 +25,7 @@ import torch
 from .. import storage
 from ..arrays import budget_seconds, positive_int
 from ..data import format as ds_format
+from ..estimate import refine as refine_stage
 from ..estimate.estimator import load_estimator, shipped_checkpoint
 from ..fit import mle
 from ..fit.bfgs import FitStatus
@@ -251,6 +252,14 @@ def evaluate_model(
         theta = runs["always"].theta[[position[int(i)] for i in ids]]
         refined = (theta, uncertainty["auto"]["seconds_per_sample"]["always"], None, None)
         table += _table_rows(m, {REFINE_ROW: refined}, online, t, ch, x, clean, n_boot, sigma)
+    more = None
+    if m.observation is not None:  # a user's problem: the refine stage with more starts too
+        tic = time.perf_counter()
+        more = more_starts(m, est_ft, t, ch, x, TABLE_STARTS, TABLE_STARTS_BUDGET_S)
+        log.info("%s: refine stage with %d starts in %.0f s", m.name, TABLE_STARTS, time.perf_counter() - tic)
+    if more is not None:
+        row = (more[0], more[1], None, None)
+        table += _table_rows(m, {refine_row(TABLE_STARTS): row}, online, t, ch, x, clean, n_boot, sigma)
     return {
         "model": m.name,
         "rows": table,
@@ -259,6 +268,7 @@ def evaluate_model(
         "test_set": source,
         "r2_of_true_parameters": likelihood.r2(m, truth, ch, x, sigma=sigma, n_boot=n_boot),
         "r2_units": r2_units(m),
+        "table_starts": None if m.observation is None else {"starts": TABLE_STARTS, "shown": more is not None},
         "network_batch": {"Deep Inference": net_batch, "Deep Inference + MM": ft_batch},
         "checkpoints": {"network": est_net.checkpoint_id, "finetuned": est_ft.checkpoint_id},
         "baseline": _baseline_record(manifest),
@@ -325,9 +335,42 @@ REFINE_ROW = "Deep Inference + refine"
 REAL_DATA_STARTS = (1, 2, 4, 8)
 
 
+# Table 1's refine row with more starts, for a model of a user's problem (one with an
+# observation model of its own: wide priors, several optima), on all of Table 1's samples
+# if that fits in TABLE_STARTS_BUDGET_S, else not shown (the report says so)
+TABLE_STARTS = 8
+TABLE_STARTS_BUDGET_S = 300.0
+TABLE_STARTS_CHUNK = 8  # samples a batched refinement
+
+
 def refine_row(starts: int) -> str:
-    """The name of the refine stage's row with that many starts."""
-    return REFINE_ROW if starts == 1 else f"{REFINE_ROW}, {starts} starts"
+    """The name of the refine stage's row with that many starts (in parentheses: no
+    multistart row's name, "..., k starts", can be taken for it)."""
+    return REFINE_ROW if starts == 1 else f"{REFINE_ROW} ({starts} starts)"
+
+
+def more_starts(m: Model, est, t, ch, x, starts: int, budget_s: float) -> tuple[np.ndarray, float] | None:
+    """theta (B, P) of the refine stage with ``starts`` starts from the fine-tuned
+    network's estimates (values in the noise space, as Table 1's rows), and seconds per
+    sample; None as soon as the samples done so far say that all of them would take
+    longer than ``budget_s``."""
+    z = est.network_z(t, ch, x)
+    out = []
+    tic = time.perf_counter()
+    for a in range(0, len(z), TABLE_STARTS_CHUNK):
+        spent = time.perf_counter() - tic
+        if a and spent / a * len(z) > budget_s:
+            log.info(
+                "%s: the refine stage with %d starts would take %.0f s > %.0f s",
+                m.name,
+                starts,
+                spent / a * len(z),
+                budget_s,
+            )
+            return None
+        b = a + TABLE_STARTS_CHUNK
+        out.append(refine_stage.polish(m, t[a:b], ch[a:b], x[a:b], z[a:b], starts=starts).z)
+    return m.from_z(np.concatenate(out)), (time.perf_counter() - tic) / max(len(z), 1)
 
 
 def _table_rows(m: Model, estimates: dict, online: dict, t, ch, x, clean, n_boot: int, sigma=None) -> list[dict]:
@@ -831,7 +874,11 @@ def markdown(results: list[dict], mach: dict, threads: int, command: str, figure
         f"maybe more (all as one batch; {calibration.CHUNK} at a time under a time budget): the refine stage, that "
         "trust-region start, a second one from the prior's median where the first is on a plateau, the "
         "maximum a posteriori fit and the intervals; its time per sample from there (the row is left out "
-        "where the calibration did not reach every sample of the table). 'One experiment alone': the "
+        "where the calibration did not reach every sample of the table). For a model of a user's problem, "
+        f"Deep Inference + refine ({TABLE_STARTS} starts): the same with {TABLE_STARTS - 1} draws of the "
+        "estimate's Laplace approximation as further starts, the lowest NLL kept "
+        f"(`est.infer(refine=True, starts={TABLE_STARTS})`), {TABLE_STARTS_CHUNK} samples a batch, where all of "
+        f"them take at most {TABLE_STARTS_BUDGET_S:.0f} s. 'One experiment alone': the "
         f"median wall-clock of the same method run on one test sample at a time (batch 1; the first "
         f"{ONLINE_SAMPLES} samples, or as many as take {ONLINE_BUDGET_S:.0f} s: each model's section says), "
         "as a user refining one culture waits for it.\n\n"
@@ -980,11 +1027,19 @@ def comparisons(r: dict) -> str:
         )
     # SPEC 12 judges the refine stage by the best multistart's R2 (NaN: a start that failed)
     multistart = [n for n in by if (n.endswith(" start") or n.endswith(" starts")) and np.isfinite(by[n]["r2"].value)]
-    if REFINE_ROW in by and multistart:
+    refine_rows = [n for n in by if n.startswith(REFINE_ROW)]
+    if refine_rows and multistart:
         top = max(multistart, key=lambda name: by[name]["r2"].value)
+        for name in refine_rows:
+            lines.append(
+                f"{name} vs the best multistart row by R2 ({top}): "
+                f"R2 difference {by[name]['r2'].value - by[top]['r2'].value:+.4f}."
+            )
+    shown = r.get("table_starts")
+    if shown and not shown["shown"]:
         lines.append(
-            f"{REFINE_ROW} vs the best multistart row by R2 ({top}): "
-            f"R2 difference {by[REFINE_ROW]['r2'].value - by[top]['r2'].value:+.4f}."
+            f"{refine_row(shown['starts'])}: not shown, it would have taken longer than "
+            f"{TABLE_STARTS_BUDGET_S:.0f} s on these samples."
         )
     return "".join(f"\n{line}\n" for line in lines)
 
