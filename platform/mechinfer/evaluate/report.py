@@ -975,14 +975,17 @@ def real_data_markdown(rd: dict) -> str:
     )
     w("| Method | best log-likelihood | - reference | wall-clock |\n| --- | --- | --- | --- |\n")
     for row in rd["rows"]:
-        how = f" ({LABEL[row['refine_method']]})" if "refine_method" in row else ""
+        name = row["method"]
+        if "refine_method" in row:  # "Deep Inference + refine (trust-region)", "... (4 starts, trust-region)"
+            label = LABEL[row["refine_method"]]
+            name = f"{name[:-1]}, {label})" if name.endswith(")") else f"{name} ({label})"
         ll = row["log_likelihood"]
         cells = (
             f"{ll:.4f} | {ll - rd['reference_log_likelihood']:+.4f}"
             if np.isfinite(ll)
             else "none: the model could not be solved there | "
         )
-        w(f"| {row['method']}{how} | {cells} | {_fmt_time(row['seconds'])} |\n")
+        w(f"| {name} | {cells} | {_fmt_time(row['seconds'])} |\n")
     w(
         f"\nBest log-likelihood any method found: {rd['best_log_likelihood']:.4f} ({rd['best_method']}). "
         f"Multistart success rate (starts within {rd['success_threshold']} of it): {rd['successes']} / "
