@@ -12,7 +12,9 @@ Serve app each run the network, then these three steps on its rows:
 A row is a mapping of :data:`FIELDS` (arrays with a leading batch axis, or one row's
 values): the Serve app's cases are single rows, the others batches.
 
-The refinement itself is one start per row from the network's estimate with
+The refinement itself is one start per row from the network's estimate (with
+``starts`` > 1 also from draws of that estimate's Laplace approximation,
+:func:`posterior_starts`, the lowest NLL answered) with
 :func:`mechinfer.fit.mle.fit`, by ``method`` (default :data:`METHOD`, the trust region:
 Gauss-Newton steps on exact sensitivities, a handful of evaluations near an optimum, every
 iterate inside the z box; "bfgs" stays selectable). Where some observation's noise is
