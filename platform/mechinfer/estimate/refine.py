@@ -175,7 +175,7 @@ def polish(
         better = np.isfinite(again.nll) & ~(fits.nll[both] <= again.nll)
         for name in ("z", "theta", "nll", "status"):
             getattr(fits, name)[both[better]] = getattr(again, name)[better]
-    status = np.array([STATUS.get(FitStatus(int(s)), "failed") for s in fits.status[:b]], dtype=object)
+    status = _statuses(fits.status[:b])
     # kept: the fit failed, or its deadline stopped it before its first step (its point is the start)
     stopped = (status == "deadline") & (fits.z[:b] == z).all(axis=1)
     kept = ~np.isfinite(fits.nll[:b]) | ~np.isfinite(fits.z[:b]).all(axis=1) | stopped
@@ -191,7 +191,7 @@ def polish(
             rows = np.flatnonzero(won >= 0)
             pick = 2 * b + rows * (starts - 1) + won[rows]
             z_ml[rows], nll[rows], kept[rows] = fits.z[pick], fits.nll[pick], False
-            status[rows] = [STATUS.get(FitStatus(int(s)), "failed") for s in fits.status[pick]]
+            status[rows] = _statuses(fits.status[pick])
             # from the draw itself: the fit from the draw's optimum may start on a bound
             centre = fit(rows, extra[pick - 2 * b], True)
             z_map[rows] = np.where(np.isfinite(centre.nll)[:, None], centre.z, z_ml[rows])
@@ -204,6 +204,11 @@ def polish(
         if ok.any():
             gof[ok] = uncertainty.gof_pvalue_at(model, t[ok], channel[ok], value[ok], z_ml[ok], lap.p_eff[ok])
     return Refined(z=z_ml, nll=nll, kept=kept, refine_status=status, laplace=lap, gof_pvalue=gof, method=fits.method)
+
+
+def _statuses(codes: np.ndarray) -> np.ndarray:
+    """SPEC 7's refine_status (object array) of fits that ended with these FitStatus codes."""
+    return np.array([STATUS.get(FitStatus(int(c)), "failed") for c in codes], dtype=object)
 
 
 def check_starts(starts) -> int:
