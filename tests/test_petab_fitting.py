@@ -280,7 +280,7 @@ def test_real_data_table(boehm, tmp_path):
     assert len(fig.axes) >= 1
 
 
-@pytest.mark.slow  # two Fujita fits from the prior's median: ~10 s
+@pytest.mark.slow  # Fujita fits from the prior's median: ~15 s
 def test_a_start_on_a_plateau_gets_a_second_start():
     """Fujita's predictions are all 0 at z = -4 (NLL 1e4 - 1e26, no gradient): a fit from
     there takes no step. The refine stage then starts again from the prior's median and
@@ -315,6 +315,12 @@ def test_a_start_on_a_plateau_gets_a_second_start():
     truth = m.to_z(rows["theta"])
     at_truth = mle.nll(m, t, ch, v, truth)
     assert (refined.nll < at_truth + 5).all() and not refined.kept.any(), (refined.nll, at_truth)
+    # with a second start drawn about the plateau (no better: no step from there either), the
+    # answer is the median's fit again, and so is the intervals' centre: the maximum a
+    # posteriori fit runs from the start that won, not from the plateau
+    more = refine.polish(m, t, ch, v, plateau, starts=2)
+    np.testing.assert_allclose(more.nll, refined.nll, rtol=1e-9)
+    assert (mle.nll(m, t, ch, v, more.laplace.center) < at_truth + 10).all(), more.laplace.center
     assert len(refine._plateaus(m, t, ch, v, truth, mle.fit(m, t, ch, v, truth, method="trust-region"))) == 0
 
 
@@ -338,6 +344,34 @@ def test_more_refine_starts_find_a_better_basin(boehm):
     # rows are refined alone: a row's answer does not depend on the rows beside it
     both = refine.polish(m, np.repeat(t, 2, 0), np.repeat(ch, 2, 0), np.repeat(v, 2, 0), np.r_[z0, z0 + 0.5], starts=4)
     np.testing.assert_allclose(both.z[0], four.z[0], rtol=1e-9, atol=1e-9)
+
+
+def test_a_fitted_point_keeps_its_centre_where_the_step_would_raise_the_objective(boehm):
+    """The intervals' centre is one Fisher-scoring step from the estimate; from a fitted
+    maximum a posteriori point (``fitted=True``, as the refine stage asks) the step is kept
+    only where it does not raise NLL + |z|^2 / 2 by more than CENTRE_ATOL. Near Boehm's
+    optimum (two rates on their bounds) some steps raise it by several units; those rows
+    keep their point, the others their step, and the covariances are the same. A fit the
+    goodness-of-fit test rejects keeps the centre it was given for that reason (here the
+    prior's), however much higher NLL + |z|^2 / 2 is there."""
+    from mechinfer.estimate import uncertainty
+
+    m, data = boehm, baseline.real_data(boehm)
+    optimum = np.array([[-0.4, -7.94, -0.59, -0.46, 7.94, 1.4, 0.15, 0.21, 0.13]])
+    near = np.clip(optimum + 0.05 * np.random.default_rng(1).standard_normal((12, 9)), -7.94, 7.94)
+    z = np.r_[near, np.random.default_rng(0).standard_normal((12, 9))[8:9]]  # the last: a misfit
+    t, ch, v = (np.repeat(data[k], len(z), 0) for k in ("t", "channel", "value"))
+    objective = lambda at: mle.nll(m, t, ch, v, at) + 0.5 * np.square(at).sum(1)
+    step, plain = uncertainty._laplace_observed(m, t, ch, v, z)
+    kept = uncertainty.laplace(m, t, ch, v, z, fitted=True)
+    rise = objective(step.center) - objective(z)
+    raised = plain & (rise > uncertainty.CENTRE_ATOL)
+    assert raised.any() and (plain & ~raised).any() and not plain[-1], rise  # each kind is here
+    assert (step.center[-1] != z[-1]).any() and rise[-1] > 1.0
+    np.testing.assert_array_equal(kept.center[raised], z[raised])
+    np.testing.assert_array_equal(kept.center[~raised], step.center[~raised])
+    np.testing.assert_array_equal(kept.cov_z, step.cov_z)
+    assert (objective(kept.center)[plain] <= objective(z)[plain] + uncertainty.CENTRE_ATOL).all()
 
 
 def test_posterior_starts_follow_the_laplace_approximation(boehm):

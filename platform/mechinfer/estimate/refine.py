@@ -203,7 +203,7 @@ def polish(
     else:
         centre_z, centre_nll = fits.z[n_ml:], fits.nll[n_ml:]
     z_map = np.where(np.isfinite(centre_nll)[:, None], centre_z, z_ml)
-    lap = uncertainty.laplace(model, t, channel, value, z_map)
+    lap = uncertainty.laplace(model, t, channel, value, z_map, fitted=True)
     if model.observation is None:
         gof = uncertainty.gof_pvalue(nll, lap.n_observations, lap.p_eff)
     else:  # its NLL has log sigma terms: the statistic from the residuals at z_ml
