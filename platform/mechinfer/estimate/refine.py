@@ -171,11 +171,11 @@ def polish(
         np.concatenate([z, extra, z[:n_map]]),
         np.repeat([False, True], [n_ml, n_map]),
     )
-    map_start = z.copy()  # where each row's maximum a posteriori fit starts (when not together)
+    map_start = z.copy()  # where each row's maximum a posteriori fit starts, if it runs alone
     flat = _plateaus(model, t, channel, value, z, fits)
     if len(flat):  # their second start: the prior's median
-        both = np.r_[flat, flat + n_ml] if together else flat
-        again = fit(np.resize(flat, len(both)), np.zeros((len(both), z.shape[1])), both >= n_ml)
+        both = np.r_[flat, flat + n_ml] if together else flat  # their fits to replace
+        again = fit(np.r_[flat, flat] if together else flat, np.zeros((len(both), z.shape[1])), both >= n_ml)
         better = np.isfinite(again.nll) & ~(fits.nll[both] <= again.nll)
         for name in ("z", "theta", "nll", "status"):
             getattr(fits, name)[both[better]] = getattr(again, name)[better]

@@ -17,14 +17,14 @@ posterior's centre makes a prior-width interval cover the truth at its level.
 Where the estimate is itself a fitted maximum a posteriori point (a refinement's:
 ``laplace(..., fitted=True)``) the step should be negligible and harmless. With
 sensitivities as large as Fujita's (see :data:`MISFIT_MAX`) the quadratic model can be
-wrong even there: of 37 refined
-Fujita test fits centred by the step, it raised NLL + |z|^2 / 2 by more than 1e-3 on
-15 and by more than 10 on 6 (up to 1e14), which centred their intervals on points the
-observations exclude. So a fitted point keeps its step only where NLL + |z|^2 / 2
-does not rise by more than :data:`CENTRE_ATOL`; elsewhere the centre is the point
-itself, at the cost of two plain solves a row. Of 64 refined test fits that moves 3 on
-Boehm (one step had raised it by 41) and 7 on Bruno (by at most 0.08); of 1024 SPEC
-test fits, 3 on E. coli (by at most 0.045) and none on mmk.
+wrong even there: of 37 refined Fujita test fits centred by the step, it raised
+NLL + |z|^2 / 2 by more than 1e-3 on 15 and by more than 10 on 6 (up to 1e14), which
+centred their intervals on points the observations exclude. So a fitted point keeps
+its step only where NLL + |z|^2 / 2 does not rise by more than :data:`CENTRE_ATOL`;
+elsewhere the centre is the point itself, at the cost of two plain solves a row. Of 64
+refined test fits that moves 3 on Boehm (one step had raised it by 41) and 7 on Bruno
+(by at most 0.08); of 1024 SPEC test fits, 3 on E. coli (by at most 0.045) and none
+on mmk.
 
 The effective number of parameters the data determine is
 p_eff = trace(J^T J (J^T J + I)^-1) = P - trace(cov_z) (each direction counts
