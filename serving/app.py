@@ -17,6 +17,7 @@ deployments: ``@serve.deployment`` pickles the class when it decorates it.)
 """
 
 import asyncio
+import contextvars
 import json
 import time
 from typing import Literal, cast
@@ -276,6 +277,22 @@ def _run(run, name: str, cases: list[tuple]) -> dict:
     return run(name, t, ch, v, None, None)
 
 
+def _probe(refiner: DeploymentHandle) -> asyncio.Future:
+    """``refiner.ready.remote()`` as a task of the replica's own, outside any request.
+
+    A handle call made while a request is being answered is that request's child, and
+    Serve's proxy cancels it with the request when the client disconnects. The probe is
+    shared by every request that waits for the Refiner to start: made as the child of the
+    first, it died with that client, and every later /healthz and refine request of the
+    replica raised its CancelledError, a 500, for good (CI: the page test's refine
+    requests, after a /healthz poll timed out while the Refiner was starting)."""
+
+    async def ask():
+        return await refiner.ready.remote()
+
+    return contextvars.Context().run(asyncio.ensure_future, ask())
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5},
     max_ongoing_requests=64,
@@ -422,11 +439,16 @@ class Api:
         Api, is routed to only once its own __init__ has warmed its solvers."""
         if not self.refiner_ready:
             if self._refiner_probe is None:
-                self._refiner_probe = asyncio.ensure_future(self.refiner.ready.remote())
+                self._refiner_probe = _probe(self.refiner)
+            probe = self._refiner_probe
             try:
-                self.refiner_ready = bool(await asyncio.wait_for(asyncio.shield(self._refiner_probe), READY_WAIT_S))
+                self.refiner_ready = bool(await asyncio.wait_for(asyncio.shield(probe), READY_WAIT_S))
             except asyncio.TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                if not probe.cancelled():  # this request itself was cancelled (its client left)
+                    raise
+                self._refiner_probe = None  # the probe was: the next request asks again
             except Exception:  # the call failed (a replica lost on the way): the next request asks again
                 self._refiner_probe = None
         return self.refiner_ready
