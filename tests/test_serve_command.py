@@ -120,11 +120,7 @@ def _holding(variable: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.serve
-@pytest.mark.parametrize("command", [("mechinfer", "serve"), ("serve", "run")], ids=["mechinfer-serve", "serve-run"])
-def test_cold_start_is_ready_only_when_the_refiner_can_answer(tmp_path, command):
-    """Both ways users start the config: ``mechinfer serve`` (Serve's fast path) and
-    ``serve run`` (Serve's proxy, as ``serve deploy`` on a cluster), whose proxy cancels
-    a request, and the handle calls it made, when its client leaves."""
+def test_cold_start_is_ready_only_when_the_refiner_can_answer(tmp_path):
     warm = os.environ.get("MECHINFER_CACHE") or str(Path.home() / ".cache" / "mechinfer")
     service.warm_up(mechinfer.load_estimator("mmk"), refine=False)  # the Api's cache is warm (a no-op if it was)
     cold = tmp_path / "cold-cache"
@@ -141,7 +137,7 @@ def test_cold_start_is_ready_only_when_the_refiner_can_answer(tmp_path, command)
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [script(command[0]), command[1], str(_config(tmp_path, port, warm))],
+            [script("mechinfer"), "serve", str(_config(tmp_path, port, warm))],
             cwd=CONFIG.parents[1],
             env=env,
             stdout=out,
@@ -156,8 +152,7 @@ def test_cold_start_is_ready_only_when_the_refiner_can_answer(tmp_path, command)
             try:  # nothing listens yet, or the Api replica holds requests until its __init__ returns
                 if not left and requests.get(f"{base}/v1/models", timeout=30).status_code == 200:
                     # the Api answers: the first clients to ask /healthz leave before it can
-                    # answer (it waits READY_WAIT_S for the Refiner); CI once saw the probe
-                    # they started cancelled with them, and a 500 for every later request
+                    # answer (it waits READY_WAIT_S for the Refiner), as in the next test
                     for _ in range(3):
                         try:
                             early = requests.get(f"{base}/healthz", timeout=0.1)
@@ -208,3 +203,71 @@ def test_cold_start_is_ready_only_when_the_refiner_can_answer(tmp_path, command)
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 0 and not left, (proc.returncode, left, log.read_text()[-3000:])
     socket.create_server(("127.0.0.1", port)).close()  # nothing listens on the port any more (SO_REUSEADDR)
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+def test_serve_run_while_the_refiner_waits_for_a_node(tmp_path):
+    """``serve run`` (Serve's proxy, as ``serve deploy`` on a cluster) with a Refiner that
+    cannot be placed (it asks for more CPUs than there are, as on a cluster waiting for a
+    node): plain requests are answered; /healthz and refine requests get a 503 naming the
+    Refiner, also after clients left /healthz before its answer. Serve's proxy cancels a
+    request whose client leaves, and the handle calls it made: the shared readiness probe
+    was once one of them, and from then on every /healthz and refine request of that
+    replica was a 500 (CI: the page test's refine requests)."""
+    service.warm_up(mechinfer.load_estimator("mmk"), refine=False)  # the Api loads its solver warm
+    warm = os.environ.get("MECHINFER_CACHE") or str(Path.home() / ".cache" / "mechinfer")
+    port = free_ports(1)[0]
+    base = f"http://127.0.0.1:{port}"
+    path = _config(tmp_path, port, warm)
+    spec = yaml.safe_load(path.read_text())
+    (refiner,) = [d for d in spec["applications"][0]["deployments"] if d["name"] == "Refiner"]
+    refiner["ray_actor_options"]["num_cpus"] = 64
+    path.write_text(yaml.safe_dump(spec))
+    mark = f"MECHINFER_TEST_SERVE_RUN={tmp_path.name}"  # finds the command's processes afterwards
+    env = {**os.environ, mark.split("=")[0]: tmp_path.name}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [script("serve"), "run", str(path)],
+            cwd=CONFIG.parents[1],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 180
+        while True:  # until the Api answers (a 404 while the app deploys, no answer before)
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            try:
+                if requests.get(f"{base}/v1/models", timeout=30).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        left = 0
+        for _ in range(3):  # clients that leave before the Api can say 503
+            try:
+                early = requests.get(f"{base}/healthz", timeout=0.1)
+            except requests.Timeout:
+                left += 1
+                continue
+            assert early.status_code == 503, early.text
+        assert left, "no client left /healthz before its answer"
+        for _ in range(2):
+            health = requests.get(f"{base}/healthz", timeout=30)
+            assert health.status_code == 503 and health.json()["starting"] == ["Refiner"], health.text
+            r = requests.post(
+                f"{base}/v1/models/mmk/infer", json={"observations": OBSERVATIONS, "refine": True}, timeout=30
+            )
+            assert r.status_code == 503 and "starting" in r.json()["error"], r.text
+            assert int(r.headers["Retry-After"]) >= 1
+        plain = requests.post(f"{base}/v1/models/mmk/infer", json={"observations": OBSERVATIONS}, timeout=30)
+        assert plain.status_code == 200 and plain.json()["refine_status"] == "not_requested", plain.text
+    finally:  # killed: Serve's graceful stop waits about 25 s for the Refiner it cannot place
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for pid in _holding(mark):  # the local Ray that serve run started
+            os.kill(pid, signal.SIGKILL)
