@@ -161,7 +161,7 @@ def test_cold_start_is_ready_only_when_the_refiner_can_answer(tmp_path):
                         assert early.status_code in (200, 503), early.text
                     left = True
                 health = requests.get(f"{base}/healthz", timeout=30)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.2)
                 continue
             assert health.status_code in (200, 404, 503), health.text  # 404: no route yet, the app deploys
