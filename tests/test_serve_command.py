@@ -224,8 +224,7 @@ def test_serve_run_while_the_refiner_waits_for_a_node(tmp_path):
     (refiner,) = [d for d in spec["applications"][0]["deployments"] if d["name"] == "Refiner"]
     refiner["ray_actor_options"]["num_cpus"] = 64
     path.write_text(yaml.safe_dump(spec))
-    mark = f"MECHINFER_TEST_SERVE_RUN={tmp_path.name}"  # finds the command's processes afterwards
-    env = {**os.environ, mark.split("=")[0]: tmp_path.name}
+    env = {**os.environ, "MECHINFER_TEST_SERVE_RUN": str(tmp_path)}  # finds its processes afterwards
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
@@ -269,5 +268,5 @@ def test_serve_run_while_the_refiner_waits_for_a_node(tmp_path):
     finally:  # killed: Serve's graceful stop waits about 25 s for the Refiner it cannot place
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        for pid in _holding(mark):  # the local Ray that serve run started
+        for pid in _holding(f"MECHINFER_TEST_SERVE_RUN={tmp_path}"):  # the local Ray that serve run started
             os.kill(pid, signal.SIGKILL)
